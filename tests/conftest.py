@@ -1,0 +1,123 @@
+"""Shared fixtures: a small synthetic dataset in each supported layout, and the real
+snapshot when it is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REAL_DATA = Path(
+    os.environ.get("COVIDXR_REAL_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "covid-chestxray-dataset")
+).resolve()
+
+# Findings of the synthetic collection, in both notations, cycling over patients.
+FLAT = ["COVID-19", "COVID-19, ARDS", "No Finding", "COVID-19", "Streptococcus", "Pneumocystis"]
+HIERARCHICAL = ["Pneumonia/Viral/COVID-19", "No Finding", "Pneumonia/Viral/COVID-19",
+                "Pneumonia/Bacterial/Streptococcus", "Pneumonia/Viral/SARS"]
+# Image modes real files come in: (PIL mode, extension).
+MODES = [("RGB", "jpg"), ("L", "jpeg"), ("RGBA", "png"), ("P", "png"), ("I;16", "png"), ("L", "png")]
+
+
+def _xray(rng, mode, *, size=(72, 60), bright=False):
+    """A fake chest X-ray: two dark lungs in a lighter body, some noise; ``bright`` plants a
+    bright square (a learnable signal)."""
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w]
+    img = 150 + 30 * rng.standard_normal((h, w))
+    for cx in (w * 0.3, w * 0.7):
+        img -= 80 * (((x - cx) / (w * 0.17)) ** 2 + ((y - h * 0.5) / (h * 0.33)) ** 2 < 1)
+    if bright:
+        img[h // 4: h // 4 + h // 5, w // 3: w // 3 + w // 5] = 250
+    grey = np.clip(img, 0, 255).astype(np.uint8)
+    if mode == "I;16":
+        return Image.fromarray(grey.astype(np.uint16) * 257)
+    base = Image.fromarray(grey, mode="L")
+    if mode == "L":
+        return base
+    if mode == "RGB":
+        return base.convert("RGB")
+    if mode == "RGBA":
+        return base.convert("RGBA")
+    if mode == "P":
+        return base.convert("P")
+    raise ValueError(mode)
+
+
+def write_collection(root: Path, *, patients=24, images_per_patient=3, seed=0, hierarchical_from=12,
+                     extra_rows=True, size=(72, 60)):
+    """Write a synthetic collection in the metadata layout; return the metadata frame.
+
+    Patients cycle over flat findings, then (from ``hierarchical_from``) hierarchical ones, so
+    every task has at least a few patients per class. COVID images carry a bright square.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(patients):
+        findings = FLAT if p < hierarchical_from else HIERARCHICAL
+        finding = findings[p % len(findings)]
+        covid = "COVID-19" in finding
+        for i in range(images_per_patient):
+            mode, ext = MODES[(p + i) % len(MODES)]
+            name = f"p{p:03d}_{i}.{ext}"
+            _xray(rng, mode, bright=covid, size=size).save(root / "images" / name)
+            rows.append({"patientid": str(100 + p), "offset": i, "sex": "MF"[p % 2],
+                         "age": 30 + p, "finding": finding,
+                         "view": ["PA", "AP", "AP Supine"][i % 3], "modality": "X-ray",
+                         "folder": "images", "filename": name,
+                         "url": f"https://site{p % 3}.example.org/case{p}", "license": "CC BY"})
+    if extra_rows:
+        _xray(rng, "L").save(root / "images" / "todo.png")
+        _xray(rng, "L").save(root / "images" / "lateral.png")
+        _xray(rng, "L").save(root / "images" / "ct.png")
+        rows += [
+            {"patientid": "900", "finding": "todo", "view": "PA", "modality": "X-ray",
+             "folder": "images", "filename": "todo.png", "sex": "F", "age": 50},
+            {"patientid": "901", "finding": "COVID-19", "view": "L", "modality": "X-ray",
+             "folder": "images", "filename": "lateral.png", "sex": "M", "age": 51},
+            {"patientid": "902", "finding": "COVID-19", "view": "Axial", "modality": "CT",
+             "folder": "images", "filename": "ct.png", "sex": "M", "age": 52},
+            {"patientid": "903", "finding": "COVID-19", "view": "PA", "modality": "X-ray",
+             "folder": "images", "filename": "not-there.jpg", "sex": "M", "age": 53},
+        ]
+    meta = pd.DataFrame(rows)
+    meta.to_csv(root / "metadata.csv", index=False)
+    return meta
+
+
+@pytest.fixture(scope="session")
+def collection(tmp_path_factory) -> Path:
+    """A synthetic collection (metadata.csv + images/), shared by the session: read only."""
+    root = tmp_path_factory.mktemp("collection")
+    write_collection(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def class_folders(tmp_path_factory) -> Path:
+    """The same kind of images in the one-folder-per-class layout."""
+    root = tmp_path_factory.mktemp("folders")
+    rng = np.random.default_rng(1)
+    for folder, n, bright in (("COVID", 8, True), ("normal", 6, False), ("pneumonia", 6, False)):
+        (root / folder).mkdir()
+        for i in range(n):
+            mode, ext = MODES[i % len(MODES)]
+            _xray(rng, mode, bright=bright).save(root / folder / f"{folder}_{i}.{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The shared snapshot; tests using it skip when it is absent."""
+    if not (REAL_DATA / "metadata.csv").is_file():
+        pytest.skip(f"real dataset snapshot not found at {REAL_DATA}")
+    return REAL_DATA
