@@ -20,7 +20,7 @@ REAL_DATA = Path(
 ).resolve()
 
 # Findings of the synthetic collection, in both notations, cycling over patients.
-FLAT = ["COVID-19", "COVID-19, ARDS", "No Finding", "COVID-19", "Streptococcus", "Pneumocystis"]
+FLAT = ["COVID-19", "COVID-19, ARDS", "No Finding", "COVID-19", "Streptococcus", "No Finding"]
 HIERARCHICAL = ["Pneumonia/Viral/COVID-19", "No Finding", "Pneumonia/Viral/COVID-19",
                 "Pneumonia/Bacterial/Streptococcus", "Pneumonia/Viral/SARS"]
 # Image modes real files come in: (PIL mode, extension).

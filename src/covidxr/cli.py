@@ -87,8 +87,8 @@ def _add_eda(sub):
 
 
 def _run_eda(args):
-    from .data import load_dataset, task_counts
-    from .eda import summary_table, write_eda_figures
+    from .data import load_dataset, summary_table, task_counts
+    from .plots import write_eda_figures
 
     frame = load_dataset(args.data_dir, task=None, layout=args.layout,
                          modality=None if str(args.modality).lower() in ("", "all", "none") else args.modality,

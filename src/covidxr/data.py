@@ -40,7 +40,9 @@ __all__ = [
     "read_metadata",
     "read_split",
     "resolve_data_dir",
+    "source_overlap",
     "split_patients",
+    "summary_table",
     "task_counts",
     "write_split",
 ]
@@ -432,8 +434,9 @@ def read_manifest(
     """Read a CSV manifest: one row per image with a path, a label and a patient id.
 
     Paths are relative to the manifest's folder (absolute paths and ``..`` are refused).
-    Labels go through :data:`LABEL_ALIASES`, then through :func:`finding_category` (so
-    "COVID-19" and "Pneumonia/Viral/COVID-19" both work). Without a patient column each
+    Labels go through :data:`LABEL_ALIASES` ("covid", "COVID-19", "normal", "No Finding",
+    "pneumonia", "other", ...) or are hierarchical findings ("Pneumonia/Viral/COVID-19");
+    anything else is an error that lists them, blank and "todo" rows are dropped. Without a patient column each
     image is its own patient, with a warning.
 
     Args:
@@ -451,8 +454,8 @@ def read_manifest(
     raw.columns = [c.strip() for c in raw.columns]
     _require_columns(raw, [image_col, label_col], source=str(csv_path))
     root = csv_path.parent
-    labels = raw[label_col].map(lambda v: alias_category(v) or finding_category(v))
-    unknown = sorted({v for v, c in zip(raw[label_col], labels) if c is None and str(v).strip().lower() not in _UNLABELLED})
+    labels = raw[label_col].map(lambda v: None if str(v).strip().lower() in _UNLABELLED else alias_category(v))
+    unknown = sorted({v for v, c in zip(raw[label_col], labels) if pd.isna(c) and str(v).strip().lower() not in _UNLABELLED})
     if unknown:
         raise ValueError(
             f"Unknown label(s) in column {label_col!r}; expected aliases {sorted(LABEL_ALIASES)} "
@@ -687,3 +690,58 @@ def read_split(path) -> pd.DataFrame:
     if bad:
         raise ValueError(f"Expected parts train/val/test in {path}. Received: part={bad}")
     return split[list(SPLIT_COLUMNS)]
+
+
+def source_overlap(frame: pd.DataFrame) -> dict:
+    """How far an image's source (URL host) goes with its category.
+
+    A source "leans non-COVID" when its share of non-COVID images is above the collection's
+    share. If most non-COVID images come from such sources while few COVID-19 images do, a
+    model can learn the source (scanner, processing, journal figure style) instead of the
+    disease.
+
+    Returns:
+        A dict with ``non_covid_images``, ``non_covid_from_leaning`` (non-COVID images from
+        non-COVID-leaning sources), ``covid_images``, ``covid_from_leaning`` and
+        ``leaning_sources`` (list of source names).
+    """
+    is_covid = frame["category"] == "covid"
+    overall = 1.0 - float(is_covid.mean()) if len(frame) else 0.0
+    share = (~is_covid).groupby(frame["source"]).mean()
+    leaning = sorted(share[share > overall].index)
+    from_leaning = frame["source"].isin(leaning)
+    return {
+        "non_covid_images": int((~is_covid).sum()),
+        "non_covid_from_leaning": int((~is_covid & from_leaning).sum()),
+        "covid_images": int(is_covid.sum()),
+        "covid_from_leaning": int((is_covid & from_leaning).sum()),
+        "leaning_sources": leaning,
+    }
+
+
+def summary_table(frame: pd.DataFrame, counts: pd.DataFrame | None = None) -> str:
+    """The text ``covidxr eda`` prints: totals, per-task class counts and patient counts,
+    and the source overlap warning."""
+    counts = task_counts(frame) if counts is None else counts
+    lines = [
+        f"{len(frame)} labelled images of {frame['patient'].nunique()} patients "
+        f"({frame.attrs.get('dropped_unlabelled', 0)} unlabelled rows dropped, "
+        f"{frame.attrs.get('missing_files', 0)} rows without an image file skipped)",
+        "",
+        counts.to_string(index=False),
+    ]
+    for task in TASKS.values():
+        sub = counts[counts["task"] == task.name]
+        if int(sub["patients"].min()) < 20:
+            lines.append(f"note: {task.name}: only {int(sub['patients'].min())} patients in its "
+                         f"smallest class; confidence intervals will be wide.")
+    overlap = source_overlap(frame)
+    if overlap["non_covid_images"] and overlap["covid_images"]:
+        lines.append(
+            f"warning: {overlap['non_covid_from_leaning']} of {overlap['non_covid_images']} non-COVID "
+            f"images come from {len(overlap['leaning_sources'])} sources that supply only "
+            f"{overlap['covid_from_leaning']} of {overlap['covid_images']} COVID-19 images "
+            f"({', '.join(overlap['leaning_sources'][:5])}{', ...' if len(overlap['leaning_sources']) > 5 else ''}): "
+            "a model can learn the source instead of the disease (run `covidxr audit`)."
+        )
+    return "\n".join(lines)

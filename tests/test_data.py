@@ -1,0 +1,307 @@
+"""Tests for covidxr.data: readers, label tasks, filters, splits."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidxr import data
+
+
+def _read(root, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return data.read_metadata(root, **kwargs)
+
+
+# --------------------------------------------------------------------------- findings
+
+@pytest.mark.parametrize("finding, category", [
+    ("COVID-19", "covid"),
+    ("COVID-19, ARDS", "covid"),
+    ("Pneumonia/Viral/COVID-19", "covid"),
+    (" covid-19 ", "covid"),
+    ("No Finding", "normal"),
+    ("Streptococcus", "other"),
+    ("Pneumonia/Bacterial/Streptococcus", "other"),
+    ("ARDS", "other"),
+    ("Pneumonia", "other"),
+    ("Lipoid", "other"),
+    ("todo", None),
+    ("", None),
+    (np.nan, None),
+    ("Unknown", None),
+])
+def test_finding_category(finding, category):
+    assert data.finding_category(finding) == category
+
+
+def test_flat_and_hierarchical_give_same_labels():
+    pairs = [("COVID-19", "Pneumonia/Viral/COVID-19"), ("Streptococcus", "Pneumonia/Bacterial/Streptococcus"),
+             ("SARS", "Pneumonia/Viral/SARS"), ("No Finding", "No Finding")]
+    for task in data.TASKS.values():
+        for flat, hier in pairs:
+            a = task.mapping.get(data.finding_category(flat))
+            b = task.mapping.get(data.finding_category(hier))
+            assert a == b, (task.name, flat, hier)
+
+
+def test_task_table():
+    assert data.get_task("covid-vs-rest").classes == ("non-covid", "covid")
+    assert data.get_task("covid-vs-normal").mapping == {"covid": "covid", "normal": "normal"}
+    assert data.get_task("three-class").num_classes == 3
+    with pytest.raises(ValueError, match=r"Unknown task.*covid-vs-rest.*Received: task='covid'"):
+        data.get_task("covid")
+
+
+# --------------------------------------------------------------------------- metadata layout
+
+def test_read_metadata_counts_and_filters(collection):
+    with pytest.warns(UserWarning, match=r"1 of \d+ metadata rows name an image that is not in"):
+        frame = data.read_metadata(collection)
+    meta = pd.read_csv(collection / "metadata.csv")
+    # Independent count: frontal X-rays, labelled, with a file on disk.
+    keep = meta[(meta.modality == "X-ray") & meta.view.isin(data.FRONTAL_VIEWS) & (meta.finding != "todo")]
+    keep = keep[[(collection / "images" / f).is_file() for f in keep.filename]]
+    assert len(frame) == len(keep)
+    assert list(frame.columns) == list(data.FRAME_COLUMNS)
+    assert frame.attrs["dropped_unlabelled"] == 1
+    assert frame.attrs["missing_files"] == 1
+    assert set(frame["view"]) <= set(data.FRONTAL_VIEWS)
+    assert "lateral.png" not in set(frame["image"].str.split("/").str[-1])
+    assert "ct.png" not in set(frame["image"].str.split("/").str[-1])
+    assert all(os.path.isfile(p) for p in frame["path"])
+    # Other filters bring the lateral and CT rows back.
+    assert "images/lateral.png" in set(_read(collection, views="all")["image"])
+    assert "images/ct.png" in set(_read(collection, views=None, modality=None)["image"])
+    assert "images/ct.png" not in set(_read(collection, views=None)["image"])
+
+
+@pytest.mark.parametrize("task", sorted(data.TASKS))
+def test_read_metadata_tasks(collection, task):
+    frame = _read(collection, task=task)
+    spec = data.get_task(task)
+    assert set(frame["label"]) == set(spec.classes)
+    covid = frame["finding"].str.contains("COVID-19")
+    assert (frame.loc[covid, "label"] == "covid").all()
+    if task == "covid-vs-normal":
+        assert set(frame["finding"]) <= {"COVID-19", "COVID-19, ARDS", "Pneumonia/Viral/COVID-19", "No Finding"}
+    if task == "covid-vs-rest":
+        assert (frame.loc[frame["finding"] == "No Finding", "label"] == "non-covid").all()
+
+
+def test_unknown_view(collection):
+    with pytest.raises(ValueError, match=r"Unknown view name.*Received: views='Lateral-ish'"):
+        data.read_metadata(collection, views=["PA", "Lateral-ish"])
+
+
+def test_missing_columns(tmp_path):
+    (tmp_path / "images").mkdir()
+    pd.DataFrame({"patientid": ["1"], "filename": ["a.png"]}).to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"lacks required column\(s\) \['finding'\].*Received: missing=\['finding'\]"):
+        data.read_metadata(tmp_path)
+
+
+def test_missing_metadata(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"metadata.csv.*Received: data_dir="):
+        data.read_metadata(tmp_path)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../x.png", r"'\.\.' is not allowed.*Received: filename='\.\./x\.png'"),
+    ("/etc/passwd", r"not an absolute path.*Received: filename='/etc/passwd'"),
+])
+def test_filename_outside_images(tmp_path, name, message):
+    (tmp_path / "images").mkdir()
+    pd.DataFrame({"patientid": ["1"], "finding": ["COVID-19"], "filename": [name], "view": ["PA"],
+                  "modality": ["X-ray"]}).to_csv(tmp_path / "metadata.csv", index=False)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=message):
+        data.read_metadata(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_symlink_outside_images(tmp_path):
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "link.png").symlink_to(outside)
+    pd.DataFrame({"patientid": ["1"], "finding": ["COVID-19"], "filename": ["link.png"], "view": ["PA"],
+                  "modality": ["X-ray"]}).to_csv(root / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"resolves outside it.*Received: filename='link.png'"):
+        data.read_metadata(root)
+
+
+def test_empty_class_after_filtering(collection):
+    with pytest.raises(ValueError, match=r"none are left for \['normal'\].*Received: class_counts="):
+        _read(collection, task="covid-vs-normal", views=["AP Supine"]).pipe(lambda f: f[f.label != "normal"]).pipe(
+            lambda f: data._finish(f.drop(columns="label"), "covid-vs-normal", dropped_unlabelled=0, source="x"))
+
+
+def test_nothing_written_into_dataset(collection):
+    before = {p: p.stat().st_mtime for p in collection.rglob("*")}
+    frame = _read(collection, task="covid-vs-rest")
+    data.split_patients(frame, val_size=0.2, test_size=0.2)
+    after = {p: p.stat().st_mtime for p in collection.rglob("*")}
+    assert before == after
+
+
+# --------------------------------------------------------------------------- other layouts
+
+def test_read_folders(class_folders):
+    with pytest.warns(UserWarning, match="patient-level split is impossible"):
+        frame = data.read_folders(class_folders, task="three-class")
+    assert frame.groupby("label").size().to_dict() == {"covid": 8, "normal": 6, "other": 6}
+    assert frame["patient"].nunique() == len(frame)
+    assert list(frame.columns) == list(data.FRAME_COLUMNS)
+
+
+def test_read_folders_unknown_name(tmp_path):
+    (tmp_path / "tuberculosis").mkdir()
+    with pytest.raises(ValueError, match=r"Unknown class folder name.*'covid'.*Received: folder='tuberculosis'"):
+        data.read_folders(tmp_path)
+
+
+def test_read_manifest(collection, tmp_path):
+    meta = pd.read_csv(collection / "metadata.csv")
+    meta = meta[meta.filename.map(lambda f: (collection / "images" / f).is_file())]
+    # Manifests name classes by alias or hierarchical finding: map the flat findings first.
+    alias = {"COVID-19": "COVID", "COVID-19, ARDS": "covid", "No Finding": "No Finding", "todo": "todo"}
+    diagnosis = [alias.get(f, f if "/" in f else "pneumonia") for f in meta.finding]
+    manifest = pd.DataFrame({"file": f"{collection.name}/images/" + meta.filename, "diagnosis": diagnosis,
+                             "pid": meta.patientid.astype(str)})
+    path = collection / ".." / "manifest_test.csv"
+    path = path.resolve()
+    manifest.to_csv(path, index=False)
+    try:
+        frame = data.read_manifest(path, task="covid-vs-rest", image_col="file", label_col="diagnosis",
+                                   patient_col="pid")
+    finally:
+        path.unlink()
+    # Same labels as the metadata reader for the same images (manifest has no view filter).
+    ref = _read(collection, task="covid-vs-rest", views=None, modality=None).set_index("image")["label"]
+    got = frame.set_index(frame["image"].str.split("/", n=1).str[1])["label"]
+    assert got.equals(ref.loc[got.index])
+    assert frame.attrs["dropped_unlabelled"] == 1  # the "todo" row
+
+
+def test_read_manifest_errors(tmp_path):
+    pd.DataFrame({"path": ["a.png"], "label": ["tuberculosis"]}).to_csv(tmp_path / "m.csv", index=False)
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"Unknown label\(s\).*Received: labels=\['tuberculosis'\]"):
+        data.read_manifest(tmp_path / "m.csv")
+    with pytest.raises(ValueError, match=r"lacks required column\(s\) \['img'\]"):
+        data.read_manifest(tmp_path / "m.csv", image_col="img")
+    pd.DataFrame({"path": ["../a.png"], "label": ["covid"]}).to_csv(tmp_path / "m2.csv", index=False)
+    with pytest.raises(ValueError, match=r"'\.\.' is not allowed.*Received: path='\.\./a\.png'"):
+        data.read_manifest(tmp_path / "m2.csv")
+
+
+def test_load_dataset_detects_layout(collection, class_folders, tmp_path):
+    assert data.load_dataset(collection).attrs["source"] == "metadata"
+    with pytest.warns(UserWarning):
+        assert data.load_dataset(class_folders).attrs["source"] == "folders"
+    with pytest.raises(FileNotFoundError, match=r"Received: data_dir="):
+        data.load_dataset(tmp_path / "nothing")
+    with pytest.raises(ValueError, match=r"Unknown layout.*Received: layout='zip'"):
+        data.load_dataset(collection, layout="zip")
+
+
+def test_resolve_data_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("COVIDXR_DATA_DIR", raising=False)
+    assert data.resolve_data_dir() == data.DEFAULT_DATA_DIR
+    monkeypatch.setenv("COVIDXR_DATA_DIR", str(tmp_path))
+    assert data.resolve_data_dir() == tmp_path
+    assert data.resolve_data_dir(tmp_path / "x") == tmp_path / "x"
+
+
+# --------------------------------------------------------------------------- splits
+
+def _assert_patient_disjoint(split):
+    parts_per_patient = split.groupby("patient")["part"].nunique()
+    assert parts_per_patient.max() == 1
+
+
+@pytest.mark.parametrize("task", sorted(data.TASKS))
+def test_split_patients(collection, task):
+    frame = _read(collection, task=task)
+    split = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=3)
+    _assert_patient_disjoint(split)
+    assert set(split["part"]) == {"train", "val", "test"}
+    for _, part in split.groupby("part"):
+        assert set(part["label"]) == set(frame["label"])
+    again = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=3)
+    assert split["part"].equals(again["part"])
+    other = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=4)
+    assert not split["part"].equals(other["part"])
+
+
+def test_kfold_split(collection):
+    frame = _read(collection, task="covid-vs-rest")
+    tests = []
+    for fold in range(3):
+        split = data.kfold_split(frame, folds=3, fold=fold, val_size=0.2, seed=0)
+        _assert_patient_disjoint(split)
+        tests.append(set(split.loc[split.part == "test", "patient"]))
+    assert not (tests[0] & tests[1]) and not (tests[1] & tests[2]) and not (tests[0] & tests[2])
+    assert set().union(*tests) == set(frame["patient"])
+
+
+def test_split_errors(collection):
+    frame = _read(collection, task="covid-vs-normal")
+    few = frame[frame["patient"].isin(frame.groupby("label")["patient"].first())]
+    with pytest.raises(ValueError, match=r"Too few patients.*Received: patients_per_class="):
+        data.split_patients(few)
+    with pytest.raises(ValueError, match=r"Too few patients for 50 folds.*Received: patients_per_class="):
+        data.kfold_split(frame, folds=50)
+    with pytest.raises(ValueError, match=r"Expected test_size in \(0, 0.5\). Received: test_size=0.7"):
+        data.split_patients(frame, test_size=0.7)
+    with pytest.raises(ValueError, match=r"Expected 0 <= fold < folds=3. Received: fold=3"):
+        data.kfold_split(frame, folds=3, fold=3)
+
+
+def test_split_roundtrip(collection, tmp_path):
+    split = data.split_patients(_read(collection, task="three-class"), val_size=0.2, test_size=0.2)
+    path = data.write_split(split, tmp_path / "split.csv")
+    back = data.read_split(path)
+    assert list(back.columns) == ["image", "patient", "label", "part"]
+    pd.testing.assert_frame_equal(back, split[["image", "patient", "label", "part"]].astype(str))
+    back.assign(part="holdout").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"Expected parts train/val/test.*Received: part=\['holdout'\]"):
+        data.read_split(tmp_path / "bad.csv")
+
+
+def test_source_overlap():
+    frame = pd.DataFrame({"category": ["covid"] * 4 + ["other"] * 4,
+                          "source": ["a", "a", "a", "b", "b", "b", "c", "a"]})
+    overlap = data.source_overlap(frame)
+    assert overlap["leaning_sources"] == ["b", "c"]
+    assert overlap["non_covid_from_leaning"] == 3
+    assert overlap["covid_from_leaning"] == 1
+
+
+# --------------------------------------------------------------------------- real snapshot
+
+@pytest.mark.realdata
+def test_real_snapshot_counts_and_split(real_data):
+    with pytest.warns(UserWarning, match=r"metadata rows name an image that is not in"):
+        frame = data.read_metadata(real_data, task=None)
+    meta = pd.read_csv(real_data / "metadata.csv")
+    on_disk = meta[[(real_data / (f or "images") / n).is_file() for f, n in zip(meta.folder.fillna("images"), meta.filename)]]
+    assert len(on_disk) == 716 and (on_disk.modality == "X-ray").sum() == 653  # figures of shared/data/README.md
+    frontal = on_disk[(on_disk.modality == "X-ray") & on_disk.view.isin(data.FRONTAL_VIEWS)]
+    labelled = frontal[~frontal.finding.isin(["todo"]) & frontal.finding.notna()]
+    assert len(frame) == len(labelled)
+    assert frame["patient"].nunique() == labelled.patientid.nunique()
+    normal = data.get_task("covid-vs-normal")
+    counts = data.task_counts(frame).set_index(["task", "class"])
+    assert counts.loc[("covid-vs-normal", "normal"), "patients"] == 16
+    assert counts.loc[("covid-vs-rest", "covid"), "images"] == labelled.finding.str.contains("COVID-19").sum()
+    assert normal.classes == ("normal", "covid")
+    split = data.split_patients(data.read_metadata(real_data, task="covid-vs-rest"), seed=0)
+    _assert_patient_disjoint(split)
