@@ -363,7 +363,15 @@ def read_metadata(
             raise FileNotFoundError(message + f" Received: missing={missing}")
         warnings.warn(message, stacklevel=2)
     raw = raw[exists]
-    raw = raw.drop_duplicates(subset=["path"])
+    repeated = raw["path"].duplicated()
+    if repeated.any():
+        names = sorted(set(raw.loc[repeated, "filename"]))
+        warnings.warn(
+            f"{int(repeated.sum())} metadata rows list an image already listed (possibly under "
+            f"another patient id); kept the first row of each: {names[:5]}",
+            stacklevel=2,
+        )
+    raw = raw[~repeated]
 
     frame = pd.DataFrame({
         "image": [str(Path(p).relative_to(root).as_posix()) for p in raw["path"]],
