@@ -1,0 +1,498 @@
+"""Tests for covidxr.images: decoding every image mode and DICOM, preprocessing, the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from covidxr import data, images
+
+
+def _grey(h=40, w=30, seed=0):
+    """A smooth grey image (JPEG keeps it close), distinct per seed."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = 128 + 90 * np.sin(x / w * np.pi * (1 + seed)) * np.cos(y / h * np.pi)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _load_frame(root):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return data.load_dataset(root)
+
+
+# --------------------------------------------------------------------------- PIL modes
+
+@pytest.mark.parametrize("mode, ext, tol", [
+    ("L", "png", 0), ("RGB", "png", 0), ("RGBA", "png", 0), ("P", "png", 0), ("LA", "png", 0),
+    ("L", "jpg", 6), ("RGB", "jpg", 6), ("I", "tif", 0),
+])
+def test_load_image_modes(tmp_path, mode, ext, tol):
+    grey = _grey()
+    path = tmp_path / f"img.{ext}"
+    img = Image.fromarray(grey)
+    img = img.convert(mode) if mode != "I" else img.convert("I")
+    img.save(path)
+    with Image.open(path) as check:
+        assert check.mode == mode
+    out = images.load_image(path)
+    assert out.dtype == np.uint8 and out.shape == grey.shape
+    assert np.abs(out.astype(int) - grey).mean() <= tol
+    if mode == "P":  # a palette of 256 greys: exact
+        np.testing.assert_array_equal(out, grey)
+
+
+def test_load_image_16bit_png_full_range(tmp_path):
+    grey = _grey()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as check:
+        assert check.mode.startswith("I;16")
+    np.testing.assert_array_equal(images.load_image(tmp_path / "a.png"), grey)
+
+
+def test_load_image_16bit_png_12_bit_data(tmp_path):
+    values = np.linspace(0, 4095, 40 * 30).reshape(40, 30).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "a.png")
+    out = images.load_image(tmp_path / "a.png")
+    # scaled by 12 bits, not 16 (which would leave it nearly black)
+    assert out.max() == 255 and out.min() == 0
+    np.testing.assert_allclose(out, values * 255.0 / 4095, atol=0.51)
+
+
+def test_load_image_cmyk_jpeg(tmp_path):
+    grey = _grey()
+    Image.fromarray(grey).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    with Image.open(tmp_path / "c.jpg") as check:
+        assert check.mode == "CMYK"
+    out = images.load_image(tmp_path / "c.jpg")
+    assert out.shape == grey.shape
+    assert np.abs(out.astype(int) - grey).mean() < 8  # not inverted
+
+
+def test_load_image_exif_rotation(tmp_path):
+    grey = np.zeros((20, 40), np.uint8)   # wide as stored
+    grey[:5, :5] = 255                    # bright top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6                      # "rotate 90 CW to display"
+    Image.fromarray(grey).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = images.load_image(tmp_path / "r.jpg")
+    assert out.shape == (40, 20)          # upright: tall
+    assert out[:5, -5:].mean() > 200      # the corner moved to the top-right
+    assert out[:5, :5].mean() < 50
+
+
+# --------------------------------------------------------------------------- DICOM
+
+def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, intercept=None, window=None,
+                 bits_stored=12):
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+RAMP = np.linspace(0, 4000, 20 * 16).reshape(20, 16).astype(np.uint16)
+
+
+def test_dicom_monochrome2_full_range(tmp_path):
+    out = images.load_image(_write_dicom(tmp_path / "a.dcm", RAMP))
+    assert out.dtype == np.uint8 and out.shape == RAMP.shape
+    np.testing.assert_allclose(out, RAMP * 255.0 / 4000, atol=0.51)
+
+
+def test_dicom_monochrome1_inverted(tmp_path):
+    mono2 = images.load_image(_write_dicom(tmp_path / "a.dcm", RAMP))
+    mono1 = images.load_image(_write_dicom(tmp_path / "b.dcm", RAMP, photometric="MONOCHROME1"))
+    np.testing.assert_array_equal(mono1, 255 - mono2)
+    assert mono1[0, 0] == 255 and mono1[-1, -1] == 0   # low values are white
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_dicom_rescale_and_window(tmp_path, photometric):
+    # stored 0..1000 -> HU = 2 * stored - 1000; window [-200, 200] (center 0, width 400)
+    raw = np.array([[0, 400, 500, 600, 1000, 450]], np.uint16)
+    out = images.load_image(_write_dicom(tmp_path / "w.dcm", raw, photometric=photometric,
+                                         slope=2, intercept=-1000, window=(0, 400)))
+    expected = np.array([[0, 0, 128, 255, 255, 64]])
+    if photometric == "MONOCHROME1":
+        expected = 255 - expected
+    np.testing.assert_allclose(out, expected, atol=1.5)
+    # without the rescale, stored 500 would lie above the window and be white
+    plain = images.load_image(_write_dicom(tmp_path / "p.dcm", raw, window=(0, 400)))
+    assert plain[0, 2] == 255
+
+
+def test_dicom_multivalued_window_and_magic_without_extension(tmp_path):
+    path = _write_dicom(tmp_path / "noext", RAMP, window=([2000, 1000], [4000, 500]))
+    out = images.load_image(path)
+    assert out.shape == RAMP.shape and out[0, 0] == 0 and out[-1, -1] == 255
+    np.testing.assert_allclose(out[10, 8], 255 * (RAMP[10, 8] - 1999.5) / 3999 + 127.5, atol=1.5)
+
+
+# --------------------------------------------------------------------------- bad files
+
+def _bad_files(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(_grey()).save(good)
+    Image.fromarray(_grey(80, 80)).save(tmp_path / "full.jpg", quality=95)
+    raw = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image at all\n" * 20)
+    png = bytearray(good.read_bytes())
+    png[60:120] = bytes(60)
+    (tmp_path / "corrupt.png").write_bytes(bytes(png))
+    return ["truncated.jpg", "empty.png", "text.jpg", "corrupt.png"]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("truncated.jpg", r"cannot be decoded.*truncated.*Received: path='.*truncated\.jpg'"),
+    ("empty.png", r"cannot be decoded.*empty.*Received: path='.*empty\.png'"),
+    ("text.jpg", r"cannot be decoded.*UnidentifiedImageError.*Received: path='.*text\.jpg'"),
+    ("corrupt.png", r"cannot be decoded.*Received: path='.*corrupt\.png'"),
+])
+def test_bad_file_strict_raises(tmp_path, name, message):
+    _bad_files(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        images.load_image(tmp_path / name)
+    with pytest.warns(UserWarning, match=rf"Skipping an unreadable image file: .*{name}"):
+        assert images.load_image(tmp_path / name, strict=False) is None
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Expected an image file.*Received: path='.*nope\.png'"):
+        images.load_image(tmp_path / "nope.png")
+    with pytest.warns(UserWarning, match=r"Skipping a missing image file: .*nope\.png"):
+        assert images.load_image(tmp_path / "nope.png", strict=False) is None
+
+
+@pytest.mark.parametrize("limit, error", [(3000, "DecompressionBombWarning"), (1000, "DecompressionBombError")])
+def test_decompression_bomb_refused(tmp_path, monkeypatch, limit, error):
+    Image.fromarray(_grey(72, 60)).save(tmp_path / "big.png")    # 4320 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(ValueError, match=rf"cannot be decoded \({error}.*Received: path='.*big\.png'"):
+        images.load_image(tmp_path / "big.png")
+    with pytest.warns(UserWarning, match=r"Skipping an unreadable image file: .*big\.png"):
+        assert images.load_image(tmp_path / "big.png", strict=False) is None
+
+
+# --------------------------------------------------------------------------- preprocess
+
+def test_preprocess_pad_keeps_aspect_ratio():
+    grey = np.full((60, 30), 200, np.uint8)     # tall
+    out = images.preprocess(grey, image_size=32)
+    assert out.shape == (32, 32) and out.dtype == np.uint8
+    assert (out[:, :8] == 0).all() and (out[:, -8:] == 0).all()   # black side bars
+    assert (out[:, 9:23] == 200).all()
+
+
+def test_preprocess_crop_keeps_centre():
+    grey = np.zeros((60, 30), np.uint8)
+    grey[15:45] = 200                             # the centre square is bright
+    out = images.preprocess(grey[..., None], image_size=16, resize="crop")
+    assert out.shape == (16, 16)
+    assert (out[1:-1] == 200).all()
+
+
+@pytest.mark.parametrize("contrast", ["clahe", "equalize"])
+def test_preprocess_contrast_spreads_histogram(contrast):
+    pytest.importorskip("skimage")
+    rng = np.random.default_rng(0)
+    grey = (100 + 20 * rng.random((64, 64))).astype(np.uint8)    # low contrast: 100..120
+    plain = images.preprocess(grey, image_size=64)
+    enhanced = images.preprocess(grey, image_size=64, contrast=contrast)
+    assert enhanced.dtype == np.uint8
+    assert np.ptp(enhanced) > 3 * np.ptp(plain)
+
+
+def test_preprocess_contrast_ignores_padding():
+    pytest.importorskip("skimage")
+    grey = (100 + 20 * np.random.default_rng(0).random((64, 32))).astype(np.uint8)
+    out = images.preprocess(grey, image_size=32, contrast="equalize")
+    assert (out[:, :8] == 0).all() and out[:, 8:24].max() == 255
+
+
+def test_preprocess_errors():
+    grey = _grey()
+    with pytest.raises(ValueError, match=r"Unknown resize.*'pad', 'crop'.*Received: resize='stretch'"):
+        images.preprocess(grey, image_size=32, resize="stretch")
+    with pytest.raises(ValueError, match=r"Unknown contrast.*'clahe'.*Received: contrast='gamma'"):
+        images.preprocess(grey, image_size=32, contrast="gamma")
+    with pytest.raises(ValueError, match=r"image_size to be an integer >= 8. Received: image_size=4"):
+        images.preprocess(grey, image_size=4)
+    with pytest.raises(ValueError, match=r"uint8 grey image of shape \(H, W\). Received: image with shape=\(40, 30, 3\)"):
+        images.preprocess(np.zeros((40, 30, 3), np.uint8), image_size=32)
+    with pytest.raises(ValueError, match=r"Received: image with shape=\(40, 30\), dtype=float64"):
+        images.preprocess(np.zeros((40, 30)), image_size=32)
+
+
+# --------------------------------------------------------------------------- cache
+
+def test_resolve_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("COVIDXR_CACHE_DIR", raising=False)
+    assert images.resolve_cache_dir() == images.DEFAULT_CACHE_DIR
+    monkeypatch.setenv("COVIDXR_CACHE_DIR", str(tmp_path / "env"))
+    assert images.resolve_cache_dir() == tmp_path / "env"
+    assert images.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+@pytest.fixture(scope="module")
+def frame(collection):
+    return _load_frame(collection)
+
+
+def test_build_cache_every_fixture_mode(frame, tmp_path):
+    modes = set()
+    for path in frame["path"]:
+        with Image.open(path) as img:
+            modes.add(img.mode)
+    assert {"RGB", "L", "RGBA", "P"} <= modes and any(m.startswith("I;16") for m in modes)
+    cache = images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
+    assert cache.images.shape == (len(frame), 32, 32, 1) and cache.images.dtype == np.uint8
+    assert isinstance(cache.images, np.memmap)
+    assert list(cache.rows["image"]) == list(frame["image"])
+    assert cache.settings == {"image_size": 32, "resize": "pad", "contrast": None}
+    assert cache.path == tmp_path / cache.key and cache.key.startswith("32-pad-none-")
+    # each cached image equals decoding + preprocessing that file now
+    for i in range(len(frame)):
+        expected = images.preprocess(images.load_image(frame["path"].iloc[i]), image_size=32)
+        np.testing.assert_array_equal(cache.images[i, :, :, 0], expected)
+    batch = cache.select(list(frame["image"].iloc[[5, 0]]))
+    np.testing.assert_array_equal(batch, np.asarray(cache.images)[[5, 0]])
+    with pytest.raises(ValueError, match=r"1 are not in it. Received: images=\['nope.png'\]"):
+        cache.select(["nope.png"])
+    labels = cache.labels(data.get_task("covid-vs-rest").classes)
+    assert labels.tolist() == [int(lab == "covid") for lab in frame["label"]]
+    with pytest.raises(ValueError, match=r"Expected labels among \('a', 'b'\). Received: labels=\["):
+        cache.labels(("a", "b"))
+
+
+def test_cache_reused_without_decoding(frame, tmp_path, monkeypatch):
+    first = images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
+    monkeypatch.setattr(images, "load_image", lambda *a, **k: pytest.fail("decoded again"))
+    again = images.build_cache(frame.iloc[::-1], image_size=32, cache_dir=tmp_path, progress=False)
+    assert again.path == first.path
+    # rows follow the caller's frame (another task's labels), in the cache's order
+    relabelled = frame.assign(label="x")
+    assert set(images.build_cache(relabelled, image_size=32, cache_dir=tmp_path, progress=False).rows["label"]) == {"x"}
+
+
+def test_changed_settings_or_files_build_new_cache(frame, tmp_path, collection):
+    base = images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
+    keys = {base.key}
+    for kwargs in ({"image_size": 40}, {"image_size": 32, "resize": "crop"},
+                   {"image_size": 32, "contrast": "equalize"}):
+        cache = images.build_cache(frame, cache_dir=tmp_path, progress=False, **kwargs)
+        assert cache.key not in keys
+        keys.add(cache.key)
+    subset = images.build_cache(frame.iloc[:10], image_size=32, cache_dir=tmp_path, progress=False)
+    assert subset.key not in keys and len(subset) == 10
+    assert len(images.list_caches(tmp_path)) == 5
+
+
+def test_changed_file_changes_key(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(_grey()).save(src / "a.png")
+    small = pd.DataFrame({"image": ["a.png"], "path": [str(src / "a.png")], "label": ["covid"]})
+    key = images.cache_key(small, image_size=32)
+    assert images.cache_key(small, image_size=32) == key
+    Image.fromarray(_grey(50, 30, seed=1)).save(src / "a.png")
+    os.utime(src / "a.png", ns=(1, 1))
+    assert images.cache_key(small, image_size=32) != key
+
+
+def test_half_written_cache_is_never_used(frame, tmp_path):
+    key = images.cache_key(frame, image_size=32)
+    # a leftover temporary folder and a final folder without its metadata
+    (tmp_path / f".tmp-{key}-dead").mkdir()
+    (tmp_path / f".tmp-{key}-dead" / "images.npy").write_bytes(b"garbage")
+    (tmp_path / key).mkdir()
+    np.save(tmp_path / key / "images.npy", np.zeros((3, 32, 32, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"Expected a complete image cache.*Received: path='.*32-pad-none-"):
+        images.ImageCache.open(tmp_path / key)
+    assert images.list_caches(tmp_path).empty
+    with pytest.warns(UserWarning, match=r"Rebuilding an incomplete or damaged cache"):
+        cache = images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
+    assert cache.path == tmp_path / key and len(cache) == len(frame)
+    assert images.ImageCache.open(tmp_path / key).images.shape[0] == len(frame)
+
+
+def test_interrupted_build_leaves_nothing(frame, tmp_path, monkeypatch):
+    real = images.preprocess
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(images, "preprocess", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(images, "preprocess", real)
+    assert len(images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)) == len(frame)
+
+
+def test_open_without_source_files(collection, tmp_path):
+    src = tmp_path / "copy"
+    shutil.copytree(collection, src)
+    frame = _load_frame(src)
+    built = images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    shutil.rmtree(src)
+    cache = images.ImageCache.open(built.path)
+    assert cache.key == built.key and cache.settings == built.settings
+    pd.testing.assert_frame_equal(cache.rows.drop(columns="age"), frame.reset_index(drop=True).drop(columns="age"),
+                                  check_dtype=False)
+    assert cache.rows["patient"].tolist() == frame["patient"].tolist()   # ids stay strings
+    np.testing.assert_array_equal(np.asarray(cache.images), np.asarray(built.images))
+    with pytest.raises(FileNotFoundError, match=r"Expected a cache folder. Received: path='.*nowhere'"):
+        images.ImageCache.open(tmp_path / "nowhere")
+
+
+def test_bad_files_skipped_with_warning(tmp_path):
+    bad = _bad_files(tmp_path)
+    names = ["good.png", *bad, "missing.png"]
+    frame = pd.DataFrame({"image": names, "path": [str(tmp_path / n) for n in names],
+                          "label": ["covid"] * len(names), "patient": [str(i) for i in range(len(names))]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    messages = " ".join(str(w.message) for w in caught)
+    for name in [*bad, "missing.png"]:
+        assert name in messages
+    assert cache.rows["image"].tolist() == ["good.png"] and cache.images.shape == (1, 32, 32, 1)
+    assert sorted(cache.skipped) == sorted([*bad, "missing.png"])
+    assert images.list_caches(tmp_path / "cache")["skipped"].tolist() == [5]
+
+
+def test_strict_build_raises_and_writes_nothing(tmp_path):
+    bad = _bad_files(tmp_path)
+    names = ["good.png", bad[0]]
+    frame = pd.DataFrame({"image": names, "path": [str(tmp_path / n) for n in names]})
+    with pytest.raises(ValueError, match=r"cannot be decoded.*Received: path='.*truncated\.jpg'"):
+        images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", strict=True, progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+    only_bad = frame.iloc[1:]
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"none of the 1 files could be decoded"):
+        images.build_cache(only_bad, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_build_cache_errors(frame, tmp_path):
+    with pytest.raises(ValueError, match=r"'image' and 'path' columns.*Received: frame columns=\['a'\]"):
+        images.build_cache(pd.DataFrame({"a": [1]}), image_size=32, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"each image once.*Received: duplicate image="):
+        images.build_cache(pd.concat([frame, frame.iloc[:1]]), image_size=32, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"at least one row. Received: frame with 0 rows"):
+        images.build_cache(frame.iloc[:0], image_size=32, cache_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"Unknown resize"):
+        images.build_cache(frame, image_size=32, resize="squash", cache_dir=tmp_path)
+
+
+def test_list_and_clear_caches(frame, tmp_path):
+    a = images.build_cache(frame.iloc[:6], image_size=32, cache_dir=tmp_path, progress=False)
+    b = images.build_cache(frame.iloc[:6], image_size=48, cache_dir=tmp_path, progress=False)
+    (tmp_path / "not-a-cache").mkdir()
+    (tmp_path / ".tmp-leftover").mkdir()
+    table = images.list_caches(tmp_path)
+    assert sorted(table["key"]) == sorted([a.key, b.key])
+    assert (table["mb"] > 0).all() and set(table["image_size"]) == {32, 48}
+    with pytest.raises(ValueError, match=r"matches no cache. Received: key='zzz'"):
+        images.clear_caches(tmp_path, key="zzz")
+    with pytest.raises(ValueError, match=r"matches 2 caches. Received: key=''"):
+        images.clear_caches(tmp_path, key="")
+    assert images.clear_caches(tmp_path, key=a.key[:6]) == [a.path]
+    assert images.list_caches(tmp_path)["key"].tolist() == [b.key]
+    images.clear_caches(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-cache"]
+    assert images.list_caches(tmp_path / "absent").empty
+
+
+def test_cli_cache_list_and_clear(frame, tmp_path, capsys):
+    from covidxr import cli
+
+    cache = images.build_cache(frame.iloc[:4], image_size=32, cache_dir=tmp_path, progress=False)
+    assert cli.main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert cache.key in out and "MB" in out
+    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path), "--key", "nope"]) == 2
+    assert "matches no cache" in capsys.readouterr().err
+    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path), "--key", cache.key]) == 0
+    assert f"removed {cache.path}" in capsys.readouterr().out
+    assert cli.main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
+    assert "no caches" in capsys.readouterr().out
+
+
+def test_light_imports():
+    import subprocess
+    import sys
+
+    code = ("import sys, covidxr.images, covidxr.sampling; "
+            "print(sorted(m for m in ('pydicom', 'skimage', 'tqdm', 'tensorflow_datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")})
+    assert out.stdout.strip() == "[]"
+
+
+def test_real_data_smoke(real_data, tmp_path):
+    frame = _load_frame(real_data).iloc[:8]
+    cache = images.build_cache(frame, image_size=64, contrast="clahe", cache_dir=tmp_path, progress=False)
+    assert cache.images.shape == (8, 64, 64, 1)
+    assert all(np.asarray(cache.images[i]).std() > 10 for i in range(8))
+
+
+def test_missing_optional_package_is_an_import_error(tmp_path, monkeypatch):
+    import sys
+
+    path = _write_dicom(tmp_path / "a.dcm", RAMP)
+    for name in ("pydicom", "skimage.exposure"):
+        monkeypatch.setitem(sys.modules, name, None)      # "import name" raises ImportError
+    with pytest.raises(ImportError, match=r"reading DICOM files needs the optional package 'pydicom'"):
+        images.load_image(path, strict=False)
+    with pytest.raises(ImportError, match=r"contrast='clahe' needs the optional package 'skimage.exposure'"):
+        images.preprocess(_grey(), image_size=32, contrast="clahe")
+
+
+def test_figures(collection):
+    import matplotlib.pyplot as plt
+    import keras
+
+    frame = _load_frame(collection).iloc[:3]
+    fig = images.plot_preprocessing(frame["path"], image_size=32, contrast="equalize")
+    assert len(fig.axes) == 6
+    fig2 = images.plot_contrast(frame["path"][:2], image_size=32)
+    assert len(fig2.axes) == 12
+    fig3 = images.plot_augmentations(np.full((32, 32), 100, np.uint8), augmentation=keras.layers.Identity(),
+                                     n_variants=3, columns=2)
+    assert len([ax for ax in fig3.axes if ax.images]) == 4
+    plt.close("all")
