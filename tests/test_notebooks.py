@@ -17,6 +17,7 @@ def params_for(name, *, collection, tmp_path):
     common = {"data_dir": str(collection)}
     table = {
         "01_eda.ipynb": {"out_dir": str(tmp_path / "figures")},
+        "02_preprocessing.ipynb": {"image_size": 64, "cache_dir": str(tmp_path / "cache")},
     }
     return {**common, **table.get(name, {})}
 
