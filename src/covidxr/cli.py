@@ -136,12 +136,262 @@ def _run_split(args):
     return 0
 
 
+# --------------------------------------------------------------------------- cache
+
+def _add_cache(sub):
+    p = sub.add_parser("cache", help="list or remove decode-once image caches and their sizes")
+    actions = p.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
+    for name, text in (("list", "show the caches and their sizes"), ("clear", "remove caches")):
+        q = actions.add_parser(name, help=text)
+        q.add_argument("--cache-dir", default=None,
+                       help="cache folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
+    q.add_argument("--key", default=None, help="the cache to remove (a unique key prefix will do; default: all)")
+
+
+def _run_cache(args):
+    from .images import clear_caches, list_caches, resolve_cache_dir
+
+    root = resolve_cache_dir(args.cache_dir)
+    if args.cache_action == "clear":
+        removed = clear_caches(root, key=args.key)
+        for path in removed:
+            print(f"removed {path}")
+        print(f"removed {len(removed)} folder(s) from {root}")
+        return 0
+    table = list_caches(root)
+    if table.empty:
+        print(f"no caches in {root}")
+        return 0
+    shown = table.drop(columns="path").rename(columns={"mb": "MB"})
+    print(shown.to_string(index=False))
+    print(f"{len(table)} cache(s), {table['mb'].sum():.1f} MB in {root}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate / audit / compare
+
+def _add_evaluate(sub):
+    from .data import FRONTAL_VIEWS
+
+    p = sub.add_parser("evaluate", help="score a run on its test part or on another dataset (external validation)")
+    p.add_argument("--run", required=True, help="run folder (config.json, predictions.csv, model.keras)")
+    p.add_argument("--data-dir", default=None,
+                   help="another dataset (collection folder, class folders or CSV manifest); "
+                        "omit to score the run's own test part")
+    p.add_argument("--name", default=None,
+                   help="evaluation name (default: 'test', or the dataset folder's name); the results go "
+                        "to RUN/evaluations/<name>-<timestamp>/")
+    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"])
+    p.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="views to keep (metadata layout)")
+    p.add_argument("--modality", default="X-ray", help="modality to keep (metadata layout)")
+    p.add_argument("--image-col", default="path", help="manifest: image path column")
+    p.add_argument("--label-col", default="label", help="manifest: label column")
+    p.add_argument("--patient-col", default="patient", help="manifest: patient id column")
+    p.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity", "fixed"],
+                   help="how the threshold is chosen on the run's validation part (default: youden)")
+    p.add_argument("--target-sensitivity", type=float, default=None,
+                   help="with --threshold-method sensitivity: the validation sensitivity to reach")
+    p.add_argument("--threshold", type=float, default=None, help="with --threshold-method fixed")
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+
+def _run_evaluate(args):
+    import json as _json
+
+    from .evaluate import evaluate_run, metrics_markdown
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = evaluate_run(
+            args.run, data_dir=args.data_dir, name=args.name, layout=args.layout,
+            modality=None if str(args.modality).lower() in ("", "all", "none") else args.modality,
+            views=args.views, image_col=args.image_col, label_col=args.label_col,
+            patient_col=None if str(args.patient_col).lower() in ("", "none") else args.patient_col,
+            threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
+            threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
+            batch_size=args.batch_size, figures=not args.no_figures)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    result = _json.loads((out / "metrics.json").read_text())
+    sel = result["threshold_selection"]
+    print(f"{result['n_images']} images of {result['n_patients']} patients from {result['data']}")
+    if result["threshold"] is not None:
+        print(f"threshold {result['threshold']:.4f}: {sel['description']}")
+    else:
+        print("decision: arg-max over the three classes")
+    print(metrics_markdown(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_audit(sub):
+    p = sub.add_parser("audit", help="can file properties alone (format, mode, size, bit depth) predict the label?")
+    add_data_options(p)
+    p.add_argument("--model", default="gradient-boosting", choices=["gradient-boosting", "logistic-regression"])
+    p.add_argument("--folds", type=int, default=5, help="patient-grouped cross-validation folds")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--warn-above", type=float, default=0.6, help="AUROC above which to warn (default 0.6)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_audit(args):
+    from .audit import audit_dataset, audit_report
+    from .data import resolve_data_dir
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = load_from_args(args)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    result = audit_dataset(frame, model=args.model, n_splits=args.folds, n_bootstrap=args.n_bootstrap,
+                           seed=args.seed, warn_above=args.warn_above)
+    print(audit_report(result, data=str(resolve_data_dir(args.data_dir))))
+    return 0
+
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="one table and chart of every metric with CIs over run folders")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    p.add_argument("--out", default=None,
+                   help="folder for comparison.csv/.md/.png (omit to print the table only)")
+    p.add_argument("--evaluation", default=None,
+                   help="compare each run's latest evaluation of this name instead of its test part")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_compare(args):
+    from .evaluate import compare_runs, comparison_markdown, write_comparison
+
+    table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    print(comparison_markdown(table))
+    if args.out:
+        for path in write_comparison(table, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train", help="train one transfer-learning model (two phases) into a new run folder",
+        description="Phase 1 trains the head on a frozen backbone (cached features); phase 2 "
+                    "fine-tunes the backbone from a layer at a lower learning rate. Every run "
+                    "writes a new folder under --runs-dir.")
+    add_data_options(p)
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", default="resnet50", help="resnet50, vgg16, vgg19 (default: resnet50)")
+    m.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (downloaded by Keras), 'none' (random) or a weights file PATH")
+    m.add_argument("--image-size", type=int, default=224, help="input side in pixels (default: 224)")
+    m.add_argument("--dropout", type=float, default=0.2)
+    m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random rotation/zoom/shift/contrast in phase 2 (default: on)")
+    m.add_argument("--hflip", action="store_true", help="also flip left-right at random (off: heart side)")
+    m.add_argument("--clahe", action="store_true", help="CLAHE contrast enhancement in the cache")
+    m.add_argument("--resize", default="pad", choices=["pad", "crop"], help="make images square by padding or cropping")
+    t = p.add_argument_group("training")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=int, default=10, help="phase 1 epochs (head only)")
+    t.add_argument("--fine-tune-epochs", type=int, default=10, help="phase 2 epochs; 0 turns phase 2 off")
+    t.add_argument("--fine-tune-from", default="auto",
+                   help="first backbone layer unfrozen in phase 2: a layer name, -N (last N layers), "
+                        "'auto' (last block) or 'all'")
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--fine-tune-learning-rate", type=float, default=None,
+                   help="phase 2 rate (default: a tenth of --learning-rate)")
+    t.add_argument("--strategy", default="class-weight",
+                   help="imbalance strategy: none, class-weight, oversample, undersample (default: class-weight)")
+    t.add_argument("--patience", type=int, default=5, help="early stopping patience on validation AUC")
+    t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
+                   help="phase 1 on cached backbone features (default: on)")
+    t.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 compute")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
+    s = p.add_argument_group("split and output")
+    s.add_argument("--val-size", type=float, default=0.15)
+    s.add_argument("--test-size", type=float, default=0.15)
+    s.add_argument("--folds", type=int, default=None, help="k-fold mode: number of folds")
+    s.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
+    s.add_argument("--split-file", default=None, help="reuse a split.csv instead of splitting")
+    s.add_argument("--cache-dir", default=None, help="image cache folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
+    s.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
+    s.add_argument("--config", default=None,
+                   help="repeat a run: its config.json (options given here override it); writes a new folder")
+
+
+def _run_train(args):
+    import dataclasses
+
+    from .train import TrainConfig, train
+
+    defaults = TrainConfig()
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if args.config:
+        config = TrainConfig.from_json(args.config)
+        changed = {k: v for k, v in values.items() if v != getattr(defaults, k)}
+        config = dataclasses.replace(config, run_name=None, **changed)
+    else:
+        config = TrainConfig(**values)
+    run_dir = train(config)
+    print(f"wrote {run_dir}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="probability, decision and optional Grad-CAM for image files")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, DICOM, ...)")
+    p.add_argument("--run", required=True, help="a run folder made by `covidxr train`")
+    p.add_argument("--gradcam", default=None, metavar="OUT_DIR", help="write Grad-CAM overlays here")
+    p.add_argument("--csv", default=None, help="also write the table to this CSV file (must not exist)")
+    p.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity"],
+                   help="how the run's validation part chooses the threshold (default: youden)")
+    p.add_argument("--target-sensitivity", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+def _run_predict(args):
+    from pathlib import Path
+
+    from .predict import predict_files
+
+    if args.csv and Path(args.csv).exists():
+        raise FileExistsError(f"Expected a new CSV file; this one exists. Received: csv={args.csv!r}")
+    table = predict_files(args.run, args.images, gradcam_dir=args.gradcam, threshold_method=args.threshold_method,
+                          target_sensitivity=args.target_sensitivity, batch_size=args.batch_size)
+    shown = table.drop(columns=["gradcam"] if not args.gradcam else [])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(RESEARCH_ONLY)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    failed = int((table["error"] != "").sum())
+    if failed:
+        print(f"covidxr predict: {failed} of {len(table)} files could not be read (see the error column)",
+              file=sys.stderr)
+    return 0 if failed < len(table) else 2
+
+
 # --------------------------------------------------------------------------- main
 
 COMMANDS = {
     "download": (_add_download, _run_download),
     "eda": (_add_eda, _run_eda),
     "split": (_add_split, _run_split),
+    "train": (_add_train, _run_train),
+    "cache": (_add_cache, _run_cache),
+    "evaluate": (_add_evaluate, _run_evaluate),
+    "audit": (_add_audit, _run_audit),
+    "compare": (_add_compare, _run_compare),
+    "predict": (_add_predict, _run_predict),
 }
 
 

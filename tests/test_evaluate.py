@@ -1,0 +1,375 @@
+"""covidxr.evaluate: run-folder evaluation on the test part and on external data in every layout,
+threshold from validation only, bad input, comparison, the CLI commands and the notebook.
+
+Run folders here are fake (config.json + predictions.csv + an empty model.keras); the model is
+replaced by ``predict_frame`` stubs that read a probability written into each image's pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from covidxr import evaluate as E
+from covidxr import metrics as M
+
+BINARY = ["non-covid", "covid"]
+THREE = ["normal", "covid", "other"]
+NOW = time.strptime("2026-11-27T12-00-00", "%Y-%m-%dT%H-%M-%S")
+NB = 100  # bootstrap resamples in tests (users: 1000)
+
+
+def assert_same_metrics(got: dict, expected: dict):
+    """Nested {metric: {value, ci_low, ci_high, n_used}} dicts agree (NaN equals NaN)."""
+    assert set(got) == set(expected)
+    for name, fig in expected.items():
+        for key, value in fig.items():
+            assert got[name][key] == pytest.approx(value, nan_ok=True), (name, key)
+
+
+def _parts_frame(classes, *, n_patients=24, per_patient=2, seed=0, part="test"):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label_idx = p % len(classes)
+        for i in range(per_patient):
+            raw = rng.dirichlet(np.ones(len(classes)))
+            raw[label_idx] += 0.6 * rng.random()
+            probs = raw / raw.sum()
+            rows.append({"image": f"{part}/p{p:02d}_{i}.png", "patient": f"{part}-{p:02d}",
+                         "label": classes[label_idx], "part": part,
+                         **{f"prob_{c}": float(v) for c, v in zip(classes, probs)}})
+    return pd.DataFrame(rows)
+
+
+def make_run(root: Path, classes=BINARY, *, task="covid-vs-rest", seed=0, model=True, extra=None, **config):
+    """A fake run folder with val and test predictions."""
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = {"classes": list(classes), "task": task, "backbone": "resnet50", "strategy": "oversample",
+           "fold": 0, "weights": "imagenet", **config}
+    (root / "config.json").write_text(json.dumps(cfg))
+    preds = pd.concat([_parts_frame(classes, seed=seed, part="train", n_patients=6),
+                       _parts_frame(classes, seed=seed + 1, part="val"),
+                       _parts_frame(classes, seed=seed + 2, part="test")], ignore_index=True)
+    if extra is not None:
+        preds = extra(preds)
+    preds.to_csv(root / "predictions.csv", index=False)
+    if model:
+        (root / "model.keras").write_bytes(b"stub")
+    return root
+
+
+def test_evaluate_run_on_test_part_uses_validation_threshold(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = E.evaluate_run(run, n_bootstrap=NB, now=NOW)
+    assert out == run / "evaluations" / "test-2026-11-27T12-00-00"
+    for name in ("metrics.json", "predictions.csv", "report.md", "figures/confusion_image.png",
+                 "figures/curves_patient.png"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "metrics.json").read_text())
+    preds = pd.read_csv(run / "predictions.csv")
+    val = preds[preds["part"] == "val"]
+    expected = M.choose_threshold((val["label"] == "covid").astype(int), val["prob_covid"])["threshold"]
+    assert result["threshold"] == pytest.approx(expected)
+    test = preds[preds["part"] == "test"]
+    direct = E.evaluate_predictions(test, classes=BINARY, threshold=expected, n_bootstrap=NB)
+    assert_same_metrics(result["image"]["metrics"], direct["image"]["metrics"])
+    assert_same_metrics(result["patient"]["metrics"], direct["patient"]["metrics"])
+    assert result["patient"]["metrics"]["roc_auc"] == pytest.approx(direct["patient"]["metrics"]["roc_auc"])
+    assert result["n_images"] == 48 and result["n_patients"] == 24
+    table = M.metrics_table(result)
+    assert list(table.columns) == ["level", "metric", "value", "ci_low", "ci_high", "n_used"]
+    assert len(table) == 2 * len(M.BINARY_METRICS) and set(table["level"]) == {"image", "patient"}
+    report = (out / "report.md").read_text()
+    assert "Youden" in report and f"{expected:.4f}" in report and "per patient" in report
+    scored = pd.read_csv(out / "predictions.csv")
+    assert set(scored["part"]) == {"test"} and {"predicted", "correct"} <= set(scored.columns)
+
+
+def test_threshold_ignores_test_probabilities(tmp_path):
+    def scramble_test(preds):
+        test = preds["part"] == "test"
+        preds.loc[test, "prob_covid"] = 1 - preds.loc[test, "prob_covid"]
+        preds.loc[test, "prob_non-covid"] = 1 - preds.loc[test, "prob_covid"]
+        return preds
+
+    def shift_val(preds):
+        val = preds["part"] == "val"
+        preds.loc[val, "prob_covid"] = preds.loc[val, "prob_covid"] ** 3
+        preds.loc[val, "prob_non-covid"] = 1 - preds.loc[val, "prob_covid"]
+        return preds
+
+    a = json.loads((E.evaluate_run(make_run(tmp_path / "a"), n_bootstrap=0, figures=False) / "metrics.json").read_text())
+    b = json.loads((E.evaluate_run(make_run(tmp_path / "b", extra=scramble_test), n_bootstrap=0,
+                                   figures=False) / "metrics.json").read_text())
+    c = json.loads((E.evaluate_run(make_run(tmp_path / "c", extra=shift_val), n_bootstrap=0,
+                                   figures=False) / "metrics.json").read_text())
+    assert a["threshold"] == b["threshold"]                 # test data changed: same threshold
+    assert a["image"]["metrics"]["roc_auc"]["value"] != b["image"]["metrics"]["roc_auc"]["value"]
+    assert c["threshold"] != a["threshold"]                 # validation changed: new threshold
+
+
+def test_target_sensitivity_and_fixed_threshold(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = E.evaluate_run(run, name="sens", threshold_method="sensitivity", target_sensitivity=0.95,
+                         n_bootstrap=0, figures=False)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["threshold_selection"]["method"] == "sensitivity"
+    assert result["threshold_selection"]["sensitivity"] >= 0.95
+    out = E.evaluate_run(run, name="fixed", threshold_method="fixed", threshold=0.5, n_bootstrap=0,
+                         figures=False)
+    assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.5
+
+
+def test_three_classes_use_argmax(tmp_path):
+    run = make_run(tmp_path / "run", THREE, task="three-class")
+    out = E.evaluate_run(run, n_bootstrap=NB, now=NOW)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["threshold"] is None and result["decision"] == "argmax"
+    assert "roc_auc[macro]" in result["patient"]["metrics"] and "sensitivity[covid]" in result["image"]["metrics"]
+    assert "arg-max" in (out / "report.md").read_text()
+
+
+def test_existing_evaluation_is_not_overwritten(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = E.evaluate_run(run, n_bootstrap=0, figures=False, now=NOW)
+    before = (out / "metrics.json").read_text()
+    with pytest.raises(FileExistsError, match=r"left as it is.*Received: name='test'"):
+        E.evaluate_run(run, n_bootstrap=0, figures=False, now=NOW)
+    assert (out / "metrics.json").read_text() == before
+    assert [p.name for p in (run / "evaluations").iterdir()] == [out.name]
+
+
+@pytest.mark.parametrize("remove, pattern", [
+    ("predictions.csv", r"predictions\.csv in the run folder.*Received: run_dir="),
+    ("config.json", r"config\.json.*Received: run_dir="),
+])
+def test_run_folder_missing_files(tmp_path, remove, pattern):
+    run = make_run(tmp_path / "run")
+    (run / remove).unlink()
+    with pytest.raises(FileNotFoundError, match=pattern):
+        E.evaluate_run(run, n_bootstrap=0)
+    assert not (run / "evaluations").exists()
+
+
+def test_bad_names_and_missing_model(tmp_path, collection):
+    run = make_run(tmp_path / "run", model=False)
+    with pytest.raises(ValueError, match=r"letters, digits.*Received: name='\.\./x'"):
+        E.evaluate_run(run, name="../x")
+    with pytest.raises(FileNotFoundError, match=r"model\.keras.*Received: run_dir="):
+        E.evaluate_run(run, data_dir=collection)
+    with pytest.raises(FileNotFoundError, match=r"Expected a run folder.*Received: run_dir="):
+        E.evaluate_run(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- external data
+
+def _write_grey(path: Path, value: int, fmt_mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.full((20, 24), value, dtype=np.uint8), mode="L")
+    img.convert(fmt_mode).save(path)
+
+
+def _stub_predict(run_dir, frame, *, batch_size=32):
+    """A 'model' whose covid probability is the image's grey level / 255."""
+    p = np.array([np.asarray(Image.open(path).convert("L"), dtype=float).mean() / 255 for path in frame["path"]])
+    return np.c_[1 - p, p]
+
+
+@pytest.fixture
+def external(tmp_path):
+    """One small external dataset, written in all three layouts, plus its in-memory truth."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for p in range(12):
+        category = ["covid", "normal", "other"][p % 3]
+        for i in range(2):
+            base = 170 if category == "covid" else 90
+            value = int(np.clip(base + rng.integers(-80, 80), 1, 254))
+            rows.append({"patient": f"ext{p:02d}", "category": category, "value": value,
+                         "name": f"e{p:02d}_{i}.png"})
+    truth = pd.DataFrame(rows)
+    finding = {"covid": "COVID-19", "normal": "No Finding", "other": "Streptococcus"}
+    folder = {"covid": "COVID", "normal": "normal", "other": "pneumonia"}
+    meta_root, folders_root, manifest_root = tmp_path / "meta", tmp_path / "folders", tmp_path / "manifest"
+    meta = []
+    for r in rows:
+        _write_grey(meta_root / "images" / r["name"], r["value"])
+        _write_grey(folders_root / folder[r["category"]] / r["name"], r["value"])
+        _write_grey(manifest_root / "imgs" / r["name"], r["value"])
+        meta.append({"patientid": r["patient"], "finding": finding[r["category"]], "view": "PA",
+                     "modality": "X-ray", "folder": "images", "filename": r["name"]})
+    pd.DataFrame(meta).to_csv(meta_root / "metadata.csv", index=False)
+    pd.DataFrame({"path": ["imgs/" + r["name"] for r in rows],
+                  "label": [{"other": "pneumonia"}.get(r["category"], finding[r["category"]]) for r in rows],
+                  "patient": [r["patient"] for r in rows]}).to_csv(manifest_root / "manifest.csv", index=False)
+    return {"truth": truth, "metadata": meta_root, "folders": folders_root,
+            "manifest": manifest_root / "manifest.csv"}
+
+
+FOLDER = {"covid": "COVID", "normal": "normal", "other": "pneumonia"}
+
+
+def _in_memory(truth, *, patients=True):
+    """The same data as an in-memory predictions frame. Class folders carry no patient ids:
+    there each image (its key ``<folder>/<file>``) is its own patient."""
+    p = truth["value"].to_numpy() / 255
+    label = np.where(truth["category"] == "covid", "covid", "non-covid")
+    keys = truth["category"].map(FOLDER) + "/" + truth["name"]
+    return pd.DataFrame({"patient": truth["patient"] if patients else keys, "label": label,
+                         "prob_non-covid": 1 - p, "prob_covid": p})
+
+
+@pytest.mark.parametrize("layout", ["metadata", "folders", "manifest"])
+def test_external_evaluation_matches_in_memory(tmp_path, external, layout, monkeypatch):
+    from covidxr import train
+
+    monkeypatch.setattr(train, "predict_frame", _stub_predict, raising=False)
+    run = make_run(tmp_path / "run")
+    with pytest.warns(UserWarning) if layout == "folders" else _nullcontext():
+        out = E.evaluate_run(run, data_dir=external[layout], n_bootstrap=NB, figures=layout == "manifest")
+    result = json.loads((out / "metrics.json").read_text())
+    preds = pd.read_csv(run / "predictions.csv")
+    threshold = E.validation_threshold(preds, classes=BINARY)["threshold"]
+    memory = _in_memory(external["truth"], patients=layout != "folders")   # folders carry no patient ids
+    expected = E.evaluate_predictions(memory, classes=BINARY, threshold=threshold, n_bootstrap=NB)
+    assert result["threshold"] == pytest.approx(threshold)
+    for level in ("image", "patient"):
+        assert_same_metrics(result[level]["metrics"], expected[level]["metrics"])
+    assert result["n_images"] == 24
+    assert out.name.startswith({"metadata": "meta-", "folders": "folders-", "manifest": "manifest-"}[layout])
+    assert set(pd.read_csv(out / "predictions.csv")["part"]) == {"external"}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_external_unreadable_images_are_reported_and_left_out(tmp_path, external, monkeypatch):
+    from covidxr import train
+
+    monkeypatch.setattr(train, "predict_frame", _stub_predict, raising=False)
+    root = external["folders"]
+    (root / "COVID" / "broken.png").write_bytes(b"not an image at all")
+    run = make_run(tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"1 of 25 images cannot be read.*broken\.png"):
+        out = E.evaluate_run(run, data_dir=root, n_bootstrap=0, figures=False)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["n_images"] == 24
+    assert [b["image"] for b in result["unreadable"]] == ["COVID/broken.png"]
+    assert "could not be read" in (out / "report.md").read_text()
+
+
+def test_external_labels_the_model_does_not_know(tmp_path, external, monkeypatch):
+    from covidxr import train
+
+    monkeypatch.setattr(train, "predict_frame", _stub_predict, raising=False)
+    run = make_run(tmp_path / "run", ["normal", "covid"], task="covid-vs-normal")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"not trained on.*Received: unknown_labels=\['pneumonia'\]"):
+        E.evaluate_run(run, data_dir=external["folders"], n_bootstrap=0)
+    assert not (run / "evaluations").exists() or not any((run / "evaluations").iterdir())
+
+
+# --------------------------------------------------------------------------- comparison
+
+def test_compare_runs_table_and_files(tmp_path):
+    runs = [make_run(tmp_path / "r1", seed=0), make_run(tmp_path / "r2", seed=5, backbone="vgg16", fold=1)]
+    table = E.compare_runs(runs, n_bootstrap=NB)
+    assert len(table) == 4 and list(table["level"]) == ["image", "patient"] * 2
+    assert list(table["backbone"]) == ["resnet50", "resnet50", "vgg16", "vgg16"]
+    assert {"roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "strategy", "fold", "weights"} <= set(table.columns)
+    written = E.write_comparison(table, tmp_path / "cmp")
+    assert [p.name for p in written] == ["comparison.csv", "comparison.md", "comparison.png"]
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "vgg16" in md and "[" in md
+    with pytest.raises(FileExistsError, match=r"Received: out="):
+        E.write_comparison(table, tmp_path / "cmp")
+    with pytest.raises(ValueError, match=r"Received: run_dirs=\[\]"):
+        E.compare_runs([])
+
+
+def test_compare_reads_named_evaluations(tmp_path):
+    run = make_run(tmp_path / "r1")
+    E.evaluate_run(run, name="hosp", n_bootstrap=0, figures=False)
+    table = E.compare_runs([run], evaluation="hosp")
+    assert table["data"].iloc[0].startswith("hosp-")
+    with pytest.raises(FileNotFoundError, match=r"Received: evaluation='other'"):
+        E.compare_runs([run], evaluation="other")
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli_evaluate_and_compare(tmp_path, capsys):
+    from covidxr.cli import main
+
+    run = make_run(tmp_path / "run")
+    assert main(["evaluate", "--run", str(run), "--name", "cli", "--n-bootstrap", "50", "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "roc_auc" in printed and "evaluations/cli-" in printed
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp"), "--n-bootstrap", "50"]) == 0
+    assert (tmp_path / "cmp" / "comparison.md").is_file()
+    assert main(["evaluate", "--run", str(tmp_path / "missing")]) == 2
+    assert "Received: run_dir=" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- notebook
+
+@pytest.mark.slow
+def test_notebook_04_runs_on_fake_runs(tmp_path, collection, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "04_evaluation.ipynb"
+    runs = [str(make_run(tmp_path / "r1")), str(make_run(tmp_path / "r2", seed=3, strategy="none"))]
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(str(nb), str(out), parameters={
+        "run_dirs": runs, "data_dir": str(collection), "task": "covid-vs-rest", "seed": 0, "n_bootstrap": 50},
+        cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    executed = json.loads(out.read_text())
+    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    text = json.dumps(executed)
+    assert "Shortcut audit" in text and "roc_auc" in text
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_end_to_end_with_a_trained_run(tmp_path):
+    """A tiny real run (helper B's trainer): evaluating its test images as an external manifest
+    gives the numbers of the run's own test part (predict_frame preprocesses as training did)."""
+    pytest.importorskip("keras")
+    from conftest import write_collection
+
+    from covidxr.data import read_split
+    from covidxr.train import TrainConfig, train
+
+    root = tmp_path / "coll"
+    write_collection(root)
+    config = TrainConfig(data_dir=str(root), backbone="vgg16", weights="none", image_size=32, epochs=1,
+                         fine_tune_epochs=0, batch_size=16, runs_dir=str(tmp_path / "runs"),
+                         cache_dir=str(tmp_path / "cache"), verbose=0, augment=False, patience=1)
+    with pytest.warns(UserWarning):
+        run = train(config)
+    own = json.loads((E.evaluate_run(run, n_bootstrap=NB, figures=False) / "metrics.json").read_text())
+    split = read_split(run / "split.csv")
+    test = split[split["part"] == "test"]
+    pd.DataFrame({"path": test["image"], "label": test["label"], "patient": test["patient"]}).to_csv(
+        root / "test-manifest.csv", index=False)
+    out = E.evaluate_run(run, data_dir=root / "test-manifest.csv", n_bootstrap=NB, figures=False)
+    ext = json.loads((out / "metrics.json").read_text())
+    assert ext["threshold"] == own["threshold"]
+    assert ext["n_images"] == own["n_images"] and ext["n_patients"] == own["n_patients"]
+    for level in ("image", "patient"):
+        for name in ("roc_auc", "brier", "sensitivity", "specificity"):
+            assert ext[level]["metrics"][name]["value"] == pytest.approx(own[level]["metrics"][name]["value"],
+                                                                        abs=1e-4, nan_ok=True), (level, name)

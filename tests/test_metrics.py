@@ -1,0 +1,222 @@
+"""covidxr.metrics: each figure against a hand-computed case, the patient bootstrap, thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from covidxr import metrics as M
+
+# Hand case (two classes), threshold 0.5:
+#   y      1    1    1    0    0    0    0
+#   score 0.9  0.6  0.2  0.7  0.1  0.3  0.4
+#   pred   1    1    0    1    0    0    0     -> TP=2 FN=1 FP=1 TN=3
+Y = np.array([1, 1, 1, 0, 0, 0, 0])
+S = np.array([0.9, 0.6, 0.2, 0.7, 0.1, 0.3, 0.4])
+HAND = {
+    "sensitivity": 2 / 3,
+    "specificity": 3 / 4,
+    "ppv": 2 / 3,
+    "npv": 3 / 4,
+    "f1": 4 / 6,                       # 2TP / (2TP + FP + FN)
+    "balanced_accuracy": (2 / 3 + 3 / 4) / 2,
+    "mcc": (2 * 3 - 1 * 1) / np.sqrt(3 * 3 * 4 * 4),   # (TP TN - FP FN) / sqrt(...)
+    "roc_auc": 8 / 12,                 # positive > negative in 8 of 12 pairs
+    "pr_auc": (1 / 1 + 2 / 3 + 3 / 6) / 3,  # precision at each positive, ranked by score
+    "brier": (0.01 + 0.16 + 0.64 + 0.49 + 0.01 + 0.09 + 0.16) / 7,
+    "accuracy": 5 / 7,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_binary_metric_matches_hand_computation(name):
+    figs = M.binary_metrics(Y, S, threshold=0.5)
+    assert figs[name] == pytest.approx(HAND[name], abs=1e-12)
+
+
+def test_binary_metrics_agree_with_sklearn_and_confusion_matrix():
+    figs = M.binary_metrics(Y, S, threshold=0.5)
+    pred = (S >= 0.5).astype(int)
+    assert figs["confusion_matrix"] == [[3, 1], [1, 2]]
+    assert figs["mcc"] == pytest.approx(skm.matthews_corrcoef(Y, pred))
+    assert figs["f1"] == pytest.approx(skm.f1_score(Y, pred))
+    assert figs["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(Y, pred))
+    assert figs["brier"] == pytest.approx(skm.brier_score_loss(Y, S))
+
+
+def test_threshold_is_inclusive_and_changes_decisions():
+    # score 0.6 >= 0.6 is positive; at 0.61 it is not.
+    assert M.binary_metrics(Y, S, threshold=0.6)["sensitivity"] == pytest.approx(2 / 3)
+    assert M.binary_metrics(Y, S, threshold=0.61)["sensitivity"] == pytest.approx(1 / 3)
+
+
+def test_undefined_metrics_are_nan_not_errors():
+    figs = M.binary_metrics([0, 0, 0], [0.1, 0.6, 0.2], threshold=0.5)
+    assert np.isnan(figs["sensitivity"]) and np.isnan(figs["roc_auc"]) and np.isnan(figs["f1"])
+    assert figs["specificity"] == pytest.approx(2 / 3)
+
+
+def test_multiclass_hand_case():
+    # y 0 0 1 1 2 2 ; argmax 0 1 1 1 2 0 -> cm [[1,1,0],[0,2,0],[1,0,1]]
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[.7, .2, .1], [.3, .6, .1], [.1, .8, .1], [.2, .5, .3], [.1, .2, .7], [.5, .1, .4]])
+    figs = M.multiclass_metrics(y, probs, classes=["normal", "covid", "other"])
+    assert figs["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert figs["accuracy"] == pytest.approx(4 / 6)
+    assert figs["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert figs["sensitivity[normal]"] == pytest.approx(1 / 2)
+    assert figs["specificity[normal]"] == pytest.approx(3 / 4)   # TN 3 of 4 non-normal
+    assert figs["ppv[covid]"] == pytest.approx(2 / 3)
+    assert figs["npv[other]"] == pytest.approx(4 / 5)
+    assert figs["sensitivity[macro]"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert figs["mcc"] == pytest.approx(skm.matthews_corrcoef(y, probs.argmax(1)))
+    assert figs["roc_auc[covid]"] == pytest.approx(skm.roc_auc_score(y == 1, probs[:, 1]))
+    assert figs["pr_auc[other]"] == pytest.approx(skm.average_precision_score(y == 2, probs[:, 2]))
+    onehot = np.eye(3)[y]
+    assert figs["brier"] == pytest.approx(np.mean(((probs - onehot) ** 2).sum(1)))
+
+
+def test_compute_metrics_refuses_threshold_for_three_classes():
+    with pytest.raises(ValueError, match=r"two-class models only.*Received: threshold=0.5"):
+        M.compute_metrics([0, 1, 2], np.eye(3), classes=["a", "b", "c"], threshold=0.5)
+    with pytest.raises(ValueError, match=r"shape \(n, 2\).*Received: probs.shape"):
+        M.compute_metrics([0, 1], np.eye(3)[:2], classes=["a", "b"])
+
+
+# --------------------------------------------------------------------------- threshold
+
+def test_youden_threshold_hand_case():
+    # Candidate thresholds 0.9 .. 0.1: J is largest (2/3 - 0 ... ) -> check against brute force.
+    info = M.choose_threshold(Y, S, method="youden")
+    best = max(sorted(set(S), reverse=True),
+               key=lambda t: M.binary_metrics(Y, S, threshold=t)["sensitivity"]
+               + M.binary_metrics(Y, S, threshold=t)["specificity"])
+    assert info["threshold"] == pytest.approx(best)
+    assert info["threshold"] == pytest.approx(0.6)   # sens 2/3, spec 3/4: J = 5/12
+    assert info["method"] == "youden" and "Youden" in info["description"]
+
+
+def test_target_sensitivity_threshold():
+    info = M.choose_threshold(Y, S, method="sensitivity", target_sensitivity=1.0)
+    assert info["threshold"] == pytest.approx(0.2)
+    assert info["sensitivity"] == 1.0
+    with pytest.raises(ValueError, match=r"target_sensitivity in \(0, 1\].*Received: target_sensitivity=None"):
+        M.choose_threshold(Y, S, method="sensitivity")
+
+
+def test_threshold_errors():
+    with pytest.raises(ValueError, match=r"Expected one of \['youden', 'sensitivity', 'fixed'\]\. Received: method='best'"):
+        M.choose_threshold(Y, S, method="best")
+    with pytest.raises(ValueError, match=r"both classes.*Received: validation_class_counts="):
+        M.choose_threshold([1, 1], [0.2, 0.3])
+    assert M.choose_threshold(Y, S, method="fixed", threshold=0.3)["threshold"] == 0.3
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+def _patients(n_patients=30, per_patient=3, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"p{i:02d}" for i in range(n_patients)], per_patient)
+    y = np.repeat(np.arange(n_patients) % 2, per_patient)
+    score = np.clip(0.35 * y + 0.65 * rng.random(len(y)), 0, 1)
+    return y, np.c_[1 - score, score], groups
+
+
+def test_bootstrap_resamples_whole_patients(monkeypatch):
+    y, probs, groups = _patients()
+    # Tag every row with a unique id in the first probability column so resamples can be traced.
+    tagged = probs.copy()
+    tagged[:, 0] = np.arange(len(y))
+    seen = []
+    real = M.compute_metrics
+
+    def spy(y_true, p, **kw):
+        seen.append(p[:, 0].astype(int).copy())
+        return real(y_true, p, **kw)
+
+    monkeypatch.setattr(M, "compute_metrics", spy)
+    M.bootstrap_metrics(y, tagged, groups, classes=["a", "b"], threshold=0.5, n_bootstrap=20, seed=1)
+    assert len(seen) == 21  # point estimate + 20 resamples
+    for rows in seen[1:]:
+        counts = pd.Series(groups[rows]).value_counts()
+        per_row = pd.Series(rows).value_counts()
+        # every drawn patient brings all 3 of its images, the same number of times each
+        for patient, count in counts.items():
+            members = np.flatnonzero(groups == patient)
+            assert count % len(members) == 0
+            assert set(per_row[per_row.index.isin(members)].index) == set(members)
+            assert per_row[members].nunique() == 1
+        assert len(rows) == len(y)  # 30 patients drawn, 3 images each
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    y, probs, groups = _patients()
+    a = M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], threshold=0.5, n_bootstrap=200, seed=3)
+    b = M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], threshold=0.5, n_bootstrap=200, seed=3)
+    c = M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], threshold=0.5, n_bootstrap=200, seed=4)
+    assert a["metrics"] == b["metrics"]
+    assert a["metrics"]["roc_auc"] != c["metrics"]["roc_auc"]
+    for name, fig in a["metrics"].items():
+        assert fig["ci_low"] <= fig["value"] + 1e-9 and fig["value"] <= fig["ci_high"] + 0.05, name
+        assert fig["n_used"] == 200
+    assert a["n_groups"] == 30 and a["n_rows"] == 90
+
+
+def test_patient_bootstrap_is_wider_than_image_bootstrap_for_clustered_data():
+    # Images of one patient are near copies: the patient bootstrap must see fewer independent units.
+    rng = np.random.default_rng(0)
+    n_pat, k = 20, 10
+    groups = np.repeat(np.arange(n_pat), k)
+    y = np.repeat(np.arange(n_pat) % 2, k)
+    pat_score = np.clip(0.3 * (np.arange(n_pat) % 2) + 0.7 * rng.random(n_pat), 0, 1)
+    score = np.repeat(pat_score, k) + 0.01 * rng.standard_normal(n_pat * k)
+    probs = np.c_[1 - score, score]
+    by_patient = M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], n_bootstrap=200)
+    by_image = M.bootstrap_metrics(y, probs, np.arange(len(y)), classes=["a", "b"], n_bootstrap=200)
+    width = lambda r: r["metrics"]["roc_auc"]["ci_high"] - r["metrics"]["roc_auc"]["ci_low"]  # noqa: E731
+    assert width(by_patient) > 2 * width(by_image)
+
+
+def test_bootstrap_skips_resamples_missing_a_class():
+    # One positive patient of 12: many resamples draw no positive -> sensitivity skipped there.
+    groups = np.repeat(np.arange(12), 2)
+    y = np.repeat((np.arange(12) == 0).astype(int), 2)
+    score = np.where(y == 1, 0.8, 0.3)
+    out = M.bootstrap_metrics(y, np.c_[1 - score, score], groups, classes=["a", "b"], threshold=0.5,
+                              n_bootstrap=200, seed=0)
+    sens = out["metrics"]["sensitivity"]
+    assert 0 < sens["n_used"] < 200          # about (11/12)^12 = 35% of resamples lack it
+    assert out["metrics"]["specificity"]["n_used"] == 200
+    assert sens["ci_low"] == sens["ci_high"] == 1.0
+
+
+def test_bootstrap_argument_errors():
+    y, probs, groups = _patients()
+    with pytest.raises(ValueError, match=r"n_bootstrap >= 0\. Received: n_bootstrap=-1"):
+        M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], n_bootstrap=-1)
+    with pytest.raises(ValueError, match=r"level in \(0, 1\)\. Received: level=95"):
+        M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], level=95)
+    with pytest.raises(ValueError, match=r"one length\. Received: lengths=\(90, 90, 3\)"):
+        M.bootstrap_metrics(y, probs, groups[:3], classes=["a", "b"])
+
+
+# --------------------------------------------------------------------------- frames
+
+def test_patient_frame_means_probabilities_per_patient():
+    frame = pd.DataFrame({"patient": ["a", "a", "b"], "label": ["covid", "covid", "normal"],
+                          "prob_normal": [0.2, 0.6, 0.9], "prob_covid": [0.8, 0.4, 0.1]})
+    out = M.patient_frame(frame, ["normal", "covid"])
+    assert list(out["patient"]) == ["a", "b"]
+    assert out.loc[0, "prob_covid"] == pytest.approx(0.6)
+    assert list(out["images"]) == [2, 1]
+
+
+def test_frame_checks():
+    frame = pd.DataFrame({"patient": ["a"], "label": ["cat"], "prob_normal": [0.2], "prob_covid": [0.8]})
+    with pytest.raises(ValueError, match=r"Received: labels=\['cat'\]"):
+        M.class_probabilities(frame, ["normal", "covid"])
+    with pytest.raises(ValueError, match=r"Received: missing=\['prob_other'\]"):
+        M.class_probabilities(frame, ["normal", "covid", "other"])
+    assert M.classes_from_frame(frame) == ["normal", "covid"]
