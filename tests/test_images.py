@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -496,3 +497,218 @@ def test_figures(collection):
                                      n_variants=3, columns=2)
     assert len([ax for ax in fig3.axes if ax.images]) == 4
     plt.close("all")
+
+
+# --------------------------------------------------------------------------- cache integrity
+
+def _small_frame(tmp_path, n=4):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(n):
+        Image.fromarray(_grey(seed=i)).save(src / f"{i}.png")
+    return pd.DataFrame({"image": [f"{i}.png" for i in range(n)], "path": [str(src / f"{i}.png") for i in range(n)],
+                         "label": ["covid", "other"] * (n // 2), "patient": [str(i) for i in range(n)]})
+
+
+def _flip_bytes(path):
+    raw = bytearray(path.read_bytes())
+    raw[-100:-90] = bytes(b ^ 0xFF for b in raw[-100:-90])
+    path.write_bytes(bytes(raw))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-500])
+
+
+def _bad_json(path):
+    path.write_text(path.read_text()[:40])
+
+
+def _edit_rows(path):
+    path.write_text(path.read_text().replace("covid", "other", 1))
+
+
+def test_cache_records_checksums_and_sources(tmp_path):
+    small = _small_frame(tmp_path)
+    cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    meta = json.loads((cache.path / "cache.json").read_text())
+    for name in ("images.npy", "rows.csv"):
+        assert meta["checksums"][name] == hashlib.sha256((cache.path / name).read_bytes()).hexdigest()
+    stat = os.stat(small["path"][0])
+    assert meta["files"][0] == ["0.png", stat.st_size, stat.st_mtime_ns]
+    assert sorted(p.name for p in cache.path.iterdir()) == ["cache.json", "images.npy", "rows.csv"]
+
+
+@pytest.mark.parametrize("damage, name, message", [
+    (_flip_bytes, "images.npy", r"images.npy does not match the sha256 checksum"),
+    (_truncate, "images.npy", r"images.npy does not match the sha256 checksum"),
+    (_edit_rows, "rows.csv", r"rows.csv does not match the sha256 checksum"),
+    (_bad_json, "cache.json", r"JSONDecodeError"),
+])
+def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage, name, message):
+    small = _small_frame(tmp_path)
+    built = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    good = np.array(built.images)
+    del built
+    damage(tmp_path / "cache" / images.cache_key(small, image_size=32) / name)
+    decoded = []
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda path, **kw: decoded.append(path) or real(path, **kw))
+    with pytest.warns(UserWarning, match=rf"Rebuilding an incomplete or damaged cache: .*32-pad-none-.*{message}"):
+        cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert len(decoded) == len(small)                      # really rebuilt, not reused
+    np.testing.assert_array_equal(np.asarray(cache.images), good)
+    assert cache.rows["label"].tolist() == small["label"].tolist()
+    images.ImageCache.open(cache.path)                     # sound again
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.key]   # no temporary leftovers
+
+
+def test_verify_false_skips_only_the_checksums(tmp_path):
+    small = _small_frame(tmp_path)
+    cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    _flip_bytes(cache.path / "images.npy")
+    with pytest.raises(ValueError, match=r"images.npy does not match the sha256 checksum"):
+        images.ImageCache.open(cache.path)
+    assert len(images.ImageCache.open(cache.path, verify=False)) == 4   # the structure is still sound
+    assert images.list_caches(tmp_path / "cache")["key"].tolist() == [cache.key]   # listed, so clear_caches finds it
+    _truncate(cache.path / "images.npy")
+    with pytest.raises(ValueError, match=r"Expected a complete image cache.*mmap length is greater"):
+        images.ImageCache.open(cache.path, verify=False)
+
+
+def test_cache_without_checksums_is_not_trusted(tmp_path):
+    small = _small_frame(tmp_path)
+    cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    meta = json.loads((cache.path / "cache.json").read_text())
+    del meta["checksums"]
+    (cache.path / "cache.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"records no checksums.*Received: path="):
+        images.ImageCache.open(cache.path)
+    with pytest.warns(UserWarning, match=r"Rebuilding an incomplete or damaged cache.*no checksums"):
+        images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert "checksums" in json.loads((cache.path / "cache.json").read_text())
+
+
+def test_modified_source_file_triggers_rebuild(tmp_path):
+    small = _small_frame(tmp_path)
+    old = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    Image.fromarray(255 - _grey(seed=1)).save(small["path"][1])        # new content
+    os.utime(small["path"][1], ns=(1, 1))                               # and surely another mtime
+    with pytest.warns(UserWarning, match=r"source files changed since cache 32-pad-none-\w+ was built "
+                                         r"\(1 modified \(1.png\), 0 added, 0 removed\)"):
+        new = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert new.key != old.key
+    np.testing.assert_array_equal(new.images[1, :, :, 0],
+                                  images.preprocess(images.load_image(small["path"][1]), image_size=32))
+    assert not np.array_equal(np.asarray(new.images[1]), np.asarray(old.images[1]))
+    # an added and a removed file: named too
+    Image.fromarray(_grey(seed=9)).save(tmp_path / "src" / "9.png")
+    changed = pd.concat([small.iloc[1:], pd.DataFrame({"image": ["9.png"], "path": [str(tmp_path / "src" / "9.png")],
+                                                       "label": ["covid"], "patient": ["9"]})])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images.build_cache(changed, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    # 3 of 5 images shared: below the "same dataset" overlap, so a new cache without a claim
+    assert not [w for w in caught if "changed since" in str(w.message)]
+
+
+def test_added_and_removed_files_are_reported(tmp_path):
+    small = _small_frame(tmp_path, n=20)
+    images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    Image.fromarray(_grey(seed=30)).save(tmp_path / "src" / "new.png")
+    new = pd.DataFrame({"image": ["new.png"], "path": [str(tmp_path / "src" / "new.png")], "label": ["covid"],
+                        "patient": ["30"]})
+    changed = pd.concat([small.iloc[1:], new])
+    with pytest.warns(UserWarning, match=r"0 modified, 1 added \(new.png\), 1 removed \(0.png\)"):
+        images.build_cache(changed, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    # a deleted source file (still listed by the frame) counts as modified, and is skipped
+    os.remove(small["path"][3])
+    with pytest.warns(UserWarning) as record:
+        cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    messages = [str(w.message) for w in record]
+    assert any("1 modified (3.png)" in m for m in messages) and any("missing image file" in m for m in messages)
+    assert "3.png" not in set(cache.rows["image"])
+
+
+def test_recorded_sources_must_match_on_reuse(tmp_path):
+    small = _small_frame(tmp_path)
+    cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    # a cache whose record disagrees with its key (a key collision, or a hand-edited folder)
+    meta = json.loads((cache.path / "cache.json").read_text())
+    meta["files"][2][2] += 1
+    (cache.path / "cache.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=r"Rebuilding .*recorded source files differ.*1 modified \(2.png\)"):
+        images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _flip_bytes(p / "images.npy"), r"images.npy does not match the sha256 checksum"),
+    (lambda p: _truncate(p / "images.npy"), r"images.npy does not match the sha256 checksum"),
+    (lambda p: (p / "rows.csv").write_text("image\n\"unclosed\n"), r"rows.csv does not match the sha256"),
+    (lambda p: _bad_json(p / "cache.json"), r"JSONDecodeError"),
+    (lambda p: (p / "cache.json").write_text("[1, 2]"), r"not marked complete"),
+    (lambda p: (p / "images.npy").unlink(), r"No such file or directory.*images.npy"),
+])
+def test_damaged_carried_cache_raises(tmp_path, damage, message):
+    small = _small_frame(tmp_path)
+    built = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    carried = tmp_path / "elsewhere" / built.key
+    shutil.copytree(built.path, carried)
+    shutil.rmtree(tmp_path / "src")                        # the source files are gone
+    assert len(images.ImageCache.open(carried)) == 4       # sound as carried
+    damage(carried)
+    with pytest.raises(ValueError, match=rf"Expected a complete image cache.*{message}.*Received: path='.*elsewhere"):
+        images.ImageCache.open(carried)
+
+
+def test_too_small_images_are_skipped(tmp_path):
+    small = _small_frame(tmp_path, n=2)
+    Image.new("L", (1, 1), 200).save(tmp_path / "src" / "dot.png")
+    Image.new("L", (400, 3), 200).save(tmp_path / "src" / "strip.png")
+    names = ["dot.png", "strip.png"]
+    frame = pd.concat([small, pd.DataFrame({"image": names, "path": [str(tmp_path / "src" / n) for n in names],
+                                            "label": ["covid"] * 2, "patient": ["7", "8"]})])
+    assert images.load_image(tmp_path / "src" / "dot.png").shape == (1, 1)   # decodes: it is a valid file
+    with pytest.warns(UserWarning) as record:
+        cache = images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert sorted(str(w.message) for w in record) == [
+        f"Skipping a too small image file: {tmp_path / 'src' / 'dot.png'} (1x1 px, under 16 px)",
+        f"Skipping a too small image file: {tmp_path / 'src' / 'strip.png'} (400x3 px, under 16 px)"]
+    assert cache.rows["image"].tolist() == ["0.png", "1.png"] and cache.skipped == names
+    with pytest.raises(ValueError, match=r"at least 16 px on each side.*is 1x1 px. Received: path='.*dot.png'"):
+        images.build_cache(frame, image_size=32, cache_dir=tmp_path / "strict", strict=True, progress=False)
+    assert list((tmp_path / "strict").iterdir()) == []
+
+
+def test_build_cache_writes_only_into_its_folder(collection, tmp_path, monkeypatch):
+    src = tmp_path / "dataset"
+    shutil.copytree(collection, src)
+    frame = _load_frame(src)
+
+    def tree(root):
+        return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode)
+                for p in root.rglob("*")}
+
+    def digest(root):
+        return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file())).hexdigest()
+
+    for p in [src, *src.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        monkeypatch.chdir(tmp_path)                       # a stray relative write would land here
+        monkeypatch.setenv("COVIDXR_CACHE_DIR", str(tmp_path / "env-cache"))
+        dataset_before, outside_before = tree(src), sorted(p.name for p in tmp_path.iterdir())
+        digest_before = digest(src)
+        cache = images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+        images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", progress=False)   # reuse
+        images.list_caches(tmp_path / "cache")
+        for path in frame["path"]:
+            images.load_image(path)
+        assert tree(src) == dataset_before
+        assert digest(src) == digest_before
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*outside_before, "cache"])
+        assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.key]
+        assert sorted(p.name for p in cache.path.iterdir()) == ["cache.json", "images.npy", "rows.csv"]
+    finally:
+        for p in [src, *src.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)

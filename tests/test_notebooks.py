@@ -18,6 +18,14 @@ def params_for(name, *, collection, tmp_path):
     table = {
         "01_eda.ipynb": {"out_dir": str(tmp_path / "figures")},
         "02_preprocessing.ipynb": {"image_size": 64, "cache_dir": str(tmp_path / "cache")},
+        "03_train.ipynb": {"runs_dir": str(tmp_path / "runs"), "image_size": 32, "weights": "none", "epochs": 1,
+                           "fine_tune_epochs": 1, "batch_size": 8, "backbone": "vgg16", "val_size": 0.3,
+                           "cache_dir": str(tmp_path / "cache"), "run_grid": True, "grid_backbones": "vgg16",
+                           "grid_strategies": "none", "grid_folds": 2, "grid_out": str(tmp_path / "grid"),
+                           "grid_n_bootstrap": 10},
+        # run_dirs=[]: the notebook then shows the audit only; its run-folder cells are covered in
+        # tests/test_evaluate.py and tests/test_gradcam_examples.py.
+        "04_evaluation.ipynb": {"run_dirs": [], "n_bootstrap": 20},
     }
     return {**common, **table.get(name, {})}
 

@@ -284,9 +284,16 @@ def _add_train(sub):
         description="Phase 1 trains the head on a frozen backbone (cached features); phase 2 "
                     "fine-tunes the backbone from a layer at a lower learning rate. Every run "
                     "writes a new folder under --runs-dir.")
+    add_train_options(p)
+
+
+def add_train_options(p, *, grid=False):
+    """The ``train`` command's options; ``grid=True`` leaves out those a grid sets per run
+    (backbone, strategy, test size, folds, fold, split file, runs dir, config)."""
     add_data_options(p)
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", default="resnet50", help="resnet50, vgg16, vgg19 (default: resnet50)")
+    if not grid:
+        m.add_argument("--backbone", default="resnet50", help="resnet50, vgg16, vgg19 (default: resnet50)")
     m.add_argument("--weights", default="imagenet",
                    help="'imagenet' (downloaded by Keras), 'none' (random) or a weights file PATH")
     m.add_argument("--image-size", type=int, default=224, help="input side in pixels (default: 224)")
@@ -306,8 +313,9 @@ def _add_train(sub):
     t.add_argument("--learning-rate", type=float, default=1e-3)
     t.add_argument("--fine-tune-learning-rate", type=float, default=None,
                    help="phase 2 rate (default: a tenth of --learning-rate)")
-    t.add_argument("--strategy", default="class-weight",
-                   help="imbalance strategy: none, class-weight, oversample, undersample (default: class-weight)")
+    if not grid:
+        t.add_argument("--strategy", default="class-weight",
+                       help="imbalance strategy: none, class-weight, oversample, undersample (default: class-weight)")
     t.add_argument("--patience", type=int, default=5, help="early stopping patience on validation AUC")
     t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
                    help="phase 1 on cached backbone features (default: on)")
@@ -316,14 +324,17 @@ def _add_train(sub):
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
     s = p.add_argument_group("split and output")
     s.add_argument("--val-size", type=float, default=0.15)
-    s.add_argument("--test-size", type=float, default=0.15)
-    s.add_argument("--folds", type=int, default=None, help="k-fold mode: number of folds")
-    s.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
-    s.add_argument("--split-file", default=None, help="reuse a split.csv instead of splitting")
+    if not grid:
+        s.add_argument("--test-size", type=float, default=0.15)
+        s.add_argument("--folds", type=int, default=None, help="k-fold mode: number of folds")
+        s.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
+        s.add_argument("--split-file", default=None, help="reuse a split.csv instead of splitting")
     s.add_argument("--cache-dir", default=None, help="image cache folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
-    s.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
-    s.add_argument("--config", default=None,
-                   help="repeat a run: its config.json (options given here override it); writes a new folder")
+    if not grid:
+        s.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
+        s.add_argument("--config", default=None,
+                       help="repeat a run: its config.json (options given here override it); writes a new folder")
+    return p
 
 
 def _run_train(args):
@@ -341,6 +352,48 @@ def _run_train(args):
         config = TrainConfig(**values)
     run_dir = train(config)
     print(f"wrote {run_dir}")
+    return 0
+
+
+# --------------------------------------------------------------------------- grid
+
+def _add_grid(sub):
+    p = sub.add_parser(
+        "grid", help="train backbones x strategies x patient-grouped folds, then one comparison",
+        description="Trains every backbone x imbalance strategy x fold (patient-grouped, stratified "
+                    "k-fold) in one process into OUT/runs/, then writes OUT/comparison.csv/.md/.png "
+                    "(test predictions of all folds pooled per backbone x strategy, each fold deciding "
+                    "at its own validation threshold, patient-bootstrap CIs) and OUT/runs.csv. Started "
+                    "again with the same --out and options, it continues where it stopped. Every class "
+                    "needs at least --folds patients: task covid-vs-normal has few normal patients "
+                    "(16 in the 2020 snapshot), so use covid-vs-rest (default) or few folds.")
+    g = p.add_argument_group("grid")
+    g.add_argument("--backbones", default="resnet50,vgg16,vgg19",
+                   help="comma-separated backbones (default: resnet50,vgg16,vgg19)")
+    g.add_argument("--strategies", default="none,class-weight,oversample,undersample",
+                   help="comma-separated imbalance strategies (default: all four)")
+    g.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default: 5)")
+    g.add_argument("--out", required=True, help="grid folder (runs/, grid.json, comparison files)")
+    g.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
+    g.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity"],
+                   help="how each fold's threshold is chosen on its validation part (default: youden)")
+    g.add_argument("--target-sensitivity", type=float, default=None)
+    add_train_options(p, grid=True)
+
+
+def _run_grid(args):
+    import dataclasses
+
+    from . import grid
+    from .train import TrainConfig
+
+    varied = {"backbone", "strategy", "folds", "fold", "split_file", "runs_dir", "run_name"}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if f.name not in varied and hasattr(args, f.name)}
+    out = grid.run_grid(TrainConfig(**values), out=args.out, backbones=args.backbones, strategies=args.strategies,
+                        folds=args.folds, n_bootstrap=args.n_bootstrap, threshold_method=args.threshold_method,
+                        target_sensitivity=args.target_sensitivity)
+    print(f"wrote {out}")
     return 0
 
 
@@ -387,6 +440,7 @@ COMMANDS = {
     "eda": (_add_eda, _run_eda),
     "split": (_add_split, _run_split),
     "train": (_add_train, _run_train),
+    "grid": (_add_grid, _run_grid),
     "cache": (_add_cache, _run_cache),
     "evaluate": (_add_evaluate, _run_evaluate),
     "audit": (_add_audit, _run_audit),

@@ -10,6 +10,9 @@ Every image the dataset holds, whatever its format, becomes one ``uint8`` grey c
 * :func:`build_cache` decodes and preprocesses each image once into a ``uint8`` array on disk
   (``images.npy``, read back as a memmap) with the rows it was built from, keyed by the
   files and the settings; :class:`ImageCache` reads it back, even without the source files.
+  ``cache.json`` records the source files' sizes and modification times and the sha256 of
+  ``images.npy`` and ``rows.csv``: a damaged cache is rebuilt (or, opened on its own,
+  refused), a changed dataset gets a new cache with a warning saying what changed.
 
 The step to three float channels and each backbone's own ``preprocess_input`` happen inside
 the model (:mod:`covidxr.models`), so the cache is shared by every backbone.
@@ -35,6 +38,7 @@ __all__ = [
     "CONTRASTS",
     "DEFAULT_CACHE_DIR",
     "DICOM_EXTENSIONS",
+    "MIN_IMAGE_SIDE",
     "RESIZES",
     "ImageCache",
     "build_cache",
@@ -61,10 +65,17 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 #: Version of the on-disk layout; part of every key, so a new layout never reads an old cache.
 CACHE_FORMAT = 1
 
+#: Images whose shorter side is below this many pixels (a 1x1 placeholder, a thin strip)
+#: are not radiographs: :func:`build_cache` skips them (or raises, ``strict=True``).
+MIN_IMAGE_SIDE = 16
+
 _META = "cache.json"
 _IMAGES = "images.npy"
 _ROWS = "rows.csv"
 _TMP_PREFIX = ".tmp-"
+#: A previous cache of the same settings whose images overlap this much (Jaccard index)
+#: is taken for an earlier build of the same dataset when telling what changed.
+_SAME_DATASET = 0.9
 
 
 # --------------------------------------------------------------------------- decoding
@@ -154,6 +165,11 @@ def _load_dicom(path: Path) -> np.ndarray:
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds:
         raise ValueError("the DICOM file holds no pixel data")
+    # PIL's decompression-bomb limit, checked before pydicom allocates the pixel buffer
+    pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"the DICOM header claims {pixels} pixels, more than the decompression-bomb "
+                         f"limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)")
     array = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
@@ -195,7 +211,9 @@ def load_image(path, *, strict=True) -> np.ndarray | None:
     modes scaled to 8 bits, EXIF-rotated JPEG turned upright) and DICOM files (by extension
     ``.dcm``/``.dicom`` or by the ``DICM`` magic; rescale slope/intercept or modality LUT,
     then the file's window, else its VOI LUT, else its full range; MONOCHROME1 inverted).
-    An image above PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is refused.
+    An image above PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, DICOM
+    included) is refused before its pixels are allocated. Of a multi-frame file (animated
+    GIF, multi-page TIFF, multi-frame DICOM) the first frame is used. Nothing is written.
 
     Args:
         path: The file.
@@ -207,10 +225,17 @@ def load_image(path, *, strict=True) -> np.ndarray | None:
 
     Raises:
         FileNotFoundError: ``path`` does not exist (``strict=True``).
-        ValueError: the file cannot be decoded as an image (``strict=True``).
+        ValueError: the file cannot be decoded as an image, or ``path`` is not a regular
+            file (``strict=True``).
     """
     path = Path(path)
     if not path.is_file():
+        if path.exists():   # never opened: a folder, a device (/dev/zero) or a pipe could hang or flood
+            kind = "a folder" if path.is_dir() else "a device, pipe or socket"
+            if strict:
+                raise ValueError(f"Expected a regular image file; this path is {kind}. Received: path='{path}'")
+            warnings.warn(f"Skipping a path that is not a regular file ({kind}): {path}", stacklevel=2)
+            return None
         if strict:
             raise FileNotFoundError(f"Expected an image file; none exists there. Received: path='{path}'")
         warnings.warn(f"Skipping a missing image file: {path}", stacklevel=2)
@@ -325,6 +350,18 @@ def _file_stamp(path) -> list:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def _sources(frame) -> list:
+    """``[image, size, mtime_ns]`` of each row's file (None, None when missing), sorted."""
+    return sorted([str(img), *_file_stamp(path)] for img, path in zip(frame["image"], frame["path"]))
+
+
+def _key(files, size, resize, contrast) -> str:
+    payload = json.dumps({"format": CACHE_FORMAT, "image_size": size, "resize": resize,
+                          "contrast": contrast, "files": files}, sort_keys=True)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return f"{size}-{resize}-{contrast or 'none'}-{digest}"
+
+
 def cache_key(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None) -> str:
     """The key of the cache ``frame`` and the settings give.
 
@@ -337,11 +374,12 @@ def cache_key(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None) -
     """
     size = _check_settings(image_size, resize, contrast)
     _check_frame(frame)
-    files = sorted([str(img), *_file_stamp(path)] for img, path in zip(frame["image"], frame["path"]))
-    payload = json.dumps({"format": CACHE_FORMAT, "image_size": size, "resize": resize,
-                          "contrast": contrast, "files": files}, sort_keys=True)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    return f"{size}-{resize}-{contrast or 'none'}-{digest}"
+    return _key(_sources(frame), size, resize, contrast)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _check_frame(frame):
@@ -376,6 +414,7 @@ class ImageCache:
         self.settings = dict(settings)
         self.skipped = list(skipped)
         self._index = None
+        self._files = None   # [image, size, mtime_ns] of the source files it was built from
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -384,16 +423,26 @@ class ImageCache:
         return f"ImageCache(key={self.key!r}, images={len(self)}, path='{self.path}')"
 
     @classmethod
-    def open(cls, path, *, mmap=True) -> "ImageCache":
+    def open(cls, path, *, mmap=True, verify=True) -> "ImageCache":
         """Load a complete cache folder; its source image files need not exist.
+
+        The cache's own record decides whether it is sound: ``cache.json`` must parse and
+        be marked complete, ``images.npy`` and ``rows.csv`` must match the sha256 checksums
+        it recorded when the cache was built (``verify``), and the rows must match the
+        images (count, shape, unique ``image`` keys). Verifying reads the whole image file
+        once: about 0.6 ms per MiB (527 images at 224 px, 25 MiB: 19 ms with the check,
+        2 ms without), so about 1 s for 30,000 images at 224 px.
 
         Args:
             path: The cache folder (one that :func:`build_cache` wrote).
             mmap: Read the images as a read-only memmap (default) or into memory.
+            verify: Check the files' checksums (default). False skips only that check
+                (a quick listing); the structure is checked either way.
 
         Raises:
             FileNotFoundError: ``path`` is not a folder.
-            ValueError: the folder is not a complete cache.
+            ValueError: the folder is not a complete cache, or it is damaged (a checksum
+                mismatch, a truncated or unparsable file).
         """
         path = Path(path)
         if not path.is_dir():
@@ -401,20 +450,34 @@ class ImageCache:
         meta_file = path / _META
         try:
             meta = json.loads(meta_file.read_text())
-            if not meta.get("complete") or meta.get("format") != CACHE_FORMAT:
+            if not isinstance(meta, dict) or not meta.get("complete") or meta.get("format") != CACHE_FORMAT:
                 raise ValueError("not marked complete, or another format")
+            if verify:
+                checksums = meta.get("checksums")
+                if not isinstance(checksums, dict):
+                    raise ValueError("cache.json records no checksums (an older or foreign cache)")
+                for name in (_IMAGES, _ROWS):
+                    if _sha256(path / name) != checksums.get(name):
+                        raise ValueError(f"{name} does not match the sha256 checksum recorded when the "
+                                         "cache was built: the file is damaged or was changed")
             dtypes = meta["dtypes"]
             rows = pd.read_csv(path / _ROWS, dtype={c: "str" for c, t in dtypes.items() if t == "str"})
-            images = np.load(path / _IMAGES, mmap_mode="r" if mmap else None)
+            images = np.load(path / _IMAGES, mmap_mode="r" if mmap else None, allow_pickle=False)
             size = meta["settings"]["image_size"]
             if images.shape != (len(rows), size, size, 1) or images.dtype != np.uint8:
                 raise ValueError(f"images of shape {images.shape} for {len(rows)} rows")
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+            if "n_images" in meta and meta["n_images"] != len(rows):
+                raise ValueError(f"{len(rows)} rows, but cache.json records {meta['n_images']} images")
+            if "image" not in rows.columns or rows["image"].duplicated().any():
+                raise ValueError("rows.csv lacks a unique 'image' column")
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as err:  # JSON/CSV parser errors are ValueErrors
             raise ValueError(
-                f"Expected a complete image cache (written by build_cache); this folder is not "
-                f"one ({type(err).__name__}: {err}). Received: path='{path}'"
+                f"Expected a complete image cache (written by build_cache, undamaged); this folder is "
+                f"not one ({type(err).__name__}: {err}). Received: path='{path}'"
             ) from err
-        return cls(path, images, rows, meta["settings"], key=meta["key"], skipped=meta.get("skipped", ()))
+        cache = cls(path, images, rows, meta["settings"], key=meta["key"], skipped=meta.get("skipped", ()))
+        cache._files = meta.get("files")
+        return cache
 
     def select(self, images) -> np.ndarray:
         """The cached images of the given ``image`` keys, in that order.
@@ -459,9 +522,15 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
                 strict=False, progress=True) -> ImageCache:
     """Decode and preprocess every image of ``frame`` once, into a cache on disk.
 
-    A complete cache with the same key (see :func:`cache_key`) is reused. A new cache is
+    A complete cache with the same key (see :func:`cache_key`) is reused once it passes
+    :meth:`ImageCache.open`'s checks (checksums of its files) and its recorded source
+    stamps equal the files' current sizes and modification times; a damaged cache is
+    rebuilt with a warning. When the dataset changed since an earlier cache of the same
+    settings was built (files modified, added or removed), a warning says what changed and
+    a new cache is built (the old one stays until :func:`clear_caches`). A new cache is
     written to a temporary folder beside it and renamed into place when complete, so an
-    interrupted build never leaves a cache another run would use.
+    interrupted build never leaves a cache another run would use. Nothing is written
+    outside ``cache_dir``.
 
     Args:
         frame: Rows with ``image`` (key) and ``path`` (file) columns, as
@@ -470,7 +539,8 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
         resize: ``"pad"`` or ``"crop"`` (see :func:`preprocess`).
         contrast: None, ``"clahe"`` or ``"equalize"``.
         cache_dir: Parent folder of caches (see :func:`resolve_cache_dir`).
-        strict: If True, a bad image file raises and nothing is written; if False it is
+        strict: If True, a bad image file (missing, undecodable, or with a side below
+            :data:`MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
             skipped with a warning naming it, and left out of the cache's rows.
         progress: Show a tqdm progress bar.
 
@@ -483,30 +553,40 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
         FileNotFoundError: a missing file (strict).
     """
     size = _check_settings(image_size, resize, contrast)
-    key = cache_key(frame, image_size=size, resize=resize, contrast=contrast)
+    _check_frame(frame)
+    files = _sources(frame)
+    key = _key(files, size, resize, contrast)
     root = resolve_cache_dir(cache_dir)
     final = root / key
     if final.exists():
         try:
             cache = ImageCache.open(final)
+            if cache._files is not None and cache._files != files:
+                raise ValueError("its recorded source files differ from the frame's "
+                                 f"({_describe_changes(cache._files, files)})")
             cache.rows = _rows_for(cache.rows, frame)
             return cache
-        except ValueError as err:
+        except (ValueError, FileNotFoundError) as err:
             warnings.warn(f"Rebuilding an incomplete or damaged cache: {final} ({err})", stacklevel=2)
+    else:
+        _warn_if_dataset_changed(root, files, size=size, resize=resize, contrast=contrast)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{_TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         _write_cache(tmp, frame.reset_index(drop=True), key=key, size=size, resize=resize,
-                     contrast=contrast, strict=strict, progress=progress)
+                     contrast=contrast, strict=strict, progress=progress, files=files)
         try:
             os.replace(tmp, final)   # atomic; fails if a non-empty folder is in the way
         except OSError:
             try:                     # another process finished the same cache first: use it
                 ImageCache.open(final)
                 shutil.rmtree(tmp)
-            except ValueError:       # the damaged cache warned about above: replace it
-                shutil.rmtree(final)
+            except (ValueError, FileNotFoundError):   # the damaged cache warned about above: replace it
+                if final.is_dir():
+                    shutil.rmtree(final)
+                else:
+                    final.unlink()
                 os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -516,7 +596,58 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     return cache
 
 
-def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress):
+def _describe_changes(before, now) -> str:
+    """What changed between two source lists (``[image, size, mtime_ns]``)."""
+    old = {f[0]: tuple(f[1:]) for f in before}
+    new = {f[0]: tuple(f[1:]) for f in now}
+    modified = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    parts = [f"{len(names)} {what}" + (f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else "")
+             for what, names in (("modified", modified), ("added", added), ("removed", removed))]
+    return ", ".join(parts)
+
+
+def _warn_if_dataset_changed(root: Path, files, *, size, resize, contrast):
+    """Warn when an earlier cache of these settings was built from an older state of this
+    dataset (the same images, give or take a few, some with other sizes or times)."""
+    if not root.is_dir():
+        return
+    prefix = f"{size}-{resize}-{contrast or 'none'}-"
+    images_now = {f[0] for f in files}
+    best = None
+    for folder in root.iterdir():
+        if not folder.name.startswith(prefix) or not (folder / _META).is_file():
+            continue
+        try:
+            meta = json.loads((folder / _META).read_text())
+            before = [list(f) for f in meta["files"]]
+            images_before = {f[0] for f in before}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+        overlap = len(images_now & images_before) / max(len(images_now | images_before), 1)
+        if overlap >= _SAME_DATASET and (best is None or overlap > best[0]):
+            best = (overlap, folder, before)
+    if best is not None and best[2] != files:
+        warnings.warn(f"The source files changed since cache {best[1].name} was built "
+                      f"({_describe_changes(best[2], files)}); building a new cache "
+                      f"(remove the old one with clear_caches).", stacklevel=3)
+
+
+def _decode_for_cache(path, *, strict):
+    """:func:`load_image`, and the :data:`MIN_IMAGE_SIDE` check that a radiograph passes."""
+    grey = load_image(path, strict=strict)
+    if grey is not None and min(grey.shape) < MIN_IMAGE_SIDE:
+        shape = f"{grey.shape[1]}x{grey.shape[0]} px"
+        if strict:
+            raise ValueError(f"Expected an image at least {MIN_IMAGE_SIDE} px on each side (a radiograph); "
+                             f"this one is {shape}. Received: path='{path}'")
+        warnings.warn(f"Skipping a too small image file: {path} ({shape}, under {MIN_IMAGE_SIDE} px)",
+                      stacklevel=3)
+        return None
+    return grey
+
+
+def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files):
     from tqdm.auto import tqdm
 
     n = len(frame)
@@ -526,7 +657,7 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
     kept, skipped = [], []
     bar = tqdm(frame["path"], total=n, desc=f"caching {n} images at {size}px", unit="img", disable=not progress)
     for i, path in enumerate(bar):
-        grey = load_image(path, strict=strict)
+        grey = _decode_for_cache(path, strict=strict)
         if grey is None:
             skipped.append(str(frame["image"].iloc[i]))
             continue
@@ -553,9 +684,11 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
     rows.to_csv(tmp / _ROWS, index=False)
     dtypes = {c: ("str" if rows[c].dtype == object or pd.api.types.is_string_dtype(rows[c]) else str(rows[c].dtype))
               for c in rows.columns}
+    checksums = {name: _sha256(tmp / name) for name in (_IMAGES, _ROWS)}
     meta = {"format": CACHE_FORMAT, "key": key, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "settings": {"image_size": size, "resize": resize, "contrast": contrast},
-            "n_images": len(kept), "skipped": skipped, "dtypes": dtypes}
+            "n_images": len(kept), "skipped": skipped, "dtypes": dtypes,
+            "checksums": checksums, "files": files}
     (tmp / _META).write_text(json.dumps(meta, indent=1))
 
 
@@ -577,7 +710,7 @@ def list_caches(cache_dir=None) -> pd.DataFrame:
             if not folder.is_dir() or folder.name.startswith(_TMP_PREFIX) or not (folder / _META).is_file():
                 continue
             try:
-                cache = ImageCache.open(folder)
+                cache = ImageCache.open(folder, verify=False)   # a quick listing: no checksums
             except ValueError:
                 continue
             meta = json.loads((folder / _META).read_text())

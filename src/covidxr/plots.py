@@ -524,3 +524,159 @@ def write_evaluation_figures(predictions: pd.DataFrame, result: dict, out_dir) -
         plot_calibration(frame, classes, ax=axes[2], title=f"Calibration ({level}s)")
         written.append(_save(fig, out / f"curves_{level}.png"))
     return written
+
+
+# --------------------------------------------------------------------------- Grad-CAM examples
+
+#: Rows of :func:`plot_gradcam_examples`: (key, title, note when none).
+GRADCAM_CATEGORIES = (
+    ("TP", "true positives", "no true positives"),
+    ("FP", "false positives", "no false positives"),
+    ("FN", "false negatives", "no false negatives"),
+)
+
+
+def select_gradcam_examples(run_dir, *, n=3, part="test", seed=0, threshold_method="youden", data_dir=None):
+    """Pick true positives, false positives and false negatives of a run and compute their
+    Grad-CAM maps for the positive class.
+
+    Decisions use the run's validation threshold (:func:`covidxr.evaluate.validation_threshold`;
+    three classes: arg-max, positive = ``covid``). Images are read from the dataset the run was
+    trained on (or ``data_dir``) and preprocessed as the run's config says
+    (:func:`covidxr.predict.preprocessing_settings`).
+
+    Args:
+        run_dir: A run folder (``config.json``, ``predictions.csv``, ``model.keras``).
+        n: Examples per category (at most).
+        part: Which part of ``predictions.csv`` to draw from (``test`` or ``val``).
+        seed: Seed of the random choice within each category.
+        threshold_method: How the threshold is chosen on the validation part.
+        data_dir: Where the dataset is now, if it moved since training.
+
+    Returns:
+        A dict: ``table`` (DataFrame of the chosen rows: ``image, patient, label, category,
+        prob`` (from predictions.csv), ``model_prob`` (recomputed from the preprocessed image)),
+        ``images`` uint8 (k, S, S), ``maps`` float32 (k, S, S) in [0, 1], ``counts``
+        ({category: rows available}), ``threshold``, ``positive_class``, ``run``.
+    """
+    from .data import load_dataset
+    from .evaluate import read_run, validation_threshold
+    from .gradcam import gradcam
+    from .images import load_image, preprocess
+    from .predict import preprocessing_settings
+    from .train import load_run
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"Expected n to be an integer >= 1. Received: n={n!r}")
+    run = Path(run_dir)
+    config, preds = read_run(run, need_model=True)
+    classes = [str(c) for c in config["classes"]]
+    positive = classes[1] if len(classes) == 2 else ("covid" if "covid" in classes else classes[1])
+    pos_index = classes.index(positive)
+    rows = preds[preds["part"].astype(str) == part].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"Expected rows of part {part!r} in the run's predictions.csv. "
+                         f"Received: parts={sorted(preds['part'].astype(str).unique())}")
+    info = validation_threshold(preds, classes=classes, method=threshold_method)
+    probs = rows[[f"prob_{c}" for c in classes]].to_numpy(float)
+    if info is not None:
+        threshold = float(info["threshold"])
+        called = probs[:, pos_index] >= threshold
+    else:
+        threshold = None
+        called = probs.argmax(axis=1) == pos_index
+    truth = rows["label"].astype(str).to_numpy() == positive
+    masks = {"TP": truth & called, "FP": ~truth & called, "FN": truth & ~called}
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for key, _, _ in GRADCAM_CATEGORIES:
+        idx = np.flatnonzero(masks[key])
+        if len(idx) > n:
+            idx = np.sort(rng.choice(idx, size=n, replace=False))
+        for i in idx:
+            chosen.append({"image": str(rows.at[i, "image"]), "patient": str(rows.at[i, "patient"]),
+                           "label": str(rows.at[i, "label"]), "category": key, "prob": float(probs[i, pos_index])})
+    table = pd.DataFrame(chosen, columns=["image", "patient", "label", "category", "prob"])
+    settings = preprocessing_settings(config)
+    size = settings["image_size"]
+    images = np.zeros((len(table), size, size), np.uint8)
+    maps = np.zeros((len(table), size, size), np.float32)
+    table["model_prob"] = np.nan
+    if len(table):
+        def blank(value):
+            return None if value is None or str(value).lower() in ("", "all", "none") else value
+
+        frame = load_dataset(data_dir if data_dir is not None else config.get("data_dir"), task=None,
+                             layout=config.get("layout", "auto"), modality=blank(config.get("modality")),
+                             views=config.get("views", "frontal"), image_col=config.get("image_col", "path"),
+                             label_col=config.get("label_col", "label"),
+                             patient_col=blank(config.get("patient_col", "patient")))
+        paths = frame.drop_duplicates("image").set_index("image")["path"]
+        missing = [i for i in table["image"] if i not in paths.index]
+        if missing:
+            raise FileNotFoundError(
+                "Expected the run's images in its dataset (pass data_dir= if the dataset moved). "
+                f"Received: missing={missing[:5]}"
+            )
+        for k, key in enumerate(table["image"]):
+            images[k] = preprocess(load_image(paths[key]), **settings)
+        model, _ = load_run(run, config=config)
+        maps, model_probs = gradcam(model, images[..., None], class_index=pos_index)
+        table["model_prob"] = model_probs[:, pos_index].astype(float)
+    return {"table": table, "images": images, "maps": maps, "threshold": threshold, "positive_class": positive,
+            "counts": {k: int(m.sum()) for k, m in masks.items()}, "run": run.name, "part": part}
+
+
+def plot_gradcam_examples(run_dir, *, n=3, part="test", seed=0, threshold_method="youden", data_dir=None,
+                          examples=None):
+    """Grad-CAM for the positive class on true positives, false positives and false negatives.
+
+    One row per category (TP / FP / FN), ``n`` image pairs per row: the preprocessed image
+    the model saw, with its label and probability, and the Grad-CAM overlay. A category
+    without examples is drawn as empty panels with a note. The figure carries the dataset
+    attribution (:data:`DATASET_ATTRIBUTION`).
+
+    Args:
+        run_dir: A run folder.
+        n, part, seed, threshold_method, data_dir: See :func:`select_gradcam_examples`.
+        examples: A :func:`select_gradcam_examples` result to draw (skips recomputing).
+
+    Returns:
+        The Matplotlib figure (its ``gradcam_examples`` attribute holds the examples' table).
+    """
+    from . import RESEARCH_ONLY
+    from .gradcam import overlay
+
+    ex = examples or select_gradcam_examples(run_dir, n=n, part=part, seed=seed,
+                                             threshold_method=threshold_method, data_dir=data_dir)
+    n = max(int(n), int(ex["table"].groupby("category").size().max()) if len(ex["table"]) else 1)
+    fig, axes = plt.subplots(len(GRADCAM_CATEGORIES), 2 * n, figsize=(2.0 * 2 * n, 2.35 * len(GRADCAM_CATEGORIES) + 0.9),
+                             squeeze=False, layout="constrained")
+    table = ex["table"].reset_index(drop=True)
+    threshold = ex["threshold"]
+    rule = (f"called {ex['positive_class']} when p >= {threshold:.3f} (validation threshold)"
+            if threshold is not None else "arg-max decision")
+    for r, (key, title, empty_note) in enumerate(GRADCAM_CATEGORIES):
+        picked = table.index[table["category"] == key].tolist()
+        for c in range(2 * n):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            for spine in axes[r, c].spines.values():
+                spine.set_visible(False)
+        axes[r, 0].set_ylabel(f"{key}: {title}\n({ex['counts'][key]} in {ex['part']})", fontsize=8)
+        if not picked:
+            axes[r, 0].text(0.02, 0.5, f"{empty_note}\nin the {ex['part']} part", fontsize=8,
+                            transform=axes[r, 0].transAxes, va="center", ha="left", color="#555555")
+            continue
+        for j, k in enumerate(picked):
+            row = table.loc[k]
+            axes[r, 2 * j].imshow(ex["images"][k], cmap="gray", vmin=0, vmax=255)
+            axes[r, 2 * j].set_title(f"{row['label']}, p={row['prob']:.3f}", fontsize=7)
+            axes[r, 2 * j + 1].imshow(overlay(ex["images"][k], ex["maps"][k]))
+            empty_map = not float(np.max(ex["maps"][k])) > 0
+            axes[r, 2 * j + 1].set_title("Grad-CAM (no positive evidence)" if empty_map else "Grad-CAM",
+                                         fontsize=7)
+    fig.suptitle(f"Grad-CAM ({ex['positive_class']}) · {ex['run']}\n{rule}", fontsize=9)
+    fig.supxlabel(f"{DATASET_ATTRIBUTION}\n{RESEARCH_ONLY}", fontsize=6.5)
+    fig.gradcam_examples = table
+    return fig

@@ -1,0 +1,462 @@
+"""Transfer-learning models: a registry of ``keras.applications`` backbones and one builder.
+
+Every model :func:`build_model` returns has the same shape::
+
+    uint8 grey (None, S, S, 1)
+      -> GreyToRGB            float32, three equal channels, values 0..255
+      -> augmentation         keras.Sequential of preprocessing layers (training only)
+      -> BackbonePreprocess   the backbone's own ``preprocess_input``
+      -> backbone             nested keras.applications model, include_top=False; its
+                              BatchNormalization layers are kept frozen, so in inference mode
+      -> pooling              GlobalAveragePooling2D (or GlobalMaxPooling2D)
+      -> dropout
+      -> head                 Dense: 1 sigmoid unit for two classes, C softmax units otherwise
+
+Layer names are fixed (:data:`LAYER_NAMES`), so the training code and Grad-CAM find the parts
+by name: ``model.get_layer("backbone")`` is the nested backbone. Because the backbone is a
+nested model, its inner layers are not reachable from ``model.inputs`` directly;
+:func:`gradcam_model` rebuilds the path as ``inputs -> [last conv output, predictions]``
+sharing the trained weights, and :func:`feature_model` / :func:`head_model` split the model
+into its frozen part and its head (used to train the head on cached features).
+
+Every custom step is a registered Keras layer (package ``covidxr``), never a ``Lambda``, so a
+saved model reloads with ``keras.saving.load_model(path, safe_mode=True)`` once
+``covidxr.models`` is imported.
+
+Adding a backbone is one entry in :data:`BACKBONES`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+__all__ = [
+    "BACKBONES",
+    "LAYER_NAMES",
+    "Backbone",
+    "BackbonePreprocess",
+    "GreyToRGB",
+    "backbone_layer",
+    "build_augmentation",
+    "build_model",
+    "feature_model",
+    "get_backbone",
+    "gradcam_model",
+    "head_model",
+    "resolve_fine_tune_from",
+    "set_trainable_from",
+]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One registry entry.
+
+    Attributes:
+        name: Registry key, e.g. ``"resnet50"``.
+        constructor: A ``keras.applications`` constructor taking ``include_top``, ``weights``,
+            ``input_shape``, ``pooling``.
+        preprocess_input: The matching ``keras.applications.<module>.preprocess_input``; takes
+            float RGB values in 0..255, shape (b, S, S, 3).
+        last_conv_layer: Name of the backbone's last convolutional layer (Grad-CAM target).
+        min_size: Smallest input side the backbone accepts, in pixels.
+        fine_tune_from: Default first layer unfrozen in phase 2 (the last block).
+    """
+
+    name: str
+    constructor: Callable
+    preprocess_input: Callable
+    last_conv_layer: str
+    min_size: int = 32
+    fine_tune_from: str | None = None
+
+
+#: Registry of backbones: name -> :class:`Backbone`.
+BACKBONES = {
+    "resnet50": Backbone("resnet50", keras.applications.ResNet50,
+                         keras.applications.resnet50.preprocess_input,
+                         "conv5_block3_out", 32, "conv5_block1_1_conv"),
+    "vgg16": Backbone("vgg16", keras.applications.VGG16,
+                      keras.applications.vgg16.preprocess_input,
+                      "block5_conv3", 32, "block5_conv1"),
+    "vgg19": Backbone("vgg19", keras.applications.VGG19,
+                      keras.applications.vgg19.preprocess_input,
+                      "block5_conv4", 32, "block5_conv1"),
+}
+
+#: Fixed names of the parts of a built model.
+LAYER_NAMES = {
+    "input": "image",
+    "to_rgb": "grey_to_rgb",
+    "augmentation": "augmentation",
+    "preprocess": "preprocess",
+    "backbone": "backbone",
+    "pooling": "pooling",
+    "dropout": "dropout",
+    "head": "head",
+}
+
+
+def get_backbone(name) -> Backbone:
+    """Return the registry entry ``name`` (a :class:`Backbone` passes through)."""
+    if isinstance(name, Backbone):
+        return name
+    key = str(name).strip().lower()
+    if key not in BACKBONES:
+        raise ValueError(
+            f"Unknown backbone. Expected one of {sorted(BACKBONES)}. Received: backbone={name!r}"
+        )
+    return BACKBONES[key]
+
+
+# --------------------------------------------------------------------------- custom layers
+
+@keras.saving.register_keras_serializable(package="covidxr")
+class GreyToRGB(layers.Layer):
+    """uint8 grey images (b, H, W, 1) -> float (b, H, W, 3), values kept in 0..255."""
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        return ops.repeat(x, 3, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (3,)
+
+
+@keras.saving.register_keras_serializable(package="covidxr")
+class BackbonePreprocess(layers.Layer):
+    """The registry's ``preprocess_input`` of ``backbone`` as a serializable layer.
+
+    Args:
+        backbone: Registry name; the function is looked up at call time, so the saved model
+            stores a name, not code.
+    """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = get_backbone(backbone).name
+
+    def call(self, inputs):
+        return get_backbone(self.backbone).preprocess_input(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+# --------------------------------------------------------------------------- builders
+
+def build_augmentation(*, rotation=0.05, zoom=0.1, translation=0.05, contrast=0.1, hflip=False,
+                       seed=None) -> keras.Sequential:
+    """Random augmentation for chest X-rays, active in training only.
+
+    No vertical flip ever; no horizontal flip unless ``hflip`` (the heart sits on the left,
+    a flipped image is not a plausible chest film). Works on float images in 0..255 with any
+    number of channels.
+
+    Args:
+        rotation: Largest rotation as a fraction of a full turn (0.05 = 18 degrees); 0 = off.
+        zoom: Largest zoom in or out as a fraction of the side; 0 = off.
+        translation: Largest shift as a fraction of the side; 0 = off.
+        contrast: Largest contrast change factor; 0 = off.
+        hflip: Also flip left-right at random.
+        seed: Seed of the random layers (None: from Keras' global seed).
+
+    Returns:
+        A ``keras.Sequential`` named ``augmentation`` (may hold no layers).
+    """
+    for name, value in (("rotation", rotation), ("zoom", zoom), ("translation", translation),
+                        ("contrast", contrast)):
+        if not 0 <= float(value) < 1:
+            raise ValueError(f"Expected {name} in [0, 1). Received: {name}={value!r}")
+    steps = []
+    if hflip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed))
+    if rotation:
+        steps.append(layers.RandomRotation(rotation, fill_mode="constant", seed=seed))
+    if zoom:
+        steps.append(layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
+    if translation:
+        steps.append(layers.RandomTranslation(translation, translation, fill_mode="constant", seed=seed))
+    if contrast:
+        steps.append(layers.RandomContrast(contrast, value_range=(0, 255), seed=seed))
+    return keras.Sequential(steps, name=LAYER_NAMES["augmentation"])
+
+
+def _check_size(spec: Backbone, image_size):
+    try:
+        size = int(image_size)
+    except (TypeError, ValueError):
+        size = None
+    if size is None or size != image_size or size < spec.min_size:
+        raise ValueError(
+            f"Expected an integer image_size of at least {spec.min_size} px for backbone "
+            f"{spec.name!r}. Received: image_size={image_size!r}"
+        )
+    return size
+
+
+def _weights_hint():
+    return ("Use weights='none' (--weights none) to start from random weights, or "
+            "weights=PATH (--weights PATH) with a local copy of the ImageNet weights file "
+            "(e.g. copied from ~/.keras/models on a machine with internet access)")
+
+
+def _one_line(message, limit=300) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _make_backbone(spec: Backbone, *, size, weights):
+    """Construct the backbone, turning download and mismatch failures into clear errors."""
+    kwargs = dict(include_top=False, input_shape=(size, size, 3), pooling=None)
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return spec.constructor(weights=None, **kwargs)
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        try:
+            return spec.constructor(weights="imagenet", **kwargs)
+        except Exception as err:  # Keras raises a bare Exception on a failed download
+            text = str(err)
+            if "URL fetch failure" in text or "HTTP" in text or isinstance(err, OSError):
+                raise ConnectionError(
+                    f"Could not download the ImageNet weights of {spec.name!r} ({text}). "
+                    f"{_weights_hint()}. Received: weights='imagenet'"
+                ) from err
+            raise
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Expected 'imagenet', 'none' or the path of a weights file for {spec.name!r}; "
+            f"no such file. Received: weights={str(weights)!r}"
+        )
+    model = spec.constructor(weights=None, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(str(path))
+        except Exception as err:
+            raise ValueError(
+                f"The weights file does not match backbone {spec.name!r} "
+                f"(include_top=False): {_one_line(err)}. Received: weights={str(weights)!r}"
+            ) from err
+    skipped = [str(w.message) for w in caught
+               if "skip" in str(w.message).lower() or "could not be loaded" in str(w.message).lower()
+               or "mismatch" in str(w.message).lower()]
+    if skipped:
+        raise ValueError(
+            f"The weights file does not match backbone {spec.name!r} (include_top=False): "
+            f"{_one_line(skipped[0])}. Received: weights={str(weights)!r}"
+        )
+    return model
+
+
+def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropout=0.2,
+                augmentation=True, pooling="avg", seed=None) -> keras.Model:
+    """Build a transfer-learning classifier for uint8 grey images.
+
+    Args:
+        backbone: Registry name (see :data:`BACKBONES`) or a :class:`Backbone`.
+        num_classes: Number of classes (>= 2). Two classes: one sigmoid output, the
+            probability of class 1; more: ``num_classes`` softmax outputs.
+        image_size: Input side S in pixels (square inputs, at least the backbone's minimum).
+        weights: ``"imagenet"`` (downloaded and cached by Keras), ``None``/``"none"`` (random)
+            or the path of a backbone weights file (``include_top=False``, e.g. Keras'
+            ``*_notop.h5`` or a ``.weights.h5`` saved from the same architecture).
+        dropout: Dropout rate before the head, in [0, 1).
+        augmentation: ``True`` (defaults of :func:`build_augmentation`), a dict of its
+            arguments, or ``None``/``False`` (no augmentation layers).
+        pooling: ``"avg"`` or ``"max"`` global pooling.
+        seed: Seed of the augmentation and dropout layers.
+
+    Returns:
+        A ``keras.Model`` mapping uint8 (b, S, S, 1) to probabilities (b, 1) or (b, C).
+        Not compiled.
+
+    Raises:
+        ValueError: Unknown backbone or pooling, image size too small, bad dropout or class
+            count, a weights file that does not match the architecture.
+        FileNotFoundError: ``weights`` names a file that does not exist.
+        ConnectionError: The ImageNet weights could not be downloaded.
+    """
+    spec = get_backbone(backbone)
+    size = _check_size(spec, image_size)
+    if int(num_classes) < 2:
+        raise ValueError(f"Expected num_classes >= 2. Received: num_classes={num_classes!r}")
+    if not 0 <= float(dropout) < 1:
+        raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout!r}")
+    if pooling not in ("avg", "max"):
+        raise ValueError(f"Expected pooling in ['avg', 'max']. Received: pooling={pooling!r}")
+    if augmentation is True:
+        augmentation = {}
+    if augmentation not in (None, False) and not isinstance(augmentation, dict):
+        raise ValueError(
+            f"Expected augmentation True, False/None or a dict of build_augmentation arguments. "
+            f"Received: augmentation={augmentation!r}"
+        )
+
+    base = _make_backbone(spec, size=size, weights=weights)
+    base.name = LAYER_NAMES["backbone"]
+
+    inputs = keras.Input((size, size, 1), dtype="uint8", name=LAYER_NAMES["input"])
+    x = GreyToRGB(name=LAYER_NAMES["to_rgb"])(inputs)
+    if isinstance(augmentation, dict):
+        aug = build_augmentation(**{"seed": seed, **augmentation})
+        if aug.layers:
+            x = aug(x)
+    x = BackbonePreprocess(spec.name, name=LAYER_NAMES["preprocess"])(x)
+    # training=False as in the Keras guide; Keras 3 overrides it with the outer flag during
+    # fit, so set_trainable_from also keeps every BatchNormalization layer frozen.
+    x = base(x, training=False)
+    pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
+    x = pool(name=LAYER_NAMES["pooling"])(x)
+    x = layers.Dropout(float(dropout), seed=seed, name=LAYER_NAMES["dropout"])(x)
+    binary = int(num_classes) == 2
+    outputs = layers.Dense(1 if binary else int(num_classes),
+                           activation="sigmoid" if binary else "softmax",
+                           dtype="float32", name=LAYER_NAMES["head"])(x)
+    return keras.Model(inputs, outputs, name=f"covidxr_{spec.name}")
+
+
+# --------------------------------------------------------------------------- views of a model
+
+def backbone_layer(model) -> keras.Model:
+    """The nested backbone of a model :func:`build_model` made."""
+    try:
+        return model.get_layer(LAYER_NAMES["backbone"])
+    except ValueError as err:
+        raise ValueError(
+            f"Expected a model made by covidxr.models.build_model (with a nested layer named "
+            f"'backbone'). Received: model={model.name!r}"
+        ) from err
+
+
+def _backbone_name(model) -> str:
+    return model.get_layer(LAYER_NAMES["preprocess"]).backbone
+
+
+def feature_model(model) -> keras.Model:
+    """``uint8 images (b, S, S, 1) -> pooled backbone features (b, F)``, no augmentation.
+
+    Shares its layers (and weights) with ``model``. With the backbone frozen these features
+    never change, so the head can be trained on them once computed (phase 1 caching).
+    """
+    shape = model.inputs[0].shape[1:]
+    inputs = keras.Input(shape, dtype="uint8", name=LAYER_NAMES["input"])
+    x = model.get_layer(LAYER_NAMES["to_rgb"])(inputs)
+    x = model.get_layer(LAYER_NAMES["preprocess"])(x)
+    x = backbone_layer(model)(x, training=False)
+    x = model.get_layer(LAYER_NAMES["pooling"])(x)
+    return keras.Model(inputs, x, name="features")
+
+
+def head_model(model) -> keras.Model:
+    """``pooled features (b, F) -> probabilities``: the dropout and head layers of ``model``
+    (shared, so training this model trains ``model``'s head)."""
+    pool = model.get_layer(LAYER_NAMES["pooling"])
+    width = pool.output.shape[-1]
+    inputs = keras.Input((width,), name="features")
+    x = model.get_layer(LAYER_NAMES["dropout"])(inputs)
+    x = model.get_layer(LAYER_NAMES["head"])(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def gradcam_model(model, *, layer=None) -> keras.Model:
+    """``uint8 images -> [last conv output (b, h, w, k), predictions]`` for Grad-CAM.
+
+    Rebuilds the inference path (no augmentation) of a :func:`build_model` model with the
+    backbone split at ``layer`` (default: the registry's ``last_conv_layer``); all weights are
+    shared with ``model``.
+
+    Args:
+        model: A model from :func:`build_model` (or :func:`covidxr.train.load_run`).
+        layer: Name of a layer inside the backbone whose output is returned.
+    """
+    base = backbone_layer(model)
+    layer = layer or get_backbone(_backbone_name(model)).last_conv_layer
+    try:
+        target = base.get_layer(layer)
+    except ValueError as err:
+        raise ValueError(
+            f"Expected a layer of backbone {_backbone_name(model)!r}. Received: layer={layer!r}"
+        ) from err
+    split = keras.Model(base.inputs, [target.output, base.outputs[0]], name="backbone_split")
+    shape = model.inputs[0].shape[1:]
+    inputs = keras.Input(shape, dtype="uint8", name=LAYER_NAMES["input"])
+    x = model.get_layer(LAYER_NAMES["to_rgb"])(inputs)
+    x = model.get_layer(LAYER_NAMES["preprocess"])(x)
+    conv, x = split(x, training=False)
+    x = model.get_layer(LAYER_NAMES["pooling"])(x)
+    x = model.get_layer(LAYER_NAMES["dropout"])(x)
+    preds = model.get_layer(LAYER_NAMES["head"])(x)
+    return keras.Model(inputs, [conv, preds], name="gradcam")
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+def resolve_fine_tune_from(model, fine_tune_from="auto") -> int:
+    """Index (in ``backbone.layers``) of the first layer unfrozen in phase 2.
+
+    Args:
+        model: A :func:`build_model` model.
+        fine_tune_from: ``"auto"`` (the registry's default: the last block), ``"all"`` (the
+            whole backbone), a layer name of the backbone, or ``-N`` / ``"-N"`` (the last N
+            layers).
+
+    Returns:
+        The index; layers from it on are unfrozen.
+    """
+    base = backbone_layer(model)
+    names = [l.name for l in base.layers]
+    value = fine_tune_from
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        value = get_backbone(_backbone_name(model)).fine_tune_from or "all"
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return 0
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+    if number is not None:
+        if number >= 0 or -number > len(names):
+            raise ValueError(
+                f"Expected -N with 1 <= N <= {len(names)} (the backbone's layer count), a layer "
+                f"name, 'auto' or 'all'. Received: fine_tune_from={fine_tune_from!r}"
+            )
+        return len(names) + number
+    if value in names:
+        return names.index(value)
+    close = [n for n in names if str(value).lower() in n.lower()][:5]
+    raise ValueError(
+        f"Expected a layer name of backbone {_backbone_name(model)!r}"
+        f"{' (similar: ' + ', '.join(close) + ')' if close else ''}, -N, 'auto' or 'all'. "
+        f"Received: fine_tune_from={fine_tune_from!r}"
+    )
+
+
+def set_trainable_from(model, index) -> list[str]:
+    """Freeze the backbone below ``index`` and unfreeze it from there, BatchNormalization
+    layers excepted; return the names of the unfrozen backbone layers that hold weights.
+
+    Every BatchNormalization layer stays frozen (``trainable=False``), which in Keras 3 also
+    makes it run in inference mode: its moving mean and variance (and gamma/beta) never
+    change. (Keras 3's functional models pass the outer ``training`` flag down to nested
+    models, so ``base(x, training=False)`` alone does not keep BatchNorm in inference mode
+    during ``fit``; freezing the layers does.) The head stays trainable.
+    """
+    base = backbone_layer(model)
+    base.trainable = True
+    unfrozen = []
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= index and not isinstance(layer, layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen

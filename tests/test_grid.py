@@ -1,0 +1,200 @@
+"""Tests for covidxr.grid: a tiny 2 × 2 × 2 grid, interrupted and resumed; pooled metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidxr import cli, grid
+from covidxr import metrics as M
+from covidxr.train import TrainConfig
+
+BACKBONES = ["vgg16", "vgg19"]
+STRATEGIES = ["none", "oversample"]
+FOLDS = 2
+
+
+def _base(collection, cache_dir, **kwargs):
+    options = dict(data_dir=str(collection), weights="none", image_size=32, batch_size=8, epochs=1,
+                   fine_tune_epochs=0, val_size=0.3, cache_dir=str(cache_dir), verbose=0)
+    options.update(kwargs)
+    return TrainConfig(**options)
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def finished_grid(collection, tmp_path_factory):
+    """Run the grid, interrupt it at the start of the 3rd run, then resume it."""
+    root = tmp_path_factory.mktemp("grid")
+    out = root / "grid"
+    base = _base(collection, root / "cache")
+    real_train = grid.train
+    calls = []
+
+    def interrupting(config):
+        if len(calls) == 2:
+            raise Interrupted("stopped after the 2nd run")
+        calls.append((config.backbone, config.strategy, config.fold))
+        return real_train(config)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "train", interrupting)
+        with pytest.raises(Interrupted, match="after the 2nd run"):
+            grid.run_grid(base, out=out, backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS,
+                          n_bootstrap=20, progress=False)
+    first = sorted(p.name for p in (out / "runs").iterdir())
+    mtimes = {name: (out / "runs" / name / "model.keras").stat().st_mtime_ns for name in first}
+    # An interrupted third run: a folder holding only config.json (no model yet).
+    partial = out / "runs" / "zz-interrupted-run"
+    partial.mkdir()
+    shutil.copy(out / "runs" / first[0] / "config.json", partial / "config.json")
+
+    resumed = []
+
+    def counting(config):
+        resumed.append((config.backbone, config.strategy, config.fold))
+        return real_train(config)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "train", counting)
+        grid.run_grid(base, out=out, backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS, n_bootstrap=20,
+                      progress=False)
+    return {"out": out, "base": base, "first": first, "mtimes": mtimes, "calls": calls, "resumed": resumed,
+            "partial": partial}
+
+
+def test_grid_writes_every_run_and_the_comparison(finished_grid):
+    out = finished_grid["out"]
+    record = json.loads((out / "grid.json").read_text())
+    assert record["backbones"] == BACKBONES and record["strategies"] == STRATEGIES and record["folds"] == FOLDS
+    assert len(record["runs"]) == 8 and len(set(record["runs"])) == 8
+    seen = set()
+    for name in record["runs"]:
+        run = out / "runs" / name
+        for artifact in grid.RUN_ARTIFACTS:
+            assert (run / artifact).is_file(), (name, artifact)
+        config = json.loads((run / "config.json").read_text())
+        assert config["folds"] == FOLDS and config["image_size"] == 32
+        seen.add((config["backbone"], config["strategy"], config["fold"]))
+    assert seen == {(b, s, f) for b in BACKBONES for s in STRATEGIES for f in range(FOLDS)}
+    for name in ("comparison.csv", "comparison.md", "comparison.png", "runs.csv"):
+        assert (out / name).stat().st_size > 0
+    pooled = pd.read_csv(out / "comparison.csv")
+    assert len(pooled) == 2 * 2 * 2  # backbone × strategy × level
+    assert set(pooled["run"]) == {f"{b} / {s}" for b in BACKBONES for s in STRATEGIES}
+    assert (pooled["folds"] == FOLDS).all()
+    # folds pooled: every usable image of the dataset is tested exactly once
+    per_run = pd.read_csv(out / "runs.csv")
+    image_rows = per_run[per_run["level"] == "image"]
+    one = image_rows[(image_rows["backbone"] == "vgg16") & (image_rows["strategy"] == "none")]
+    assert (pooled["n_images"] == one["n_images"].sum()).all()
+    assert {"roc_auc_ci_low", "sensitivity_ci_high"} <= set(pooled.columns)
+    text = (out / "comparison.md").read_text()
+    assert "Folds pooled" in text and "Per run" in text and "vgg19 / oversample" in text
+
+
+def test_interrupted_grid_resumes_without_retraining(finished_grid):
+    out = finished_grid["out"]
+    assert len(finished_grid["calls"]) == 2
+    assert len(finished_grid["resumed"]) == 6
+    assert not set(finished_grid["calls"]) & set(finished_grid["resumed"])
+    record = json.loads((out / "grid.json").read_text())
+    for name in finished_grid["first"]:
+        assert name in record["runs"]
+        assert (out / "runs" / name / "model.keras").stat().st_mtime_ns == finished_grid["mtimes"][name]
+    # the incomplete folder stays, but does not count
+    assert finished_grid["partial"].is_dir() and finished_grid["partial"].name not in record["runs"]
+    assert len(record["timings"]) == 8
+
+
+def test_resume_with_other_options_is_refused(finished_grid, monkeypatch):
+    out, base = finished_grid["out"], finished_grid["base"]
+
+    def fail(config):  # pragma: no cover - must not be reached
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(grid, "train", fail)
+    with pytest.raises(ValueError, match=r"other options.*epochs: 1 -> 2"):
+        grid.run_grid(TrainConfig(**{**base.to_dict(), "epochs": 2}), out=out, backbones=BACKBONES,
+                      strategies=STRATEGIES, folds=FOLDS, progress=False)
+    with pytest.raises(ValueError, match=r"strategies: \['none', 'oversample'\] -> \['none'\]"):
+        grid.run_grid(base, out=out, backbones=BACKBONES, strategies=["none"], folds=FOLDS, progress=False)
+    # the same options: nothing to train, the comparison is written again
+    (out / "comparison.md").unlink()
+    grid.run_grid(base, out=out, backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS, n_bootstrap=5,
+                  progress=False)
+    assert (out / "comparison.md").is_file()
+
+
+def test_bad_options_are_refused(collection, tmp_path):
+    base = _base(collection, tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"Unknown backbones.*Received: backbones=\['alexnet'\]"):
+        grid.run_grid(base, out=tmp_path / "g", backbones="vgg16,alexnet", strategies="none", folds=2)
+    with pytest.raises(ValueError, match=r"Unknown strategies"):
+        grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="smote", folds=2)
+    with pytest.raises(ValueError, match=r"folds to be an integer >= 2"):
+        grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=1)
+    normal = _base(collection, tmp_path / "cache", task="covid-vs-normal")
+    with pytest.raises(ValueError, match=r"Too few patients for 9 .*class 'normal'.*covid-vs-normal"):
+        grid.run_grid(normal, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=9)
+    assert not (tmp_path / "g" / "runs").exists()
+
+
+def test_pooled_metrics_use_each_folds_threshold():
+    # fold 0 scores are low, fold 1 scores high; each fold's threshold separates its own rows
+    frame = pd.DataFrame({
+        "patient": ["a", "b", "c", "d", "e", "f", "g", "h"],
+        "label": ["non-covid", "covid"] * 4,
+        "prob_non-covid": 0.0,
+        "prob_covid": [0.10, 0.20, 0.12, 0.22, 0.80, 0.90, 0.82, 0.92],
+        "threshold": [0.15] * 4 + [0.85] * 4,
+    })
+    frame["prob_non-covid"] = 1 - frame["prob_covid"]
+    result = grid.pooled_metrics(frame, classes=["non-covid", "covid"], n_bootstrap=50, seed=0)
+    figs = result["image"]["metrics"]
+    assert figs["sensitivity"]["value"] == 1.0 and figs["specificity"]["value"] == 1.0
+    # one global threshold could not do this; the threshold-free AUC sees the pooled scale
+    single = M.binary_metrics(np.arange(8) % 2, frame["prob_covid"], threshold=0.5)
+    assert single["specificity"] == 0.5
+    assert figs["roc_auc"]["value"] == pytest.approx(single["roc_auc"])
+    assert result["patient"]["n_groups"] == 8 and figs["sensitivity"]["n_used"] > 0
+    with pytest.raises(ValueError, match="one fold's test part only"):
+        grid.pooled_metrics(pd.concat([frame, frame.assign(threshold=0.5)]), classes=["non-covid", "covid"],
+                            n_bootstrap=0)
+
+
+def test_cli_grid_options(collection, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(base, **kwargs):
+        seen.update(kwargs, base=base)
+        return tmp_path
+
+    monkeypatch.setattr(grid, "run_grid", fake)
+    code = cli.main(["grid", "--data-dir", str(collection), "--backbones", "vgg16,vgg19", "--strategies", "none",
+                     "--folds", "3", "--out", str(tmp_path / "g"), "--weights", "none", "--image-size", "32",
+                     "--epochs", "2", "--fine-tune-epochs", "0", "--n-bootstrap", "10"])
+    assert code == 0
+    assert seen["backbones"] == "vgg16,vgg19" and seen["strategies"] == "none" and seen["folds"] == 3
+    assert seen["n_bootstrap"] == 10 and str(seen["out"]) == str(tmp_path / "g")
+    base = seen["base"]
+    assert base.image_size == 32 and base.epochs == 2 and base.fine_tune_epochs == 0 and base.weights == "none"
+    assert base.data_dir == str(collection)
+    with pytest.raises(SystemExit):
+        cli.main(["grid", "--out", str(tmp_path / "g"), "--split-file", "split.csv"])
+
+
+def test_real_data_covid_vs_normal_refuses_too_many_folds(real_data, tmp_path):
+    base = TrainConfig(data_dir=str(real_data), task="covid-vs-normal", weights="none", image_size=32,
+                       cache_dir=str(tmp_path / "cache"), verbose=0)
+    with pytest.warns(UserWarning):  # the snapshot lacks some images
+        with pytest.raises(ValueError, match=r"class 'normal' has 16 patients.*covid-vs-normal"):
+            grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=17)
+    assert not (tmp_path / "g").exists()
