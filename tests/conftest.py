@@ -121,3 +121,16 @@ def real_data() -> Path:
     if not (REAL_DATA / "metadata.csv").is_file():
         pytest.skip(f"real dataset snapshot not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(collection, tmp_path_factory):
+    """A tiny trained run (VGG16, random weights, 32 px, 2 head epochs) on the synthetic
+    collection; read only — copy it before changing anything in it."""
+    from covidxr.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    config = TrainConfig(data_dir=str(collection), backbone="vgg16", weights="none", image_size=32, batch_size=8,
+                         epochs=2, fine_tune_epochs=0, strategy="oversample", learning_rate=1e-2,
+                         runs_dir=str(root / "runs"), cache_dir=str(root / "cache"), verbose=0)
+    return train(config)

@@ -332,7 +332,8 @@ def test_notebook_04_runs_on_fake_runs(tmp_path, collection, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(str(nb), str(out), parameters={
-        "run_dirs": runs, "data_dir": str(collection), "task": "covid-vs-rest", "seed": 0, "n_bootstrap": 50},
+        "run_dirs": runs, "data_dir": str(collection), "task": "covid-vs-rest", "seed": 0, "n_bootstrap": 50,
+        "gradcam_examples": 0},  # fake runs have no model; Grad-CAM cells: tests/test_gradcam_examples.py
         cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]

@@ -16,15 +16,6 @@ from covidxr.train import TrainConfig, train
 matplotlib.use("Agg")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(collection, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gradcam_run")
-    config = TrainConfig(data_dir=str(collection), backbone="vgg16", weights="none", image_size=32, batch_size=8,
-                         epochs=2, fine_tune_epochs=0, strategy="oversample", learning_rate=1e-2,
-                         runs_dir=str(root / "runs"), cache_dir=str(root / "cache"), verbose=0)
-    return train(config)
-
-
 def _texts(fig):
     out = [t.get_text() for t in fig.texts]
     for ax in fig.axes:

@@ -1,0 +1,62 @@
+"""Tests for covidxr.predict and the `covidxr predict` command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from covidxr import cli
+from covidxr.evaluate import read_run, validation_threshold
+from covidxr.predict import predict_files, preprocessing_settings
+
+
+def test_predict_reproduces_the_runs_test_predictions(tiny_run, collection):
+    config, preds = read_run(tiny_run)
+    test = preds[preds["part"] == "test"].reset_index(drop=True)
+    table = predict_files(tiny_run, [collection / image for image in test["image"]])
+    assert (table["error"] == "").all()
+    np.testing.assert_allclose(table["prob_covid"], test["prob_covid"], atol=1e-4)
+    np.testing.assert_allclose(table["prob_non-covid"] + table["prob_covid"], 1, atol=1e-6)
+    threshold = validation_threshold(preds, classes=config["classes"])["threshold"]
+    assert table["threshold"].eq(threshold).all()
+    expected = np.where(test["prob_covid"] >= threshold, "covid", "non-covid")
+    # decisions agree except for a probability within 1e-4 of the threshold
+    close = np.abs(test["prob_covid"] - threshold) < 1e-4
+    assert (table["decision"].to_numpy()[~close] == expected[~close]).all()
+
+
+def test_unreadable_files_are_reported_and_others_scored(tiny_run, collection, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"<html>not an image</html>")
+    good = sorted((collection / "images").glob("p00*_0.*"))[:2]
+    table = predict_files(tiny_run, [good[0], bad, good[1], tmp_path / "missing.jpg"], gradcam_dir=tmp_path / "cams")
+    assert list(table["error"] == "") == [True, False, True, False]
+    assert table.loc[1, "error"] and np.isnan(table.loc[1, "prob_covid"])
+    assert table.loc[[0, 2], "decision"].isin(["covid", "non-covid"]).all()
+    for path in table.loc[[0, 2], "gradcam"]:
+        overlay = np.asarray(Image.open(path))
+        assert overlay.shape == (32, 32, 3)
+    # a second call never overwrites the first overlays
+    again = predict_files(tiny_run, [good[0]], gradcam_dir=tmp_path / "cams")
+    assert again.loc[0, "gradcam"] not in set(table["gradcam"])
+
+
+def test_predict_command(tiny_run, collection, tmp_path, capsys):
+    image = sorted((collection / "images").glob("p00*_0.*"))[0]
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(image), "--run", str(tiny_run), "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "prob_covid" in printed and "not a medical device" in printed
+    assert pd.read_csv(out).shape[0] == 1
+    assert cli.main(["predict", str(image), "--run", str(tiny_run), "--csv", str(out)]) == 2
+    assert "Received: csv=" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "none.png"), "--run", str(tiny_run)]) == 2
+
+
+def test_predict_needs_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Expected a run folder.*Received: run_dir="):
+        predict_files(tmp_path, ["x.png"])
+    with pytest.raises(ValueError, match=r"record the image size. Received: keys=\['task'\]"):
+        preprocessing_settings({"task": "covid-vs-rest"})
