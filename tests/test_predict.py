@@ -60,3 +60,39 @@ def test_predict_needs_a_run(tmp_path):
         predict_files(tmp_path, ["x.png"])
     with pytest.raises(ValueError, match=r"record the image size. Received: keys=\['task'\]"):
         preprocessing_settings({"task": "covid-vs-rest"})
+
+
+def test_crafted_model_with_code_is_refused(tiny_run, tmp_path):
+    """A model.keras carrying a Lambda layer (arbitrary code) is refused, not run."""
+    import shutil
+
+    import keras
+
+    run = tmp_path / "crafted"
+    shutil.copytree(tiny_run, run)
+    marker = tmp_path / "pwned"
+    inputs = keras.Input((32, 32, 1))
+    payload = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")  # noqa: S307
+    outputs = keras.layers.Lambda(payload)(inputs)
+    keras.Model(inputs, outputs).save(run / "model.keras")
+    marker.unlink(missing_ok=True)  # building the model ran the payload once, here, on purpose
+    with pytest.raises(ValueError, match=r"Refusing to load model.keras.*Lambda.*Received: run_dir="):
+        predict_files(run, ["x.png"])
+    assert not marker.exists()
+
+
+def test_same_seed_same_split_and_predictions(collection, tmp_path):
+    """Two CPU runs of one configuration give identical splits and predictions (1e-6)."""
+    from covidxr.train import TrainConfig, train
+
+    runs = []
+    for k in range(2):
+        config = TrainConfig(data_dir=str(collection), backbone="vgg16", weights="none", image_size=32,
+                             batch_size=8, epochs=1, fine_tune_epochs=1, strategy="undersample",
+                             runs_dir=str(tmp_path / f"runs{k}"), cache_dir=str(tmp_path / "cache"), verbose=0)
+        runs.append(train(config))
+    a, b = (pd.read_csv(r / "split.csv") for r in runs)
+    pd.testing.assert_frame_equal(a, b)
+    pa, pb = (pd.read_csv(r / "predictions.csv") for r in runs)
+    assert pa["image"].equals(pb["image"])
+    np.testing.assert_allclose(pa["prob_covid"], pb["prob_covid"], atol=1e-6)

@@ -835,7 +835,16 @@ def load_run(run_dir, *, config=None):
         if not config_path.is_file():
             raise FileNotFoundError(f"Expected a run folder with config.json. Received: run_dir={str(run_dir)!r}")
         config = json.loads(config_path.read_text())
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as err:
+        if "safe_mode" in str(err) or "lambda" in str(err).lower():
+            raise ValueError(
+                "Refusing to load model.keras: it holds code that would run on loading (e.g. a "
+                "Lambda layer), which covidxr never saves; only load models from sources you trust "
+                f"and made with covidxr. Received: run_dir={str(run_dir)!r}"
+            ) from err
+        raise
     return model, config
 
 
