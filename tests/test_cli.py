@@ -123,8 +123,13 @@ def test_download_unpacks_and_verifies(collection, tmp_path, monkeypatch):
     assert seen["origin"] == "https://github.com/ieee8023/covid-chestxray-dataset/archive/abc.zip"
     assert (tmp_path / "ds" / "metadata.csv").is_file()
     assert "labelled images on disk" in summary and "1 listed images missing" in summary
+    seen.clear()
+    again = download.download(tmp_path / "ds", ref="abc")  # present: verified, not fetched again
+    assert "already holds the collection" in again and not seen
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
     with pytest.raises(FileExistsError, match=r"pass --force.*Received: dest="):
-        download.download(tmp_path / "ds", ref="abc")
+        download.download(tmp_path / "other", ref="abc")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".covidxr-download-")]
 
 

@@ -86,17 +86,22 @@ def download(dest, *, ref: str = DEFAULT_REF, force: bool = False) -> str:
     Args:
         dest: Target folder (must not exist unless ``force``).
         ref: Upstream commit, tag or branch.
-        force: Replace an existing folder.
+        force: Replace an existing folder. Without it, a folder that already holds
+            ``metadata.csv`` is only verified (no download), and any other non-empty folder is
+            an error.
 
     Returns:
         The verification summary (see :func:`verify`).
 
     Raises:
-        FileExistsError: ``dest`` exists and ``force`` is False.
+        FileExistsError: ``dest`` is non-empty without ``metadata.csv`` and ``force`` is False.
         ConnectionError: The archive could not be fetched (offline); the message says how to
             place the data by hand.
     """
     dest = Path(dest)
+    if (dest / "metadata.csv").is_file() and not force:
+        # Already downloaded or placed by hand: check it and say so (offline machines too).
+        return f"{dest} already holds the collection (pass --force to download again).\n" + verify(dest)
     if dest.exists() and any(dest.iterdir()) and not force:
         raise FileExistsError(
             f"Expected a new or empty folder; pass --force to replace it. Received: dest={str(dest)!r}"
