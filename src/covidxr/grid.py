@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 import keras
@@ -201,31 +200,8 @@ def _figures(y, probs, thresholds, classes) -> dict:
 def _bootstrap(y, probs, thresholds, groups, *, classes, n_bootstrap, seed, level) -> dict:
     """As :func:`covidxr.metrics.bootstrap_metrics` (patients resampled with replacement), with
     one decision threshold per row."""
-    point = _figures(y, probs, thresholds, classes)
-    names = [k for k in point if k != "confusion_matrix"]
-    codes, uniques = pd.factorize(np.asarray(groups).astype(str), sort=True)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-    members = [order[starts[g]:starts[g + 1]] for g in range(len(uniques))]
-    rng = np.random.default_rng(seed)
-    samples = {name: [] for name in names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(int(n_bootstrap)):
-            idx = np.concatenate([members[g] for g in rng.integers(0, len(uniques), size=len(uniques))])
-            figs = _figures(y[idx], probs[idx], thresholds[idx], classes)
-            for name in names:
-                if not np.isnan(figs[name]):
-                    samples[name].append(figs[name])
-    alpha = (1.0 - float(level)) / 2.0
-    out = {}
-    for name in names:
-        values = np.asarray(samples[name], dtype=float)
-        low, high = np.quantile(values, [alpha, 1 - alpha]) if values.size else (np.nan, np.nan)
-        out[name] = {"value": float(point[name]), "ci_low": float(low), "ci_high": float(high),
-                     "n_used": int(values.size)}
-    return {"metrics": out, "confusion_matrix": point["confusion_matrix"], "n_bootstrap": int(n_bootstrap),
-            "seed": int(seed), "level": float(level), "n_rows": int(len(y)), "n_groups": int(len(uniques))}
+    return M.patient_bootstrap(lambda idx: _figures(y[idx], probs[idx], thresholds[idx], classes), groups,
+                               n_bootstrap=n_bootstrap, seed=seed, level=level)
 
 
 def pooled_metrics(predictions: pd.DataFrame, *, classes, n_bootstrap=1000, seed=0, level=0.95) -> dict:

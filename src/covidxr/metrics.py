@@ -32,6 +32,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 __all__ = [
+    "patient_bootstrap",
     "BINARY_METRICS",
     "MULTICLASS_METRICS",
     "PER_CLASS_METRICS",
@@ -404,7 +405,26 @@ def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_boots
             "Expected y_true, probs and groups of one length. "
             f"Received: lengths={(len(y_true), len(probs), len(groups))}"
         )
-    point = compute_metrics(y_true, probs, classes=classes, threshold=threshold)
+    return patient_bootstrap(
+        lambda idx: compute_metrics(y_true[idx], probs[idx], classes=classes, threshold=threshold),
+        groups, n_bootstrap=n_bootstrap, seed=seed, level=level,
+    )
+
+
+def patient_bootstrap(score, groups, *, n_bootstrap=1000, seed=0, level=0.95) -> dict:
+    """Percentile bootstrap over groups (patients) of any set of figures.
+
+    Args:
+        score: ``row indices (m,) -> dict`` of float figures (plus an optional
+            ``"confusion_matrix"``, reported for the point estimate only).
+        groups: Patient id per row, shape (n,).
+        n_bootstrap, seed, level: As in :func:`bootstrap_metrics`.
+
+    Returns:
+        As :func:`bootstrap_metrics`.
+    """
+    groups = np.asarray(groups).astype(str)
+    point = score(np.arange(len(groups)))
     names = list(_flat(point))
     codes, uniques = pd.factorize(groups, sort=True)
     order = np.argsort(codes, kind="stable")
@@ -417,7 +437,7 @@ def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_boots
         for _ in range(int(n_bootstrap)):
             drawn = rng.integers(0, len(uniques), size=len(uniques))
             idx = np.concatenate([members[g] for g in drawn]) if len(drawn) else np.zeros(0, int)
-            figs = compute_metrics(y_true[idx], probs[idx], classes=classes, threshold=threshold)
+            figs = score(idx)
             for name in names:
                 value = figs[name]
                 if not np.isnan(value):
@@ -434,11 +454,11 @@ def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_boots
                      "n_used": int(values.size)}
     return {
         "metrics": out,
-        "confusion_matrix": point["confusion_matrix"],
+        "confusion_matrix": point.get("confusion_matrix"),
         "n_bootstrap": int(n_bootstrap),
         "seed": int(seed),
         "level": float(level),
-        "n_rows": int(len(y_true)),
+        "n_rows": int(len(groups)),
         "n_groups": int(len(uniques)),
     }
 

@@ -358,6 +358,14 @@ def plot_confusion_summary(result: dict, *, level="image"):
     return fig
 
 
+def _decisions(probs, classes, threshold):
+    """Class index decided per row: the threshold on the positive class for two classes (when
+    given), else arg-max."""
+    if len(classes) == 2 and threshold is not None:
+        return (probs[:, 1] >= threshold).astype(int)
+    return probs.argmax(axis=1)
+
+
 def plot_roc(predictions: pd.DataFrame, classes, *, threshold=None, ax=None, title="ROC curve"):
     """ROC curve(s) with the operating point of the decision rule.
 
@@ -372,8 +380,7 @@ def plot_roc(predictions: pd.DataFrame, classes, *, threshold=None, ax=None, tit
     ax = _axes(ax, figsize=(4.2, 4))
     classes = list(classes)
     y, probs = _class_arrays(predictions, classes)
-    decided = (probs[:, 1] >= threshold).astype(int) if len(classes) == 2 and threshold is not None \
-        else probs.argmax(axis=1)
+    decided = _decisions(probs, classes, threshold)
     for i, name in _curve_targets(classes):
         yi = (y == i).astype(int)
         if yi.min() == yi.max():
@@ -400,8 +407,7 @@ def plot_precision_recall(predictions: pd.DataFrame, classes, *, threshold=None,
     ax = _axes(ax, figsize=(4.2, 4))
     classes = list(classes)
     y, probs = _class_arrays(predictions, classes)
-    decided = (probs[:, 1] >= threshold).astype(int) if len(classes) == 2 and threshold is not None \
-        else probs.argmax(axis=1)
+    decided = _decisions(probs, classes, threshold)
     for i, name in _curve_targets(classes):
         yi = (y == i).astype(int)
         if yi.min() == yi.max():

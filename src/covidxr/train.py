@@ -36,7 +36,7 @@ import platform
 import secrets
 import string
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -861,16 +861,15 @@ def predict_frame(run_dir, frame: pd.DataFrame, *, batch_size=32, model=None, co
         float64 (n, C) in the run's class order; two classes give ``[1 - p, p]``.
     """
     from .images import load_image, preprocess
+    from .predict import preprocessing_settings
 
     if model is None or config is None:
         model, config = load_run(run_dir)
     if "path" not in frame.columns:
         raise ValueError(f"Expected a frame with a 'path' column. Received: columns={list(frame.columns)}")
-    prep = config.get("preprocessing", {})
-    size = int(prep.get("image_size", config.get("image_size")))
-    resize = prep.get("resize", config.get("resize", "pad"))
-    contrast = prep.get("contrast", "clahe" if config.get("clahe") else None)
+    settings = preprocessing_settings(config)
+    size = settings["image_size"]
     images = np.zeros((len(frame), size, size, 1), np.uint8)
     for i, path in enumerate(frame["path"]):
-        images[i, ..., 0] = preprocess(load_image(path), image_size=size, resize=resize, contrast=contrast)
+        images[i, ..., 0] = preprocess(load_image(path), **settings)
     return predict_images(model, images, batch_size=batch_size)
