@@ -15,6 +15,37 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+
+def backend_mismatch() -> str | None:
+    """Why Keras does not run on the backend ``KERAS_BACKEND`` names (default tensorflow), or None.
+
+    A ``~/.keras/keras.json`` or an import of Keras before this conftest could pick another
+    backend; the JAX run in CI (``KERAS_BACKEND=jax pytest -m jax``) must not pass silently on
+    TensorFlow.
+    """
+    import keras
+
+    expected = os.environ.get("KERAS_BACKEND", "tensorflow")
+    actual = keras.backend.backend()
+    if actual == expected:
+        return None
+    return (f"Expected Keras to run on the backend KERAS_BACKEND names. "
+            f"Received: keras.backend.backend()={actual!r}, KERAS_BACKEND={expected!r}")
+
+
+def pytest_report_header(config):
+    import keras
+
+    return f"keras {keras.__version__}, backend {keras.backend.backend()} (KERAS_BACKEND={os.environ['KERAS_BACKEND']})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _keras_backend_is_the_requested_one():
+    """Every test fails at setup when Keras runs on another backend than KERAS_BACKEND."""
+    problem = backend_mismatch()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
 REAL_DATA = Path(
     os.environ.get("COVIDXR_REAL_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "covid-chestxray-dataset")
 ).resolve()

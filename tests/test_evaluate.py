@@ -344,6 +344,7 @@ def test_notebook_04_runs_on_fake_runs(tmp_path, collection, monkeypatch):
 
 # --------------------------------------------------------------------------- end to end
 
+@pytest.mark.jax
 @pytest.mark.slow
 def test_end_to_end_with_a_trained_run(tmp_path):
     """A tiny real run (helper B's trainer): evaluating its test images as an external manifest

@@ -23,6 +23,7 @@ def _images(n, *, seed=0, size=SIZE):
     return rng.integers(0, 255, size=(n, size, size, 1), dtype=np.uint8)
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize("backbone", sorted(models.BACKBONES))
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_gradcam_shape_and_range(backbone, num_classes):
@@ -39,6 +40,7 @@ def test_gradcam_shape_and_range(backbone, num_classes):
     np.testing.assert_allclose(probs, expected, atol=1e-4)
 
 
+@pytest.mark.jax
 def test_gradcam_errors():
     model = models.build_model("vgg16", num_classes=2, image_size=SIZE, weights=None, augmentation=None)
     with pytest.raises(ValueError, match=r"Expected uint8 images of shape \(n, 32, 32, 1\). Received: images.shape=\(2, 16, 16, 1\)"):

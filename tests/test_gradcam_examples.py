@@ -27,6 +27,7 @@ def _texts(fig):
     return "\n".join(out)
 
 
+@pytest.mark.jax
 def test_examples_follow_the_validation_threshold_and_the_runs_preprocessing(tiny_run):
     ex = plots.select_gradcam_examples(tiny_run, n=2, seed=0)
     config, preds = read_run(tiny_run)
@@ -52,6 +53,7 @@ def test_examples_follow_the_validation_threshold_and_the_runs_preprocessing(tin
     pd.testing.assert_frame_equal(again["table"], table)
 
 
+@pytest.mark.jax
 def test_figure_rows_attribution_and_empty_category(tiny_run, tmp_path):
     fig = plots.plot_gradcam_examples(tiny_run, n=2)
     assert len(fig.axes) == 3 * 4

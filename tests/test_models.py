@@ -24,6 +24,7 @@ def vgg16():
     return build_model("vgg16", num_classes=2, image_size=SIZE, weights=None, augmentation=None)
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_builds_and_trains_one_step(name):
     keras.utils.set_random_seed(0)
@@ -45,6 +46,7 @@ def test_every_backbone_builds_and_trains_one_step(name):
     assert probs.shape == (4, 1) and ((probs >= 0) & (probs <= 1)).all()
 
 
+@pytest.mark.jax
 def test_three_classes_softmax():
     model = build_model("vgg16", num_classes=3, image_size=SIZE, weights=None)
     probs = model.predict(_images(3), verbose=0)
@@ -52,6 +54,7 @@ def test_three_classes_softmax():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.jax
 def test_model_layout_and_preprocess_match_keras(vgg16):
     names = [layer.name for layer in vgg16.layers]
     assert names == ["image", "grey_to_rgb", "preprocess", "backbone", "pooling", "dropout", "head"]
@@ -107,6 +110,7 @@ def test_gradcam_model_outputs_last_conv_and_predictions(name):
         models.gradcam_model(model, layer="nope")
 
 
+@pytest.mark.jax
 def test_saved_model_reloads_safe_mode(vgg16, tmp_path):
     path = tmp_path / "m.keras"
     vgg16.save(path)

@@ -12,6 +12,7 @@ from covidxr.evaluate import read_run, validation_threshold
 from covidxr.predict import predict_files, preprocessing_settings
 
 
+@pytest.mark.jax
 def test_predict_reproduces_the_runs_test_predictions(tiny_run, collection):
     config, preds = read_run(tiny_run)
     test = preds[preds["part"] == "test"].reset_index(drop=True)
@@ -27,6 +28,7 @@ def test_predict_reproduces_the_runs_test_predictions(tiny_run, collection):
     assert (table["decision"].to_numpy()[~close] == expected[~close]).all()
 
 
+@pytest.mark.jax
 def test_unreadable_files_are_reported_and_others_scored(tiny_run, collection, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"<html>not an image</html>")
@@ -43,6 +45,7 @@ def test_unreadable_files_are_reported_and_others_scored(tiny_run, collection, t
     assert again.loc[0, "gradcam"] not in set(table["gradcam"])
 
 
+@pytest.mark.jax
 def test_predict_command(tiny_run, collection, tmp_path, capsys):
     image = sorted((collection / "images").glob("p00*_0.*"))[0]
     out = tmp_path / "p.csv"
@@ -62,6 +65,7 @@ def test_predict_needs_a_run(tmp_path):
         preprocessing_settings({"task": "covid-vs-rest"})
 
 
+@pytest.mark.jax
 def test_crafted_model_with_code_is_refused(tiny_run, tmp_path):
     """A model.keras carrying a Lambda layer (arbitrary code) is refused, not run."""
     import shutil

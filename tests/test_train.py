@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -49,6 +52,7 @@ def _variables(layers_):
 
 # --------------------------------------------------------------------------- phases
 
+@pytest.mark.jax
 @pytest.mark.parametrize("cache_features", [True, False])
 def test_phase1_leaves_backbone_unchanged(cache_features):
     keras.utils.set_random_seed(0)
@@ -65,6 +69,7 @@ def test_phase1_leaves_backbone_unchanged(cache_features):
     assert any(not np.allclose(head_before[k], head_after[k]) for k in head_before)
 
 
+@pytest.mark.jax
 def test_phase2_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics():
     keras.utils.set_random_seed(0)
     model = build_model("resnet50", num_classes=2, image_size=SIZE, weights=None, augmentation=None)
@@ -138,6 +143,7 @@ def run_dir(collection, tmp_path_factory):
     return train(_config(collection, tmp))
 
 
+@pytest.mark.jax
 def test_run_folder_artifacts(run_dir, collection):
     for name in ARTIFACTS:
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
@@ -185,6 +191,7 @@ def test_run_folder_artifacts(run_dir, collection):
     assert "figures/training_curves.png" in report and "| train |" in report
 
 
+@pytest.mark.jax
 def test_predict_frame_matches_predictions_csv(run_dir, collection):
     frame = data.load_dataset(collection, task="covid-vs-rest")
     predictions = pd.read_csv(run_dir / "predictions.csv")
@@ -282,3 +289,60 @@ def test_train_smoke_on_real_data(real_data, tmp_path):
                             cache_dir=str(tmp_path / "cache"), verbose=0))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["images"] > 50 and metrics["val"]["roc_auc"] is not None
+
+
+PARALLEL_SCRIPT = """
+import json, sys
+import keras
+from covidxr.runtime import virtual_cpu_devices
+virtual_cpu_devices(2)
+from covidxr.train import TrainConfig, train
+run = train(TrainConfig(data_dir=sys.argv[1], runs_dir=sys.argv[2], cache_dir=sys.argv[3], backbone="vgg16",
+                        weights="none", image_size=32, batch_size=7, epochs=2, fine_tune_epochs=1,
+                        fine_tune_from="-4", strategy="class-weight", augment=False, data_parallel=True, verbose=0))
+print("RESULT " + json.dumps({"run": str(run), "runtime": json.load(open(run / "config.json"))["runtime"],
+                              "backend": keras.backend.backend()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_data_parallel_run_on_two_cpu_devices(backend, collection, tmp_path):
+    """``data_parallel=True`` on two virtual CPU devices: a whole two-phase run, with a batch
+    size (7) that is rounded up to 8 and batches that do not divide evenly."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT, str(collection), str(tmp_path / "runs"),
+                             str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line[len("RESULT "):])
+    assert out["backend"] == backend
+    assert out["runtime"]["num_replicas"] == 2 and out["runtime"]["batch_size"] == 8
+    run = Path(out["run"])
+    predictions = pd.read_csv(run / "predictions.csv")
+    split = pd.read_csv(run / "split.csv")
+    assert len(predictions) == int((split["part"] != "train").sum())
+    assert predictions["prob_covid"].between(0, 1).all()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert all(np.isfinite(metrics[part]["loss"]) for part in ("val", "test"))
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == 3 and np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
+
+
+def test_memory_check_refuses_before_the_run_folder(collection, tmp_path, monkeypatch):
+    import covidxr.runtime as runtime
+
+    monkeypatch.setattr(runtime, "available_memory",
+                        lambda: {"host_bytes": 64 * 2 ** 20, "device_bytes": None, "device": "cpu"})
+    config = TrainConfig(data_dir=str(collection), backbone="vgg16", weights="none", image_size=64, batch_size=16,
+                         epochs=1, fine_tune_epochs=0, runs_dir=str(tmp_path / "runs"),
+                         cache_dir=str(tmp_path / "cache"), verbose=0)
+    with pytest.raises(ValueError, match=r"to fit in memory.*Lower --batch-size or --image-size.*"
+                                         r"Received: batch_size=16, image_size=64"):
+        train(config)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+    run = train(dataclasses.replace(config, memory_check=False))
+    assert json.loads((run / "config.json").read_text())["runtime"]["memory_estimate_gib"] is None

@@ -319,7 +319,18 @@ def add_train_options(p, *, grid=False):
     t.add_argument("--patience", type=int, default=5, help="early stopping patience on validation AUC")
     t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
                    help="phase 1 on cached backbone features (default: on)")
-    t.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 compute")
+    r = p.add_argument_group("hardware")
+    r.add_argument("--mixed-precision", nargs="?", const="mixed_bfloat16", default=None,
+                   choices=["mixed_bfloat16", "mixed_float16", "bf16", "fp16", "float32"],
+                   help="16-bit compute with float32 weights: bf16 (the default when the flag is given "
+                        "alone; GPUs from A100/H100, TPUs) or fp16 (older GPUs, with loss scaling)")
+    r.add_argument("--jit-compile", default="auto", type=_jit_compile, metavar="{auto,on,off}",
+                   help="XLA compilation of the train step (default: auto, Keras decides)")
+    r.add_argument("--data-parallel", action="store_true",
+                   help="split every batch over all GPUs (or all CPU devices): JAX DataParallel, "
+                        "TensorFlow MirroredStrategy; the batch size is rounded up to a multiple of the devices")
+    r.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="estimate memory before training and stop with a message when it cannot fit (default: on)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
     s = p.add_argument_group("split and output")
@@ -334,16 +345,34 @@ def add_train_options(p, *, grid=False):
         s.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
         s.add_argument("--config", default=None,
                        help="repeat a run: its config.json (options given here override it); writes a new folder")
+        s.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="continue an interrupted run from its last finished epoch, with the run's own "
+                            "options (only --verbose may be given with it)")
     return p
+
+
+def _jit_compile(value):
+    choices = {"auto": "auto", "on": True, "true": True, "off": False, "false": False}
+    if value.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"expected one of auto, on, off; got {value!r}")
+    return choices[value.lower()]
 
 
 def _run_train(args):
     import dataclasses
 
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resume, train
 
     defaults = TrainConfig()
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if args.resume:
+        changed = sorted(k for k, v in values.items() if v != getattr(defaults, k) and k != "verbose")
+        if changed or args.config:
+            raise ValueError("Expected no other options with --resume: a run continues with its own options "
+                             f"(only --verbose may be given). Received: {', '.join(changed or ['config'])}")
+        run_dir = resume(args.resume, verbose=args.verbose if args.verbose != defaults.verbose else None)
+        print(f"finished {run_dir}")
+        return 0
     if args.config:
         config = TrainConfig.from_json(args.config)
         changed = {k: v for k, v in values.items() if v != getattr(defaults, k)}

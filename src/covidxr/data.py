@@ -682,12 +682,9 @@ SPLIT_COLUMNS = ("image", "patient", "label", "part")
 def write_split(split: pd.DataFrame, path) -> Path:
     """Write a split as CSV with columns ``image, patient, label, part``."""
     _require_columns(split, list(SPLIT_COLUMNS), source="split")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    split[list(SPLIT_COLUMNS)].to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    from .atomic import write_text
+
+    return write_text(path, split[list(SPLIT_COLUMNS)].to_csv(index=False))
 
 
 def read_split(path) -> pd.DataFrame:

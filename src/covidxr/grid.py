@@ -12,10 +12,11 @@ writes the comparison::
     OUT/runs.csv           the per-run table (each run's own test part)
 
 **Resuming.** Started again with the same ``out``, a grid continues where it stopped: a
-combination counts as done when ``OUT/runs/`` holds a run folder with ``config.json``,
-``model.keras``, ``predictions.csv`` and ``metrics.json`` whose options match that
-combination. Incomplete folders (an interrupted run) are left where they are and ignored; a
-new run is made for their combination. Starting again with different training options is
+combination counts as done when ``OUT/runs/`` holds a finished run folder (``config.json``
+marked finished, ``model.keras``, ``predictions.csv``, ``metrics.json``) whose options match
+that combination. The run that was interrupted is continued from its last finished epoch
+(:func:`covidxr.train.resume`); a folder killed before it wrote its ``config.json`` is left
+where it is and a new run is made. Starting again with different training options is
 refused, naming the options that differ; the comparison settings (``n_bootstrap``,
 threshold method) may change, since they do not touch the runs.
 
@@ -41,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -49,9 +49,11 @@ import keras
 import numpy as np
 import pandas as pd
 
+from .atomic import write_json, write_text
+
 from . import RESEARCH_ONLY, __version__
 from . import metrics as M
-from .train import TrainConfig, train
+from .train import TrainConfig, resume, train
 
 __all__ = [
     "GRID_FILE",
@@ -154,32 +156,31 @@ def _matches(run_config: dict, expected: TrainConfig) -> bool:
     return all(have[k] == want[k] for k in want if k not in IGNORED_OPTIONS)
 
 
-def find_runs(runs_dir, config: TrainConfig) -> list[Path]:
-    """Finished run folders in ``runs_dir`` made with exactly ``config``'s options.
+def find_runs(runs_dir, config: TrainConfig, *, finished=True) -> list[Path]:
+    """Run folders in ``runs_dir`` made with exactly ``config``'s options.
 
-    A folder counts when it holds :data:`RUN_ARTIFACTS` and its ``config.json`` matches
-    ``config`` on every option except :data:`IGNORED_OPTIONS`. Sorted by name (oldest first).
+    A folder counts when its ``config.json`` matches ``config`` on every option except
+    :data:`IGNORED_OPTIONS` and, with ``finished=True``, it holds :data:`RUN_ARTIFACTS` and is
+    marked finished; ``finished=False`` gives the interrupted ones instead (for
+    :func:`covidxr.train.resume`). Sorted by name (oldest first).
     """
     root = Path(runs_dir)
     if not root.is_dir():
         return []
     found = []
     for run in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not all((run / name).is_file() for name in RUN_ARTIFACTS):
-            continue
         try:
             run_config = json.loads((run / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(run_config, dict) and _matches(run_config, config):
+        if not isinstance(run_config, dict) or not _matches(run_config, config):
+            continue
+        complete = bool(run_config.get("finished")) and all((run / name).is_file() for name in RUN_ARTIFACTS)
+        if complete == finished:
             found.append(run)
     return found
 
 
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- pooled metrics
@@ -304,12 +305,6 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
     return pd.DataFrame(rows), per_run
 
 
-def _replace_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
 
 def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, *, record=None) -> list[Path]:
     """Write (replacing earlier versions) ``comparison.csv``, ``comparison.md``,
@@ -330,8 +325,8 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, png_path, runs_path = (out / "comparison.csv", out / "comparison.md",
                                               out / "comparison.png", out / "runs.csv")
-    _replace_text(csv_path, pooled.to_csv(index=False))
-    _replace_text(runs_path, per_run.to_csv(index=False))
+    write_text(csv_path, pooled.to_csv(index=False))
+    write_text(runs_path, per_run.to_csv(index=False))
     record = record or {}
     opts = record.get("options", {})
     comp = record.get("comparison", {})
@@ -356,7 +351,7 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
         lines.append(f"- {row['run']}: {row['thresholds']}")
     lines += ["", "## Per run (each fold's own test part)", "", comparison_markdown(per_run), "",
               "![comparison](comparison.png)", ""]
-    _replace_text(md_path, "\n".join(lines))
+    write_text(md_path, "\n".join(lines))
     fig = plot_comparison(pooled)
     fig.suptitle("Grid, folds pooled (95% CI; red = per image, blue = per patient)", fontsize=10)
     save_figure(fig, png_path)
@@ -371,8 +366,8 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     """Train every backbone × strategy × fold into ``out/runs`` and write the comparison.
 
     One process trains every run (:func:`covidxr.train.train`). Runs that a previous,
-    interrupted call with the same ``out`` finished are kept and not trained again (see the
-    module docstring).
+    interrupted call with the same ``out`` finished are kept and not trained again, and the
+    run it was in the middle of is continued (see the module docstring).
 
     Args:
         base_config: Every other training option (data, image size, epochs, weights ...);
@@ -450,7 +445,7 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     record["comparison"] = {"n_bootstrap": int(n_bootstrap), "seed": int(base.seed), "level": 0.95,
                             "threshold_method": threshold_method, "target_sensitivity": target_sensitivity}
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(grid_file, record)
+    write_json(grid_file, record)
 
     finished = []
     total = len(configs)
@@ -463,12 +458,18 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
                 print(f"{label}: done before, kept {done[0].name}", flush=True)
             continue
         start = time.perf_counter()
-        run = train(config)
+        interrupted = find_runs(runs_dir, config, finished=False)
+        if interrupted:
+            if progress:
+                print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
+            run = resume(interrupted[-1])
+        else:
+            run = train(config)
         seconds = time.perf_counter() - start
         record.setdefault("timings", []).append({"backbone": config.backbone, "strategy": config.strategy,
                                                  "fold": config.fold, "run": Path(run).name,
                                                  "seconds": round(seconds, 1)})
-        _write_json(grid_file, record)
+        write_json(grid_file, record)
         finished.append(Path(run))
         if progress:
             print(f"{label}: trained in {seconds:.1f} s -> {run.name}", flush=True)
@@ -480,7 +481,7 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
                                       threshold_method=threshold_method, target_sensitivity=target_sensitivity)
     write_grid_comparison(pooled, per_run, out, record=record)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _write_json(grid_file, record)
+    write_json(grid_file, record)
     if progress:
         print(f"wrote {out / 'comparison.md'}", flush=True)
     return out

@@ -663,6 +663,10 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
             continue
         store[len(kept), :, :, 0] = preprocess(grey, image_size=size, resize=resize, contrast=contrast)
         kept.append(i)
+        if i == n // 2 and os.environ.get("COVIDXR_FAULT"):  # the interruption tests stop here
+            from .checkpoint import fault_point
+
+            fault_point("mid-cache")
     if not kept:
         raise ValueError(f"Expected at least one readable image; none of the {n} files could be decoded. "
                          f"Received: images={skipped[:5]}")

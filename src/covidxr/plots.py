@@ -223,15 +223,14 @@ def write_eda_figures(frame: pd.DataFrame, out_dir, *, samples=4, seed=0) -> lis
 
 def _save(fig, path: Path, *, dpi=110) -> Path:
     """Save a figure atomically (temporary name, then rename) and close it."""
-    import os
+    from .atomic import atomic_path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 save_figure = _save

@@ -190,7 +190,11 @@ class BatchSequence(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         """Move to the next epoch: new resample and shuffle."""
-        self.epoch += 1
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch) -> None:
+        """Serve epoch ``epoch`` next (a resumed run continues the batch order)."""
+        self.epoch = int(epoch)
         self._indices = self.epoch_indices(self.epoch)
 
     def class_counts(self, epoch=None) -> np.ndarray:

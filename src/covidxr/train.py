@@ -65,6 +65,7 @@ __all__ = [
     "part_metrics",
     "predict_frame",
     "predict_images",
+    "resume",
     "run_name",
     "train",
 ]
@@ -73,6 +74,8 @@ logger = logging.getLogger("covidxr.train")
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
+#: Values of the ``jit_compile`` option (Keras ``compile``; "auto" lets Keras decide).
+JIT_COMPILE = ("auto", True, False)
 
 
 @dataclass
@@ -93,7 +96,12 @@ class TrainConfig:
     (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
     ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
     (early stopping, epochs), ``cache_features`` (phase 1 on cached features),
-    ``mixed_precision`` (``mixed_bfloat16``), ``verbose`` (Keras progress: 0, 1, 2 or "auto").
+    ``mixed_precision`` (None/False: float32; True or ``"mixed_bfloat16"``; ``"mixed_float16"``:
+    see :func:`covidxr.runtime.precision_policy`), ``jit_compile`` (``"auto"``, True, False:
+    Keras' ``compile(jit_compile=...)``; XLA), ``data_parallel`` (spread every batch over all
+    GPUs, or all CPU devices: :func:`covidxr.runtime.data_parallel_scope`), ``memory_check``
+    (refuse before training a run whose estimated memory exceeds what is available:
+    :func:`covidxr.runtime.check_memory`), ``verbose`` (Keras progress: 0, 1, 2 or "auto").
 
     Output: ``runs_dir``, ``run_name`` (default: made from the time, task, backbone,
     strategy, fold and 4 random characters; an existing folder is an error).
@@ -125,7 +133,10 @@ class TrainConfig:
     pooling: str = "avg"
     patience: int = 5
     cache_features: bool = True
-    mixed_precision: bool = False
+    mixed_precision: str | bool | None = None
+    jit_compile: str | bool = "auto"
+    data_parallel: bool = False
+    memory_check: bool = True
     seed: int = 0
     val_size: float = 0.15
     test_size: float = 0.15
@@ -221,6 +232,12 @@ def check_config(config: TrainConfig) -> TrainConfig:
     _positive_int("fine_tune_epochs", config.fine_tune_epochs, minimum=0)
     _positive_int("patience", config.patience)
     _positive_float("learning_rate", config.learning_rate)
+    from .runtime import precision_policy
+
+    precision_policy(config.mixed_precision)
+    if config.jit_compile not in JIT_COMPILE:
+        raise ValueError(f"Unknown jit_compile. Expected one of {list(JIT_COMPILE)}. "
+                         f"Received: jit_compile={config.jit_compile!r}")
     if config.fine_tune_learning_rate is not None:
         _positive_float("fine_tune_learning_rate", config.fine_tune_learning_rate)
     w = config.weights
@@ -285,8 +302,7 @@ class _FeatureSequence(keras.utils.PyDataset):
         super().__init__()
         self.sequence = sequence
         self.features = np.asarray(features)
-        self.epoch = 0
-        self._indices = sequence.epoch_indices(0)
+        self.set_epoch(sequence.epoch)
 
     def __len__(self):
         return math.ceil(len(self._indices) / self.sequence.batch_size)
@@ -302,7 +318,10 @@ class _FeatureSequence(keras.utils.PyDataset):
         return self.features[idx], y
 
     def on_epoch_end(self):
-        self.epoch += 1
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch) -> None:
+        self.epoch = int(epoch)
         self._indices = self.sequence.epoch_indices(self.epoch)
 
 
@@ -316,17 +335,19 @@ def _sequence(images, labels, *, num_classes, batch_size, strategy="none", shuff
 # --------------------------------------------------------------------------- callbacks
 
 class _SaveBest(keras.callbacks.Callback):
-    """Save the *full* model whenever validation AUC beats the best of all phases so far
-    (in phase 1 the model being fitted may be the head alone)."""
+    """Keep the *full* model's weights at the best validation AUC of all phases so far (in
+    phase 1 the model being fitted may be the head alone). :class:`~covidxr.checkpoint.RunCheckpoint`
+    writes them to the checkpoint; the run saves them as ``model.keras`` when training ends."""
 
-    def __init__(self, full_model, path, *, monitor="val_auc", best=-np.inf):
+    def __init__(self, full_model, *, monitor="val_auc"):
         super().__init__()
         self.full_model = full_model
-        self.path = None if path is None else Path(path)
         self.monitor = monitor
-        self.best = best
+        self.best = -np.inf
         self.best_epoch = None
-        self.saved = False
+        self.best_weights = None
+        self.changed = False
+        self.file = None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -334,9 +355,43 @@ class _SaveBest(keras.callbacks.Callback):
             return
         self.best = float(value)
         self.best_epoch = epoch
-        if self.path is not None:
-            self.full_model.save(self.path)
-            self.saved = True
+        self.best_weights = [keras.ops.convert_to_numpy(w) for w in self.full_model.weights]
+        self.changed = True
+
+
+class _StepTimer(keras.callbacks.Callback):
+    """Where a fit's time goes: the first training batch (tracing and compilation), the
+    other batches, and the validation passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_step = 0.0
+        self.steady_steps = 0.0
+        self.steps = 0
+        self.validation = 0.0
+        self._first = True
+        self._batch = self._test = None
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        seconds = time.perf_counter() - self._batch
+        if self._first:
+            self.first_step += seconds
+            self._first = False
+        else:
+            self.steady_steps += seconds
+        self.steps += 1
+
+    def on_test_begin(self, logs=None):
+        self._test = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validation += time.perf_counter() - self._test
 
 
 class _EpochRecorder(keras.callbacks.Callback):
@@ -369,14 +424,12 @@ class _EpochRecorder(keras.callbacks.Callback):
                     row["epoch"], shown, lr, row["seconds"])
 
 
-def _callbacks(*, patience, recorder, saver):
-    return [
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
-                                      restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.2,
-                                          patience=max(1, patience // 2), min_lr=1e-7),
-        recorder, saver,
-    ]
+def _schedules(patience):
+    """Early stopping (keeping the phase's best weights) and ReduceLROnPlateau on validation AUC."""
+    return (keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.2,
+                                              patience=max(1, patience // 2), min_lr=1e-7))
 
 
 def _metrics(num_classes):
@@ -390,9 +443,36 @@ def _loss(num_classes):
     return "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
 
 
-def _compile(model, *, num_classes, learning_rate):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)),
-                  loss=_loss(num_classes), metrics=_metrics(num_classes))
+def _compile(model, *, num_classes, learning_rate, jit_compile="auto", runtime=None):
+    metrics = _metrics(num_classes)
+    if _parallel(runtime):  # padded batches: metrics must skip the zero-weight padding
+        from .runtime import padding_masked
+
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)), loss=_loss(num_classes),
+                      weighted_metrics=padding_masked(metrics), jit_compile=jit_compile)
+    else:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)), loss=_loss(num_classes),
+                      metrics=metrics, jit_compile=jit_compile)
+
+
+def _parallel(runtime) -> bool:
+    return runtime is not None and runtime.num_replicas > 1
+
+
+def _fit_data(runtime, sequence, class_weight=None):
+    """``(data, class_weight)`` for ``fit``: with several replicas, batches padded to a multiple
+    of the replica count, the class weights folded into sample weights (see
+    :class:`covidxr.runtime.ReplicaBatches`)."""
+    if _parallel(runtime):
+        return runtime.batches(sequence, class_weight=class_weight), None
+    return sequence, class_weight
+
+
+def _predict(model, data, *, batch_size, runtime=None) -> np.ndarray:
+    if _parallel(runtime):
+        return runtime.predict(model, data, batch_size=batch_size)
+    return model.predict(data, batch_size=None if isinstance(data, keras.utils.PyDataset) else batch_size,
+                         verbose=0)
 
 
 def _class_weight(strategy, labels, num_classes):
@@ -407,7 +487,7 @@ def _class_weight(strategy, labels, num_classes):
 
 def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_classes, epochs,
              learning_rate=1e-3, batch_size=32, strategy="none", seed=0, cache_features=True,
-             patience=5, callbacks=(), verbose="auto"):
+             patience=5, callbacks=(), verbose="auto", initial_epoch=0, jit_compile="auto", runtime=None):
     """Phase 1: train only the head, the backbone frozen.
 
     Args:
@@ -426,6 +506,10 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
         patience: Early stopping patience (validation AUC).
         callbacks: More Keras callbacks (get ``logs`` with ``val_auc`` etc.).
         verbose: Keras ``fit`` verbosity.
+        initial_epoch: Epoch to start at (a resumed run); the batch order continues from it.
+        jit_compile: Keras ``compile(jit_compile=...)``: ``"auto"``, True (XLA) or False.
+        runtime: The :class:`covidxr.runtime.DataParallelRuntime` the model was built in
+            (None: one device).
 
     Returns:
         ``(history, info)``: the Keras History and a dict with ``feature_seconds`` (time to
@@ -435,14 +519,15 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
     class_weight = _class_weight(strategy, train_labels, num_classes)
     train_seq = _sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed)
+    train_seq.set_epoch(initial_epoch)
     val_seq = _sequence(val_images, val_labels, num_classes=num_classes, batch_size=batch_size)
     info = {"feature_seconds": 0.0}
     if cache_features:
         start = time.perf_counter()
         extractor = feature_model(model)
         plain = _sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size)
-        train_features = extractor.predict(plain, verbose=0)
-        val_features = extractor.predict(val_seq, verbose=0)
+        train_features = _predict(extractor, plain, batch_size=batch_size, runtime=runtime)
+        val_features = _predict(extractor, val_seq, batch_size=batch_size, runtime=runtime)
         info["feature_seconds"] = time.perf_counter() - start
         info["feature_shape"] = list(train_features.shape)
         fitted = head_model(model)
@@ -450,17 +535,22 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
         val_data = _FeatureSequence(val_seq, val_features)
     else:
         fitted, train_data, val_data = model, train_seq, val_seq
-    _compile(fitted, num_classes=num_classes, learning_rate=learning_rate)
+    _compile(fitted, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile, runtime=runtime)
+    train_data, class_weight = _fit_data(runtime, train_data, class_weight)
+    val_data, _ = _fit_data(runtime, val_data)
     start = time.perf_counter()
-    history = fitted.fit(train_data, validation_data=val_data, epochs=int(epochs),
-                         class_weight=class_weight, callbacks=list(callbacks), verbose=verbose)
+    # shuffle=False: the sequence shuffles and resamples with its own (seed, epoch) generator;
+    # Keras' own shuffling of the batch order would draw from Python's global RNG, which a
+    # resumed run cannot restore.
+    history = fitted.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(initial_epoch),
+                         shuffle=False, class_weight=class_weight, callbacks=list(callbacks), verbose=verbose)
     info["fit_seconds"] = time.perf_counter() - start
     return history, info
 
 
 def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_classes, epochs,
               learning_rate=1e-4, fine_tune_from="auto", batch_size=32, strategy="none", seed=0,
-              callbacks=(), verbose="auto"):
+              callbacks=(), verbose="auto", initial_epoch=0, jit_compile="auto", runtime=None):
     """Phase 2: unfreeze the backbone from ``fine_tune_from`` and train on whole images.
 
     BatchNormalization layers stay frozen, hence in inference mode: their moving mean and
@@ -483,10 +573,14 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
     class_weight = _class_weight(strategy, train_labels, num_classes)
     train_seq = _sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed + 1)
+    train_seq.set_epoch(initial_epoch)
     val_seq = _sequence(val_images, val_labels, num_classes=num_classes, batch_size=batch_size)
-    _compile(model, num_classes=num_classes, learning_rate=learning_rate)
+    _compile(model, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile, runtime=runtime)
+    train_data, class_weight = _fit_data(runtime, train_seq, class_weight)
+    val_data, _ = _fit_data(runtime, val_seq)
     start = time.perf_counter()
-    history = model.fit(train_seq, validation_data=val_seq, epochs=int(epochs), class_weight=class_weight,
+    history = model.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(initial_epoch),
+                        shuffle=False, class_weight=class_weight,
                         callbacks=list(callbacks), verbose=verbose)
     info = {"unfrozen": unfrozen, "fine_tune_from_index": index,
             "fine_tune_from_layer": backbone_layer(model).layers[index].name,
@@ -496,14 +590,14 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
 # --------------------------------------------------------------------------- prediction, metrics
 
-def predict_images(model, images, *, batch_size=32) -> np.ndarray:
+def predict_images(model, images, *, batch_size=32, runtime=None) -> np.ndarray:
     """Class probabilities (n, C) for uint8 images (n, S, S, 1); two classes give
-    ``[1 - p, p]``."""
+    ``[1 - p, p]``. ``runtime``: the data-parallel runtime the model lives in (None: one device)."""
     images = np.asarray(images)
     if len(images) == 0:
         width = max(2, int(model.outputs[0].shape[-1]))
         return np.zeros((0, width), np.float32)
-    probs = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    probs = np.asarray(_predict(model, images, batch_size=batch_size, runtime=runtime), dtype=np.float64)
     if probs.shape[-1] == 1:
         probs = np.concatenate([1.0 - probs, probs], axis=1)
     return probs
@@ -625,7 +719,9 @@ def train(config: TrainConfig) -> Path:
     """Run one two-phase training and write its run folder.
 
     Every option is checked, and the model built (which checks the weights and the
-    fine-tuning layer), before the run folder is made and before any data is read.
+    fine-tuning layer), before the run folder is made and before any data is read. After
+    every epoch the run's state is committed to ``RUN/checkpoint/`` (see
+    :mod:`covidxr.checkpoint`), so a run that is killed can be continued with :func:`resume`.
 
     Args:
         config: The run's :class:`TrainConfig`.
@@ -641,8 +737,6 @@ def train(config: TrainConfig) -> Path:
         FileExistsError: ``run_name`` names an existing folder.
         ConnectionError: ImageNet weights requested but they cannot be downloaded.
     """
-    from .images import build_cache
-
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     check_config(config)
@@ -652,164 +746,321 @@ def train(config: TrainConfig) -> Path:
             f"Expected a new run folder; this one exists and runs are never overwritten. "
             f"Received: run_dir={str(path)!r}"
         )
+    return _run(config)
+
+
+def resume(run_dir, *, verbose=None) -> Path:
+    """Continue a run that was interrupted (killed, out of time, machine restarted).
+
+    The run's own ``config.json`` gives every option; its ``split.csv`` (when written) the
+    split; ``checkpoint/state.json`` the last finished epoch: weights, optimizer, early
+    stopping and learning-rate schedule, best model so far and the batch order. Training
+    continues from there and the run ends with the same epochs as an uninterrupted one; the
+    artifacts written after training (predictions, metrics, figures, report) are redone.
+
+    Args:
+        run_dir: The interrupted run folder.
+        verbose: Keras progress (None: the run's own setting).
+
+    Returns:
+        The run folder, now finished.
+
+    Raises:
+        FileNotFoundError: No such folder, or it has no ``config.json`` (the run was killed
+            before it wrote one: start a new run).
+        ValueError: The run has finished already, or its dataset no longer holds its images.
+    """
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"Expected a run folder to resume. Received: run_dir={str(run_dir)!r}")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            "Expected a run folder with config.json; this run was stopped before it wrote one, so "
+            f"there is nothing to continue: start a new run. Received: run_dir={str(run_dir)!r}"
+        )
+    record = json.loads(path.read_text())
+    if record.get("finished"):
+        raise ValueError(f"Expected an unfinished run; this one finished at {record['finished']} and is "
+                         f"never overwritten. Received: run_dir={str(run_dir)!r}")
+    config = TrainConfig.from_dict(record)
+    if verbose is not None:
+        config.verbose = verbose
+    check_config(config)
+    return _run(config, run_dir=run_dir, previous=record)
+
+
+def _resumed_split(run_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    from .data import read_split
+
+    parts = read_split(run_dir / "split.csv").set_index("image")["part"]
+    missing = sorted(set(parts.index) - set(frame["image"]))
+    if missing:
+        raise ValueError(
+            f"Expected the dataset to hold every image of the run's split.csv; {len(missing)} are gone "
+            f"(the dataset changed since the run started). Received: missing={missing[:3]}"
+        )
+    split = frame[frame["image"].isin(parts.index)].copy()
+    split["part"] = split["image"].map(parts)
+    return split.reset_index(drop=True)
+
+
+def _run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, timer, history):
+    """Run (or skip, or continue) one phase under a :class:`~covidxr.checkpoint.RunCheckpoint`.
+
+    ``state`` is the last committed checkpoint state (None for a new run). Returns the
+    phase's history rows and the fit's info dict (None when the phase had finished before).
+    """
+    from .checkpoint import RunCheckpoint, load_arrays, set_arrays
+
+    if state is not None and (state["phase"] > phase or (state["phase"] == phase and state["done"])):
+        if state["phase"] == phase:  # finished before: continue from its end
+            set_arrays(model.variables, load_arrays(folder / state["variables"]))
+        return [row for row in state["history"] if row.get("phase") == phase], None
+    resume_state, initial, base = None, 0, None
+    if state is not None and state["phase"] == phase:  # started before
+        base = state["base"]
+        set_arrays(model.variables, load_arrays(folder / base))
+        if state.get("variables"):
+            resume_state, initial = state, int(state["next_epoch"])
+            logger.info("phase %d: continuing after epoch %d", phase, initial)
+    elif state is not None:  # the previous phase finished: the model holds its end state
+        base = state["variables"]
+    early_stopping, reduce_lr = _schedules(patience)
+    recorder = _EpochRecorder(phase, offset=len(history))
+    checkpoint = RunCheckpoint(folder, phase=phase, full_model=model, epochs=epochs, early_stopping=early_stopping,
+                               reduce_lr=reduce_lr, recorder=recorder, saver=saver, history=history,
+                               state=resume_state, base=base)
+    _, info = fit(callbacks=[early_stopping, reduce_lr, recorder, saver, timer, checkpoint], initial_epoch=initial)
+    info["checkpoint_seconds"] = checkpoint.seconds
+    return list(recorder.rows), info
+
+
+def _run(config: TrainConfig, *, run_dir=None, previous=None) -> Path:
+    from .runtime import data_parallel_scope, enable_compilation_cache, precision_policy
+
     task = get_task(config.task)
     classes = list(task.classes)
     num_classes = task.num_classes
     previous_policy = keras.config.dtype_policy()
     started = datetime.now(timezone.utc)
     wall = time.perf_counter()
-    if config.mixed_precision:
-        keras.config.set_dtype_policy("mixed_bfloat16")
+    keras.config.set_dtype_policy(precision_policy(config.mixed_precision))
+    compilation_cache = enable_compilation_cache()  # JAX: folds and strategies reuse compiled steps
     handlers = []
     try:
-        keras.utils.set_random_seed(int(config.seed))
-        model = build_model(config.backbone, num_classes=num_classes, image_size=config.image_size,
-                            weights=config.weights, dropout=config.dropout,
-                            augmentation=({"hflip": bool(config.hflip)} if config.augment else None),
-                            pooling=config.pooling, seed=int(config.seed))
-        fine_tune_index = resolve_fine_tune_from(model, config.fine_tune_from) if config.fine_tune_epochs else None
-
-        frame = _load_frame(config)
-        split = _split(config, frame)
-        run_dir = make_run_dir(config)
-        handlers = _setup_logging(run_dir)
-        logger.info("run folder %s", run_dir)
-        logger.info("%s", RESEARCH_ONLY)
-
-        start = time.perf_counter()
-        cache = build_cache(split, image_size=int(config.image_size), resize=config.resize,
-                            contrast=config.contrast, cache_dir=config.cache_dir, strict=False,
-                            progress=bool(config.verbose))
-        cache_seconds = time.perf_counter() - start
-        kept = set(cache.rows["image"])
-        if len(kept) < len(split):
-            logger.warning("%d images could not be decoded and are left out", len(split) - len(kept))
-        split = split[split["image"].isin(kept)].reset_index(drop=True)
-        from .data import _check_parts, write_split
-
-        _check_parts(split, classes)
-        write_split(split, run_dir / "split.csv")
-        counts = _class_counts(split, classes)
-        logger.info("images per part and class: %s", counts)
-
-        lookup = {c: i for i, c in enumerate(classes)}
-        data = {}
-        for part in ("train", "val", "test"):
-            rows = split[split["part"] == part].reset_index(drop=True)
-            data[part] = (rows, cache.select(rows["image"]), rows["label"].map(lookup).to_numpy(np.int64))
-
-        options = config.to_dict()
-        record = {
-            **options,
-            "classes": classes,
-            "num_classes": num_classes,
-            "positive_class": classes[1] if num_classes == 2 else None,
-            "covidxr_version": __version__,
-            "keras_version": keras.__version__,
-            "keras_backend": keras.backend.backend(),
-            "python_version": platform.python_version(),
-            "numpy_version": np.__version__,
-            "dtype_policy": keras.config.dtype_policy().name,
-            "resolved": {
-                "fine_tune_learning_rate": config.resolved_fine_tune_learning_rate,
-                "fine_tune_from_index": fine_tune_index,
-                "fine_tune_from_layer": (backbone_layer(model).layers[fine_tune_index].name
-                                         if fine_tune_index is not None else None),
-            },
-            "preprocessing": {
-                "input": "uint8 grey, shape (image_size, image_size, 1); the model adds three "
-                         "channels and the backbone's preprocess_input",
-                "loader": "covidxr.images.load_image then covidxr.images.preprocess",
-                **cache.settings,
-            },
-            "cache": {"key": cache.key, "path": str(cache.path), "settings": cache.settings,
-                      "skipped": list(cache.skipped)},
-            "class_counts": counts,
-            "run_dir": str(run_dir),
-            "started": started.isoformat(timespec="seconds"),
-        }
-        (run_dir / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-        model_path = run_dir / "model.keras"
-        saver = _SaveBest(model, model_path)
-        (_, x_train, y_train), (_, x_val, y_val) = (data["train"], data["val"])
-        timing = {"cache_seconds": round(cache_seconds, 2)}
-
-        logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
-                    "cached features" if config.cache_features else "full forward pass",
-                    config.epochs, config.learning_rate)
-        rec1 = _EpochRecorder(1)
-        _, info1 = fit_head(model, x_train, y_train, x_val, y_val, num_classes=num_classes,
-                            epochs=config.epochs, learning_rate=config.learning_rate,
-                            batch_size=config.batch_size, strategy=config.strategy, seed=config.seed,
-                            cache_features=config.cache_features, patience=config.patience,
-                            callbacks=_callbacks(patience=config.patience, recorder=rec1, saver=saver),
-                            verbose=config.verbose)
-        timing["phase1_feature_seconds"] = round(info1["feature_seconds"], 2)
-        timing["phase1_fit_seconds"] = round(info1["fit_seconds"], 2)
-        rows = list(rec1.rows)
-        if config.fine_tune_epochs:
-            logger.info("phase 2: fine-tuning from %s (backbone layer %d), %d epochs, lr %.2e",
-                        record["resolved"]["fine_tune_from_layer"], fine_tune_index,
-                        config.fine_tune_epochs, config.resolved_fine_tune_learning_rate)
-            rec2 = _EpochRecorder(2, offset=len(rows))
-            _, info2 = fine_tune(model, x_train, y_train, x_val, y_val, num_classes=num_classes,
-                                 epochs=config.fine_tune_epochs,
-                                 learning_rate=config.resolved_fine_tune_learning_rate,
-                                 fine_tune_from=config.fine_tune_from, batch_size=config.batch_size,
-                                 strategy=config.strategy, seed=config.seed,
-                                 callbacks=_callbacks(patience=config.patience, recorder=rec2, saver=saver),
-                                 verbose=config.verbose)
-            timing["phase2_fit_seconds"] = round(info2["fit_seconds"], 2)
-            record["resolved"]["unfrozen_layers"] = len(info2["unfrozen"])
-            rows += rec2.rows
-        if not saver.saved:  # validation AUC never finite: keep the last weights
-            logger.warning("validation AUC was never finite; model.keras holds the last weights")
-            model.save(model_path)
-
-        history = pd.DataFrame(rows)
-        history.to_csv(run_dir / "history.csv", index=False)
-        from .plots import plot_training_curves, save_figure
-
-        axes = plot_training_curves(history)
-        axes[0].figure.suptitle(f"{config.backbone} · {config.task} · {config.strategy}", fontsize=9)
-        save_figure(axes[0].figure, run_dir / "figures" / "training_curves.png")
-
-        best, _ = load_run(run_dir, config=record)
-        frames, metrics = [], {}
-        for part in ("val", "test"):
-            rows_p, x, y = data[part]
-            probs = predict_images(best, x, batch_size=config.batch_size)
-            out = rows_p[["image", "patient", "label", "part"]].copy()
-            for i, c in enumerate(classes):
-                out[f"prob_{c}"] = probs[:, i]
-            frames.append(out)
-            metrics[part] = {**part_metrics(y, probs), "patients": int(rows_p["patient"].nunique())}
-        pd.concat(frames, ignore_index=True).to_csv(run_dir / "predictions.csv", index=False)
-        best_row = history.loc[history["val_auc"].idxmax()] if "val_auc" in history and history["val_auc"].notna().any() else None
-        metrics.update({
-            "classes": classes,
-            "best_epoch": None if best_row is None else int(best_row["epoch"]),
-            "best_phase": None if best_row is None else int(best_row["phase"]),
-            "best_val_auc": None if best_row is None else float(best_row["val_auc"]),
-            "epochs_run": {"phase1": int((history["phase"] == 1).sum()),
-                           "phase2": int((history["phase"] == 2).sum())},
-        })
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-
-        timing["wall_seconds"] = round(time.perf_counter() - wall, 2)
-        record.update({"timing": timing, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        (run_dir / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        (run_dir / "report.md").write_text(_report(run_dir, record, counts, metrics, classes))
-        logger.info("val %s | test %s", metrics["val"], metrics["test"])
-        logger.info("done in %.1f s: %s", timing["wall_seconds"], run_dir)
-        return run_dir
+        with data_parallel_scope(enabled=bool(config.data_parallel)) as runtime:
+            return _run_in_scope(config, run_dir=run_dir, previous=previous, runtime=runtime, started=started,
+                                 wall=wall, classes=classes, num_classes=num_classes, handlers=handlers,
+                                 compilation_cache=compilation_cache)
     finally:
         for handler in handlers:
             logger.removeHandler(handler)
             handler.close()
-        if config.mixed_precision:
-            keras.config.set_dtype_policy(previous_policy)
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _run_in_scope(config, *, run_dir, previous, runtime, started, wall, classes, num_classes, handlers,
+                  compilation_cache):
+    from .atomic import atomic_path, remove_stale, write_json, write_text
+    from .checkpoint import CHECKPOINT_DIR, read_state, restore_best
+    from .images import build_cache
+    from .runtime import check_memory
+
+    batch_size = runtime.batch_size(config.batch_size)
+    keras.utils.set_random_seed(int(config.seed))
+    model = build_model(config.backbone, num_classes=num_classes, image_size=config.image_size,
+                        weights=config.weights, dropout=config.dropout,
+                        augmentation=({"hflip": bool(config.hflip)} if config.augment else None),
+                        pooling=config.pooling, seed=int(config.seed))
+    fine_tune_index = resolve_fine_tune_from(model, config.fine_tune_from) if config.fine_tune_epochs else None
+
+    frame = _load_frame(config)
+    resuming = run_dir is not None
+    if resuming:
+        remove_stale(run_dir)  # temporary files of the killed process
+    if resuming and (run_dir / "split.csv").is_file():
+        split = _resumed_split(run_dir, frame)
+    else:
+        split = _split(config, frame)
+    memory = None
+    if config.memory_check:  # before the run folder, the cache and hours of training
+        memory = check_memory(model, batch_size=batch_size, train_images=int((split["part"] == "train").sum()),
+                              image_size=int(config.image_size), num_replicas=runtime.num_replicas)
+    if not resuming:
+        run_dir = make_run_dir(config)
+        # the options first, so that a run killed while building its cache can be resumed
+        write_json(run_dir / "config.json", {**config.to_dict(), "run_dir": str(run_dir),
+                                             "started": started.isoformat(timespec="seconds")})
+    handlers += _setup_logging(run_dir)
+    logger.info("%s run folder %s", "resuming" if resuming else "new", run_dir)
+    logger.info("%s", RESEARCH_ONLY)
+
+    start = time.perf_counter()
+    cache = build_cache(split, image_size=int(config.image_size), resize=config.resize,
+                        contrast=config.contrast, cache_dir=config.cache_dir, strict=False,
+                        progress=bool(config.verbose))
+    cache_seconds = time.perf_counter() - start
+    kept = set(cache.rows["image"])
+    if len(kept) < len(split):
+        logger.warning("%d images could not be decoded and are left out", len(split) - len(kept))
+    split = split[split["image"].isin(kept)].reset_index(drop=True)
+    from .data import _check_parts, write_split
+
+    _check_parts(split, classes)
+    write_split(split, run_dir / "split.csv")
+    counts = _class_counts(split, classes)
+    logger.info("images per part and class: %s", counts)
+
+    lookup = {c: i for i, c in enumerate(classes)}
+    data = {}
+    for part in ("train", "val", "test"):
+        rows = split[split["part"] == part].reset_index(drop=True)
+        data[part] = (rows, cache.select(rows["image"]), rows["label"].map(lookup).to_numpy(np.int64))
+
+    options = config.to_dict()
+    record = {
+        **options,
+        "classes": classes,
+        "num_classes": num_classes,
+        "positive_class": classes[1] if num_classes == 2 else None,
+        "covidxr_version": __version__,
+        "keras_version": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "python_version": platform.python_version(),
+        "numpy_version": np.__version__,
+        "dtype_policy": keras.config.dtype_policy().name,
+        "runtime": {"data_parallel": runtime.enabled, "num_replicas": runtime.num_replicas,
+                    "devices": [str(d) for d in runtime.devices], "batch_size": batch_size,
+                    "jit_compile": config.jit_compile, "jax_compilation_cache": compilation_cache,
+                    "memory_estimate_gib": None if memory is None else round(memory["total"] / 2 ** 30, 2),
+                    "memory_available_gib": None if memory is None else round(memory["available"] / 2 ** 30, 2)},
+        "resolved": {
+            "fine_tune_learning_rate": config.resolved_fine_tune_learning_rate,
+            "fine_tune_from_index": fine_tune_index,
+            "fine_tune_from_layer": (backbone_layer(model).layers[fine_tune_index].name
+                                     if fine_tune_index is not None else None),
+        },
+        "preprocessing": {
+            "input": "uint8 grey, shape (image_size, image_size, 1); the model adds three "
+                     "channels and the backbone's preprocess_input",
+            "loader": "covidxr.images.load_image then covidxr.images.preprocess",
+            **cache.settings,
+        },
+        "cache": {"key": cache.key, "path": str(cache.path), "settings": cache.settings,
+                  "skipped": list(cache.skipped)},
+        "class_counts": counts,
+        "run_dir": str(run_dir),
+        "started": (previous or {}).get("started") or started.isoformat(timespec="seconds"),
+    }
+    if resuming:
+        record["resumed"] = list((previous or {}).get("resumed") or []) + [started.isoformat(timespec="seconds")]
+    write_json(run_dir / "config.json", record)
+
+    folder = run_dir / CHECKPOINT_DIR
+    state = read_state(run_dir) if resuming else None
+    saver = _SaveBest(model)
+    restore_best(saver, state, folder)
+    timer = _StepTimer()
+    (_, x_train, y_train), (_, x_val, y_val) = (data["train"], data["val"])
+    timing = {"cache_seconds": round(cache_seconds, 2)}
+    common = dict(num_classes=num_classes, batch_size=batch_size, strategy=config.strategy, seed=config.seed,
+                  verbose=config.verbose, jit_compile=config.jit_compile, runtime=runtime)
+
+    logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
+                "cached features" if config.cache_features else "full forward pass",
+                config.epochs, config.learning_rate)
+
+    def fit1(callbacks, initial_epoch):
+        return fit_head(model, x_train, y_train, x_val, y_val, epochs=config.epochs,
+                        learning_rate=config.learning_rate, cache_features=config.cache_features,
+                        patience=config.patience, callbacks=callbacks, initial_epoch=initial_epoch, **common)
+
+    rows, info1 = _run_phase(1, fit=fit1, model=model, folder=folder, state=state, epochs=config.epochs,
+                             patience=config.patience, saver=saver, timer=timer, history=[])
+    checkpoint_seconds = 0.0
+    if info1 is not None:
+        timing["phase1_feature_seconds"] = round(info1["feature_seconds"], 2)
+        timing["phase1_fit_seconds"] = round(info1["fit_seconds"], 2)
+        checkpoint_seconds += info1["checkpoint_seconds"]
+    if config.fine_tune_epochs:
+        logger.info("phase 2: fine-tuning from %s (backbone layer %d), %d epochs, lr %.2e",
+                    record["resolved"]["fine_tune_from_layer"], fine_tune_index,
+                    config.fine_tune_epochs, config.resolved_fine_tune_learning_rate)
+
+        def fit2(callbacks, initial_epoch):
+            return fine_tune(model, x_train, y_train, x_val, y_val, epochs=config.fine_tune_epochs,
+                             learning_rate=config.resolved_fine_tune_learning_rate,
+                             fine_tune_from=config.fine_tune_from, callbacks=callbacks,
+                             initial_epoch=initial_epoch, **common)
+
+        rows2, info2 = _run_phase(2, fit=fit2, model=model, folder=folder, state=read_state(run_dir),
+                                  epochs=config.fine_tune_epochs, patience=config.patience, saver=saver,
+                                  timer=timer, history=rows)
+        if info2 is not None:
+            timing["phase2_fit_seconds"] = round(info2["fit_seconds"], 2)
+            checkpoint_seconds += info2["checkpoint_seconds"]
+        record["resolved"]["unfrozen_layers"] = len(set_trainable_from(model, fine_tune_index))
+        rows += rows2
+    timing.update(first_step_seconds=round(timer.first_step, 2), steady_step_seconds=round(timer.steady_steps, 2),
+                  train_steps=timer.steps, validation_seconds=round(timer.validation, 2),
+                  checkpoint_seconds=round(checkpoint_seconds, 2))
+
+    model_path = run_dir / "model.keras"
+    if saver.best_weights is not None:
+        from .checkpoint import set_arrays
+
+        set_arrays(model.weights, saver.best_weights, what="weights")
+    else:  # validation AUC never finite: keep the last weights
+        logger.warning("validation AUC was never finite; model.keras holds the last weights")
+    with atomic_path(model_path) as tmp:
+        model.save(tmp)
+
+    history = pd.DataFrame(rows)
+    write_text(run_dir / "history.csv", history.to_csv(index=False))
+    from .plots import plot_training_curves, save_figure
+
+    axes = plot_training_curves(history)
+    axes[0].figure.suptitle(f"{config.backbone} · {config.task} · {config.strategy}", fontsize=9)
+    save_figure(axes[0].figure, run_dir / "figures" / "training_curves.png")
+
+    start = time.perf_counter()
+    best, _ = load_run(run_dir, config=record)
+    frames, metrics = [], {}
+    for part in ("val", "test"):
+        rows_p, x, y = data[part]
+        probs = predict_images(best, x, batch_size=batch_size, runtime=runtime)
+        out = rows_p[["image", "patient", "label", "part"]].copy()
+        for i, c in enumerate(classes):
+            out[f"prob_{c}"] = probs[:, i]
+        frames.append(out)
+        metrics[part] = {**part_metrics(y, probs), "patients": int(rows_p["patient"].nunique())}
+    timing["predict_seconds"] = round(time.perf_counter() - start, 2)
+    write_text(run_dir / "predictions.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
+    best_row = history.loc[history["val_auc"].idxmax()] if "val_auc" in history and history["val_auc"].notna().any() else None
+    metrics.update({
+        "classes": classes,
+        "best_epoch": None if best_row is None else int(best_row["epoch"]),
+        "best_phase": None if best_row is None else int(best_row["phase"]),
+        "best_val_auc": None if best_row is None else float(best_row["val_auc"]),
+        "epochs_run": {"phase1": int((history["phase"] == 1).sum()),
+                       "phase2": int((history["phase"] == 2).sum())},
+    })
+    write_json(run_dir / "metrics.json", metrics)
+
+    timing["wall_seconds"] = round(time.perf_counter() - wall, 2)
+    known = ("cache_seconds", "phase1_feature_seconds", "first_step_seconds", "steady_step_seconds",
+             "validation_seconds", "checkpoint_seconds", "predict_seconds")
+    timing["other_seconds"] = round(timing["wall_seconds"] - sum(timing.get(k, 0.0) for k in known), 2)
+    write_text(run_dir / "report.md", _report(run_dir, record, counts, metrics, classes))
+    record.update({"timing": timing, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json(run_dir / "config.json", record)  # "finished" is written last: the run is complete
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    logger.info("val %s | test %s", metrics["val"], metrics["test"])
+    logger.info("done in %.1f s: %s", timing["wall_seconds"], run_dir)
+    return run_dir
 
 
 # --------------------------------------------------------------------------- using a run

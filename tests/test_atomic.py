@@ -1,0 +1,83 @@
+"""Atomic writes (covidxr.atomic) and checkpoint array restore (covidxr.checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from covidxr.atomic import atomic_path, fault_point, load_arrays, remove_stale, save_arrays, write_json, write_text
+from covidxr.checkpoint import read_state, set_arrays
+
+
+def test_write_replaces_whole_file_and_failure_keeps_the_old_one(tmp_path):
+    path = tmp_path / "sub" / "metrics.json"
+    write_json(path, {"auc": 0.5})
+    assert json.loads(path.read_text()) == {"auc": 0.5}
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            assert tmp.parent == path.parent and tmp.suffix == ".json" and tmp.name.startswith(".")
+            tmp.write_text('{"auc": 0.')  # half a file, then the writer dies
+            raise RuntimeError("writer failed")
+    assert json.loads(path.read_text()) == {"auc": 0.5}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]
+    write_text(path, "{}\n")
+    assert path.read_text() == "{}\n"
+
+
+def test_arrays_round_trip_in_order(tmp_path):
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(7, dtype=np.int64), np.zeros((0, 4))]
+    save_arrays(tmp_path / "a.npz", arrays)
+    back = load_arrays(tmp_path / "a.npz")
+    assert len(back) == 3
+    for a, b in zip(arrays, back):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_remove_stale_only_removes_temporary_files(tmp_path):
+    (tmp_path / "figures").mkdir()
+    keep = [tmp_path / "model.keras", tmp_path / "figures" / "roc.png", tmp_path / ".hidden"]
+    stale = [tmp_path / ".model.tmp-12-abcdef.keras", tmp_path / "figures" / ".roc.tmp-3-a1b2c3.png"]
+    for path in keep + stale:
+        path.write_bytes(b"x")
+    assert sorted(remove_stale(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_fault_point_kills_only_at_the_named_count(monkeypatch):
+    monkeypatch.setenv("COVIDXR_FAULT", "other-point")
+    fault_point("some-point")  # another point: nothing happens
+    code = ("from covidxr.atomic import fault_point\n"
+            "for i in range(3):\n    print(i, flush=True)\n    fault_point('here')\n")
+    env = {**os.environ, "COVIDXR_FAULT": "here@2"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    assert result.stdout.split() == ["0", "1"]
+
+
+def test_set_arrays_checks_count_and_shape(tmp_path):
+    variables = [keras.Variable(np.zeros((2, 3))), keras.Variable(np.zeros(3))]
+    set_arrays(variables, [np.ones((2, 3)), np.full(3, 2.0)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variables[1]), [2, 2, 2])
+    with pytest.raises(ValueError, match=r"Expected a checkpoint with 2 variables .* Received: variables=1"):
+        set_arrays(variables, [np.ones((2, 3))])
+    with pytest.raises(ValueError, match=r"Expected variables of shape \(3,\) .* Received: shape=\(4,\)"):
+        set_arrays(variables, [np.ones((2, 3)), np.ones(4)])
+
+
+def test_read_state(tmp_path):
+    assert read_state(tmp_path) is None
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="Expected a checkpoint state with a phase"):
+        read_state(tmp_path)
+    (tmp_path / "checkpoint" / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="Expected a readable checkpoint state"):
+        read_state(tmp_path)

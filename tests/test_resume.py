@@ -1,0 +1,183 @@
+"""Interruption and resume: a real training subprocess is killed (SIGKILL) at several points,
+``covidxr train --resume`` continues it, and the result equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidxr import cli
+from covidxr.images import list_caches
+from covidxr.train import TrainConfig, resume, train
+
+OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, epochs=4, fine_tune_epochs=2,
+               fine_tune_from="-4", patience=1, strategy="oversample", learning_rate=1e-2, verbose=0)
+CLI_OPTIONS = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "8",
+               "--epochs", "4", "--fine-tune-epochs", "2", "--fine-tune-from", "-4", "--patience", "1",
+               "--strategy", "oversample", "--learning-rate", "0.01", "--verbose", "0"]
+CODE = "import sys; from covidxr.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _covidxr(args, *, fault=None, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+    env.pop("COVIDXR_FAULT", None)
+    if fault:
+        env["COVIDXR_FAULT"] = fault
+    return subprocess.run([sys.executable, "-c", CODE, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _killed(result):
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+
+
+def _assert_readable(run_dir: Path):
+    """Whatever a kill left behind is complete: every JSON parses, every CSV reads, a model loads."""
+    for path in run_dir.rglob("*.json"):
+        json.loads(path.read_text())
+    for path in run_dir.rglob("*.csv"):
+        pd.read_csv(path)
+    if (run_dir / "model.keras").exists():
+        from covidxr.train import load_run
+
+        load_run(run_dir)
+
+
+def _state(run_dir):
+    return json.loads((run_dir / "checkpoint" / "state.json").read_text())
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(collection, tmp_path):
+    reference = train(TrainConfig(data_dir=str(collection), runs_dir=str(tmp_path / "ref"),
+                                  cache_dir=str(tmp_path / "ref-cache"), **OPTIONS))
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    outcomes = []
+
+    # 1. killed while decoding images into the cache: the run folder holds its options only
+    result = _covidxr(["train", "--data-dir", str(collection), "--runs-dir", str(runs), "--cache-dir", str(cache),
+                       *CLI_OPTIONS], fault="mid-cache")
+    _killed(result)
+    (run,) = list(runs.iterdir())
+    assert json.loads((run / "config.json").read_text())["epochs"] == 4
+    assert not (run / "split.csv").exists() and list_caches(cache).empty
+    outcomes.append("mid-cache")
+
+    # 2. killed right after epoch 2 of phase 1 was committed
+    _killed(_covidxr(["train", "--resume", str(run)], fault="after-state@3"))
+    state = _state(run)
+    assert state["phase"] == 1 and not state["done"] and state["next_epoch"] >= 1
+    _assert_readable(run)
+    outcomes.append("phase 1, after epoch 2")
+
+    # 3. killed in the middle of a checkpoint: the new state.json is written but not renamed
+    _killed(_covidxr(["train", "--resume", str(run)], fault="before-rename:state.json@2"))
+    assert list((run / "checkpoint").glob(".state.tmp-*")), "the half-done checkpoint should be left behind"
+    _assert_readable(run)
+    outcomes.append("mid-checkpoint")
+
+    # 4. killed from outside, mid-epoch in phase 2 (a real SIGKILL, not an injected fault)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+    env.pop("COVIDXR_FAULT", None)
+    log = run / "train.log"
+    seen = len(log.read_bytes())
+    process = subprocess.Popen([sys.executable, "-c", CODE, "train", "--resume", str(run)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if b"phase 2: fine-tuning" in log.read_bytes()[seen:]:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # somewhere in phase 2's first epoch (compilation included)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "model.keras").exists()
+    _assert_readable(run)
+    outcomes.append("phase 2, external SIGKILL")
+
+    # 5. killed while saving the final model, then 6. after the predictions, before the metrics
+    _killed(_covidxr(["train", "--resume", str(run)], fault="before-rename:model.keras"))
+    assert not (run / "model.keras").exists()
+    _killed(_covidxr(["train", "--resume", str(run)], fault="before-rename:metrics.json"))
+    assert (run / "predictions.csv").is_file() and not (run / "metrics.json").exists()
+    _assert_readable(run)
+    outcomes += ["saving model.keras", "before metrics.json"]
+
+    # 7. the last resume finishes the run
+    result = _covidxr(["train", "--resume", str(run)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finished" in result.stdout
+    print("killed at:", "; ".join(outcomes))
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["finished"] and len(config["resumed"]) == 6
+    assert not (run / "checkpoint").exists()
+    assert not list(run.rglob(".*.tmp-*"))
+    ref_history = pd.read_csv(reference / "history.csv").drop(columns="seconds")
+    history = pd.read_csv(run / "history.csv").drop(columns="seconds")
+    assert len(history) == len(ref_history)  # same epochs, early stopping included
+    np.testing.assert_allclose(history.to_numpy(float), ref_history.to_numpy(float), atol=1e-6)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "split.csv"), pd.read_csv(reference / "split.csv"))
+    ref_predictions, predictions = pd.read_csv(reference / "predictions.csv"), pd.read_csv(run / "predictions.csv")
+    assert list(predictions["image"]) == list(ref_predictions["image"])
+    np.testing.assert_allclose(predictions["prob_covid"], ref_predictions["prob_covid"], atol=1e-6)
+    ref_metrics = json.loads((reference / "metrics.json").read_text())
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == ref_metrics["epochs_run"]
+
+
+@pytest.mark.jax
+def test_interrupted_in_process_then_resumed(collection, tmp_path, monkeypatch):
+    """An exception (Ctrl-C) in phase 2 leaves a resumable folder; a changed dataset is refused."""
+    import covidxr.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    data = tmp_path / "data"
+    shutil.copytree(collection, data)
+    options = {**OPTIONS, "epochs": 1, "fine_tune_epochs": 1}
+    config = TrainConfig(data_dir=str(data), runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
+                         run_name="cut", **options)
+    monkeypatch.setattr(train_module, "fine_tune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "cut"
+    state = _state(run)
+    assert state["phase"] == 1 and state["done"]
+    assert not (run / "model.keras").exists() and not (run / "metrics.json").exists()
+
+    copy = tmp_path / "runs" / "cut-copy"
+    shutil.copytree(run, copy)
+    moved = pd.read_csv(run / "split.csv")["image"].iloc[0]
+    (data / moved).rename(data / (moved + ".gone"))
+    with pytest.raises(ValueError, match="dataset changed since the run started"):
+        resume(copy)
+    (data / (moved + ".gone")).rename(data / moved)
+    assert resume(run, verbose=0) == run
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["phase"]) == [1, 2]
+
+
+def test_resume_errors(tiny_run, tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="Expected a run folder to resume"):
+        resume(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="stopped before it wrote one"):
+        resume(tmp_path / "empty")
+    with pytest.raises(ValueError, match="Expected an unfinished run"):
+        resume(tiny_run)
+    assert cli.main(["train", "--resume", str(tiny_run), "--epochs", "3"]) == 2
+    assert "Expected no other options with --resume" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(tiny_run)]) == 2
+    assert "finished at" in capsys.readouterr().err
