@@ -109,21 +109,28 @@ def test_cached_features_match_uncached_phase1():
     assert np.abs(probs[0] - 0.5).max() > 1e-3  # the head did learn something
 
 
-def test_class_weight_strategy_passes_weights(monkeypatch):
+def test_class_weights_become_sample_weights_and_batches_keep_one_shape(monkeypatch):
     seen = {}
     original = keras.Model.fit
 
     def spy(self, *args, **kwargs):
         seen["class_weight"] = kwargs.get("class_weight")
+        seen["batches"] = [args[0][i] for i in range(len(args[0]))]
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "fit", spy)
     model = build_model("vgg16", num_classes=2, image_size=SIZE, weights=None, augmentation=None)
     x, y = _data(12)
     y[:9] = 0
-    fit_head(model, x, y, x[:4], np.array([0, 1, 0, 1]), num_classes=2, epochs=1, batch_size=4,
+    fit_head(model, x, y, x[:4], np.array([0, 1, 0, 1]), num_classes=2, epochs=1, batch_size=5,
              strategy="class-weight", verbose=0)
-    assert seen["class_weight"] == pytest.approx({0: 12 / 20, 1: 12 / 4})  # 10 vs 2 images
+    # the class weights travel as sample weights (10 vs 2 images: 12/20 and 12/4) ...
+    assert seen["class_weight"] is None
+    weights = {float(label): float(w) for _, ys, ws in seen["batches"] for label, w in zip(ys[:, 0], ws) if w > 0}
+    assert weights == pytest.approx({0.0: 12 / 20, 1.0: 12 / 4})
+    # ... and every batch has the full size: the last 2 images are padded with 3 at weight 0
+    assert [len(ws) for _, _, ws in seen["batches"]] == [5, 5, 5]
+    assert int((seen["batches"][-1][2] == 0).sum()) == 3
 
 
 def test_part_metrics_binary_and_three_class():

@@ -443,36 +443,45 @@ def _loss(num_classes):
     return "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
 
 
-def _compile(model, *, num_classes, learning_rate, jit_compile="auto", runtime=None):
-    metrics = _metrics(num_classes)
-    if _parallel(runtime):  # padded batches: metrics must skip the zero-weight padding
-        from .runtime import padding_masked
+def _compile(model, *, num_classes, learning_rate, jit_compile="auto"):
+    from .runtime import padding_masked
 
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)), loss=_loss(num_classes),
-                      weighted_metrics=padding_masked(metrics), jit_compile=jit_compile)
-    else:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)), loss=_loss(num_classes),
-                      metrics=metrics, jit_compile=jit_compile)
+    # Training batches are padded to full size with zero-weight samples (see _train_batches):
+    # the metrics count every real sample once and never the padding.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)), loss=_loss(num_classes),
+                  weighted_metrics=padding_masked(_metrics(num_classes)), jit_compile=jit_compile)
 
 
 def _parallel(runtime) -> bool:
     return runtime is not None and runtime.num_replicas > 1
 
 
-def _fit_data(runtime, sequence, class_weight=None):
-    """``(data, class_weight)`` for ``fit``: with several replicas, batches padded to a multiple
-    of the replica count, the class weights folded into sample weights (see
-    :class:`covidxr.runtime.ReplicaBatches`)."""
-    if _parallel(runtime):
-        return runtime.batches(sequence, class_weight=class_weight), None
-    return sequence, class_weight
+def _train_batches(sequence, *, batch_size, class_weight=None):
+    """Training batches of one shape: the last, partial batch of an epoch is filled up to
+    ``batch_size`` with copies of its own samples at sample weight 0 (they add nothing to the
+    gradient or the metrics), and the class weights become sample weights (see
+    :class:`covidxr.runtime.ReplicaBatches`). One batch shape means the train step is traced
+    and compiled once per run, and, with the same architecture and batch size, the compiled step
+    of one fold or strategy serves the next (JAX's compilation cache) instead of a new compile
+    for every epoch length. The price: the loss of the padded batch is divided by the full
+    batch size."""
+    from .runtime import ReplicaBatches
+
+    return ReplicaBatches(sequence, num_replicas=batch_size, class_weight=class_weight)
+
+
+def _val_batches(runtime, sequence):
+    """Validation batches: unpadded on one device (so ``val_loss`` is the plain mean); padded to
+    a multiple of the replica count under data parallelism, which requires it."""
+    return runtime.batches(sequence) if _parallel(runtime) else sequence
 
 
 def _predict(model, data, *, batch_size, runtime=None) -> np.ndarray:
-    if _parallel(runtime):
-        return runtime.predict(model, data, batch_size=batch_size)
-    return model.predict(data, batch_size=None if isinstance(data, keras.utils.PyDataset) else batch_size,
-                         verbose=0)
+    """``model.predict`` in batches of one shape (the last one padded, the padding's rows cut),
+    one row per input."""
+    from .runtime import predict_padded
+
+    return predict_padded(model, data, num_replicas=batch_size, batch_size=batch_size)
 
 
 def _class_weight(strategy, labels, num_classes):
@@ -535,15 +544,15 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
         val_data = _FeatureSequence(val_seq, val_features)
     else:
         fitted, train_data, val_data = model, train_seq, val_seq
-    _compile(fitted, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile, runtime=runtime)
-    train_data, class_weight = _fit_data(runtime, train_data, class_weight)
-    val_data, _ = _fit_data(runtime, val_data)
+    _compile(fitted, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile)
+    train_data = _train_batches(train_data, batch_size=batch_size, class_weight=class_weight)
+    val_data = _val_batches(runtime, val_data)
     start = time.perf_counter()
     # shuffle=False: the sequence shuffles and resamples with its own (seed, epoch) generator;
     # Keras' own shuffling of the batch order would draw from Python's global RNG, which a
     # resumed run cannot restore.
     history = fitted.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(initial_epoch),
-                         shuffle=False, class_weight=class_weight, callbacks=list(callbacks), verbose=verbose)
+                         shuffle=False, callbacks=list(callbacks), verbose=verbose)
     info["fit_seconds"] = time.perf_counter() - start
     return history, info
 
@@ -575,12 +584,12 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
                           strategy=strategy, shuffle=True, seed=seed + 1)
     train_seq.set_epoch(initial_epoch)
     val_seq = _sequence(val_images, val_labels, num_classes=num_classes, batch_size=batch_size)
-    _compile(model, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile, runtime=runtime)
-    train_data, class_weight = _fit_data(runtime, train_seq, class_weight)
-    val_data, _ = _fit_data(runtime, val_seq)
+    _compile(model, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile)
+    train_data = _train_batches(train_seq, batch_size=batch_size, class_weight=class_weight)
+    val_data = _val_batches(runtime, val_seq)
     start = time.perf_counter()
     history = model.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(initial_epoch),
-                        shuffle=False, class_weight=class_weight,
+                        shuffle=False,
                         callbacks=list(callbacks), verbose=verbose)
     info = {"unfrozen": unfrozen, "fine_tune_from_index": index,
             "fine_tune_from_layer": backbone_layer(model).layers[index].name,
