@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import pytest
@@ -50,3 +51,13 @@ def test_covidxr_imports_without_tensorflow_on_jax():
     assert "TENSORFLOW" not in result.stdout, result.stdout
     assert "BACKEND jax MODULES" in result.stdout, result.stdout
     assert int(result.stdout.split("MODULES")[-1]) >= 14, result.stdout
+
+
+def test_ci_runs_the_readme_test_command_with_its_jax_part():
+    """CI (.ci/run) runs exactly the README's test line, and that line also runs the JAX subset."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("**Run the tests**", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    assert block.count("\n") == 0, "the README's test command should be one line"
+    assert block in (root / ".ci" / "run").read_text().splitlines()
+    assert "KERAS_BACKEND=jax" in block and "-m jax" in block

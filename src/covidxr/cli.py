@@ -453,7 +453,9 @@ def _run_predict(args):
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(RESEARCH_ONLY)
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        from .atomic import write_text
+
+        write_text(args.csv, table.to_csv(index=False))
         print(f"wrote {args.csv}")
     failed = int((table["error"] != "").sum())
     if failed:

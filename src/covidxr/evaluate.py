@@ -584,10 +584,11 @@ def write_comparison(table: pd.DataFrame, out_dir, *, metrics=None) -> list[Path
     if existing:
         raise FileExistsError(f"Expected a folder without a comparison, but {existing} exist and are kept. "
                               f"Received: out={str(out)!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(targets[0], index=False)
-    targets[1].write_text("# Comparison of runs\n\n" + comparison_markdown(table) + "\n")
+    from .atomic import write_text
     from .plots import plot_comparison, save_figure
+
+    write_text(targets[0], table.to_csv(index=False))
+    write_text(targets[1], "# Comparison of runs\n\n" + comparison_markdown(table) + "\n")
 
     fig = plot_comparison(table, metrics=metrics)
     save_figure(fig, targets[2])

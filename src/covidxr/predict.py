@@ -104,6 +104,7 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         if gradcam_dir is not None:
             from PIL import Image
 
+            from .atomic import atomic_path
             from .gradcam import gradcam, overlay
 
             out = Path(gradcam_dir)
@@ -112,6 +113,7 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
             maps, _ = gradcam(model, batch, class_index=decided, batch_size=batch_size)
             for k, i in enumerate(good):
                 target = _unique(out / f"{Path(table.at[i, 'file']).stem}_gradcam.png")
-                Image.fromarray(overlay(batch[k], maps[k])).save(target)
+                with atomic_path(target) as tmp:
+                    Image.fromarray(overlay(batch[k], maps[k])).save(tmp)
                 table.at[i, "gradcam"] = str(target)
     return table[["file", *columns, "decision", "threshold", "gradcam", "error"]]

@@ -155,7 +155,9 @@ class TrainConfig:
         """The options as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            from .atomic import write_text
+
+            write_text(path, text + "\n")
         return text
 
     @classmethod
