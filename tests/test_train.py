@@ -238,6 +238,8 @@ def test_three_class_without_phase2(collection, tmp_path):
     ({"weights": "/no/such/file.h5"}, FileNotFoundError, r"Received: weights='/no/such/file\.h5'"),
     ({"epochs": 0}, ValueError, r"Received: epochs=0"),
     ({"resize": "stretch"}, ValueError, r"Received: resize='stretch'"),
+    ({"mixed_precision": "int8"}, ValueError, r"'mixed_bfloat16', 'mixed_float16'.*Received: mixed_precision='int8'"),
+    ({"jit_compile": "xla"}, ValueError, r"\['auto', True, False\]. Received: jit_compile='xla'"),
 ])
 def test_bad_input_fails_before_training(collection, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):

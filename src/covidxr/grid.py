@@ -49,10 +49,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from .atomic import write_json, write_text
-
 from . import RESEARCH_ONLY, __version__
 from . import metrics as M
+from .atomic import write_json, write_text
 from .train import TrainConfig, resume, train
 
 __all__ = [
@@ -181,8 +180,6 @@ def find_runs(runs_dir, config: TrainConfig, *, finished=True) -> list[Path]:
     return found
 
 
-
-
 # --------------------------------------------------------------------------- pooled metrics
 
 def _figures(y, probs, thresholds, classes) -> dict:
@@ -303,7 +300,6 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
     per_run = compare_runs(run_dirs, n_bootstrap=n_bootstrap, seed=seed, level=level,
                            threshold_method=threshold_method, target_sensitivity=target_sensitivity)
     return pd.DataFrame(rows), per_run
-
 
 
 def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, *, record=None) -> list[Path]:
