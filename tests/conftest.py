@@ -4,6 +4,7 @@ snapshot when it is present."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from PIL import Image
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# JAX's compilation cache of the test runs stays out of the user's ~/.cache
+os.environ.setdefault("COVIDXR_JAX_CACHE_DIR", os.path.join(tempfile.gettempdir(), "covidxr-test-jax-cache"))
 
 
 def backend_mismatch() -> str | None:

@@ -589,6 +589,8 @@ def predict_padded(model, data, *, num_replicas, batch_size=32, verbose=0):
 # --------------------------------------------------------------------------- compilation cache
 
 def _default_cache_dir() -> Path:
+    if os.environ.get("COVIDXR_JAX_CACHE_DIR"):
+        return Path(os.environ["COVIDXR_JAX_CACHE_DIR"])
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "covidxr" / "jax-compilation-cache"
 
@@ -604,8 +606,8 @@ def enable_compilation_cache(path=None) -> bool:
     The directory is trusted code: do not share it with users you do not trust.
 
     Args:
-        path: Cache folder (created). Default: ``$XDG_CACHE_HOME/covidxr/jax-compilation-cache``
-            (``~/.cache/...``).
+        path: Cache folder (created). Default: ``$COVIDXR_JAX_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/covidxr/jax-compilation-cache`` (``~/.cache/...``).
 
     Returns:
         True when the JAX cache is on; False (and nothing done) on other backends.
