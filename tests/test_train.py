@@ -355,3 +355,24 @@ def test_memory_check_refuses_before_the_run_folder(collection, tmp_path, monkey
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
     run = train(dataclasses.replace(config, memory_check=False))
     assert json.loads((run / "config.json").read_text())["runtime"]["memory_estimate_gib"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, policy", [pytest.param("bf16", "mixed_bfloat16", marks=pytest.mark.jax),
+                                               ("fp16", "mixed_float16")])
+def test_mixed_precision_run(precision, policy, collection, tmp_path):
+    """A two-phase run under a mixed policy: recorded, float32 probabilities, finite losses, and
+    the global dtype policy restored afterwards."""
+    before = keras.config.dtype_policy().name
+    run = train(TrainConfig(data_dir=str(collection), backbone="vgg16", weights="none", image_size=32,
+                            batch_size=8, epochs=1, fine_tune_epochs=1, fine_tune_from="-4", augment=False,
+                            mixed_precision=precision, runs_dir=str(tmp_path / "runs"),
+                            cache_dir=str(tmp_path / "cache"), verbose=0))
+    assert keras.config.dtype_policy().name == before
+    assert json.loads((run / "config.json").read_text())["dtype_policy"] == policy
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == 2 and np.isfinite(history["loss"]).all()
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert predictions["prob_covid"].between(0, 1).all()
+    model, _ = load_run(run)
+    assert model.outputs[0].dtype == "float32"
