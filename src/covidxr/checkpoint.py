@@ -1,7 +1,7 @@
 """Nothing half-written, nothing lost: atomic writes and the per-epoch state of a run.
 
 Every file of a run folder is written under a temporary name in the same folder and then
-renamed into place (:func:`atomic_path`), so a reader (or a run killed with SIGKILL at any
+renamed into place (:func:`covidxr.atomic.atomic_path`), so a reader (or a run killed with SIGKILL at any
 moment) sees either the old file or the new one, never half of one.
 
 During training, :class:`RunCheckpoint` keeps ``RUN/checkpoint/``::
@@ -33,19 +33,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .atomic import atomic_path, fault_point, load_arrays, save_arrays, write_json, write_text
+from .atomic import fault_point, load_arrays, save_arrays, write_json
 
 __all__ = [
     "CHECKPOINT_DIR",
     "RunCheckpoint",
-    "atomic_path",
-    "load_arrays",
     "read_state",
     "restore_best",
-    "save_arrays",
     "set_arrays",
-    "write_json",
-    "write_text",
+    "variable_arrays",
 ]
 
 #: Subfolder of a run folder that holds the training state until the run finishes.
@@ -96,7 +92,8 @@ def restore_best(saver, state, folder) -> None:
         saver.changed = False
 
 
-def _variable_arrays(variables) -> list[np.ndarray]:
+def variable_arrays(variables) -> list[np.ndarray]:
+    """The values of Keras variables as numpy arrays, in order."""
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
@@ -166,7 +163,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         if state is None or state.get("next_epoch", 0) == 0 and state.get("variables") is None:
             if self.base is None:
                 self.base = f"base-p{self.phase}.npz"
-                save_arrays(self.folder / self.base, _variable_arrays(self.full_model.variables))
+                save_arrays(self.folder / self.base, variable_arrays(self.full_model.variables))
             self._commit({"phase": self.phase, "done": False, "next_epoch": 0, "base": self.base,
                           "history": self.history, "best": self._saver_state(f"p{self.phase}-start")})
         else:
@@ -201,8 +198,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         if es.best_weights is not None and es.best_epoch == epoch:
             self._stop_file = f"stop-{tag}.npz"
             save_arrays(self.folder / self._stop_file, es.best_weights)
-        save_arrays(self.folder / f"vars-{tag}.npz", _variable_arrays(self.model.variables))
-        save_arrays(self.folder / f"opt-{tag}.npz", _variable_arrays(self.model.optimizer.variables))
+        save_arrays(self.folder / f"vars-{tag}.npz", variable_arrays(self.model.variables))
+        save_arrays(self.folder / f"opt-{tag}.npz", variable_arrays(self.model.optimizer.variables))
         fault_point("mid-checkpoint")
         stopping = bool(getattr(self.model, "stop_training", False))
         state = {
@@ -223,7 +220,7 @@ class RunCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         start = time.perf_counter()
         end = f"end-p{self.phase}.npz"
-        save_arrays(self.folder / end, _variable_arrays(self.full_model.variables))
+        save_arrays(self.folder / end, variable_arrays(self.full_model.variables))
         self._commit({"phase": self.phase, "done": True, "variables": end,
                       "best": self._saver_state(f"p{self.phase}-end"),
                       "history": self.history + list(self.recorder.rows)})

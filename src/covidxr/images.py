@@ -664,7 +664,7 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
         store[len(kept), :, :, 0] = preprocess(grey, image_size=size, resize=resize, contrast=contrast)
         kept.append(i)
         if i == n // 2 and os.environ.get("COVIDXR_FAULT"):  # the interruption tests stop here
-            from .checkpoint import fault_point
+            from .atomic import fault_point
 
             fault_point("mid-cache")
     if not kept:

@@ -268,16 +268,20 @@ def run_name(config: TrainConfig, *, now=None) -> str:
     return f"{now:%Y-%m-%dT%H-%M-%S}_{config.task}_{get_backbone(config.backbone).name}_{config.strategy}{fold}_{tag}"
 
 
+def _refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise FileExistsError(
+            f"Expected a new run folder; this one exists and runs are never overwritten. "
+            f"Received: run_dir={str(path)!r}"
+        )
+
+
 def make_run_dir(config: TrainConfig) -> Path:
     """Create the run folder (never an existing one) and its ``figures/`` subfolder."""
     root = Path(config.runs_dir).expanduser()
     if config.run_name:
         path = root / config.run_name
-        if path.exists():
-            raise FileExistsError(
-                f"Expected a new run folder; this one exists and runs are never overwritten. "
-                f"Received: run_dir={str(path)!r}"
-            )
+        _refuse_existing(path)
         path.mkdir(parents=True)
     else:
         root.mkdir(parents=True, exist_ok=True)
@@ -357,7 +361,9 @@ class _SaveBest(keras.callbacks.Callback):
             return
         self.best = float(value)
         self.best_epoch = epoch
-        self.best_weights = [keras.ops.convert_to_numpy(w) for w in self.full_model.weights]
+        from .checkpoint import variable_arrays
+
+        self.best_weights = variable_arrays(self.full_model.weights)
         self.changed = True
 
 
@@ -478,9 +484,10 @@ def _val_batches(runtime, sequence):
     return runtime.batches(sequence) if _parallel(runtime) else sequence
 
 
-def _predict(model, data, *, batch_size, runtime=None) -> np.ndarray:
+def _predict(model, data, *, batch_size) -> np.ndarray:
     """``model.predict`` in batches of one shape (the last one padded, the padding's rows cut),
-    one row per input."""
+    one row per input. ``batch_size`` is a multiple of the replica count under data
+    parallelism, so full batches also split evenly over the devices."""
     from .runtime import predict_padded
 
     return predict_padded(model, data, num_replicas=batch_size, batch_size=batch_size)
@@ -537,8 +544,8 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
         start = time.perf_counter()
         extractor = feature_model(model)
         plain = _sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size)
-        train_features = _predict(extractor, plain, batch_size=batch_size, runtime=runtime)
-        val_features = _predict(extractor, val_seq, batch_size=batch_size, runtime=runtime)
+        train_features = _predict(extractor, plain, batch_size=batch_size)
+        val_features = _predict(extractor, val_seq, batch_size=batch_size)
         info["feature_seconds"] = time.perf_counter() - start
         info["feature_shape"] = list(train_features.shape)
         fitted = head_model(model)
@@ -601,14 +608,15 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
 # --------------------------------------------------------------------------- prediction, metrics
 
-def predict_images(model, images, *, batch_size=32, runtime=None) -> np.ndarray:
+def predict_images(model, images, *, batch_size=32) -> np.ndarray:
     """Class probabilities (n, C) for uint8 images (n, S, S, 1); two classes give
-    ``[1 - p, p]``. ``runtime``: the data-parallel runtime the model lives in (None: one device)."""
+    ``[1 - p, p]``. Under data parallelism, call it inside the run's scope with a batch size
+    that divides by the replica count."""
     images = np.asarray(images)
     if len(images) == 0:
         width = max(2, int(model.outputs[0].shape[-1]))
         return np.zeros((0, width), np.float32)
-    probs = np.asarray(_predict(model, images, batch_size=batch_size, runtime=runtime), dtype=np.float64)
+    probs = np.asarray(_predict(model, images, batch_size=batch_size), dtype=np.float64)
     if probs.shape[-1] == 1:
         probs = np.concatenate([1.0 - probs, probs], axis=1)
     return probs
@@ -663,14 +671,32 @@ def _load_frame(config: TrainConfig) -> pd.DataFrame:
     )
 
 
+def _split_from_file(frame: pd.DataFrame, path, *, require_all=False) -> pd.DataFrame:
+    """The rows of ``frame`` that the split CSV ``path`` names, with its ``part`` column.
+
+    ``require_all``: every image of the file must be in ``frame`` (a resumed run's own split);
+    else images the frame lacks are left out.
+    """
+    from .data import read_split
+
+    parts = read_split(path).set_index("image")["part"]
+    if require_all:
+        missing = sorted(set(parts.index) - set(frame["image"]))
+        if missing:
+            raise ValueError(
+                f"Expected the dataset to hold every image of the run's split.csv; {len(missing)} are gone "
+                f"(the dataset changed since the run started). Received: missing={missing[:3]}"
+            )
+    split = frame[frame["image"].isin(parts.index)].copy()
+    split["part"] = split["image"].map(parts)
+    return split.reset_index(drop=True)
+
+
 def _split(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
-    from .data import kfold_split, read_split, split_patients
+    from .data import kfold_split, split_patients
 
     if config.split_file:
-        parts = read_split(config.split_file).set_index("image")["part"]
-        split = frame[frame["image"].isin(parts.index)].copy()
-        split["part"] = split["image"].map(parts)
-        return split.reset_index(drop=True)
+        return _split_from_file(frame, config.split_file)
     if config.folds:
         return kfold_split(frame, folds=config.folds, fold=config.fold, val_size=config.val_size, seed=config.seed)
     return split_patients(frame, val_size=config.val_size, test_size=config.test_size, seed=config.seed)
@@ -751,12 +777,8 @@ def train(config: TrainConfig) -> Path:
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     check_config(config)
-    if config.run_name and (Path(config.runs_dir).expanduser() / config.run_name).exists():
-        path = Path(config.runs_dir).expanduser() / config.run_name
-        raise FileExistsError(
-            f"Expected a new run folder; this one exists and runs are never overwritten. "
-            f"Received: run_dir={str(path)!r}"
-        )
+    if config.run_name:  # refused now, before hours of loading and training; made after the checks
+        _refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
     return _run(config)
 
 
@@ -801,28 +823,14 @@ def resume(run_dir, *, verbose=None) -> Path:
     return _run(config, run_dir=run_dir, previous=record)
 
 
-def _resumed_split(run_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
-    from .data import read_split
-
-    parts = read_split(run_dir / "split.csv").set_index("image")["part"]
-    missing = sorted(set(parts.index) - set(frame["image"]))
-    if missing:
-        raise ValueError(
-            f"Expected the dataset to hold every image of the run's split.csv; {len(missing)} are gone "
-            f"(the dataset changed since the run started). Received: missing={missing[:3]}"
-        )
-    split = frame[frame["image"].isin(parts.index)].copy()
-    split["part"] = split["image"].map(parts)
-    return split.reset_index(drop=True)
-
-
 def _run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, timer, history):
     """Run (or skip, or continue) one phase under a :class:`~covidxr.checkpoint.RunCheckpoint`.
 
     ``state`` is the last committed checkpoint state (None for a new run). Returns the
     phase's history rows and the fit's info dict (None when the phase had finished before).
     """
-    from .checkpoint import RunCheckpoint, load_arrays, set_arrays
+    from .atomic import load_arrays
+    from .checkpoint import RunCheckpoint, set_arrays
 
     if state is not None and (state["phase"] > phase or (state["phase"] == phase and state["done"])):
         if state["phase"] == phase:  # finished before: continue from its end
@@ -891,7 +899,7 @@ def _run_in_scope(config, *, run_dir, previous, runtime, started, wall, classes,
     if resuming:
         remove_stale(run_dir)  # temporary files of the killed process
     if resuming and (run_dir / "split.csv").is_file():
-        split = _resumed_split(run_dir, frame)
+        split = _split_from_file(frame, run_dir / "split.csv", require_all=True)
     else:
         split = _split(config, frame)
     memory = None
@@ -1040,7 +1048,7 @@ def _run_in_scope(config, *, run_dir, previous, runtime, started, wall, classes,
     frames, metrics = [], {}
     for part in ("val", "test"):
         rows_p, x, y = data[part]
-        probs = predict_images(best, x, batch_size=batch_size, runtime=runtime)
+        probs = predict_images(best, x, batch_size=batch_size)
         out = rows_p[["image", "patient", "label", "part"]].copy()
         for i, c in enumerate(classes):
             out[f"prob_{c}"] = probs[:, i]
