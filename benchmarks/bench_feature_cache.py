@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from covidxr.models import build_model  # noqa: E402
-from covidxr.train import fit_head  # noqa: E402
+from covidxr.training import fit_head  # noqa: E402
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ import time
 import warnings
 
 from covidxr import data, images
+from covidxr.images import cache as image_cache
 
 
 def _timed(fn, repeats):
@@ -54,7 +55,7 @@ def main(argv=None):
         steps = {
             "ImageCache.open(verify=True)": lambda: images.ImageCache.open(cache.path),
             "ImageCache.open(verify=False)": lambda: images.ImageCache.open(cache.path, verify=False),
-            "sha256 of images.npy": lambda: images._sha256(cache.path / "images.npy"),
+            "sha256 of images.npy": lambda: image_cache._sha256(cache.path / "images.npy"),
             "build_cache reuse (stat + verify)": lambda: images.build_cache(
                 frame, image_size=args.image_size, cache_dir=cache_dir, progress=False),
         }

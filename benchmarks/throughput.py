@@ -2,10 +2,10 @@
 
 For each backbone, at one image size and batch size, with the same model (as
 ``covidxr.models.build_model`` makes it, augmentation included, backbone unfrozen from
-``"auto"`` as in phase 2, compiled as ``covidxr.train`` compiles it):
+``"auto"`` as in phase 2, compiled as ``covidxr.training`` compiles it):
 
 (a) ``model.fit(x, y, batch_size=B, epochs=E)`` on random uint8 arrays (N, S, S, 1) in memory;
-(b) ``covidxr.train.fine_tune`` itself: images from the decode-once cache
+(b) ``covidxr.training.fine_tune`` itself: images from the decode-once cache
     (``covidxr.images.build_cache`` on the patient split of ``--data-dir``), served by
     ``covidxr.sampling.BatchSequence`` (strategy ``"oversample"``, shuffled), with the
     validation part passed as ``train`` passes it. Validation time is measured separately
@@ -59,7 +59,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from covidxr import data, images, models, sampling, train  # noqa: E402
+from covidxr import data, images, models, sampling, train, training  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "covid-chestxray-dataset"
 
@@ -282,7 +282,7 @@ def run_bare(backbone, *, num_classes, image_size, weights, images_per_epoch, ba
     """(a): bare ``model.fit`` on random in-memory uint8 arrays."""
     model = make_model(backbone, num_classes=num_classes, image_size=image_size, weights=weights, seed=seed)
     models.set_trainable_from(model, models.resolve_fine_tune_from(model, "auto"))
-    train._compile(model, num_classes=num_classes, learning_rate=learning_rate)
+    training.compile_model(model, num_classes=num_classes, learning_rate=learning_rate)
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (images_per_epoch, image_size, image_size, 1), dtype=np.uint8)
     labels = np.arange(images_per_epoch) % num_classes
@@ -298,7 +298,7 @@ def run_bare(backbone, *, num_classes, image_size, weights, images_per_epoch, ba
 
 def run_project(backbone, *, num_classes, image_size, weights, x_train, y_train, x_val, y_val,
                 batch_size, epochs, learning_rate, seed, verbose) -> dict:
-    """(b): ``covidxr.train.fine_tune`` on cached images (BatchSequence, oversample)."""
+    """(b): ``covidxr.training.fine_tune`` on cached images (BatchSequence, oversample)."""
     model = make_model(backbone, num_classes=num_classes, image_size=image_size, weights=weights, seed=seed)
     seq = sampling.BatchSequence(x_train, y_train, num_classes=num_classes, batch_size=batch_size,
                                  strategy="oversample", shuffle=True, seed=seed + 1)
@@ -310,7 +310,7 @@ def run_project(backbone, *, num_classes, image_size, weights, x_train, y_train,
     getitem_ms = 1000 * (time.perf_counter() - start) / steps
     timer = EpochTimer()
     start = time.perf_counter()
-    _, info = train.fine_tune(model, x_train, y_train, x_val, y_val, num_classes=num_classes,
+    _, info = training.fine_tune(model, x_train, y_train, x_val, y_val, num_classes=num_classes,
                               epochs=1 + epochs, learning_rate=learning_rate, fine_tune_from="auto",
                               batch_size=batch_size, strategy="oversample", seed=seed, callbacks=[timer],
                               verbose=verbose)

@@ -1,4 +1,4 @@
-"""Atomic writes (covidxr.atomic) and checkpoint array restore (covidxr.checkpoint)."""
+"""Atomic writes (covidxr.atomic) and checkpoint array restore (covidxr.training.checkpoint)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from covidxr.atomic import atomic_path, fault_point, load_arrays, remove_stale, save_arrays, write_json, write_text
-from covidxr.checkpoint import read_state, set_arrays
+from covidxr.training.checkpoint import read_state, set_arrays
 
 
 def test_write_replaces_whole_file_and_failure_keeps_the_old_one(tmp_path):

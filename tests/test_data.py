@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from covidxr import data
+from covidxr.data import readers
 
 
 def _read(root, **kwargs):
@@ -140,7 +141,7 @@ def test_symlink_outside_images(tmp_path):
 def test_empty_class_after_filtering(collection):
     with pytest.raises(ValueError, match=r"none are left for \['normal'\].*Received: class_counts="):
         _read(collection, task="covid-vs-normal", views=["AP Supine"]).pipe(lambda f: f[f.label != "normal"]).pipe(
-            lambda f: data._finish(f.drop(columns="label"), "covid-vs-normal", dropped_unlabelled=0, source="x"))
+            lambda f: readers._finish(f.drop(columns="label"), "covid-vs-normal", dropped_unlabelled=0, source="x"))
 
 
 def test_nothing_written_into_dataset(collection):
@@ -218,6 +219,52 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("COVIDXR_DATA_DIR", str(tmp_path))
     assert data.resolve_data_dir() == tmp_path
     assert data.resolve_data_dir(tmp_path / "x") == tmp_path / "x"
+
+
+@pytest.mark.parametrize("value", ["", " ", "All", "NONE", "none", None])
+def test_none_if_blank(value):
+    assert data.none_if_blank(value) is None
+
+
+def test_none_if_blank_keeps_other_values():
+    assert data.none_if_blank("X-ray") == "X-ray"
+    assert data.none_if_blank("patient") == "patient"
+
+
+def test_views_key():
+    assert data.views_key("frontal") == data.views_key("PA,AP,AP Supine,AP Erect") == "PA,AP,AP Supine,AP Erect"
+    assert data.views_key(data.FRONTAL_VIEWS) == data.views_key(" pa , frontal ") == data.views_key("frontal")
+    assert data.views_key("all") == data.views_key(None) == data.views_key(["PA", "all"]) == "all"
+    assert data.views_key("L") == "L" != data.views_key("frontal")
+    assert data.parse_views("frontal") == data.FRONTAL_VIEWS and data.parse_views("ALL") is None
+    with pytest.raises(ValueError, match=r"Unknown view name.*Received: views='side'"):
+        data.views_key("side")
+
+
+def test_load_dataset_blank_modality_and_patient_col(collection, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        blank = data.load_dataset(collection, views="all", modality="", patient_col="none")
+        ref = data.load_dataset(collection, views="all", modality=None, patient_col=None)
+    pd.testing.assert_frame_equal(blank, ref)
+    assert blank.attrs == ref.attrs
+    assert "images/ct.png" in set(blank["image"])          # no modality filter: the CT row is kept
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.png").write_bytes(b"")
+    pd.DataFrame({"path": ["a.png", "b.png"], "label": ["covid", "normal"]}).to_csv(tmp_path / "m.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # "none": no patient column, so no warning
+        blank = data.load_dataset(tmp_path / "m.csv", task=None, patient_col="none")
+    pd.testing.assert_frame_equal(blank, data.load_dataset(tmp_path / "m.csv", task=None, patient_col=None))
+    with pytest.warns(UserWarning, match=r"has no 'patient' column"):
+        data.load_dataset(tmp_path / "m.csv", task=None)
+
+
+def test_metadata_warnings_name_the_caller(collection):
+    with pytest.warns(UserWarning) as record:
+        data.read_metadata(collection)
+    mine = [w for w in record if "metadata rows name an image" in str(w.message)]
+    assert len(mine) == 1 and os.path.basename(mine[0].filename) == "test_data.py"
 
 
 # --------------------------------------------------------------------------- splits

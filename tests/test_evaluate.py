@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from covidxr import evaluate as E
-from covidxr import metrics as M
+from covidxr import evaluation as M
 
 BINARY = ["non-covid", "covid"]
 THREE = ["normal", "covid", "other"]
@@ -78,7 +78,7 @@ def test_evaluate_run_on_test_part_uses_validation_threshold(tmp_path):
     expected = M.choose_threshold((val["label"] == "covid").astype(int), val["prob_covid"])["threshold"]
     assert result["threshold"] == pytest.approx(expected)
     test = preds[preds["part"] == "test"]
-    direct = E.evaluate_predictions(test, classes=BINARY, threshold=expected, n_bootstrap=NB)
+    direct = M.evaluate_predictions(test, classes=BINARY, threshold=expected, n_bootstrap=NB)
     assert_same_metrics(result["image"]["metrics"], direct["image"]["metrics"])
     assert_same_metrics(result["patient"]["metrics"], direct["patient"]["metrics"])
     assert result["patient"]["metrics"]["roc_auc"] == pytest.approx(direct["patient"]["metrics"]["roc_auc"])
@@ -228,17 +228,17 @@ def _in_memory(truth, *, patients=True):
 
 @pytest.mark.parametrize("layout", ["metadata", "folders", "manifest"])
 def test_external_evaluation_matches_in_memory(tmp_path, external, layout, monkeypatch):
-    from covidxr import train
+    from covidxr import inference
 
-    monkeypatch.setattr(train, "predict_frame", _stub_predict, raising=False)
+    monkeypatch.setattr(inference, "predict_frame", _stub_predict, raising=False)
     run = make_run(tmp_path / "run")
     with pytest.warns(UserWarning) if layout == "folders" else _nullcontext():
         out = E.evaluate_run(run, data_dir=external[layout], n_bootstrap=NB, figures=layout == "manifest")
     result = json.loads((out / "metrics.json").read_text())
     preds = pd.read_csv(run / "predictions.csv")
-    threshold = E.validation_threshold(preds, classes=BINARY)["threshold"]
+    threshold = M.validation_threshold(preds, classes=BINARY)["threshold"]
     memory = _in_memory(external["truth"], patients=layout != "folders")   # folders carry no patient ids
-    expected = E.evaluate_predictions(memory, classes=BINARY, threshold=threshold, n_bootstrap=NB)
+    expected = M.evaluate_predictions(memory, classes=BINARY, threshold=threshold, n_bootstrap=NB)
     assert result["threshold"] == pytest.approx(threshold)
     for level in ("image", "patient"):
         assert_same_metrics(result[level]["metrics"], expected[level]["metrics"])
@@ -256,9 +256,9 @@ class _nullcontext:
 
 
 def test_external_unreadable_images_are_reported_and_left_out(tmp_path, external, monkeypatch):
-    from covidxr import train
+    from covidxr import inference
 
-    monkeypatch.setattr(train, "predict_frame", _stub_predict, raising=False)
+    monkeypatch.setattr(inference, "predict_frame", _stub_predict, raising=False)
     root = external["folders"]
     (root / "COVID" / "broken.png").write_bytes(b"not an image at all")
     run = make_run(tmp_path / "run")
@@ -271,9 +271,9 @@ def test_external_unreadable_images_are_reported_and_left_out(tmp_path, external
 
 
 def test_external_labels_the_model_does_not_know(tmp_path, external, monkeypatch):
-    from covidxr import train
+    from covidxr import inference
 
-    monkeypatch.setattr(train, "predict_frame", _stub_predict, raising=False)
+    monkeypatch.setattr(inference, "predict_frame", _stub_predict, raising=False)
     run = make_run(tmp_path / "run", ["normal", "covid"], task="covid-vs-normal")
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"not trained on.*Received: unknown_labels=\['pneumonia'\]"):
         E.evaluate_run(run, data_dir=external["folders"], n_bootstrap=0)
@@ -284,7 +284,7 @@ def test_external_labels_the_model_does_not_know(tmp_path, external, monkeypatch
 
 def test_compare_runs_table_and_files(tmp_path):
     runs = [make_run(tmp_path / "r1", seed=0), make_run(tmp_path / "r2", seed=5, backbone="vgg16", fold=1)]
-    table = E.compare_runs(runs, n_bootstrap=NB)
+    table = M.compare_runs(runs, n_bootstrap=NB)
     assert len(table) == 4 and list(table["level"]) == ["image", "patient"] * 2
     assert list(table["backbone"]) == ["resnet50", "resnet50", "vgg16", "vgg16"]
     assert {"roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "strategy", "fold", "weights"} <= set(table.columns)
@@ -295,16 +295,16 @@ def test_compare_runs_table_and_files(tmp_path):
     with pytest.raises(FileExistsError, match=r"Received: out="):
         E.write_comparison(table, tmp_path / "cmp")
     with pytest.raises(ValueError, match=r"Received: run_dirs=\[\]"):
-        E.compare_runs([])
+        M.compare_runs([])
 
 
 def test_compare_reads_named_evaluations(tmp_path):
     run = make_run(tmp_path / "r1")
     E.evaluate_run(run, name="hosp", n_bootstrap=0, figures=False)
-    table = E.compare_runs([run], evaluation="hosp")
+    table = M.compare_runs([run], evaluation="hosp")
     assert table["data"].iloc[0].startswith("hosp-")
     with pytest.raises(FileNotFoundError, match=r"Received: evaluation='other'"):
-        E.compare_runs([run], evaluation="other")
+        M.compare_runs([run], evaluation="other")
 
 
 # --------------------------------------------------------------------------- CLI

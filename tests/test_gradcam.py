@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from covidxr import gradcam, models
+from covidxr import figures, gradcam, models
 
 SIZE = 32
 
@@ -58,11 +58,11 @@ def test_overlay():
     image = np.full((8, 8), 100, np.uint8)
     heat = np.zeros((8, 8), np.float32)
     heat[2, 3] = 1
-    out = gradcam.overlay(image, heat, alpha=0.5)
+    out = figures.overlay(image, heat, alpha=0.5)
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[2, 3], out[0, 0])
     with pytest.raises(ValueError, match=r"same shape. Received: shapes=\(8, 8\), \(4, 4\)"):
-        gradcam.overlay(image, heat[:4, :4])
+        figures.overlay(image, heat[:4, :4])
 
 
 # --------------------------------------------------------------------------- a model that learnt a square
@@ -122,7 +122,7 @@ def test_gradcam_peaks_on_planted_square(tiny_backbone):
 
 JAX_SCRIPT = textwrap.dedent("""
     import json, numpy as np, keras
-    from covidxr import gradcam, models
+    from covidxr import figures, gradcam, models
     out = {"backend": keras.backend.backend()}
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(2, 32, 32, 1), dtype=np.uint8)

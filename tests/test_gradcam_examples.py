@@ -1,4 +1,4 @@
-"""Tests for covidxr.plots.plot_gradcam_examples on a tiny trained run."""
+"""Tests for covidxr.figures.plot_gradcam_examples on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covidxr import plots
-from covidxr.evaluate import read_run, validation_threshold
+from covidxr import evaluation, figures
+from covidxr.evaluation import read_run, validation_threshold
 from covidxr.train import TrainConfig, train
 
 matplotlib.use("Agg")
@@ -29,7 +29,7 @@ def _texts(fig):
 
 @pytest.mark.jax
 def test_examples_follow_the_validation_threshold_and_the_runs_preprocessing(tiny_run):
-    ex = plots.select_gradcam_examples(tiny_run, n=2, seed=0)
+    ex = evaluation.select_gradcam_examples(tiny_run, n=2, seed=0)
     config, preds = read_run(tiny_run)
     threshold = validation_threshold(preds, classes=config["classes"])["threshold"]
     assert ex["threshold"] == pytest.approx(threshold)
@@ -49,18 +49,18 @@ def test_examples_follow_the_validation_threshold_and_the_runs_preprocessing(tin
     assert ex["images"].shape == (len(table), 32, 32) and ex["images"].dtype == np.uint8
     assert ex["maps"].shape == (len(table), 32, 32)
     assert float(ex["maps"].min()) >= 0 and float(ex["maps"].max()) <= 1
-    again = plots.select_gradcam_examples(tiny_run, n=2, seed=0)
+    again = evaluation.select_gradcam_examples(tiny_run, n=2, seed=0)
     pd.testing.assert_frame_equal(again["table"], table)
 
 
 @pytest.mark.jax
 def test_figure_rows_attribution_and_empty_category(tiny_run, tmp_path):
-    fig = plots.plot_gradcam_examples(tiny_run, n=2)
+    fig = figures.plot_gradcam_examples(tiny_run, n=2)
     assert len(fig.axes) == 3 * 4
     text = _texts(fig)
-    assert plots.DATASET_ATTRIBUTION in text
+    assert figures.DATASET_ATTRIBUTION in text
     assert "TP: true positives" in text and "FN: false negatives" in text
-    plots.save_figure(fig, tmp_path / "gradcam.png")
+    figures.save_figure(fig, tmp_path / "gradcam.png")
     assert (tmp_path / "gradcam.png").stat().st_size > 0
 
     # a run whose test part has no false positives: an empty row with a note, no crash
@@ -71,7 +71,7 @@ def test_figure_rows_attribution_and_empty_category(tiny_run, tmp_path):
     preds.loc[negative_test, "prob_covid"] = 0.0
     preds.loc[negative_test, "prob_non-covid"] = 1.0
     preds.to_csv(copy / "predictions.csv", index=False)
-    fig = plots.plot_gradcam_examples(copy, n=1)
+    fig = figures.plot_gradcam_examples(copy, n=1)
     table = fig.gradcam_examples
     assert "FP" not in set(table["category"])
     assert "no false positives" in _texts(fig)
@@ -80,9 +80,9 @@ def test_figure_rows_attribution_and_empty_category(tiny_run, tmp_path):
 
 def test_bad_options(tiny_run):
     with pytest.raises(ValueError, match=r"rows of part 'train'.*Received: parts="):
-        plots.select_gradcam_examples(tiny_run, part="train")
+        evaluation.select_gradcam_examples(tiny_run, part="train")
     with pytest.raises(ValueError, match=r"n to be an integer >= 1. Received: n=0"):
-        plots.select_gradcam_examples(tiny_run, n=0)
+        evaluation.select_gradcam_examples(tiny_run, n=0)
 
 
 def test_real_data_gradcam_examples(real_data, tmp_path):
@@ -92,8 +92,8 @@ def test_real_data_gradcam_examples(real_data, tmp_path):
     with pytest.warns(UserWarning):  # the snapshot lacks some images
         run = train(config)
     with pytest.warns(UserWarning):
-        fig = plots.plot_gradcam_examples(run, n=1)
+        fig = figures.plot_gradcam_examples(run, n=1)
     table = fig.gradcam_examples
     assert 1 <= len(table) <= 3 and set(table["category"]) <= {"TP", "FP", "FN"}
     np.testing.assert_allclose(table["model_prob"], table["prob"], atol=1e-4)
-    assert plots.DATASET_ATTRIBUTION in _texts(fig)
+    assert figures.DATASET_ATTRIBUTION in _texts(fig)

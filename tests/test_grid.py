@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from covidxr import cli, grid
-from covidxr import metrics as M
+from covidxr import evaluation as M
 from covidxr.train import TrainConfig
 
 BACKBONES = ["vgg16", "vgg19"]
@@ -133,6 +133,25 @@ def test_resume_with_other_options_is_refused(finished_grid, monkeypatch):
     assert (out / "comparison.md").is_file()
 
 
+def test_views_frontal_resumes_a_grid_started_with_the_explicit_views(finished_grid, monkeypatch):
+    """The command line's default views (the explicit frontal list) and the notebook's "frontal"
+    are one value to the grid: a grid started with one resumes with the other, training nothing."""
+    out, base = finished_grid["out"], finished_grid["base"]
+    assert base.views == "PA,AP,AP Supine,AP Erect"
+
+    def fail(config):  # pragma: no cover - must not be reached
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(grid, "train", fail)
+    (out / "comparison.md").unlink()
+    grid.run_grid(TrainConfig(**{**base.to_dict(), "views": "frontal"}), out=out, backbones=BACKBONES,
+                  strategies=STRATEGIES, folds=FOLDS, n_bootstrap=5, progress=False)
+    assert (out / "comparison.md").is_file()
+    with pytest.raises(ValueError, match=r"other options.*views: 'PA,AP,AP Supine,AP Erect' -> 'PA'"):
+        grid.run_grid(TrainConfig(**{**base.to_dict(), "views": "PA"}), out=out, backbones=BACKBONES,
+                      strategies=STRATEGIES, folds=FOLDS, progress=False)
+
+
 def test_bad_options_are_refused(collection, tmp_path):
     base = _base(collection, tmp_path / "cache")
     with pytest.raises(ValueError, match=r"Unknown backbones.*Received: backbones=\['alexnet'\]"):
@@ -157,7 +176,7 @@ def test_pooled_metrics_use_each_folds_threshold():
         "threshold": [0.15] * 4 + [0.85] * 4,
     })
     frame["prob_non-covid"] = 1 - frame["prob_covid"]
-    result = grid.pooled_metrics(frame, classes=["non-covid", "covid"], n_bootstrap=50, seed=0)
+    result = M.pooled_metrics(frame, classes=["non-covid", "covid"], n_bootstrap=50, seed=0)
     figs = result["image"]["metrics"]
     assert figs["sensitivity"]["value"] == 1.0 and figs["specificity"]["value"] == 1.0
     # one global threshold could not do this; the threshold-free AUC sees the pooled scale
@@ -166,7 +185,7 @@ def test_pooled_metrics_use_each_folds_threshold():
     assert figs["roc_auc"]["value"] == pytest.approx(single["roc_auc"])
     assert result["patient"]["n_groups"] == 8 and figs["sensitivity"]["n_used"] > 0
     with pytest.raises(ValueError, match="one fold's test part only"):
-        grid.pooled_metrics(pd.concat([frame, frame.assign(threshold=0.5)]), classes=["non-covid", "covid"],
+        M.pooled_metrics(pd.concat([frame, frame.assign(threshold=0.5)]), classes=["non-covid", "covid"],
                             n_bootstrap=0)
 
 

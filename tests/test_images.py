@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covidxr import data, images
+from covidxr import data, figures, images
+from covidxr.images import cache as image_cache
 
 
 def _grey(h=40, w=30, seed=0):
@@ -298,7 +299,7 @@ def test_build_cache_every_fixture_mode(frame, tmp_path):
 
 def test_cache_reused_without_decoding(frame, tmp_path, monkeypatch):
     first = images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
-    monkeypatch.setattr(images, "load_image", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(image_cache, "load_image", lambda *a, **k: pytest.fail("decoded again"))
     again = images.build_cache(frame.iloc[::-1], image_size=32, cache_dir=tmp_path, progress=False)
     assert again.path == first.path
     # rows follow the caller's frame (another task's labels), in the cache's order
@@ -357,11 +358,11 @@ def test_interrupted_build_leaves_nothing(frame, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(images, "preprocess", flaky)
+    monkeypatch.setattr(image_cache, "preprocess", flaky)
     with pytest.raises(KeyboardInterrupt):
         images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(images, "preprocess", real)
+    monkeypatch.setattr(image_cache, "preprocess", real)
     assert len(images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)) == len(frame)
 
 
@@ -489,12 +490,12 @@ def test_figures(collection):
     import keras
 
     frame = _load_frame(collection).iloc[:3]
-    fig = images.plot_preprocessing(frame["path"], image_size=32, contrast="equalize")
+    fig = figures.plot_preprocessing(frame["path"], image_size=32, contrast="equalize")
     assert len(fig.axes) == 6
-    fig2 = images.plot_contrast(frame["path"][:2], image_size=32)
+    fig2 = figures.plot_contrast(frame["path"][:2], image_size=32)
     assert len(fig2.axes) == 12
-    fig3 = images.plot_augmentations(np.full((32, 32), 100, np.uint8), augmentation=keras.layers.Identity(),
-                                     n_variants=3, columns=2)
+    fig3 = figures.plot_augmentations(np.full((32, 32), 100, np.uint8), augmentation=keras.layers.Identity(),
+                                      n_variants=3, columns=2)
     assert len([ax for ax in fig3.axes if ax.images]) == 4
     plt.close("all")
 
@@ -553,7 +554,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage, name, message):
     damage(tmp_path / "cache" / images.cache_key(small, image_size=32) / name)
     decoded = []
     real = images.load_image
-    monkeypatch.setattr(images, "load_image", lambda path, **kw: decoded.append(path) or real(path, **kw))
+    monkeypatch.setattr(image_cache, "load_image", lambda path, **kw: decoded.append(path) or real(path, **kw))
     with pytest.warns(UserWarning, match=rf"Rebuilding an incomplete or damaged cache: .*32-pad-none-.*{message}"):
         cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
     assert len(decoded) == len(small)                      # really rebuilt, not reused

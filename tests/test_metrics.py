@@ -1,4 +1,4 @@
-"""covidxr.metrics: each figure against a hand-computed case, the patient bootstrap, thresholds."""
+"""covidxr.evaluation.metrics and .bootstrap: each figure against a hand-computed case, the patient bootstrap, thresholds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from covidxr import metrics as M
+from covidxr import evaluation as M
 
 # Hand case (two classes), threshold 0.5:
 #   y      1    1    1    0    0    0    0
@@ -136,7 +136,7 @@ def test_bootstrap_resamples_whole_patients(monkeypatch):
         seen.append(p[:, 0].astype(int).copy())
         return real(y_true, p, **kw)
 
-    monkeypatch.setattr(M, "compute_metrics", spy)
+    monkeypatch.setattr(M.bootstrap, "compute_metrics", spy)
     M.bootstrap_metrics(y, tagged, groups, classes=["a", "b"], threshold=0.5, n_bootstrap=20, seed=1)
     assert len(seen) == 21  # point estimate + 20 resamples
     for rows in seen[1:]:

@@ -1,18 +1,23 @@
 """Execute every notebook top to bottom on the synthetic dataset (papermill), and check that
-the stored notebooks carry no outputs and have a tagged ``parameters`` cell."""
+the stored notebooks carry no outputs, have a tagged ``parameters`` cell, and that the training
+notebook's parameters name every ``TrainConfig`` option."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from covidxr.config import TrainConfig
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def params_for(name, *, collection, tmp_path):
+def params_for(name, *, collection, tmp_path, run_dirs=()):
     """Small, fast settings for each notebook (the notebooks' own defaults are for real use)."""
     common = {"data_dir": str(collection)}
     table = {
@@ -23,9 +28,8 @@ def params_for(name, *, collection, tmp_path):
                            "cache_dir": str(tmp_path / "cache"), "run_grid": True, "grid_backbones": "vgg16",
                            "grid_strategies": "none", "grid_folds": 2, "grid_out": str(tmp_path / "grid"),
                            "grid_n_bootstrap": 10},
-        # run_dirs=[]: the notebook then shows the audit only; its run-folder cells are covered in
-        # tests/test_evaluate.py and tests/test_gradcam_examples.py.
-        "04_evaluation.ipynb": {"run_dirs": [], "n_bootstrap": 20},
+        # a real tiny run folder (the tiny_run fixture): every run-folder cell runs, Grad-CAM included
+        "04_evaluation.ipynb": {"run_dirs": [str(r) for r in run_dirs], "n_bootstrap": 20, "gradcam_examples": 1},
     }
     return {**common, **table.get(name, {})}
 
@@ -49,13 +53,14 @@ def test_notebook_is_clean(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ALL, ids=[p.name for p in ALL])
-def test_notebook_runs(path, collection, tmp_path, monkeypatch):
+def test_notebook_runs(path, collection, tmp_path, monkeypatch, request):
     papermill = pytest.importorskip("papermill")
+    run_dirs = [request.getfixturevalue("tiny_run")] if path.name == "04_evaluation.ipynb" else []
     monkeypatch.setenv("COVIDXR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     out = tmp_path / path.name
     papermill.execute_notebook(
-        str(path), str(out), parameters=params_for(path.name, collection=collection, tmp_path=tmp_path),
+        str(path), str(out), parameters=params_for(path.name, collection=collection, tmp_path=tmp_path, run_dirs=run_dirs),
         cwd=str(tmp_path), kernel_name="python3", progress_bar=False,
     )
     executed = json.loads(out.read_text())
@@ -63,3 +68,42 @@ def test_notebook_runs(path, collection, tmp_path, monkeypatch):
     assert not errors
     if path.name == "01_eda.ipynb":
         assert (tmp_path / "figures" / "sample_grid.png").is_file()
+    if path.name == "04_evaluation.ipynb":  # the run-folder cells ran: the run's table and Grad-CAM examples
+        text = json.dumps(executed["cells"])
+        assert Path(run_dirs[0]).name in text and "image/png" in text
+
+
+def _cells(name):
+    return json.loads((NOTEBOOKS / name).read_text())["cells"]
+
+
+def _assigned_names(source: str) -> set[str]:
+    return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+def _config_keywords(source: str) -> set[str] | None:
+    """The keywords of the ``dict(...)`` the notebook builds its TrainConfig from (None if absent)."""
+    tree = ast.parse("\n".join(line for line in source.splitlines() if not line.startswith("%")))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "dict"):
+            return {k.arg for k in node.value.keywords}
+    return None
+
+
+def test_train_notebook_names_every_config_field():
+    """Every TrainConfig field has a name in 03_train's parameters cell and goes into the config
+    through one explicit dictionary (no globals()): adding a field without the cell fails here."""
+    cells = _cells("03_train.ipynb")
+    params = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = sorted(fields - _assigned_names("".join(params["source"])))
+    assert not missing, f"03_train.ipynb's parameters cell lacks TrainConfig fields: {missing}"
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code" and "TrainConfig(" in "".join(c["source"])]
+    assert code, "03_train.ipynb builds no TrainConfig"
+    assert "globals()" not in code[0]
+    keywords = _config_keywords(code[0])
+    assert keywords is not None, "the TrainConfig must be built from an explicit dict(...) of the parameters"
+    assert sorted(fields - keywords) == [], f"the config dictionary lacks fields: {sorted(fields - keywords)}"
+    assert sorted(keywords - fields) == [], f"the config dictionary names unknown fields: {sorted(keywords - fields)}"

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from covidxr import cli
-from covidxr.evaluate import read_run, validation_threshold
-from covidxr.predict import predict_files, preprocessing_settings
+from covidxr.evaluation import read_run, validation_threshold
+from covidxr.inference import preprocessing_settings
+from covidxr.predict import predict_files
 
 
 @pytest.mark.jax

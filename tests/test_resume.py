@@ -48,7 +48,7 @@ def _assert_readable(run_dir: Path):
     for path in run_dir.rglob("*.csv"):
         pd.read_csv(path)
     if (run_dir / "model.keras").exists():
-        from covidxr.train import load_run
+        from covidxr.inference import load_run
 
         load_run(run_dir)
 

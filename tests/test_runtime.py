@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from covidxr import runtime
+from covidxr.runtime import devices as runtime_devices
 from covidxr.runtime import (
     ReplicaBatches,
     available_memory,
@@ -261,7 +262,7 @@ def test_scope_disabled_is_a_no_op():
 
 
 def test_scope_rejects_other_backends(monkeypatch):
-    monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "torch")
+    monkeypatch.setattr(runtime_devices.keras.backend, "backend", lambda: "torch")
     with pytest.raises(ValueError, match=r"Data parallelism is supported on the backends \['jax', "
                        r"'tensorflow'\].*Received: backend='torch'"):
         with data_parallel_scope(enabled=True):
@@ -273,14 +274,14 @@ def test_scope_rejects_other_backends(monkeypatch):
 def test_scope_warns_about_too_few_threads_for_virtual_cpu_devices(monkeypatch):
     for name in ("PJRT_NPROC", "NPROC"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime_devices.os, "cpu_count", lambda: 2)
     with pytest.warns(RuntimeWarning, match="can deadlock in JAX's all-reduce; set PJRT_NPROC=4"):
-        runtime._warn_jax_cpu_threads(["cpu:0", "cpu:1"])
+        runtime_devices._warn_jax_cpu_threads(["cpu:0", "cpu:1"])
     monkeypatch.setenv("PJRT_NPROC", "4")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        runtime._warn_jax_cpu_threads(["cpu:0", "cpu:1"])
-        runtime._warn_jax_cpu_threads(["gpu:0", "gpu:1"])
+        runtime_devices._warn_jax_cpu_threads(["cpu:0", "cpu:1"])
+        runtime_devices._warn_jax_cpu_threads(["gpu:0", "gpu:1"])
 
 
 def test_virtual_cpu_devices_rejects_bad_counts_and_a_started_backend():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidxr import sampling
+from covidxr import figures, sampling
 
 # 30 / 10 / 5 images of classes 0 / 1 / 2
 LABELS = np.repeat([0, 1, 2], [30, 10, 5])
@@ -127,7 +127,7 @@ def test_epoch_class_counts_and_plot():
     assert first["oversample"].tolist() == [30, 30, 30]
     assert first["undersample"].tolist() == [5, 5, 5]
     assert first["none"].tolist() == first["class-weight"].tolist() == [30, 10, 5]
-    fig = sampling.plot_epoch_balance(counts)
+    fig = figures.plot_epoch_balance(counts)
     assert len(fig.axes[0].patches) == 12
 
 

@@ -14,15 +14,10 @@ import pytest
 
 from covidxr import cli, data, models
 from covidxr.models import build_model
-from covidxr.train import (
-    TrainConfig,
-    fine_tune,
-    fit_head,
-    load_run,
-    part_metrics,
-    predict_frame,
-    train,
-)
+from covidxr.evaluation.metrics import part_metrics
+from covidxr.inference import load_run, predict_frame
+from covidxr.train import TrainConfig, train
+from covidxr.training import fine_tune, fit_head
 
 SIZE = 32
 ARTIFACTS = ["config.json", "split.csv", "history.csv", "model.keras", "predictions.csv", "metrics.json",
@@ -342,9 +337,9 @@ def test_data_parallel_run_on_two_cpu_devices(backend, collection, tmp_path):
 
 
 def test_memory_check_refuses_before_the_run_folder(collection, tmp_path, monkeypatch):
-    import covidxr.runtime as runtime
+    import covidxr.runtime.memory as runtime_memory
 
-    monkeypatch.setattr(runtime, "available_memory",
+    monkeypatch.setattr(runtime_memory, "available_memory",
                         lambda: {"host_bytes": 64 * 2 ** 20, "device_bytes": None, "device": "cpu"})
     config = TrainConfig(data_dir=str(collection), backbone="vgg16", weights="none", image_size=64, batch_size=16,
                          epochs=1, fine_tune_epochs=0, runs_dir=str(tmp_path / "runs"),

@@ -1,4 +1,5 @@
 """covidxr: transfer-learning chest X-ray classifiers for COVID-19 research.
+The package root holds the version and the research-only notice; it must not import any submodule.
 
 Research software, not a diagnostic device: nothing it outputs may be used to diagnose,
 treat or triage a patient.

@@ -1,9 +1,10 @@
 """Atomic file writes: a reader, or a process killed at any moment, never sees half a file.
+Must not import Keras or any other covidxr module: every layer above writes through it.
 
 Every writer here writes under a temporary name in the target's folder, flushes the bytes to
 disk and renames the file into place with :func:`os.replace` (atomic on POSIX and Windows
 within one file system). The run folder (:mod:`covidxr.train`), the training checkpoint
-(:mod:`covidxr.checkpoint`), split files, grid records and figures all go through it.
+(:mod:`covidxr.training.checkpoint`), split files, grid records and figures all go through it.
 No Keras import here: the data and plotting modules use it too.
 """
 

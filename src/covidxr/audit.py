@@ -1,4 +1,5 @@
 """Shortcut audit: can the label be guessed from properties of the image *files* alone?
+Must not decode pixels or write files: it reads file headers and returns the audit's figures.
 
 Public chest X-ray collections often gather each class from a different source: COVID-19
 images from papers and websites, normal ones from an older archive. The file format, colour
@@ -18,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
+from .data import get_task
+from .evaluation import bootstrap as B
+from .evaluation.metrics import prob_columns
 
 __all__ = ["AUDIT_FEATURES", "AUDIT_MODELS", "audit_dataset", "audit_report", "file_properties"]
 
@@ -104,6 +107,29 @@ def _pipeline(model, seed):
     return Pipeline([("features", features), ("classifier", clf)])
 
 
+def _audited_rows(frame: pd.DataFrame, *, classes, model, n_splits):
+    """Check the audit's options; return the rows of ``classes``, the classes and the patients per class."""
+    if model not in AUDIT_MODELS:
+        raise ValueError(f"Unknown audit model. Expected one of {list(AUDIT_MODELS)}. Received: model={model!r}")
+    missing = [c for c in ("path", "patient", "label") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"Expected a dataset frame with path, patient and label columns. Received: missing={missing}")
+    if classes is None:
+        task = frame.attrs.get("task")
+        classes = list(get_task(task).classes) if task else sorted(frame["label"].astype(str).unique())
+    classes = [str(c) for c in classes]
+    frame = frame[frame["label"].astype(str).isin(classes)].reset_index(drop=True)
+    per_class = frame.groupby("label")["patient"].nunique().reindex(classes, fill_value=0)
+    if per_class.min() < 2:
+        raise ValueError(
+            "Expected at least 2 patients in every class for a patient-grouped cross-validation. "
+            f"Received: patients_per_class={per_class.to_dict()}"
+        )
+    if int(n_splits) < 2:
+        raise ValueError(f"Expected n_splits >= 2. Received: n_splits={n_splits!r}")
+    return frame, classes, per_class
+
+
 def audit_dataset(frame: pd.DataFrame, *, classes=None, model="gradient-boosting", n_splits=5, n_bootstrap=1000,
                   seed=0, level=0.95, warn_above=0.6) -> dict:
     """Cross-validated AUROC of a classifier that sees only file properties.
@@ -135,29 +161,7 @@ def audit_dataset(frame: pd.DataFrame, *, classes=None, model="gradient-boosting
     """
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
-    if model not in AUDIT_MODELS:
-        raise ValueError(f"Unknown audit model. Expected one of {list(AUDIT_MODELS)}. Received: model={model!r}")
-    missing = [c for c in ("path", "patient", "label") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"Expected a dataset frame with path, patient and label columns. Received: missing={missing}")
-    if classes is None:
-        task = frame.attrs.get("task")
-        if task:
-            from .data import get_task
-
-            classes = list(get_task(task).classes)
-        else:
-            classes = sorted(frame["label"].astype(str).unique())
-    classes = [str(c) for c in classes]
-    frame = frame[frame["label"].astype(str).isin(classes)].reset_index(drop=True)
-    per_class = frame.groupby("label")["patient"].nunique().reindex(classes, fill_value=0)
-    if per_class.min() < 2:
-        raise ValueError(
-            "Expected at least 2 patients in every class for a patient-grouped cross-validation. "
-            f"Received: patients_per_class={per_class.to_dict()}"
-        )
-    if int(n_splits) < 2:
-        raise ValueError(f"Expected n_splits >= 2. Received: n_splits={n_splits!r}")
+    frame, classes, per_class = _audited_rows(frame, classes=classes, model=model, n_splits=n_splits)
     props = file_properties(frame["path"])
     y = frame["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
     groups = frame["patient"].astype(str).to_numpy()
@@ -167,13 +171,13 @@ def audit_dataset(frame: pd.DataFrame, *, classes=None, model="gradient-boosting
         warnings.simplefilter("ignore")
         probs = cross_val_predict(_pipeline(model, seed), props[list(AUDIT_FEATURES)], y, groups=groups, cv=cv,
                                   method="predict_proba")
-    boot = M.bootstrap_metrics(y, probs, groups, classes=classes, threshold=None if len(classes) > 2 else 0.5,
+    boot = B.bootstrap_metrics(y, probs, groups, classes=classes, threshold=None if len(classes) > 2 else 0.5,
                                n_bootstrap=n_bootstrap, seed=seed, level=level)
     auroc = boot["metrics"]["roc_auc" if len(classes) == 2 else "roc_auc[macro]"]
     labelled = props.assign(label=frame["label"].astype(str).to_numpy(), patient=groups,
                             image=frame["image"].to_numpy() if "image" in frame.columns else frame["path"].to_numpy())
-    for i, c in enumerate(classes):
-        labelled[f"prob_{c}"] = probs[:, i]
+    for i, column in enumerate(prob_columns(classes)):
+        labelled[column] = probs[:, i]
     crosstabs = {f: pd.crosstab(labelled[f], labelled["label"]).reindex(columns=classes, fill_value=0)
                  for f in ("format", "mode")}
     sizes = labelled.groupby("label")[["width", "height", "bit_depth"]].median().reindex(classes)

@@ -1,4 +1,5 @@
-"""Fetch the public COVID-19 image data collection (github.com/ieee8023/covid-chestxray-dataset).
+"""``covidxr download``: fetch the public COVID-19 image data collection (github.com/ieee8023/covid-chestxray-dataset).
+Must not leave a half-written dataset: it unpacks beside the target and renames only what passed the checks.
 
 The archive of one commit is downloaded with ``keras.utils.get_file`` (progress bar, cached
 under the destination's parent in ``.downloads/``), unpacked into a temporary folder next to

@@ -1,4 +1,5 @@
 """Grad-CAM heatmaps: where in the X-ray the model's evidence for a class lies.
+Must not draw: it returns the maps as arrays (overlays are :func:`covidxr.figures.overlay`).
 
 Grad-CAM weights the feature maps of a convolutional layer (by default the backbone's last
 one, from the registry) by the spatially averaged gradient of the class score, sums them and
@@ -23,16 +24,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from .models import LAYER_NAMES, _backbone_name, backbone_layer, get_backbone
+from .models import LAYER_NAMES, backbone_name, backbone_layer, get_backbone
 
-__all__ = ["gradcam", "gradcam_parts", "overlay"]
+__all__ = ["gradcam", "gradcam_parts"]
 
 
 def gradcam_parts(model, *, layer=None):
     """Split a :func:`covidxr.models.build_model` model at a convolutional layer.
 
     Args:
-        model: A model from ``build_model`` (or ``covidxr.train.load_run``).
+        model: A model from ``build_model`` (or ``covidxr.inference.load_run``).
         layer: Layer of the backbone to explain (default: the registry's last conv layer).
 
     Returns:
@@ -46,7 +47,7 @@ def gradcam_parts(model, *, layer=None):
             (a skip connection crosses it).
     """
     base = backbone_layer(model)
-    backbone = _backbone_name(model)
+    backbone = backbone_name(model)
     layer = layer or get_backbone(backbone).last_conv_layer
     try:
         target = base.get_layer(layer)
@@ -137,7 +138,7 @@ def gradcam(model, images, *, class_index=None, layer=None, batch_size=16):
     """Grad-CAM heatmaps for a batch of images.
 
     Args:
-        model: A model from :func:`covidxr.models.build_model` / ``covidxr.train.load_run``.
+        model: A model from :func:`covidxr.models.build_model` / ``covidxr.inference.load_run``.
         images: uint8 grey images, shape (n, S, S, 1) or (n, S, S) or one (S, S) image.
         class_index: Class to explain: an int, an int array of shape (n,), or None for each
             image's predicted class.
@@ -193,26 +194,3 @@ def gradcam(model, images, *, class_index=None, layer=None, batch_size=16):
     top = maps.reshape(len(maps), -1).max(axis=1)
     maps = np.where(top[:, None, None] > 0, maps / np.where(top > 0, top, 1)[:, None, None], 0.0)
     return maps.astype(np.float32), np.concatenate(probabilities).astype(np.float32)
-
-
-def overlay(image, heatmap, *, alpha=0.4, cmap="jet"):
-    """Blend a heatmap over a grey image.
-
-    Args:
-        image: uint8 grey image, shape (S, S) or (S, S, 1).
-        heatmap: float map in [0, 1], shape (S, S).
-        alpha: Weight of the heatmap colour.
-        cmap: Matplotlib colour map name.
-
-    Returns:
-        uint8 RGB image, shape (S, S, 3).
-    """
-    from matplotlib import colormaps
-
-    grey = np.asarray(image).squeeze().astype(np.float32) / 255.0
-    heat = np.asarray(heatmap, dtype=np.float32)
-    if grey.shape != heat.shape:
-        raise ValueError(f"Expected image and heatmap of the same shape. Received: shapes={grey.shape}, {heat.shape}")
-    colour = colormaps[cmap](np.clip(heat, 0, 1))[..., :3]
-    blended = (1 - alpha) * grey[..., None] + alpha * colour
-    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)

@@ -1,4 +1,6 @@
-"""A grid of runs: backbones × imbalance strategies × patient-grouped folds, and one comparison.
+"""``covidxr grid``: backbones × imbalance strategies × patient-grouped folds, and one comparison.
+Must not score or draw by itself: runs come from :mod:`covidxr.train`, figures from
+:mod:`covidxr.evaluation.pooling`, :mod:`covidxr.reports` and :mod:`covidxr.figures`.
 
 :func:`run_grid` trains every combination in one process (``covidxr.train.train`` per run,
 ``keras.backend.clear_session()`` between runs), all run folders under ``OUT/runs/``, then
@@ -20,28 +22,13 @@ where it is and a new run is made. Starting again with different training option
 refused, naming the options that differ; the comparison settings (``n_bootstrap``,
 threshold method) may change, since they do not touch the runs.
 
-**Pooling folds.** The test parts of the ``k`` folds are disjoint and together hold every
-patient once, so the test predictions of all folds of one backbone × strategy are pooled
-into one frame and scored once, rather than averaging k small-sample figures:
-
-* Decisions (sensitivity, specificity, PPV, NPV, F1, balanced accuracy, MCC, accuracy) use
-  **each fold's own threshold**, chosen on that fold's validation part (Youden's J by
-  default) — exactly the decision each fold's model would make; nothing is tuned on test data.
-* Threshold-free figures (ROC AUC, PR AUC, Brier) rank or score the pooled probabilities of
-  models from different folds together; models whose output scales differ lower the pooled
-  AUC a little compared with the per-fold mean (the per-run table shows the per-fold values).
-* Confidence intervals: percentile bootstrap over **patients** of the pooled frame (as
-  :mod:`covidxr.metrics`); per-patient figures use the mean probability over a patient's
-  images and the threshold of the fold that patient was tested in.
-
-Three-class tasks decide by arg-max, so no threshold is involved there.
+**Pooling folds** and scoring: :mod:`covidxr.evaluation.pooling`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -49,23 +36,25 @@ import keras
 import numpy as np
 import pandas as pd
 
-from . import RESEARCH_ONLY, __version__
-from . import metrics as M
+from . import __version__
 from .atomic import write_json, write_text
-from .train import TrainConfig, resume, train
+from .config import TrainConfig, check_config, load_frame
+from .data import views_key
+from .evaluation import grid_comparison
+from .figures import plot_comparison, save_figure
+from .models import BACKBONES
+from .reports import grid_markdown
+from .sampling import STRATEGIES
+from .train import resume, train
 
 __all__ = [
     "GRID_FILE",
     "IGNORED_OPTIONS",
     "combinations",
     "find_runs",
-    "grid_comparison",
-    "pooled_metrics",
     "run_grid",
     "write_grid_comparison",
 ]
-
-logger = logging.getLogger("covidxr.grid")
 
 #: The grid's options, written when the grid starts.
 GRID_FILE = "grid.json"
@@ -75,7 +64,6 @@ RUN_ARTIFACTS = ("config.json", "model.keras", "predictions.csv", "metrics.json"
 VARIED_OPTIONS = ("backbone", "strategy", "fold", "folds")
 #: Options that change neither the data nor the model: may differ when a grid is resumed.
 IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check")
-
 
 def _split_names(value, *, name, valid) -> list[str]:
     if isinstance(value, str):
@@ -96,9 +84,17 @@ def combinations(backbones, strategies, folds) -> list[dict]:
     return [{"backbone": b, "strategy": s, "fold": f} for b in backbones for s in strategies for f in range(folds)]
 
 
+def _comparable(options: dict) -> dict:
+    """Options as the grid compares them: ``views`` in one canonical form, so that "frontal" and
+    the explicit list of frontal views (the notebook's and the command line's defaults) agree."""
+    if options.get("views") is None:
+        return dict(options)
+    return {**options, "views": views_key(options["views"])}
+
+
 def _training_options(config: TrainConfig) -> dict:
     """The options that define a run's data and model, minus those the grid varies."""
-    return {k: v for k, v in config.to_dict().items() if k not in (*VARIED_OPTIONS, *IGNORED_OPTIONS)}
+    return _comparable({k: v for k, v in config.to_dict().items() if k not in (*VARIED_OPTIONS, *IGNORED_OPTIONS)})
 
 
 def _grid_record(config, backbones, strategies, folds) -> dict:
@@ -111,26 +107,11 @@ def _differences(old: dict, new: dict) -> list[str]:
     for key in ("backbones", "strategies", "folds"):
         if old.get(key) != new[key]:
             diffs.append(f"{key}: {old.get(key)!r} -> {new[key]!r}")
-    old_opts, new_opts = old.get("options", {}), new["options"]
+    old_opts, new_opts = _comparable(old.get("options", {})), new["options"]
     for key in sorted(set(old_opts) | set(new_opts)):
         if old_opts.get(key, "<unset>") != new_opts.get(key, "<unset>"):
             diffs.append(f"{key}: {old_opts.get(key, '<unset>')!r} -> {new_opts.get(key, '<unset>')!r}")
     return diffs
-
-
-def _load_frame(config: TrainConfig) -> pd.DataFrame:
-    """The dataset as :func:`covidxr.train.train` reads it (to check fold counts up front)."""
-    from .data import load_dataset
-
-    def none_if_blank(value):
-        return None if value is None or str(value).lower() in ("", "all", "none") else value
-
-    return load_dataset(
-        config.data_dir, task=config.task, layout=config.layout, modality=none_if_blank(config.modality),
-        views=config.views, image_col=config.image_col, label_col=config.label_col,
-        patient_col=none_if_blank(config.patient_col),
-    )
-
 
 def _check_folds(frame: pd.DataFrame, folds: int, task: str) -> None:
     patients = frame.groupby("label")["patient"].nunique()
@@ -150,8 +131,8 @@ def _matches(run_config: dict, expected: TrainConfig) -> bool:
         found = TrainConfig.from_dict(run_config)
     except TypeError:
         return False
-    want = expected.to_dict()
-    have = found.to_dict()
+    want = _comparable(expected.to_dict())
+    have = _comparable(found.to_dict())
     return all(have[k] == want[k] for k in want if k not in IGNORED_OPTIONS)
 
 
@@ -180,128 +161,6 @@ def find_runs(runs_dir, config: TrainConfig, *, finished=True) -> list[Path]:
     return found
 
 
-# --------------------------------------------------------------------------- pooled metrics
-
-def _figures(y, probs, thresholds, classes) -> dict:
-    """Point figures of pooled predictions: decisions at each row's threshold, threshold-free
-    figures on the pooled probabilities."""
-    if len(classes) != 2:
-        return M.multiclass_metrics(y, probs, classes=classes)
-    decided = (probs[:, 1] >= thresholds).astype(float)
-    figs = M.binary_metrics(y, decided, threshold=0.5)
-    free = M.binary_metrics(y, probs[:, 1], threshold=0.5)
-    for name in ("roc_auc", "pr_auc", "brier"):
-        figs[name] = free[name]
-    return figs
-
-
-def _bootstrap(y, probs, thresholds, groups, *, classes, n_bootstrap, seed, level) -> dict:
-    """As :func:`covidxr.metrics.bootstrap_metrics` (patients resampled with replacement), with
-    one decision threshold per row."""
-    return M.patient_bootstrap(lambda idx: _figures(y[idx], probs[idx], thresholds[idx], classes), groups,
-                               n_bootstrap=n_bootstrap, seed=seed, level=level)
-
-
-def pooled_metrics(predictions: pd.DataFrame, *, classes, n_bootstrap=1000, seed=0, level=0.95) -> dict:
-    """Score the pooled test predictions of several folds, each row at its fold's threshold.
-
-    Args:
-        predictions: Test rows of all folds, shape (n, ...): ``patient``, ``label``,
-            ``prob_<class>`` per class and ``threshold`` (the row's fold's validation
-            threshold; ignored for three classes). Each patient must be in one fold only.
-        classes: Class names in model output order (two classes: positive = ``classes[1]``).
-        n_bootstrap, seed, level: Patient bootstrap settings.
-
-    Returns:
-        ``{"image": block, "patient": block, "n_images", "n_patients"}``; each block as
-        :func:`covidxr.metrics.bootstrap_metrics` returns it. Per patient: the mean
-        probability over the patient's images, at the patient's fold's threshold.
-    """
-    classes = [str(c) for c in classes]
-    if predictions.empty:
-        raise ValueError("Expected pooled test predictions to score. Received: n_images=0")
-    frame = predictions.assign(patient=predictions["patient"].astype(str), label=predictions["label"].astype(str))
-    if len(classes) == 2:
-        if "threshold" not in frame.columns or not np.isfinite(frame["threshold"].to_numpy(float)).all():
-            raise ValueError("Expected a finite 'threshold' column (each fold's validation threshold). "
-                             f"Received: columns={list(frame.columns)}")
-        per_patient_thr = frame.groupby("patient")["threshold"].nunique()
-        if (per_patient_thr > 1).any():
-            raise ValueError("Expected each patient in one fold's test part only (patient-grouped folds). "
-                             f"Received: patients={list(per_patient_thr[per_patient_thr > 1].index[:5])}")
-    else:
-        frame = frame.assign(threshold=np.nan)
-    cols = M.prob_columns(classes)
-    per_patient = frame.groupby(["patient", "label"], sort=True).agg(
-        {**{c: "mean" for c in cols}, "threshold": "first"}).reset_index()
-    out = {"n_images": int(len(frame)), "n_patients": int(frame["patient"].nunique())}
-    for level_name, table in (("image", frame), ("patient", per_patient)):
-        y, probs = M.class_probabilities(table, classes)
-        out[level_name] = _bootstrap(y, probs, table["threshold"].to_numpy(float), table["patient"].to_numpy(),
-                                     classes=classes, n_bootstrap=n_bootstrap, seed=seed, level=level)
-    return out
-
-
-# --------------------------------------------------------------------------- comparison
-
-def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold_method="youden",
-                    target_sensitivity=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The pooled (per backbone × strategy) and per-run tables of a grid's runs.
-
-    Args:
-        run_dirs: Finished run folders (k-fold runs: ``config.json`` has ``folds``/``fold``).
-        n_bootstrap, seed, level: Patient bootstrap settings.
-        threshold_method, target_sensitivity: How each run's threshold is chosen on its own
-            validation part (:func:`covidxr.evaluate.validation_threshold`).
-
-    Returns:
-        ``(pooled, per_run)``. ``pooled`` has one row per backbone × strategy × level with
-        ``run`` (``"<backbone> / <strategy>"``), ``task, backbone, strategy, fold`` (``"k
-        pooled"``), ``weights, data, level, n_images, n_patients, threshold`` (NaN: one per
-        fold, listed in ``thresholds``), ``folds``, ``thresholds``, ``runs`` and for every
-        metric ``<m>, <m>_ci_low, <m>_ci_high``. ``per_run`` is
-        :func:`covidxr.evaluate.compare_runs` over the same folders.
-    """
-    from .evaluate import compare_runs, read_run, validation_threshold
-
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise ValueError("Expected at least one finished run folder. Received: run_dirs=[]")
-    groups: dict[tuple, list] = {}
-    for run in run_dirs:
-        config, preds = read_run(run)
-        classes = [str(c) for c in config["classes"]]
-        info = validation_threshold(preds, classes=classes, method=threshold_method,
-                                    target_sensitivity=target_sensitivity)
-        test = preds[preds["part"].astype(str) == "test"].copy()
-        test["threshold"] = np.nan if info is None else float(info["threshold"])
-        test["fold"] = config.get("fold")
-        key = (config.get("backbone"), config.get("strategy"))
-        groups.setdefault(key, []).append((run, config, classes, test, info))
-    rows = []
-    for (backbone, strategy), members in groups.items():
-        members.sort(key=lambda m: (m[1].get("fold") or 0, m[0].name))
-        config, classes = members[0][1], members[0][2]
-        pooled = pd.concat([m[3] for m in members], ignore_index=True)
-        result = pooled_metrics(pooled, classes=classes, n_bootstrap=n_bootstrap, seed=seed, level=level)
-        thresholds = [None if m[4] is None else round(float(m[4]["threshold"]), 4) for m in members]
-        for level_name in ("image", "patient"):
-            row = {"run": f"{backbone} / {strategy}", "task": config.get("task"), "backbone": backbone,
-                   "strategy": strategy, "fold": f"{len(members)} pooled", "weights": config.get("weights"),
-                   "data": "test (folds pooled)", "level": level_name, "n_images": result["n_images"],
-                   "n_patients": result["n_patients"], "threshold": np.nan, "folds": len(members),
-                   "thresholds": ", ".join("argmax" if t is None else f"{t:.4f}" for t in thresholds),
-                   "runs": ", ".join(m[0].name for m in members)}
-            for metric, fig in result[level_name]["metrics"].items():
-                row[metric] = fig["value"]
-                row[f"{metric}_ci_low"] = fig["ci_low"]
-                row[f"{metric}_ci_high"] = fig["ci_high"]
-            rows.append(row)
-    per_run = compare_runs(run_dirs, n_bootstrap=n_bootstrap, seed=seed, level=level,
-                           threshold_method=threshold_method, target_sensitivity=target_sensitivity)
-    return pd.DataFrame(rows), per_run
-
-
 def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, *, record=None) -> list[Path]:
     """Write (replacing earlier versions) ``comparison.csv``, ``comparison.md``,
     ``comparison.png`` and ``runs.csv`` into ``out_dir``.
@@ -314,47 +173,18 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
     Returns:
         The four paths.
     """
-    from .evaluate import comparison_markdown
-    from .plots import plot_comparison, save_figure
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, png_path, runs_path = (out / "comparison.csv", out / "comparison.md",
                                               out / "comparison.png", out / "runs.csv")
     write_text(csv_path, pooled.to_csv(index=False))
     write_text(runs_path, per_run.to_csv(index=False))
-    record = record or {}
-    opts = record.get("options", {})
-    comp = record.get("comparison", {})
-    settings = ", ".join(f"{k}={opts[k]}" for k in ("task", "weights", "image_size", "epochs", "fine_tune_epochs",
-                                                     "batch_size", "seed") if k in opts)
-    lines = [
-        "# Grid comparison", "", f"*{RESEARCH_ONLY}*", "",
-        f"- Backbones: {', '.join(record.get('backbones', sorted(set(pooled['backbone']))))}; strategies: "
-        f"{', '.join(record.get('strategies', sorted(set(pooled['strategy']))))}; "
-        f"{record.get('folds', '?')} patient-grouped folds.",
-        f"- Settings: {settings}." if settings else "- Settings: see grid.json.",
-        "- Folds pooled: the test predictions of all folds of one backbone × strategy are scored together; "
-        "each image is decided at the threshold its own fold chose on its validation part "
-        f"({comp.get('threshold_method', 'youden')}); ROC AUC, PR AUC and Brier use the pooled probabilities.",
-        f"- Intervals: {comp.get('level', 0.95):.0%} percentile bootstrap over patients "
-        f"({comp.get('n_bootstrap', '?')} resamples, seed {comp.get('seed', '?')}); per patient: mean "
-        "probability over the patient's images.",
-        "", "## Folds pooled (per backbone × strategy)", "", comparison_markdown(pooled), "",
-        "Thresholds per fold:", "",
-    ]
-    for _, row in pooled[pooled["level"] == "image"].iterrows():
-        lines.append(f"- {row['run']}: {row['thresholds']}")
-    lines += ["", "## Per run (each fold's own test part)", "", comparison_markdown(per_run), "",
-              "![comparison](comparison.png)", ""]
-    write_text(md_path, "\n".join(lines))
+    write_text(md_path, grid_markdown(pooled, per_run, record=record))
     fig = plot_comparison(pooled)
     fig.suptitle("Grid, folds pooled (95% CI; red = per image, blue = per patient)", fontsize=10)
     save_figure(fig, png_path)
     return [csv_path, md_path, png_path, runs_path]
 
-
-# --------------------------------------------------------------------------- the grid
 
 def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "vgg19"),
              strategies=("none", "class-weight", "oversample", "undersample"), folds=5, n_bootstrap=1000,
@@ -389,9 +219,47 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
             with other options (the message names them).
         FileNotFoundError: Missing dataset or weights file.
     """
-    from .models import BACKBONES
-    from .sampling import STRATEGIES
+    base, configs = _grid_configs(base_config, out=out, backbones=backbones, strategies=strategies, folds=folds,
+                                  n_bootstrap=n_bootstrap)
+    out = Path(out).expanduser()
+    runs_dir = out / "runs"
+    record = _open_record(out / GRID_FILE, _grid_record(base, _names(configs, "backbone"),
+                                                        _names(configs, "strategy"), int(folds)), out=out)
+    frame = load_frame(base)
+    _check_folds(frame, int(folds), base.task)
+    del frame
 
+    record["covidxr_version"] = __version__
+    record["comparison"] = {"n_bootstrap": int(n_bootstrap), "seed": int(base.seed), "level": 0.95,
+                            "threshold_method": threshold_method, "target_sensitivity": target_sensitivity}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / GRID_FILE, record)
+
+    finished = []
+    for k, config in enumerate(configs, start=1):
+        label = f"[{k}/{len(configs)}] {config.backbone} / {config.strategy} / fold {config.fold}"
+        finished.append(_run_combination(config, runs_dir=runs_dir, record=record, grid_file=out / GRID_FILE,
+                                         label=label, progress=progress, clear_session=clear_session))
+
+    record["runs"] = [p.name for p in finished]
+    pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
+                                      threshold_method=threshold_method, target_sensitivity=target_sensitivity)
+    write_grid_comparison(pooled, per_run, out, record=record)
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(out / GRID_FILE, record)
+    if progress:
+        print(f"wrote {out / 'comparison.md'}", flush=True)
+    return out
+
+
+def _names(configs, field) -> list[str]:
+    """The backbones (or strategies) of the grid's combinations, in order, each once."""
+    return list(dict.fromkeys(getattr(c, field) for c in configs))
+
+
+def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap):
+    """Check the grid's options and every combination's; return the base and one
+    :class:`~covidxr.config.TrainConfig` per combination (backbone outermost, fold innermost)."""
     if isinstance(base_config, dict):
         base_config = TrainConfig.from_dict(base_config)
     if not isinstance(base_config, TrainConfig):
@@ -405,79 +273,59 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
                          f"Received: split_file={base_config.split_file!r}")
     if int(n_bootstrap) < 0:
         raise ValueError(f"Expected n_bootstrap >= 0. Received: n_bootstrap={n_bootstrap!r}")
-    out = Path(out).expanduser()
-    runs_dir = out / "runs"
+    runs_dir = Path(out).expanduser() / "runs"
     base = dataclasses.replace(base_config, runs_dir=str(runs_dir), run_name=None, folds=int(folds), fold=0,
                                backbone=backbones[0], strategy=strategies[0])
     configs = [dataclasses.replace(base, **combo) for combo in combinations(backbones, strategies, int(folds))]
-    from .train import check_config
-
     for config in configs:  # every option checked before anything is trained
         check_config(config)
+    return base, configs
 
-    record = _grid_record(base, backbones, strategies, int(folds))
-    grid_file = out / GRID_FILE
-    if grid_file.is_file():
-        try:
-            old = json.loads(grid_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Expected a readable {GRID_FILE} in the grid folder ({err}). "
-                             f"Received: out={str(out)!r}") from err
-        diffs = _differences(old, record)
-        if diffs:
-            raise ValueError(
-                f"The grid folder holds a grid with other options; resume it with the same options or "
-                f"choose a new --out. Differences (stored -> given): {'; '.join(diffs)}. Received: out={str(out)!r}"
-            )
-        record["created"] = old.get("created")
-        record["timings"] = old.get("timings") or []
-    else:
+
+def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:
+    """The grid's record: ``record`` for a new grid; for a grid started before, ``record`` with the
+    stored creation time and timings, after checking that its options are the stored ones."""
+    if not grid_file.is_file():
         record["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    frame = _load_frame(base)
-    _check_folds(frame, int(folds), base.task)
-    del frame
+        return record
+    try:
+        old = json.loads(grid_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Expected a readable {GRID_FILE} in the grid folder ({err}). "
+                         f"Received: out={str(out)!r}") from err
+    diffs = _differences(old, record)
+    if diffs:
+        raise ValueError(
+            f"The grid folder holds a grid with other options; resume it with the same options or "
+            f"choose a new --out. Differences (stored -> given): {'; '.join(diffs)}. Received: out={str(out)!r}"
+        )
+    record["created"] = old.get("created")
+    record["timings"] = old.get("timings") or []
+    return record
 
-    record["covidxr_version"] = __version__
-    record["comparison"] = {"n_bootstrap": int(n_bootstrap), "seed": int(base.seed), "level": 0.95,
-                            "threshold_method": threshold_method, "target_sensitivity": target_sensitivity}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(grid_file, record)
 
-    finished = []
-    total = len(configs)
-    for k, config in enumerate(configs, start=1):
-        label = f"[{k}/{total}] {config.backbone} / {config.strategy} / fold {config.fold}"
-        done = find_runs(runs_dir, config)
-        if done:
-            finished.append(done[0])
-            if progress:
-                print(f"{label}: done before, kept {done[0].name}", flush=True)
-            continue
-        start = time.perf_counter()
-        interrupted = find_runs(runs_dir, config, finished=False)
-        if interrupted:
-            if progress:
-                print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
-            run = resume(interrupted[-1])
-        else:
-            run = train(config)
-        seconds = time.perf_counter() - start
-        record.setdefault("timings", []).append({"backbone": config.backbone, "strategy": config.strategy,
-                                                 "fold": config.fold, "run": Path(run).name,
-                                                 "seconds": round(seconds, 1)})
-        write_json(grid_file, record)
-        finished.append(Path(run))
+def _run_combination(config, *, runs_dir, record, grid_file, label, progress, clear_session) -> Path:
+    """One combination: keep its finished run, continue its interrupted one, or train it."""
+    done = find_runs(runs_dir, config)
+    if done:
         if progress:
-            print(f"{label}: trained in {seconds:.1f} s -> {run.name}", flush=True)
-        if clear_session:
-            keras.backend.clear_session()
-
-    record["runs"] = [p.name for p in finished]
-    pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
-                                      threshold_method=threshold_method, target_sensitivity=target_sensitivity)
-    write_grid_comparison(pooled, per_run, out, record=record)
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            print(f"{label}: done before, kept {done[0].name}", flush=True)
+        return done[0]
+    start = time.perf_counter()
+    interrupted = find_runs(runs_dir, config, finished=False)
+    if interrupted:
+        if progress:
+            print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
+        run = resume(interrupted[-1])
+    else:
+        run = train(config)
+    seconds = time.perf_counter() - start
+    record.setdefault("timings", []).append({"backbone": config.backbone, "strategy": config.strategy,
+                                             "fold": config.fold, "run": Path(run).name,
+                                             "seconds": round(seconds, 1)})
     write_json(grid_file, record)
     if progress:
-        print(f"wrote {out / 'comparison.md'}", flush=True)
-    return out
+        print(f"{label}: trained in {seconds:.1f} s -> {run.name}", flush=True)
+    if clear_session:
+        keras.backend.clear_session()
+    return Path(run)

@@ -1,4 +1,5 @@
 """Transfer-learning models: a registry of ``keras.applications`` backbones and one builder.
+Must not read data or train: it builds models and gives views of them (features, head, Grad-CAM).
 
 Every model :func:`build_model` returns has the same shape::
 
@@ -45,6 +46,7 @@ __all__ = [
     "backbone_layer",
     "build_augmentation",
     "build_model",
+    "backbone_name",
     "feature_model",
     "get_backbone",
     "gradcam_model",
@@ -338,7 +340,8 @@ def backbone_layer(model) -> keras.Model:
         ) from err
 
 
-def _backbone_name(model) -> str:
+def backbone_name(model) -> str:
+    """The registry name of the backbone inside a :func:`build_model` model."""
     return model.get_layer(LAYER_NAMES["preprocess"]).backbone
 
 
@@ -376,16 +379,16 @@ def gradcam_model(model, *, layer=None) -> keras.Model:
     shared with ``model``.
 
     Args:
-        model: A model from :func:`build_model` (or :func:`covidxr.train.load_run`).
+        model: A model from :func:`build_model` (or :func:`covidxr.inference.load_run`).
         layer: Name of a layer inside the backbone whose output is returned.
     """
     base = backbone_layer(model)
-    layer = layer or get_backbone(_backbone_name(model)).last_conv_layer
+    layer = layer or get_backbone(backbone_name(model)).last_conv_layer
     try:
         target = base.get_layer(layer)
     except ValueError as err:
         raise ValueError(
-            f"Expected a layer of backbone {_backbone_name(model)!r}. Received: layer={layer!r}"
+            f"Expected a layer of backbone {backbone_name(model)!r}. Received: layer={layer!r}"
         ) from err
     split = keras.Model(base.inputs, [target.output, base.outputs[0]], name="backbone_split")
     shape = model.inputs[0].shape[1:]
@@ -417,7 +420,7 @@ def resolve_fine_tune_from(model, fine_tune_from="auto") -> int:
     names = [l.name for l in base.layers]
     value = fine_tune_from
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        value = get_backbone(_backbone_name(model)).fine_tune_from or "all"
+        value = get_backbone(backbone_name(model)).fine_tune_from or "all"
     if isinstance(value, str) and value.strip().lower() == "all":
         return 0
     number = None
@@ -436,7 +439,7 @@ def resolve_fine_tune_from(model, fine_tune_from="auto") -> int:
         return names.index(value)
     close = [n for n in names if str(value).lower() in n.lower()][:5]
     raise ValueError(
-        f"Expected a layer name of backbone {_backbone_name(model)!r}"
+        f"Expected a layer name of backbone {backbone_name(model)!r}"
         f"{' (similar: ' + ', '.join(close) + ')' if close else ''}, -N, 'auto' or 'all'. "
         f"Received: fine_tune_from={fine_tune_from!r}"
     )

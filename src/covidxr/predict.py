@@ -1,5 +1,7 @@
-"""Score image files with a trained run: probability per class, the decision at the run's
-validation-chosen threshold, and optional Grad-CAM overlays.
+"""``covidxr predict``: score image files with a trained run: probability per class, the decision
+at the run's validation-chosen threshold, and optional Grad-CAM overlays.
+Must not preprocess or decide by rules of its own: it uses the run's preprocessing
+(:func:`covidxr.inference.prepare_image`) and the one decision rule (:func:`covidxr.evaluation.metrics.decide`).
 
 Research software, not a diagnostic device: a probability here is a model output on one
 image, not a diagnosis.
@@ -12,25 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-__all__ = ["predict_files", "preprocessing_settings"]
+from .atomic import atomic_path
+from .evaluation import metrics as M
+from .evaluation import read_run, validation_threshold
+from .figures import overlay
+from .gradcam import gradcam
+from .inference import load_run, predict_images, prepare_image, preprocessing_settings
 
-
-def preprocessing_settings(config: dict) -> dict:
-    """The preprocessing a run was trained with: ``image_size``, ``resize``, ``contrast``.
-
-    Args:
-        config: A run's ``config.json`` as a dict.
-    """
-    prep = config.get("preprocessing") or {}
-    size = prep.get("image_size", config.get("image_size"))
-    if size is None:
-        raise ValueError(f"Expected config.json to record the image size. Received: keys={sorted(config)}")
-    return {
-        "image_size": int(size),
-        "resize": prep.get("resize", config.get("resize", "pad")),
-        "contrast": prep.get("contrast", "clahe" if config.get("clahe") else None),
-    }
+__all__ = ["predict_files"]
 
 
 def _unique(path: Path) -> Path:
@@ -51,7 +44,7 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         paths: Image files.
         gradcam_dir: If given, write one Grad-CAM overlay PNG per readable image there.
         threshold_method, target_sensitivity: How the threshold is chosen on the run's
-            validation predictions (see :func:`covidxr.metrics.choose_threshold`).
+            validation predictions (see :func:`covidxr.evaluation.choose_threshold`).
         batch_size: Images per forward pass.
 
     Returns:
@@ -59,10 +52,6 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         ``threshold`` (two classes; NaN for arg-max decisions), ``gradcam`` (overlay path or
         empty) and ``error`` (empty, or why the file could not be scored).
     """
-    from .evaluate import read_run, validation_threshold
-    from .images import load_image, preprocess
-    from .train import load_run, predict_images
-
     run_dir = Path(run_dir)
     config, predictions = read_run(run_dir, need_model=True)
     model, config = load_run(run_dir, config=config)
@@ -78,14 +67,13 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                grey = load_image(path, strict=True)
-            images.append(preprocess(grey, **settings))
+                images.append(prepare_image(path, settings))
             good.append(len(rows))
         except Exception as err:  # any unreadable file is reported, the others are scored
             row["error"] = f"{type(err).__name__}: {err}"
         rows.append(row)
 
-    columns = [f"prob_{c}" for c in classes]
+    columns = M.prob_columns(classes)
     table = pd.DataFrame(rows)
     for column in columns:
         table[column] = np.nan
@@ -96,21 +84,12 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         batch = np.stack(images)[..., None]
         probs = predict_images(model, batch, batch_size=batch_size)
         table.loc[good, columns] = probs
-        if len(classes) == 2:
-            decisions = np.where(probs[:, 1] >= threshold, classes[1], classes[0])
-        else:
-            decisions = np.asarray(classes)[probs.argmax(axis=1)]
-        table.loc[good, "decision"] = decisions
+        decided = M.decide(probs, threshold=threshold if len(classes) == 2 else None)
+        table.loc[good, "decision"] = np.asarray(classes)[decided]
         if gradcam_dir is not None:
-            from PIL import Image
-
-            from .atomic import atomic_path
-            from .gradcam import gradcam, overlay
-
             out = Path(gradcam_dir)
             out.mkdir(parents=True, exist_ok=True)
-            decided = np.array([classes.index(d) for d in decisions])  # explain the decision made
-            maps, _ = gradcam(model, batch, class_index=decided, batch_size=batch_size)
+            maps, _ = gradcam(model, batch, class_index=decided, batch_size=batch_size)  # the decision made
             for k, i in enumerate(good):
                 target = _unique(out / f"{Path(table.at[i, 'file']).stem}_gradcam.png")
                 with atomic_path(target) as tmp:

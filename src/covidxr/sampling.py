@@ -1,11 +1,12 @@
 """Training batches from the image cache, with class-imbalance strategies.
+Must not touch validation or test data: only the training part is ever resampled or weighted.
 
 :class:`BatchSequence` is a backend-neutral ``keras.utils.PyDataset`` serving ``uint8``
 batches (the model turns them into floats). Strategies, chosen by name (:data:`STRATEGIES`):
 
 * ``none``: every image once per epoch;
-* ``class-weight``: every image once per epoch; the trainer passes :func:`class_weights` to
-  ``fit(class_weight=...)``;
+* ``class-weight``: every image once per epoch; the trainer turns :func:`class_weights` into
+  per-image sample weights of the training batches (:class:`covidxr.runtime.ReplicaBatches`);
 * ``oversample``: each epoch, every class is filled up to the majority count by drawing its
   images with replacement (each image at least once);
 * ``undersample``: each epoch, every class is drawn down to the minority count without
@@ -30,7 +31,6 @@ __all__ = [
     "check_strategy",
     "class_weights",
     "epoch_class_counts",
-    "plot_epoch_balance",
     "resample_indices",
 ]
 
@@ -60,7 +60,7 @@ def _check_labels(labels, num_classes) -> np.ndarray:
 
 
 def class_weights(labels, *, num_classes) -> dict[int, float]:
-    """Class weights inverse to class frequency, for ``fit(class_weight=...)``.
+    """Class weights inverse to class frequency (applied as sample weights of the training batches).
 
     ``n_samples / (n_present_classes * count[c])`` (scikit-learn's ``"balanced"``); a class
     with no sample gets 1.0.
@@ -222,25 +222,3 @@ def epoch_class_counts(labels, *, num_classes, classes=None, strategies=STRATEGI
                 rows.append({"strategy": strategy, "epoch": epoch, "class": names[c],
                              "images": len(mine), "unique": len(np.unique(mine))})
     return pd.DataFrame(rows)
-
-
-def plot_epoch_balance(counts: pd.DataFrame, *, epoch=0):
-    """Bar plot of images per class in one epoch under each strategy.
-
-    Args:
-        counts: :func:`epoch_class_counts` output.
-        epoch: Which epoch to show.
-
-    Returns:
-        The matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-
-    table = counts[counts["epoch"] == epoch].pivot(index="strategy", columns="class", values="images")
-    table = table.loc[[s for s in STRATEGIES if s in table.index]]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    table.plot.bar(ax=ax, rot=0)
-    ax.set_ylabel(f"images in epoch {epoch}")
-    ax.set_title("Class balance per epoch under each strategy")
-    fig.tight_layout()
-    return fig

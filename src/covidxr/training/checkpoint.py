@@ -1,4 +1,5 @@
-"""Nothing half-written, nothing lost: atomic writes and the per-epoch state of a run.
+"""The per-epoch training state of a run (``RUN/checkpoint/``): commit it, restore it on resume.
+Must not decide what a run trains or write anything outside ``RUN/checkpoint/``.
 
 Every file of a run folder is written under a temporary name in the same folder and then
 renamed into place (:func:`covidxr.atomic.atomic_path`), so a reader (or a run killed with SIGKILL at any
@@ -33,7 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .atomic import fault_point, load_arrays, save_arrays, write_json
+from ..atomic import fault_point, load_arrays, save_arrays, write_json
 
 __all__ = [
     "CHECKPOINT_DIR",

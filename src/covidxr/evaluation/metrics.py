@@ -1,4 +1,5 @@
-"""Classification metrics with patient-level bootstrap confidence intervals.
+"""Classification metrics of two- and three-class models, the decision rule and the threshold.
+Must not read or write files, nor choose a threshold on the data it scores: arrays in, figures out.
 
 Everything here works on plain arrays or on a predictions frame with the columns a run folder's
 ``predictions.csv`` has: ``image, patient, label, part, prob_<class>`` (one ``prob_`` column
@@ -15,38 +16,31 @@ Decisions:
 
 Figures are computed at the data's own prevalence (the test set is never re-balanced).
 Per-patient figures use one probability per patient: the mean over that patient's images
-(a patient whose images carry different labels counts once per label).
-
-Confidence intervals come from a bootstrap **over patients**: each resample draws patients with
-replacement and takes all of their images, so that images of one patient stay together. A
-resample in which a metric is undefined (for example no positive patient, so no sensitivity)
-is skipped for that metric only; ``n_used`` records how many resamples each interval rests on.
+(a patient whose images carry different labels counts once per label). Intervals:
+:mod:`covidxr.evaluation.bootstrap`.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
 __all__ = [
-    "patient_bootstrap",
     "BINARY_METRICS",
     "MULTICLASS_METRICS",
     "PER_CLASS_METRICS",
     "THRESHOLD_METHODS",
     "binary_metrics",
-    "bootstrap_metrics",
     "choose_threshold",
     "class_probabilities",
     "classes_from_frame",
     "compute_metrics",
     "decide",
-    "metrics_table",
     "multiclass_metrics",
+    "part_metrics",
     "patient_frame",
+    "positive",
     "prob_columns",
 ]
 
@@ -130,16 +124,31 @@ def patient_frame(frame: pd.DataFrame, classes) -> pd.DataFrame:
     return out
 
 
+def positive(scores, threshold) -> np.ndarray:
+    """The one decision rule of a two-class model: called positive when ``score >= threshold``.
+
+    Args:
+        scores: Probabilities of the positive class, shape (n,).
+        threshold: One threshold, or one per row (shape (n,): pooled folds, each row at its
+            own fold's threshold).
+
+    Returns:
+        bool (n,).
+    """
+    return np.asarray(scores, dtype=float) >= np.asarray(threshold, dtype=float)
+
+
 def decide(probs: np.ndarray, *, threshold=None) -> np.ndarray:
     """Predicted class indices of shape (n,) from probabilities of shape (n, C).
 
-    Two classes with a ``threshold``: ``probs[:, 1] >= threshold``. Otherwise: arg-max.
+    Two classes with a ``threshold`` (one, or one per row): :func:`positive` on
+    ``probs[:, 1]``. Otherwise: arg-max.
     """
     probs = np.asarray(probs, dtype=float)
     if probs.ndim != 2:
         raise ValueError(f"Expected probabilities of shape (n, C). Received: probs.shape={probs.shape}")
     if probs.shape[1] == 2 and threshold is not None:
-        return (probs[:, 1] >= float(threshold)).astype(int)
+        return positive(probs[:, 1], threshold).astype(int)
     return probs.argmax(axis=1)
 
 
@@ -191,7 +200,8 @@ def binary_metrics(y_true, y_score, *, threshold=0.5) -> dict:
     Args:
         y_true: 0/1 labels of shape (n,) (1 = positive class).
         y_score: Probabilities of the positive class, shape (n,).
-        threshold: Called positive when ``y_score >= threshold``.
+        threshold: Called positive when ``y_score >= threshold`` (:func:`positive`); one
+            threshold, or one per row.
 
     Returns:
         A dict with :data:`BINARY_METRICS` (floats, NaN where undefined: e.g. sensitivity
@@ -200,7 +210,7 @@ def binary_metrics(y_true, y_score, *, threshold=0.5) -> dict:
     """
     y_true = np.asarray(y_true, dtype=int)
     y_score = np.asarray(y_score, dtype=float)
-    y_pred = (y_score >= float(threshold)).astype(int)
+    y_pred = positive(y_score, threshold).astype(int)
     cm = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
     tn, fp, fn, tp = (int(v) for v in cm.ravel())
     out = _confusion_figures(tp, fp, fn, tn)
@@ -296,6 +306,36 @@ def compute_metrics(y_true, probs, *, classes, threshold=None) -> dict:
     return multiclass_metrics(y_true, probs, classes=classes)
 
 
+def part_metrics(labels, probs) -> dict:
+    """Threshold-free figures of one part of a run: ROC AUC, PR AUC (average precision), log loss.
+
+    Args:
+        labels: int class indices (n,).
+        probs: probabilities (n, C).
+
+    Returns:
+        ``{"images", "roc_auc", "pr_auc", "loss"}``; an AUC is None when the part lacks a class.
+        Three classes: one-vs-rest macro averages (:func:`multiclass_metrics`' ``[macro]``).
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    num_classes = probs.shape[1]
+    out = {"images": int(len(labels)), "roc_auc": None, "pr_auc": None, "loss": None}
+    if len(labels) == 0:
+        return out
+    clipped = np.clip(probs, 1e-7, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    out["loss"] = float(skm.log_loss(labels, clipped, labels=list(range(num_classes))))
+    if len(np.unique(labels)) < 2:
+        return out
+    figs = compute_metrics(labels, probs, classes=[str(i) for i in range(num_classes)])
+    suffix = "" if num_classes == 2 else "[macro]"
+    for name in ("roc_auc", "pr_auc"):
+        value = figs[name + suffix]
+        out[name] = None if np.isnan(value) else float(value)
+    return out
+
+
 # --------------------------------------------------------------------------- threshold
 
 def choose_threshold(y_true, y_score, *, method="youden", target_sensitivity=None, threshold=None) -> dict:
@@ -362,118 +402,3 @@ def choose_threshold(y_true, y_score, *, method="youden", target_sensitivity=Non
         "specificity": figs["specificity"],
         "n_images": int(len(y_true)),
     }
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-def _flat(figures: dict) -> dict:
-    return {k: v for k, v in figures.items() if k != "confusion_matrix"}
-
-
-def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_bootstrap=1000, seed=0,
-                      level=0.95) -> dict:
-    """Point figures and percentile bootstrap intervals, resampling **groups** (patients).
-
-    Each of ``n_bootstrap`` resamples draws as many patients as there are, with replacement,
-    and keeps all of each drawn patient's rows (a patient drawn twice counts twice). A
-    resample where a metric is undefined (NaN, e.g. no positive patient drawn) is skipped
-    for that metric; ``n_used`` says how many resamples its interval rests on.
-
-    Args:
-        y_true: Class indices of shape (n,).
-        probs: Probabilities of shape (n, C).
-        groups: Patient id per row, shape (n,).
-        classes: C class names.
-        threshold: Two-class decision threshold (see :func:`compute_metrics`).
-        n_bootstrap: Number of resamples (>= 0; 0 gives no intervals).
-        seed: Seed of the resampling (same seed, same intervals).
-        level: Coverage of the intervals, in (0, 1).
-
-    Returns:
-        ``{"metrics": {name: {"value", "ci_low", "ci_high", "n_used"}}, "confusion_matrix":
-        [[...]], "n_bootstrap", "seed", "level", "n_rows", "n_groups"}``.
-    """
-    if int(n_bootstrap) < 0:
-        raise ValueError(f"Expected n_bootstrap >= 0. Received: n_bootstrap={n_bootstrap!r}")
-    if not 0 < float(level) < 1:
-        raise ValueError(f"Expected level in (0, 1). Received: level={level!r}")
-    y_true = np.asarray(y_true, dtype=int)
-    probs = np.asarray(probs, dtype=float)
-    groups = np.asarray(groups).astype(str)
-    if not (len(y_true) == len(probs) == len(groups)):
-        raise ValueError(
-            "Expected y_true, probs and groups of one length. "
-            f"Received: lengths={(len(y_true), len(probs), len(groups))}"
-        )
-    return patient_bootstrap(
-        lambda idx: compute_metrics(y_true[idx], probs[idx], classes=classes, threshold=threshold),
-        groups, n_bootstrap=n_bootstrap, seed=seed, level=level,
-    )
-
-
-def patient_bootstrap(score, groups, *, n_bootstrap=1000, seed=0, level=0.95) -> dict:
-    """Percentile bootstrap over groups (patients) of any set of figures.
-
-    Args:
-        score: ``row indices (m,) -> dict`` of float figures (plus an optional
-            ``"confusion_matrix"``, reported for the point estimate only).
-        groups: Patient id per row, shape (n,).
-        n_bootstrap, seed, level: As in :func:`bootstrap_metrics`.
-
-    Returns:
-        As :func:`bootstrap_metrics`.
-    """
-    groups = np.asarray(groups).astype(str)
-    point = score(np.arange(len(groups)))
-    names = list(_flat(point))
-    codes, uniques = pd.factorize(groups, sort=True)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-    members = [order[starts[g]:starts[g + 1]] for g in range(len(uniques))]
-    rng = np.random.default_rng(seed)
-    samples = {name: [] for name in names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(int(n_bootstrap)):
-            drawn = rng.integers(0, len(uniques), size=len(uniques))
-            idx = np.concatenate([members[g] for g in drawn]) if len(drawn) else np.zeros(0, int)
-            figs = score(idx)
-            for name in names:
-                value = figs[name]
-                if not np.isnan(value):
-                    samples[name].append(value)
-    alpha = (1.0 - float(level)) / 2.0
-    out = {}
-    for name in names:
-        values = np.asarray(samples[name], dtype=float)
-        if values.size:
-            low, high = np.quantile(values, [alpha, 1.0 - alpha])
-        else:
-            low = high = float("nan")
-        out[name] = {"value": float(point[name]), "ci_low": float(low), "ci_high": float(high),
-                     "n_used": int(values.size)}
-    return {
-        "metrics": out,
-        "confusion_matrix": point.get("confusion_matrix"),
-        "n_bootstrap": int(n_bootstrap),
-        "seed": int(seed),
-        "level": float(level),
-        "n_rows": int(len(groups)),
-        "n_groups": int(len(uniques)),
-    }
-
-
-def metrics_table(result: dict) -> pd.DataFrame:
-    """A tidy table of an evaluation result (``covidxr.evaluate.evaluate_predictions``) or of
-    one :func:`bootstrap_metrics` output.
-
-    Returns:
-        Columns ``level, metric, value, ci_low, ci_high, n_used`` (``level`` is ``image`` or
-        ``patient``; empty for a single bootstrap output).
-    """
-    rows = []
-    levels = [(lvl, result[lvl]) for lvl in ("image", "patient") if lvl in result] or [("", result)]
-    for level, block in levels:
-        for name, fig in block["metrics"].items():
-            rows.append({"level": level, "metric": name, **fig})
-    return pd.DataFrame(rows, columns=["level", "metric", "value", "ci_low", "ci_high", "n_used"])

@@ -1,6 +1,5 @@
-"""Dataset readers, label tasks and patient-level splits.
-
-Three layouts are read into one frame with one row per usable image:
+"""Dataset readers: three layouts into one frame with one row per usable image.
+Must not decode images or write files; it never writes into the dataset folder.
 
 * the COVID-19 image data collection (``metadata.csv`` + ``images/``), flat findings
   ("COVID-19, ARDS") as in the 2020 snapshot or hierarchical ones
@@ -8,171 +7,50 @@ Three layouts are read into one frame with one row per usable image:
 * one folder per class (``root/<class>/*.png``), as most public collections ship;
 * a CSV manifest with an image, a label and (optionally) a patient column.
 
-The frame's columns are :data:`FRAME_COLUMNS`. Splits never put one patient in two parts.
+The frame's columns are :data:`~covidxr.data.tasks.FRAME_COLUMNS`. :func:`load_dataset` reads
+any of them; :func:`task_counts`, :func:`source_overlap` and :func:`summary_table` describe a
+frame read with ``task=None``.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .tasks import (
+    FRAME_COLUMNS,
+    FRONTAL_VIEWS,
+    IMAGE_EXTENSIONS,
+    LABEL_ALIASES,
+    TASKS,
+    UNLABELLED,
+    alias_category,
+    finding_category,
+    get_task,
+    none_if_blank,
+    parse_views,
+)
+
 __all__ = [
-    "CATEGORIES",
     "DEFAULT_DATA_DIR",
-    "FRAME_COLUMNS",
-    "FRONTAL_VIEWS",
-    "IMAGE_EXTENSIONS",
-    "KNOWN_VIEWS",
-    "LABEL_ALIASES",
-    "TASKS",
-    "Task",
-    "finding_category",
-    "get_task",
-    "kfold_split",
     "load_dataset",
+    "read_csv",
     "read_folders",
     "read_manifest",
     "read_metadata",
-    "read_split",
+    "require_columns",
     "resolve_data_dir",
     "source_overlap",
-    "split_patients",
     "summary_table",
     "task_counts",
-    "write_split",
 ]
 
 #: Where the data lives when neither ``--data-dir`` nor ``COVIDXR_DATA_DIR`` says.
 DEFAULT_DATA_DIR = Path("data/raw/covid-chestxray-dataset")
-
-#: The columns of every frame the readers return (``label`` only once a task is applied).
-FRAME_COLUMNS = (
-    "image", "path", "patient", "sex", "age", "view", "modality", "finding",
-    "category", "source", "license", "label",
-)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
-
-#: Frontal chest X-ray views (the default filter).
-FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP Erect")
-#: Every view name the collection uses (schema and current upstream).
-KNOWN_VIEWS = FRONTAL_VIEWS + ("L", "Axial", "Coronal")
-
-#: Coarse finding categories: every labelled finding falls in one of these.
-CATEGORIES = ("normal", "covid", "other")
-
-#: Folder names and manifest labels that map to a category (compared case-insensitively).
-LABEL_ALIASES = {
-    "covid": "covid", "covid-19": "covid", "covid19": "covid", "covid_19": "covid",
-    "sars-cov-2": "covid", "positive": "covid",
-    "normal": "normal", "no finding": "normal", "no_finding": "normal",
-    "healthy": "normal", "negative": "normal",
-    "other": "other", "pneumonia": "other", "non-covid": "other", "non_covid": "other",
-    "viral pneumonia": "other", "bacterial pneumonia": "other", "lung_opacity": "other",
-    "lung opacity": "other",
-}
-
-_UNLABELLED = {"", "todo", "unknown", "nan", "none"}
-
-
-@dataclass(frozen=True)
-class Task:
-    """A label task: which finding categories become which class.
-
-    Attributes:
-        name: The task's name, e.g. ``"covid-vs-rest"``.
-        classes: Class names in model output order (positive class last for two classes).
-        mapping: Category (``normal``/``covid``/``other``) to class; categories not in it
-            are dropped.
-        note: One line for reports and the README.
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    mapping: dict
-    note: str = ""
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-#: The one mapping table from finding category to class, per task.
-TASKS = {
-    "covid-vs-rest": Task(
-        "covid-vs-rest", ("non-covid", "covid"),
-        {"covid": "covid", "normal": "non-covid", "other": "non-covid"},
-        "COVID-19 vs every other labelled finding, No Finding included (default).",
-    ),
-    "covid-vs-normal": Task(
-        "covid-vs-normal", ("normal", "covid"),
-        {"covid": "covid", "normal": "normal"},
-        "COVID-19 vs No Finding; other findings dropped. The 2020 snapshot has only 16 "
-        "normal patients among its frontal X-rays: confidence intervals are wide.",
-    ),
-    "three-class": Task(
-        "three-class", ("normal", "covid", "other"),
-        {"normal": "normal", "covid": "covid", "other": "other"},
-        "No Finding / COVID-19 / every other labelled finding.",
-    ),
-}
-
-
-def get_task(task) -> Task:
-    """Return the :class:`Task` named ``task`` (or ``task`` itself if it is one)."""
-    if isinstance(task, Task):
-        return task
-    if task not in TASKS:
-        raise ValueError(
-            f"Unknown task. Expected one of {sorted(TASKS)}. Received: task={task!r}"
-        )
-    return TASKS[task]
-
-
-def finding_category(finding) -> str | None:
-    """Map a finding, flat or hierarchical, to ``"covid"``, ``"normal"``, ``"other"`` or None.
-
-    ``"COVID-19"``, ``"COVID-19, ARDS"`` and ``"Pneumonia/Viral/COVID-19"`` are covid;
-    ``"No Finding"`` is normal; every other named finding ("Streptococcus",
-    ``"Pneumonia/Bacterial/Streptococcus"``, "ARDS", "Pneumonia") is other; blank,
-    ``"todo"`` and ``"Unknown"`` are unlabelled (None).
-
-    Args:
-        finding: The ``finding`` cell of ``metadata.csv`` (a string or NaN).
-
-    Returns:
-        The category, or None for an unlabelled row.
-    """
-    if finding is None or (isinstance(finding, float) and np.isnan(finding)):
-        return None
-    text = str(finding).strip()
-    if text.lower() in _UNLABELLED:
-        return None
-    last = text.replace("\\", "/").rstrip("/").split("/")[-1].strip()
-    tokens = {t.strip().lower() for t in last.split(",")}
-    if "covid-19" in tokens or "covid19" in tokens:
-        return "covid"
-    if last.lower() in _UNLABELLED:
-        return None
-    if last.lower() == "no finding":
-        return "normal"
-    return "other"
-
-
-def alias_category(name) -> str | None:
-    """Map a folder name or manifest label to a category through :data:`LABEL_ALIASES`,
-    falling back to :func:`finding_category` for findings such as "COVID-19, ARDS"."""
-    key = str(name).strip().lower()
-    if key in LABEL_ALIASES:
-        return LABEL_ALIASES[key]
-    if "/" in key or "," in key:
-        return finding_category(name)
-    return None
 
 
 def resolve_data_dir(data_dir=None) -> Path:
@@ -184,29 +62,6 @@ def resolve_data_dir(data_dir=None) -> Path:
     if env:
         return Path(env).expanduser()
     return DEFAULT_DATA_DIR
-
-
-def _check_views(views):
-    if views is None:
-        return None
-    if isinstance(views, str):
-        views = [v for v in views.split(",")]
-    views = [v.strip() for v in views if v.strip()]
-    by_lower = {v.lower(): v for v in KNOWN_VIEWS}
-    out = []
-    for view in views:
-        if view.lower() == "frontal":
-            out.extend(FRONTAL_VIEWS)
-        elif view.lower() == "all":
-            return None
-        elif view.lower() in by_lower:
-            out.append(by_lower[view.lower()])
-        else:
-            raise ValueError(
-                f"Unknown view name. Expected any of {list(KNOWN_VIEWS)}, 'frontal' or 'all'. "
-                f"Received: views={view!r}"
-            )
-    return tuple(dict.fromkeys(out))
 
 
 def _safe_path(root: Path, relative: str, *, column: str) -> Path:
@@ -238,7 +93,8 @@ def _safe_path(root: Path, relative: str, *, column: str) -> Path:
     return path
 
 
-def _require_columns(frame: pd.DataFrame, required, *, source) -> None:
+def require_columns(frame: pd.DataFrame, required, *, source) -> None:
+    """Raise ValueError naming the columns of ``required`` that ``frame`` (``source``) lacks."""
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -247,7 +103,8 @@ def _require_columns(frame: pd.DataFrame, required, *, source) -> None:
         )
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path) -> pd.DataFrame:
+    """Read a CSV file as strings (no NA parsing): UTF-8, else Latin-1 with a warning."""
     if not path.is_file():
         raise FileNotFoundError(f"Expected a CSV file. Received: path={str(path)!r}")
     try:
@@ -297,6 +154,74 @@ def _finish(frame: pd.DataFrame, task, *, dropped_unlabelled: int, source: str) 
     return frame[list(FRAME_COLUMNS)]
 
 
+def _filter_rows(raw: pd.DataFrame, *, modality, views):
+    """The metadata rows (deduplicated, optional columns added, cells stripped) of
+    ``modality`` and ``views`` that carry a label, with a ``category`` column; and how many
+    rows were dropped as unlabelled."""
+    raw = raw.drop_duplicates()
+    for column in ("sex", "age", "view", "modality", "folder", "url", "doi", "location", "license"):
+        if column not in raw.columns:
+            raw[column] = ""
+    raw = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
+
+    if modality is not None:
+        raw = raw[raw["modality"].str.lower() == str(modality).lower()]
+    if views is not None:
+        raw = raw[raw["view"].str.lower().isin([v.lower() for v in views])]
+
+    category = raw["finding"].map(finding_category)
+    dropped = int(category.isna().sum())
+    return raw.assign(category=category)[category.notna()], dropped
+
+
+def _resolve_files(raw: pd.DataFrame, root: Path, *, strict_files):
+    """The rows whose image file exists (first row of each file), with a ``path`` column;
+    and how many rows name a missing file. Warns (or raises, ``strict_files``) about missing
+    files, then warns about files listed twice."""
+    paths, exists = [], []
+    for folder, name in zip(raw["folder"], raw["filename"]):
+        folder = folder or "images"
+        base = _safe_path(root, folder, column="folder")
+        path = _safe_path(base, name, column="filename")
+        paths.append(path)
+        exists.append(path.is_file())
+    raw = raw.assign(path=[str(p) for p in paths])
+    exists = np.asarray(exists, dtype=bool)
+    missing = int((~exists).sum())
+    if missing:
+        message = f"{missing} of {len(raw)} metadata rows name an image that is not in {root}; skipped."
+        if strict_files:
+            raise FileNotFoundError(message + f" Received: missing={missing}")
+        warnings.warn(message, stacklevel=3)
+    raw = raw[exists]
+    repeated = raw["path"].duplicated()
+    if repeated.any():
+        names = sorted(set(raw.loc[repeated, "filename"]))
+        warnings.warn(
+            f"{int(repeated.sum())} metadata rows list an image already listed (possibly under "
+            f"another patient id); kept the first row of each: {names[:5]}",
+            stacklevel=3,
+        )
+    return raw[~repeated], missing
+
+
+def _metadata_frame(raw: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """The reader's frame (:data:`FRAME_COLUMNS` but ``label``) of resolved metadata rows."""
+    return pd.DataFrame({
+        "image": [str(Path(p).relative_to(root).as_posix()) for p in raw["path"]],
+        "path": raw["path"].to_numpy(),
+        "patient": raw["patientid"].astype(str).to_numpy(),
+        "sex": raw["sex"].replace("", np.nan).to_numpy(),
+        "age": pd.to_numeric(raw["age"], errors="coerce").to_numpy(),
+        "view": raw["view"].replace("", np.nan).to_numpy(),
+        "modality": raw["modality"].replace("", np.nan).to_numpy(),
+        "finding": raw["finding"].to_numpy(),
+        "category": raw["category"].to_numpy(),
+        "source": [_source(r) for r in raw.to_dict("records")],
+        "license": raw["license"].replace("", np.nan).to_numpy(),
+    })
+
+
 def read_metadata(
     data_dir=None, *, task=None, modality="X-ray", views=FRONTAL_VIEWS, strict_files=False
 ) -> pd.DataFrame:
@@ -322,70 +247,19 @@ def read_metadata(
     root = resolve_data_dir(data_dir)
     if task is not None:
         task = get_task(task)
-    views = _check_views(views)
+    views = parse_views(views)
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise FileNotFoundError(
             f"Expected the collection's metadata.csv in {str(root)!r}; run `covidxr download` "
             f"or pass --data-dir. Received: data_dir={str(root)!r}"
         )
-    raw = _read_csv(meta)
+    raw = read_csv(meta)
     raw.columns = [c.strip() for c in raw.columns]
-    _require_columns(raw, ["patientid", "finding", "filename"], source=str(meta))
-    raw = raw.drop_duplicates()
-    for column in ("sex", "age", "view", "modality", "folder", "url", "doi", "location", "license"):
-        if column not in raw.columns:
-            raw[column] = ""
-    raw = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
-
-    if modality is not None:
-        raw = raw[raw["modality"].str.lower() == str(modality).lower()]
-    if views is not None:
-        raw = raw[raw["view"].str.lower().isin([v.lower() for v in views])]
-
-    category = raw["finding"].map(finding_category)
-    dropped = int(category.isna().sum())
-    raw = raw.assign(category=category)[category.notna()]
-
-    paths, exists = [], []
-    for folder, name in zip(raw["folder"], raw["filename"]):
-        folder = folder or "images"
-        base = _safe_path(root, folder, column="folder")
-        path = _safe_path(base, name, column="filename")
-        paths.append(path)
-        exists.append(path.is_file())
-    raw = raw.assign(path=[str(p) for p in paths])
-    exists = np.asarray(exists, dtype=bool)
-    missing = int((~exists).sum())
-    if missing:
-        message = f"{missing} of {len(raw)} metadata rows name an image that is not in {root}; skipped."
-        if strict_files:
-            raise FileNotFoundError(message + f" Received: missing={missing}")
-        warnings.warn(message, stacklevel=2)
-    raw = raw[exists]
-    repeated = raw["path"].duplicated()
-    if repeated.any():
-        names = sorted(set(raw.loc[repeated, "filename"]))
-        warnings.warn(
-            f"{int(repeated.sum())} metadata rows list an image already listed (possibly under "
-            f"another patient id); kept the first row of each: {names[:5]}",
-            stacklevel=2,
-        )
-    raw = raw[~repeated]
-
-    frame = pd.DataFrame({
-        "image": [str(Path(p).relative_to(root).as_posix()) for p in raw["path"]],
-        "path": raw["path"].to_numpy(),
-        "patient": raw["patientid"].astype(str).to_numpy(),
-        "sex": raw["sex"].replace("", np.nan).to_numpy(),
-        "age": pd.to_numeric(raw["age"], errors="coerce").to_numpy(),
-        "view": raw["view"].replace("", np.nan).to_numpy(),
-        "modality": raw["modality"].replace("", np.nan).to_numpy(),
-        "finding": raw["finding"].to_numpy(),
-        "category": raw["category"].to_numpy(),
-        "source": [_source(r) for r in raw.to_dict("records")],
-        "license": raw["license"].replace("", np.nan).to_numpy(),
-    })
+    require_columns(raw, ["patientid", "finding", "filename"], source=str(meta))
+    raw, dropped = _filter_rows(raw, modality=modality, views=views)
+    raw, missing = _resolve_files(raw, root, strict_files=strict_files)
+    frame = _metadata_frame(raw, root)
     out = _finish(frame, task, dropped_unlabelled=dropped, source="metadata")
     out.attrs["missing_files"] = missing
     return out
@@ -458,12 +332,12 @@ def read_manifest(
         A frame with :data:`FRAME_COLUMNS`.
     """
     csv_path = Path(csv_path)
-    raw = _read_csv(csv_path)
+    raw = read_csv(csv_path)
     raw.columns = [c.strip() for c in raw.columns]
-    _require_columns(raw, [image_col, label_col], source=str(csv_path))
+    require_columns(raw, [image_col, label_col], source=str(csv_path))
     root = csv_path.parent
-    labels = raw[label_col].map(lambda v: None if str(v).strip().lower() in _UNLABELLED else alias_category(v))
-    unknown = sorted({v for v, c in zip(raw[label_col], labels) if pd.isna(c) and str(v).strip().lower() not in _UNLABELLED})
+    labels = raw[label_col].map(lambda v: None if str(v).strip().lower() in UNLABELLED else alias_category(v))
+    unknown = sorted({v for v, c in zip(raw[label_col], labels) if pd.isna(c) and str(v).strip().lower() not in UNLABELLED})
     if unknown:
         raise ValueError(
             f"Unknown label(s) in column {label_col!r}; expected aliases {sorted(LABEL_ALIASES)} "
@@ -515,8 +389,10 @@ def load_dataset(
             or a CSV manifest file; see :func:`resolve_data_dir` for the default.
         task: Task name (see :data:`TASKS`) or None.
         layout: ``"auto"``, ``"metadata"``, ``"folders"`` or ``"manifest"``.
-        modality, views: Filters for the metadata layout.
-        image_col, label_col, patient_col: Columns for the manifest layout.
+        modality, views: Filters for the metadata layout; a blank, ``"all"`` or ``"none"``
+            modality keeps every modality (see :func:`~covidxr.data.tasks.none_if_blank`).
+        image_col, label_col, patient_col: Columns for the manifest layout; a blank,
+            ``"all"`` or ``"none"`` patient column means there is none.
 
     Returns:
         A frame with :data:`FRAME_COLUMNS`, one row per usable image.
@@ -524,6 +400,7 @@ def load_dataset(
     layouts = ("auto", "metadata", "folders", "manifest")
     if layout not in layouts:
         raise ValueError(f"Unknown layout. Expected one of {list(layouts)}. Received: layout={layout!r}")
+    modality, patient_col = none_if_blank(modality), none_if_blank(patient_col)
     root = resolve_data_dir(data_dir)
     if layout == "auto":
         if root.is_file():
@@ -560,141 +437,6 @@ def task_counts(frame: pd.DataFrame) -> pd.DataFrame:
             rows.append({"task": task.name, "class": cls, "images": len(sel),
                          "patients": sel["patient"].nunique()})
     return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------- splits
-
-def _patient_labels(frame):
-    """One stratification label per image: the patient's most common label, so that a
-    patient with mixed findings still lands in one part."""
-    mode = frame.groupby("patient")["label"].agg(lambda s: s.value_counts().index[0])
-    return frame["patient"].map(mode).to_numpy()
-
-
-def _group_split(frame, index, fraction, seed, *, what):
-    """Take about ``fraction`` of the patients of ``frame.iloc[index]`` out, stratified."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    sub = frame.iloc[index]
-    n_splits = max(2, int(round(1.0 / fraction)))
-    patients_per_class = sub.groupby("label")["patient"].nunique()
-    if patients_per_class.min() < 2:
-        raise ValueError(
-            f"Too few patients to carve a {what} part: every class needs at least 2 patients "
-            f"in the data being split. Received: patients_per_class={patients_per_class.to_dict()}"
-        )
-    n_splits = min(n_splits, int(sub["patient"].nunique()))
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    rest, held = next(cv.split(np.zeros(len(sub)), _patient_labels(sub), groups=sub["patient"]))
-    return index[rest], index[held]
-
-
-def _check_parts(split: pd.DataFrame, classes) -> None:
-    for part, group in split.groupby("part"):
-        absent = [c for c in classes if c not in set(group["label"])]
-        if absent:
-            counts = split.groupby("label")["patient"].nunique().to_dict()
-            raise ValueError(
-                f"Too few patients for this split: part {part!r} has no image of class "
-                f"{absent}. Use fewer folds, larger parts, or another task. "
-                f"Received: patients_per_class={counts}"
-            )
-
-
-def split_patients(frame: pd.DataFrame, *, val_size=0.15, test_size=0.15, seed=0) -> pd.DataFrame:
-    """Split images into train / val / test by patient, stratified by label.
-
-    Uses scikit-learn's ``StratifiedGroupKFold``: the test part is one fold of about
-    ``1/test_size`` folds, validation one fold of the rest. Sizes are fractions of patients
-    and are approximate (patients carry different numbers of images).
-
-    Args:
-        frame: A frame with ``image``, ``patient`` and ``label`` columns, shape (n, ...).
-        val_size: Fraction of patients for validation, in (0, 0.5).
-        test_size: Fraction of patients for testing, in (0, 0.5).
-        seed: Seed; the same seed and frame give the same split.
-
-    Returns:
-        A copy of ``frame`` with a ``part`` column (``train``, ``val``, ``test``).
-
-    Raises:
-        ValueError: Sizes out of range, or too few patients for every class in every part.
-    """
-    for name, value in (("val_size", val_size), ("test_size", test_size)):
-        if not 0 < float(value) < 0.5:
-            raise ValueError(f"Expected {name} in (0, 0.5). Received: {name}={value!r}")
-    _require_columns(frame, ["image", "patient", "label"], source="frame")
-    frame = frame.reset_index(drop=True)
-    index = np.arange(len(frame))
-    rest, test = _group_split(frame, index, test_size, seed, what="test")
-    train, val = _group_split(frame, rest, val_size / (1 - test_size), seed + 1, what="validation")
-    part = np.empty(len(frame), dtype=object)
-    part[train], part[val], part[test] = "train", "val", "test"
-    out = frame.assign(part=part)
-    _check_parts(out, sorted(frame["label"].unique()))
-    return out
-
-
-def kfold_split(frame: pd.DataFrame, *, folds=5, fold=0, val_size=0.15, seed=0) -> pd.DataFrame:
-    """Patient-grouped, stratified k-fold split: fold ``fold`` is the test part; the
-    validation part is carved from that fold's training patients with ``seed``.
-
-    Args:
-        frame: A frame with ``image``, ``patient`` and ``label`` columns.
-        folds: Number of folds (>= 2).
-        fold: Which fold is the test part, 0 <= fold < folds.
-        val_size: Fraction of the training patients held out for validation.
-        seed: Seed; the same seed gives the same folds.
-
-    Returns:
-        A copy of ``frame`` with a ``part`` column.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    if int(folds) < 2:
-        raise ValueError(f"Expected folds >= 2. Received: folds={folds!r}")
-    if not 0 <= int(fold) < int(folds):
-        raise ValueError(f"Expected 0 <= fold < folds={folds}. Received: fold={fold!r}")
-    if not 0 < float(val_size) < 0.5:
-        raise ValueError(f"Expected val_size in (0, 0.5). Received: val_size={val_size!r}")
-    _require_columns(frame, ["image", "patient", "label"], source="frame")
-    frame = frame.reset_index(drop=True)
-    per_class = frame.groupby("label")["patient"].nunique()
-    if per_class.min() < folds:
-        raise ValueError(
-            f"Too few patients for {folds} folds: every class needs at least {folds} patients. "
-            f"Received: patients_per_class={per_class.to_dict()}"
-        )
-    cv = StratifiedGroupKFold(n_splits=int(folds), shuffle=True, random_state=seed)
-    splits = list(cv.split(np.zeros(len(frame)), _patient_labels(frame), groups=frame["patient"]))
-    rest, test = splits[int(fold)]
-    train, val = _group_split(frame, rest, val_size, seed + 1 + int(fold), what="validation")
-    part = np.empty(len(frame), dtype=object)
-    part[train], part[val], part[test] = "train", "val", "test"
-    out = frame.assign(part=part)
-    _check_parts(out, sorted(frame["label"].unique()))
-    return out
-
-
-SPLIT_COLUMNS = ("image", "patient", "label", "part")
-
-
-def write_split(split: pd.DataFrame, path) -> Path:
-    """Write a split as CSV with columns ``image, patient, label, part``."""
-    _require_columns(split, list(SPLIT_COLUMNS), source="split")
-    from .atomic import write_text
-
-    return write_text(path, split[list(SPLIT_COLUMNS)].to_csv(index=False))
-
-
-def read_split(path) -> pd.DataFrame:
-    """Read a split written by :func:`write_split`."""
-    split = _read_csv(Path(path))
-    _require_columns(split, list(SPLIT_COLUMNS), source=str(path))
-    bad = sorted(set(split["part"]) - {"train", "val", "test"})
-    if bad:
-        raise ValueError(f"Expected parts train/val/test in {path}. Received: part={bad}")
-    return split[list(SPLIT_COLUMNS)]
 
 
 def source_overlap(frame: pd.DataFrame) -> dict:

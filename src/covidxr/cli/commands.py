@@ -1,63 +1,27 @@
-"""The ``covidxr`` command line.
-
-Each command is a pair of functions: ``_add_<name>(subparsers)`` declares its options and
-``_run_<name>(args)`` calls the package; the logic lives in the modules, not here.
-Heavy modules (keras, matplotlib) are imported inside the ``_run_`` functions so that
+"""The commands: each a pair ``_add_<name>(subparsers)`` (its options) and ``_run_<name>(args)``.
+Must not hold logic: a ``_run_`` function turns options into one call of the package and prints
+its result. Heavy modules (keras, matplotlib) are imported inside the ``_run_`` functions so that
 ``covidxr --version`` and ``covidxr --help`` answer at once.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import json
 import sys
 import warnings
+from pathlib import Path
 
-from . import RESEARCH_ONLY, __version__
-
-
-# --------------------------------------------------------------------------- shared options
-
-def add_data_options(parser, *, task_default="covid-vs-rest"):
-    """Options every command that reads a dataset takes."""
-    from .data import FRONTAL_VIEWS, TASKS
-
-    group = parser.add_argument_group("data")
-    group.add_argument("--data-dir", default=None,
-                       help="dataset folder or CSV manifest (default: $COVIDXR_DATA_DIR, "
-                            "else data/raw/covid-chestxray-dataset)")
-    group.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
-                       help="dataset layout (default: detect)")
-    group.add_argument("--task", default=task_default, choices=sorted(TASKS),
-                       help=f"label task (default: {task_default})")
-    group.add_argument("--views", default=",".join(FRONTAL_VIEWS),
-                       help="comma-separated views to keep, or 'frontal' / 'all' (default: frontal)")
-    group.add_argument("--modality", default="X-ray", help="modality to keep (default: X-ray)")
-    group.add_argument("--image-col", default="path", help="manifest: image path column")
-    group.add_argument("--label-col", default="label", help="manifest: label column")
-    group.add_argument("--patient-col", default="patient", help="manifest: patient id column")
-    return group
-
-
-def load_from_args(args, *, task="__args__"):
-    """Read the dataset the data options describe."""
-    from .data import load_dataset
-
-    return load_dataset(
-        args.data_dir,
-        task=args.task if task == "__args__" else task,
-        layout=args.layout,
-        modality=None if str(args.modality).lower() in ("", "all", "none") else args.modality,
-        views=args.views,
-        image_col=args.image_col,
-        label_col=args.label_col,
-        patient_col=None if str(args.patient_col).lower() in ("", "none") else args.patient_col,
-    )
+from .. import RESEARCH_ONLY
+from ..atomic import write_text
+from ..data import FRONTAL_VIEWS, load_dataset, resolve_data_dir
+from .options import add_data_options, add_train_options, data_options
 
 
 # --------------------------------------------------------------------------- download
 
 def _add_download(sub):
-    from .download import DEFAULT_REF
+    from ..download import DEFAULT_REF
 
     p = sub.add_parser("download", help="fetch the public COVID-19 image data collection")
     p.add_argument("--data-dir", default=None,
@@ -68,8 +32,7 @@ def _add_download(sub):
 
 
 def _run_download(args):
-    from .data import resolve_data_dir
-    from .download import download
+    from ..download import download
 
     summary = download(resolve_data_dir(args.data_dir), ref=args.ref, force=args.force)
     print(summary)
@@ -87,13 +50,10 @@ def _add_eda(sub):
 
 
 def _run_eda(args):
-    from .data import load_dataset, summary_table, task_counts
-    from .plots import write_eda_figures
+    from ..data import summary_table, task_counts
+    from ..figures import write_eda_figures
 
-    frame = load_dataset(args.data_dir, task=None, layout=args.layout,
-                         modality=None if str(args.modality).lower() in ("", "all", "none") else args.modality,
-                         views=args.views, image_col=args.image_col, label_col=args.label_col,
-                         patient_col=args.patient_col)
+    frame = load_dataset(args.data_dir, task=None, **data_options(args))
     counts = task_counts(frame)
     print(summary_table(frame, counts))
     if args.out:
@@ -117,11 +77,9 @@ def _add_split(sub):
 
 
 def _run_split(args):
-    from pathlib import Path
+    from ..data import kfold_split, split_patients, write_split
 
-    from .data import kfold_split, split_patients, write_split
-
-    frame = load_from_args(args)
+    frame = load_dataset(args.data_dir, task=args.task, **data_options(args))
     if args.folds:
         split = kfold_split(frame, folds=args.folds, fold=args.fold, val_size=args.val_size, seed=args.seed)
     else:
@@ -149,7 +107,7 @@ def _add_cache(sub):
 
 
 def _run_cache(args):
-    from .images import clear_caches, list_caches, resolve_cache_dir
+    from ..images import clear_caches, list_caches, resolve_cache_dir
 
     root = resolve_cache_dir(args.cache_dir)
     if args.cache_action == "clear":
@@ -171,8 +129,6 @@ def _run_cache(args):
 # --------------------------------------------------------------------------- evaluate / audit / compare
 
 def _add_evaluate(sub):
-    from .data import FRONTAL_VIEWS
-
     p = sub.add_parser("evaluate", help="score a run on its test part or on another dataset (external validation)")
     p.add_argument("--run", required=True, help="run folder (config.json, predictions.csv, model.keras)")
     p.add_argument("--data-dir", default=None,
@@ -199,24 +155,20 @@ def _add_evaluate(sub):
 
 
 def _run_evaluate(args):
-    import json as _json
-
-    from .evaluate import evaluate_run, metrics_markdown
+    from ..evaluate import evaluate_run
+    from ..reports import metrics_markdown
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = evaluate_run(
-            args.run, data_dir=args.data_dir, name=args.name, layout=args.layout,
-            modality=None if str(args.modality).lower() in ("", "all", "none") else args.modality,
-            views=args.views, image_col=args.image_col, label_col=args.label_col,
-            patient_col=None if str(args.patient_col).lower() in ("", "none") else args.patient_col,
+            args.run, data_dir=args.data_dir, name=args.name, **data_options(args),
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
             batch_size=args.batch_size, figures=not args.no_figures)
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
-    result = _json.loads((out / "metrics.json").read_text())
+    result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
     print(f"{result['n_images']} images of {result['n_patients']} patients from {result['data']}")
     if result["threshold"] is not None:
@@ -239,12 +191,11 @@ def _add_audit(sub):
 
 
 def _run_audit(args):
-    from .audit import audit_dataset, audit_report
-    from .data import resolve_data_dir
+    from ..audit import audit_dataset, audit_report
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        frame = load_from_args(args)
+        frame = load_dataset(args.data_dir, task=args.task, **data_options(args))
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
@@ -266,7 +217,9 @@ def _add_compare(sub):
 
 
 def _run_compare(args):
-    from .evaluate import compare_runs, comparison_markdown, write_comparison
+    from ..evaluate import write_comparison
+    from ..evaluation import compare_runs
+    from ..reports import comparison_markdown
 
     table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
     print(comparison_markdown(table))
@@ -287,81 +240,9 @@ def _add_train(sub):
     add_train_options(p)
 
 
-def add_train_options(p, *, grid=False):
-    """The ``train`` command's options; ``grid=True`` leaves out those a grid sets per run
-    (backbone, strategy, test size, folds, fold, split file, runs dir, config)."""
-    add_data_options(p)
-    m = p.add_argument_group("model")
-    if not grid:
-        m.add_argument("--backbone", default="resnet50", help="resnet50, vgg16, vgg19 (default: resnet50)")
-    m.add_argument("--weights", default="imagenet",
-                   help="'imagenet' (downloaded by Keras), 'none' (random) or a weights file PATH")
-    m.add_argument("--image-size", type=int, default=224, help="input side in pixels (default: 224)")
-    m.add_argument("--dropout", type=float, default=0.2)
-    m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random rotation/zoom/shift/contrast in phase 2 (default: on)")
-    m.add_argument("--hflip", action="store_true", help="also flip left-right at random (off: heart side)")
-    m.add_argument("--clahe", action="store_true", help="CLAHE contrast enhancement in the cache")
-    m.add_argument("--resize", default="pad", choices=["pad", "crop"], help="make images square by padding or cropping")
-    t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--epochs", type=int, default=10, help="phase 1 epochs (head only)")
-    t.add_argument("--fine-tune-epochs", type=int, default=10, help="phase 2 epochs; 0 turns phase 2 off")
-    t.add_argument("--fine-tune-from", default="auto",
-                   help="first backbone layer unfrozen in phase 2: a layer name, -N (last N layers), "
-                        "'auto' (last block) or 'all'")
-    t.add_argument("--learning-rate", type=float, default=1e-3)
-    t.add_argument("--fine-tune-learning-rate", type=float, default=None,
-                   help="phase 2 rate (default: a tenth of --learning-rate)")
-    if not grid:
-        t.add_argument("--strategy", default="class-weight",
-                       help="imbalance strategy: none, class-weight, oversample, undersample (default: class-weight)")
-    t.add_argument("--patience", type=int, default=5, help="early stopping patience on validation AUC")
-    t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
-                   help="phase 1 on cached backbone features (default: on)")
-    r = p.add_argument_group("hardware")
-    r.add_argument("--mixed-precision", nargs="?", const="mixed_bfloat16", default=None,
-                   choices=["mixed_bfloat16", "mixed_float16", "bf16", "fp16", "float32"],
-                   help="16-bit compute with float32 weights: bf16 (the default when the flag is given "
-                        "alone; GPUs from A100/H100, TPUs) or fp16 (older GPUs, with loss scaling)")
-    r.add_argument("--jit-compile", default="auto", type=_jit_compile, metavar="{auto,on,off}",
-                   help="XLA compilation of the train step (default: auto, Keras decides)")
-    r.add_argument("--data-parallel", action="store_true",
-                   help="split every batch over all GPUs (or all CPU devices): JAX DataParallel, "
-                        "TensorFlow MirroredStrategy; the batch size is rounded up to a multiple of the devices")
-    r.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=True,
-                   help="estimate memory before training and stop with a message when it cannot fit (default: on)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
-    s = p.add_argument_group("split and output")
-    s.add_argument("--val-size", type=float, default=0.15)
-    if not grid:
-        s.add_argument("--test-size", type=float, default=0.15)
-        s.add_argument("--folds", type=int, default=None, help="k-fold mode: number of folds")
-        s.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
-        s.add_argument("--split-file", default=None, help="reuse a split.csv instead of splitting")
-    s.add_argument("--cache-dir", default=None, help="image cache folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
-    if not grid:
-        s.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
-        s.add_argument("--config", default=None,
-                       help="repeat a run: its config.json (options given here override it); writes a new folder")
-        s.add_argument("--resume", default=None, metavar="RUN_DIR",
-                       help="continue an interrupted run from its last finished epoch, with the run's own "
-                            "options (only --verbose may be given with it)")
-    return p
-
-
-def _jit_compile(value):
-    choices = {"auto": "auto", "on": True, "true": True, "off": False, "false": False}
-    if value.lower() not in choices:
-        raise argparse.ArgumentTypeError(f"expected one of auto, on, off; got {value!r}")
-    return choices[value.lower()]
-
-
 def _run_train(args):
-    import dataclasses
-
-    from .train import TrainConfig, resume, train
+    from ..config import TrainConfig
+    from ..train import resume, train
 
     defaults = TrainConfig()
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
@@ -411,10 +292,8 @@ def _add_grid(sub):
 
 
 def _run_grid(args):
-    import dataclasses
-
-    from . import grid
-    from .train import TrainConfig
+    from .. import grid
+    from ..config import TrainConfig
 
     varied = {"backbone", "strategy", "folds", "fold", "split_file", "runs_dir", "run_name"}
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -441,9 +320,7 @@ def _add_predict(sub):
 
 
 def _run_predict(args):
-    from pathlib import Path
-
-    from .predict import predict_files
+    from ..predict import predict_files
 
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"Expected a new CSV file; this one exists. Received: csv={args.csv!r}")
@@ -453,8 +330,6 @@ def _run_predict(args):
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(RESEARCH_ONLY)
     if args.csv:
-        from .atomic import write_text
-
         write_text(args.csv, table.to_csv(index=False))
         print(f"wrote {args.csv}")
     failed = int((table["error"] != "").sum())
@@ -464,8 +339,7 @@ def _run_predict(args):
     return 0 if failed < len(table) else 2
 
 
-# --------------------------------------------------------------------------- main
-
+#: Each command: (declare its options, run it).
 COMMANDS = {
     "download": (_add_download, _run_download),
     "eda": (_add_eda, _run_eda),
@@ -478,34 +352,3 @@ COMMANDS = {
     "compare": (_add_compare, _run_compare),
     "predict": (_add_predict, _run_predict),
 }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="covidxr",
-        description="Transfer-learning chest X-ray classifiers for COVID-19 research. " + RESEARCH_ONLY,
-    )
-    parser.add_argument("--version", action="version", version=f"covidxr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add, _ in COMMANDS.values():
-        add(sub)
-    return parser
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 0
-    _, run = COMMANDS[args.command]
-    try:
-        return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as err:
-        print(f"covidxr {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    warnings.simplefilter("default")
-    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The options of a run: :class:`TrainConfig`, their checks, and the dataset and split they name.
+Must not build models, train, or write run folders: it holds the options and checks them
+(the layers above read it; it reads only the data, images, sampling, models and runtime layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import write_text
+from .data import FRONTAL_VIEWS, get_task, kfold_split, load_dataset, read_split, split_patients
+from .images import RESIZES
+from .models import get_backbone
+from .runtime import precision_policy
+from .sampling import check_strategy
+
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "TrainConfig", "check_config", "load_frame", "make_split",
+           "split_from_file"]
+
+#: Phase 2 learning rate when not given: the phase 1 rate divided by this.
+FINE_TUNE_DIVISOR = 10.0
+#: Values of the ``jit_compile`` option (Keras ``compile``; "auto" lets Keras decide).
+JIT_COMPILE = ("auto", True, False)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; field names are the ``covidxr train`` options with underscores.
+
+    Data: ``data_dir``, ``layout``, ``task``, ``views``, ``modality``, ``image_col``,
+    ``label_col``, ``patient_col`` (as :func:`covidxr.data.load_dataset`); ``val_size``,
+    ``test_size``, ``folds``/``fold`` (k-fold mode when ``folds`` is set), ``split_file``
+    (a ``split.csv`` to reuse instead of splitting), ``seed``.
+
+    Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``.
+
+    Model: ``backbone``, ``weights`` (``"imagenet"``, ``"none"`` or a path), ``dropout``,
+    ``pooling``, ``augment``, ``hflip``.
+
+    Training: ``batch_size``, ``epochs`` (phase 1), ``learning_rate``, ``fine_tune_epochs``
+    (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
+    ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
+    (early stopping, epochs), ``cache_features`` (phase 1 on cached features),
+    ``mixed_precision`` (None/False: float32; True or ``"mixed_bfloat16"``; ``"mixed_float16"``:
+    see :func:`covidxr.runtime.precision_policy`), ``jit_compile`` (``"auto"``, True, False:
+    Keras' ``compile(jit_compile=...)``; XLA), ``data_parallel`` (spread every batch over all
+    GPUs, or all CPU devices: :func:`covidxr.runtime.data_parallel_scope`), ``memory_check``
+    (refuse before training a run whose estimated memory exceeds what is available:
+    :func:`covidxr.runtime.check_memory`), ``verbose`` (Keras progress: 0, 1, 2 or "auto").
+
+    Output: ``runs_dir``, ``run_name`` (default: made from the time, task, backbone,
+    strategy, fold and 4 random characters; an existing folder is an error).
+    """
+
+    data_dir: str | None = None
+    layout: str = "auto"
+    task: str = "covid-vs-rest"
+    views: str = ",".join(FRONTAL_VIEWS)
+    modality: str | None = "X-ray"
+    image_col: str = "path"
+    label_col: str = "label"
+    patient_col: str | None = "patient"
+    backbone: str = "resnet50"
+    weights: str | None = "imagenet"
+    image_size: int = 224
+    batch_size: int = 32
+    epochs: int = 10
+    fine_tune_epochs: int = 10
+    fine_tune_from: str | int | None = "auto"
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float | None = None
+    strategy: str = "class-weight"
+    augment: bool = True
+    hflip: bool = False
+    clahe: bool = False
+    resize: str = "pad"
+    dropout: float = 0.2
+    pooling: str = "avg"
+    patience: int = 5
+    cache_features: bool = True
+    mixed_precision: str | bool | None = None
+    jit_compile: str | bool = "auto"
+    data_parallel: bool = False
+    memory_check: bool = True
+    seed: int = 0
+    val_size: float = 0.15
+    test_size: float = 0.15
+    folds: int | None = None
+    fold: int = 0
+    split_file: str | None = None
+    cache_dir: str | None = None
+    runs_dir: str = "runs"
+    run_name: str | None = None
+    verbose: int | str = 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path=None) -> str:
+        """The options as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            write_text(path, text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a dict, ignoring keys that are not options (a run's ``config.json``
+        holds more: class order, versions, cache key ...)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    @classmethod
+    def from_json(cls, path_or_text) -> "TrainConfig":
+        """Read options from a ``config.json`` file (a run's, or one :meth:`to_json` wrote)
+        or from JSON text."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"Expected a config.json file. Received: config={text!r}")
+            text = path.read_text()
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Expected a JSON object of options ({err}). Received: config={str(path_or_text)[:80]!r}") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"Expected a JSON object of options. Received: config={type(values).__name__}")
+        return cls.from_dict(values)
+
+    @property
+    def contrast(self):
+        """The cache's contrast setting (``"clahe"`` or None)."""
+        return "clahe" if self.clahe else None
+
+    @property
+    def resolved_fine_tune_learning_rate(self) -> float:
+        if self.fine_tune_learning_rate is None:
+            return float(self.learning_rate) / FINE_TUNE_DIVISOR
+        return float(self.fine_tune_learning_rate)
+
+
+# --------------------------------------------------------------------------- checks
+
+def _positive_int(name, value, *, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}. Received: {name}={value!r}")
+
+
+def _positive_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"Expected {name} to be a positive number. Received: {name}={value!r}")
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Validate every option that can be checked without data; raise on the first bad one."""
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"Expected a TrainConfig. Received: config={type(config).__name__}")
+    spec = get_backbone(config.backbone)
+    get_task(config.task)
+    check_strategy(config.strategy)
+    if isinstance(config.image_size, bool) or not isinstance(config.image_size, (int, np.integer)) \
+            or config.image_size < spec.min_size:
+        raise ValueError(
+            f"Expected an integer image_size of at least {spec.min_size} px for backbone "
+            f"{spec.name!r}. Received: image_size={config.image_size!r}"
+        )
+    if config.resize not in RESIZES:
+        raise ValueError(f"Unknown resize. Expected one of {RESIZES}. Received: resize={config.resize!r}")
+    _positive_int("batch_size", config.batch_size)
+    _positive_int("epochs", config.epochs)
+    _positive_int("fine_tune_epochs", config.fine_tune_epochs, minimum=0)
+    _positive_int("patience", config.patience)
+    _positive_float("learning_rate", config.learning_rate)
+    precision_policy(config.mixed_precision)
+    if config.jit_compile not in JIT_COMPILE:
+        raise ValueError(f"Unknown jit_compile. Expected one of {list(JIT_COMPILE)}. "
+                         f"Received: jit_compile={config.jit_compile!r}")
+    if config.fine_tune_learning_rate is not None:
+        _positive_float("fine_tune_learning_rate", config.fine_tune_learning_rate)
+    w = config.weights
+    if w is not None and str(w).lower() not in ("imagenet", "none") and not Path(str(w)).expanduser().is_file():
+        raise FileNotFoundError(
+            f"Expected weights 'imagenet', 'none' or the path of an existing weights file. "
+            f"Received: weights={w!r}"
+        )
+    if config.folds is not None:
+        _positive_int("folds", config.folds, minimum=2)
+        if not 0 <= int(config.fold) < int(config.folds):
+            raise ValueError(f"Expected 0 <= fold < folds={config.folds}. Received: fold={config.fold!r}")
+    if config.split_file is not None and not Path(config.split_file).is_file():
+        raise FileNotFoundError(f"Expected a split CSV file. Received: split_file={config.split_file!r}")
+    return config
+
+
+def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True) -> pd.DataFrame:
+    """The dataset a configuration names, read as every run reads it.
+
+    Args:
+        config: The run's options (data folder, layout, task, views, modality, columns).
+        data_dir: Read this folder instead of ``config.data_dir`` (a dataset that moved).
+        apply_task: False keeps every labelled row with ``label`` = its category.
+
+    Returns:
+        :func:`covidxr.data.load_dataset`'s frame, one row per usable image.
+    """
+    return load_dataset(
+        config.data_dir if data_dir is None else data_dir, task=config.task if apply_task else None,
+        layout=config.layout, modality=config.modality, views=config.views, image_col=config.image_col,
+        label_col=config.label_col, patient_col=config.patient_col,
+    )
+
+
+def split_from_file(frame: pd.DataFrame, path, *, require_all=False) -> pd.DataFrame:
+    """The rows of ``frame`` that the split CSV ``path`` names, with its ``part`` column.
+
+    ``require_all``: every image of the file must be in ``frame`` (a resumed run's own split);
+    else images the frame lacks are left out.
+    """
+    parts = read_split(path).set_index("image")["part"]
+    if require_all:
+        missing = sorted(set(parts.index) - set(frame["image"]))
+        if missing:
+            raise ValueError(
+                f"Expected the dataset to hold every image of the run's split.csv; {len(missing)} are gone "
+                f"(the dataset changed since the run started). Received: missing={missing[:3]}"
+            )
+    split = frame[frame["image"].isin(parts.index)].copy()
+    split["part"] = split["image"].map(parts)
+    return split.reset_index(drop=True)
+
+
+def make_split(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The split a configuration asks for: its ``split_file``, its k-fold fold, or train / val / test."""
+    if config.split_file:
+        return split_from_file(frame, config.split_file)
+    if config.folds:
+        return kfold_split(frame, folds=config.folds, fold=config.fold, val_size=config.val_size, seed=config.seed)
+    return split_patients(frame, val_size=config.val_size, test_size=config.test_size, seed=config.seed)

@@ -1,0 +1,87 @@
+"""Dataset readers, label tasks and patient-level splits.
+Must not import Keras, decode pixels or write anything but split files: tables in, tables out.
+
+Three layouts are read into one frame with one row per usable image:
+
+* the COVID-19 image data collection (``metadata.csv`` + ``images/``), flat findings
+  ("COVID-19, ARDS") as in the 2020 snapshot or hierarchical ones
+  ("Pneumonia/Viral/COVID-19") as upstream writes them now;
+* one folder per class (``root/<class>/*.png``), as most public collections ship;
+* a CSV manifest with an image, a label and (optionally) a patient column.
+
+The frame's columns are :data:`FRAME_COLUMNS`. Splits never put one patient in two parts.
+
+The package holds three modules, each importing only the ones before it:
+
+* :mod:`covidxr.data.tasks`: label tasks, finding categories, view names and
+  :func:`none_if_blank`;
+* :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`) and the frame summaries;
+* :mod:`covidxr.data.splits`: patient-level splits and split files.
+"""
+
+from .readers import (
+    DEFAULT_DATA_DIR,
+    load_dataset,
+    read_csv,
+    read_folders,
+    read_manifest,
+    read_metadata,
+    require_columns,
+    resolve_data_dir,
+    source_overlap,
+    summary_table,
+    task_counts,
+)
+from .splits import SPLIT_COLUMNS, check_parts, kfold_split, read_split, split_patients, write_split
+from .tasks import (
+    CATEGORIES,
+    FRAME_COLUMNS,
+    FRONTAL_VIEWS,
+    IMAGE_EXTENSIONS,
+    KNOWN_VIEWS,
+    LABEL_ALIASES,
+    TASKS,
+    UNLABELLED,
+    Task,
+    alias_category,
+    finding_category,
+    get_task,
+    none_if_blank,
+    parse_views,
+    views_key,
+)
+
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_DATA_DIR",
+    "FRAME_COLUMNS",
+    "FRONTAL_VIEWS",
+    "IMAGE_EXTENSIONS",
+    "KNOWN_VIEWS",
+    "LABEL_ALIASES",
+    "SPLIT_COLUMNS",
+    "TASKS",
+    "UNLABELLED",
+    "Task",
+    "alias_category",
+    "check_parts",
+    "finding_category",
+    "get_task",
+    "kfold_split",
+    "load_dataset",
+    "none_if_blank",
+    "parse_views",
+    "read_csv",
+    "read_folders",
+    "read_manifest",
+    "read_metadata",
+    "read_split",
+    "require_columns",
+    "resolve_data_dir",
+    "source_overlap",
+    "split_patients",
+    "summary_table",
+    "task_counts",
+    "views_key",
+    "write_split",
+]

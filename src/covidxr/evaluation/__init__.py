@@ -1,0 +1,26 @@
+"""Evaluation: metrics with patient-bootstrap intervals, the validation threshold, scoring a run
+or another dataset, comparing runs, pooling a grid's folds, choosing Grad-CAM examples.
+Must not write files or draw: every function returns data (dicts, frames, arrays); the
+application layer writes them and the figures and reports layers present them.
+"""
+
+from . import bootstrap, metrics
+from .bootstrap import bootstrap_metrics, metrics_table, patient_bootstrap
+from .metrics import (BINARY_METRICS, MULTICLASS_METRICS, PER_CLASS_METRICS, THRESHOLD_METHODS, binary_metrics,
+                      choose_threshold, class_probabilities, classes_from_frame, compute_metrics, decide,
+                      multiclass_metrics, part_metrics, patient_frame, positive, prob_columns)
+from .examples import GRADCAM_CATEGORIES, select_gradcam_examples
+from .pooling import grid_comparison, pooled_metrics
+from .runs import RUN_KEYS, held_out_test, read_run, validation_threshold
+from .scoring import (compare_runs, evaluate_predictions, external_predictions, latest_evaluation, score_run,
+                      unreadable_images, with_decisions)
+
+__all__ = [
+    "bootstrap", "bootstrap_metrics", "metrics_table", "patient_bootstrap",
+    "BINARY_METRICS", "MULTICLASS_METRICS", "PER_CLASS_METRICS", "THRESHOLD_METHODS", "binary_metrics",
+    "choose_threshold", "class_probabilities", "classes_from_frame", "compute_metrics", "decide",
+    "multiclass_metrics", "part_metrics", "patient_frame", "positive", "prob_columns",
+    "GRADCAM_CATEGORIES", "RUN_KEYS", "compare_runs", "evaluate_predictions", "external_predictions",
+    "grid_comparison", "held_out_test", "latest_evaluation", "metrics", "pooled_metrics", "read_run", "score_run",
+    "select_gradcam_examples", "unreadable_images", "validation_threshold", "with_decisions",
+]

@@ -1,0 +1,103 @@
+"""Read what a finished run folder holds for scoring: its options and predictions, and the
+decision threshold chosen on its validation part.
+Must not score the data it reads, write anything or load a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+
+__all__ = ["RUN_KEYS", "held_out_test", "read_run", "validation_threshold"]
+
+#: Config keys shown in every comparison row.
+RUN_KEYS = ("backbone", "strategy", "fold", "weights")
+
+
+def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
+    """Read a run folder's ``config.json`` and ``predictions.csv``.
+
+    Args:
+        run_dir: The run folder.
+        need_model: Also require ``model.keras`` (to score new images).
+
+    Returns:
+        ``(config, predictions)``; ``config["classes"]`` is a list of class names and
+        ``config["task"]`` the task name.
+
+    Raises:
+        FileNotFoundError: The folder, its config, its predictions or (``need_model``) its
+            model is missing.
+        ValueError: The config has no classes, or predictions lack columns.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"Expected a run folder (made by `covidxr train`). Received: run_dir={str(run)!r}")
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"Expected a run folder with config.json (made by `covidxr train`). Received: run_dir={str(run)!r}"
+        )
+    config = json.loads(config_path.read_text())
+    classes = config.get("classes")
+    if not classes or len(classes) < 2:
+        raise ValueError(f"Expected config.json to list the model's classes. Received: classes={classes!r}")
+    if need_model and not (run / "model.keras").is_file():
+        raise FileNotFoundError(
+            "Expected a trained model (model.keras) in the run folder to score new images; "
+            f"was training interrupted? Received: run_dir={str(run)!r}"
+        )
+    pred_path = run / "predictions.csv"
+    if not pred_path.is_file():
+        raise FileNotFoundError(
+            "Expected predictions.csv in the run folder (training writes it after the last "
+            f"epoch; was training interrupted?). Received: run_dir={str(run)!r}"
+        )
+    preds = pd.read_csv(pred_path, dtype={"image": str, "patient": str, "label": str, "part": str})
+    required = ["image", "patient", "label", "part", *M.prob_columns(classes)]
+    missing = [c for c in required if c not in preds.columns]
+    if missing:
+        raise ValueError(
+            f"Expected {str(pred_path)!r} with columns {required}. Received: missing={missing}"
+        )
+    return config, preds
+
+
+def validation_threshold(predictions: pd.DataFrame, *, classes, method="youden", target_sensitivity=None,
+                         threshold=None) -> dict | None:
+    """The decision threshold chosen on the ``part == "val"`` rows only.
+
+    Args:
+        predictions: A run's predictions (all parts); only validation rows are looked at.
+        classes: Class names (two classes: positive = ``classes[1]``).
+        method, target_sensitivity, threshold: See :func:`covidxr.evaluation.choose_threshold`.
+
+    Returns:
+        :func:`covidxr.evaluation.choose_threshold`'s dict, or None for three classes (arg-max).
+    """
+    classes = list(classes)
+    if len(classes) != 2:
+        return None
+    val = predictions[predictions["part"].astype(str) == "val"]
+    if val.empty and method != "fixed":
+        raise ValueError(
+            "Expected validation rows (part == 'val') in the run's predictions to choose the "
+            f"threshold. Received: parts={sorted(predictions['part'].astype(str).unique())}"
+        )
+    y, probs = M.class_probabilities(val, classes) if len(val) else (np.zeros(0, int), np.zeros((0, 2)))
+    return M.choose_threshold(y, probs[:, 1], method=method, target_sensitivity=target_sensitivity,
+                              threshold=threshold)
+
+
+def held_out_test(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The ``part == "test"`` rows of a run's predictions (an error when there are none)."""
+    scored = predictions[predictions["part"].astype(str) == "test"].reset_index(drop=True)
+    if scored.empty:
+        raise ValueError("Expected test rows (part == 'test') in the run's predictions.csv. "
+                         f"Received: parts={sorted(predictions['part'].astype(str).unique())}")
+    return scored

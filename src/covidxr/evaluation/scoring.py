@@ -1,0 +1,246 @@
+"""Score predictions, per image and per patient, with patient-bootstrap intervals: a run's own
+test part or another dataset (external validation), and a table over several runs.
+Must not write files or draw: it returns dicts and frames; :mod:`covidxr.evaluate` writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import inference
+from ..data import get_task, load_dataset
+from ..images import load_image
+from . import bootstrap as B
+from . import metrics as M
+from .runs import RUN_KEYS, held_out_test, read_run, validation_threshold
+
+__all__ = ["compare_runs", "evaluate_predictions", "external_predictions", "latest_evaluation", "score_run",
+           "unreadable_images", "with_decisions"]
+
+
+def evaluate_predictions(predictions_df: pd.DataFrame, *, classes, threshold=None, n_bootstrap=1000, seed=0,
+                         level=0.95, threshold_info=None) -> dict:
+    """Score a predictions frame, per image and per patient, with patient-bootstrap CIs.
+
+    Args:
+        predictions_df: Rows to score (e.g. a run's test part): columns ``patient``,
+            ``label`` and ``prob_<class>`` per class, shape (n, ...).
+        classes: Class names in model output order.
+        threshold: Two classes: the decision threshold on ``prob_<classes[1]>`` (chosen on
+            validation data; 0.5 when None). Three classes: must be None (arg-max).
+        n_bootstrap: Bootstrap resamples (patients drawn with replacement).
+        seed: Seed of the bootstrap.
+        level: Interval coverage (0.95 gives 95% intervals).
+        threshold_info: How the threshold was chosen (stored in the result as is).
+
+    Returns:
+        A JSON-ready dict: ``classes``, ``positive_class``, ``decision`` (``"threshold"`` or
+        ``"argmax"``), ``threshold``, ``threshold_selection``, ``n_images``, ``n_patients``,
+        ``class_counts`` ({class: {"images", "patients"}}), ``prevalence`` (image share per
+        class), ``bootstrap`` ({n_bootstrap, seed, level, unit}) and two blocks ``image``
+        and ``patient`` from :func:`covidxr.evaluation.bootstrap_metrics` (``metrics`` with
+        value / ci_low / ci_high / n_used, ``confusion_matrix``).
+    """
+    classes = [str(c) for c in classes]
+    if len(classes) == 2 and threshold is None:
+        threshold = 0.5
+        threshold_info = threshold_info or {"threshold": 0.5, "method": "default",
+                                            "description": "default 0.5 (no validation threshold given)"}
+    y, probs = M.class_probabilities(predictions_df, classes)
+    if len(y) == 0:
+        raise ValueError("Expected at least one prediction to score. Received: n_images=0")
+    patients = predictions_df["patient"].astype(str).to_numpy()
+    image = B.bootstrap_metrics(y, probs, patients, classes=classes, threshold=threshold,
+                                n_bootstrap=n_bootstrap, seed=seed, level=level)
+    per_patient = M.patient_frame(predictions_df, classes)
+    py, pprobs = M.class_probabilities(per_patient, classes)
+    patient = B.bootstrap_metrics(py, pprobs, per_patient["patient"].to_numpy(), classes=classes,
+                                  threshold=threshold, n_bootstrap=n_bootstrap, seed=seed, level=level)
+    labels = predictions_df["label"].astype(str)
+    counts = {c: {"images": int((labels == c).sum()),
+                  "patients": int(predictions_df.loc[labels == c, "patient"].nunique())} for c in classes}
+    missing = [c for c, n in counts.items() if n["images"] == 0]
+    if missing:
+        warnings.warn(f"No images of class(es) {missing} in the scored data: figures that need them "
+                      "are undefined (NaN).", stacklevel=2)
+    return {
+        "classes": classes,
+        "positive_class": classes[1] if len(classes) == 2 else None,
+        "decision": "threshold" if len(classes) == 2 else "argmax",
+        "threshold": None if len(classes) != 2 else float(threshold),
+        "threshold_selection": threshold_info if len(classes) == 2 else {
+            "method": "argmax",
+            "description": "three classes: the predicted class is the one with the highest probability"},
+        "n_images": int(len(y)),
+        "n_patients": int(len(np.unique(patients))),
+        "class_counts": counts,
+        "prevalence": {c: counts[c]["images"] / len(y) for c in classes},
+        "bootstrap": {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "level": float(level),
+                      "unit": "patient"},
+        "image": image,
+        "patient": patient,
+    }
+
+
+def score_run(run_dir, *, threshold_method="youden", target_sensitivity=None, threshold=None, n_bootstrap=1000,
+              seed=0, level=0.95) -> tuple[dict, pd.DataFrame]:
+    """Score a run's own test part in memory (nothing is written).
+
+    The threshold comes from the run's validation part (:func:`validation_threshold`).
+
+    Returns:
+        ``(result, scored)``: :func:`evaluate_predictions`'s dict (plus ``run``, ``task``,
+        ``config``) and the test rows with ``predicted`` and ``correct`` columns.
+    """
+    run = Path(run_dir)
+    config, preds = read_run(run)
+    classes = [str(c) for c in config["classes"]]
+    info = validation_threshold(preds, classes=classes, method=threshold_method,
+                                target_sensitivity=target_sensitivity, threshold=threshold)
+    scored = held_out_test(preds)
+    result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
+                                  n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info)
+    result.update({"run": run.name, "task": config.get("task"),
+                   "config": {k: config.get(k) for k in RUN_KEYS if k in config}})
+    return result, with_decisions(scored, result)
+
+
+def with_decisions(scored: pd.DataFrame, result: dict) -> pd.DataFrame:
+    """``scored`` with ``predicted`` (the class decided at the result's threshold, or arg-max) and
+    ``correct`` columns."""
+    classes = result["classes"]
+    _, probs = M.class_probabilities(scored, classes)
+    table = scored.copy()
+    table["predicted"] = [classes[i] for i in M.decide(probs, threshold=result["threshold"])]
+    table["correct"] = table["predicted"] == table["label"].astype(str)
+    return table
+
+
+def unreadable_images(frame: pd.DataFrame) -> list[dict]:
+    """Images that cannot be decoded: ``[{"image", "error"}]``."""
+    bad = []
+    for image, path in zip(frame["image"], frame["path"]):
+        try:
+            load_image(path)
+        except Exception as err:  # noqa: BLE001 - any decoding failure leaves the image out
+            bad.append({"image": str(image), "error": f"{type(err).__name__}: {err}"[:300]})
+    return bad
+
+
+def external_predictions(run_dir, config, *, data_dir, batch_size, data_options) -> tuple[pd.DataFrame, list]:
+    """Predict another dataset with a run's model: rows labelled with the run's task, scored by
+    :func:`covidxr.inference.predict_frame`.
+
+    Args:
+        run_dir: The run folder. config: Its ``config.json``.
+        data_dir: The dataset (any layout). batch_size: Prediction batch size.
+        data_options: ``layout, modality, views, image_col, label_col, patient_col``.
+
+    Returns:
+        ``(predictions, unreadable)``: part ``external``, ``prob_<class>`` per class; the images
+        left out.
+    """
+    task_name = config.get("task")
+    classes = list(config["classes"])
+    task = get_task(task_name) if task_name else None
+    frame = load_dataset(data_dir, task=None, **data_options)
+    if task is not None:
+        mapping = task.mapping
+    else:  # no task in the config: categories must be the class names themselves
+        mapping = {c: c for c in classes}
+    known = frame["category"].isin(list(mapping))
+    if not known.all():
+        names = sorted(set(frame.loc[~known, "finding"].astype(str)))
+        cats = sorted(set(frame.loc[~known, "category"].astype(str)))
+        raise ValueError(
+            f"The dataset has labels the model was not trained on (task {task_name!r}, classes "
+            f"{classes}; category {cats} is not in the task); remove those images or evaluate a model "
+            f"of another task. Received: unknown_labels={names[:10]}"
+        )
+    frame = frame.assign(label=frame["category"].map(mapping)).reset_index(drop=True)
+    unknown = sorted(set(frame["label"]) - set(classes))
+    if unknown:
+        raise ValueError(f"Expected labels among the model's classes {classes}. Received: labels={unknown}")
+    bad = unreadable_images(frame)
+    if bad:
+        warnings.warn(f"{len(bad)} of {len(frame)} images cannot be read and are left out: "
+                      + ", ".join(b["image"] for b in bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                      stacklevel=3)
+        frame = frame[~frame["image"].isin({b["image"] for b in bad})].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"Expected readable images in the dataset. Received: data_dir={str(data_dir)!r}")
+    probs = np.asarray(inference.predict_frame(run_dir, frame, batch_size=batch_size), dtype=float)
+    if probs.shape != (len(frame), len(classes)):
+        raise ValueError(
+            f"Expected predict_frame to return shape ({len(frame)}, {len(classes)}). "
+            f"Received: shape={probs.shape}"
+        )
+    ok = np.isfinite(probs).all(axis=1)
+    if not ok.all():
+        bad += [{"image": str(i), "error": "no prediction (image could not be read)"}
+                for i in frame.loc[~ok, "image"]]
+        frame, probs = frame[ok].reset_index(drop=True), probs[ok]
+    preds = pd.DataFrame({"image": frame["image"].astype(str), "patient": frame["patient"].astype(str),
+                          "label": frame["label"].astype(str), "part": "external"})
+    for i, col in enumerate(M.prob_columns(classes)):
+        preds[col] = probs[:, i]
+    return preds, bad
+
+
+def latest_evaluation(run: Path, name: str) -> Path:
+    """The newest ``RUN/evaluations/<name>-*`` folder with a ``metrics.json``."""
+    found = sorted(p for p in (run / "evaluations").glob(f"{name}-*") if (p / "metrics.json").is_file())
+    if not found:
+        raise FileNotFoundError(
+            f"Expected an evaluation named {name!r} in {str(run / 'evaluations')!r} (run `covidxr evaluate "
+            f"--name {name}` first). Received: evaluation={name!r}"
+        )
+    return found[-1]
+
+
+def compare_runs(run_dirs, *, evaluation=None, n_bootstrap=1000, seed=0, level=0.95, threshold_method="youden",
+                 target_sensitivity=None) -> pd.DataFrame:
+    """One row per run and level (image, patient) with every figure and its interval.
+
+    Args:
+        run_dirs: Run folders.
+        evaluation: None: score each run's test part afresh (threshold from its validation
+            part). A name: read each run's latest ``evaluations/<name>-*/metrics.json``.
+        n_bootstrap, seed, level, threshold_method, target_sensitivity: As for
+            :func:`evaluate_run` (when ``evaluation`` is None).
+
+    Returns:
+        Columns ``run, task, backbone, strategy, fold, weights, data, level, n_images,
+        n_patients, threshold``, then for every metric ``<metric>``, ``<metric>_ci_low``,
+        ``<metric>_ci_high``.
+    """
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise ValueError("Expected at least one run folder. Received: run_dirs=[]")
+    rows = []
+    for run in run_dirs:
+        config, _ = read_run(run)
+        if evaluation is None:
+            result, _ = score_run(run, threshold_method=threshold_method, target_sensitivity=target_sensitivity,
+                                  n_bootstrap=n_bootstrap, seed=seed, level=level)
+            data = "test"
+        else:
+            folder = latest_evaluation(run, evaluation)
+            result = json.loads((folder / "metrics.json").read_text())
+            data = folder.name
+        for level_name in ("image", "patient"):
+            row = {"run": run.name, "task": config.get("task")}
+            row.update({k: config.get(k) for k in RUN_KEYS})
+            row.update({"data": data, "level": level_name, "n_images": result["n_images"],
+                        "n_patients": result["n_patients"], "threshold": result["threshold"]})
+            for metric, fig in result[level_name]["metrics"].items():
+                row[metric] = fig["value"]
+                row[f"{metric}_ci_low"] = fig["ci_low"]
+                row[f"{metric}_ci_high"] = fig["ci_high"]
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,195 @@
+"""Figures of exploratory data analysis: sex, age, class counts per task, views, images per
+patient, sources, and a grid of sample images.
+Must not change or filter the data it is given: every function draws a frame as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..data import task_counts
+from ..images import load_image
+from .common import CATEGORY_COLOURS, DATASET_ATTRIBUTION, new_axes, save_figure
+
+__all__ = ["eda_figure", "plot_age_by_sex", "plot_class_counts", "plot_images_per_patient", "plot_sample_grid",
+           "plot_sex_distribution", "plot_sources", "plot_views_modalities", "write_eda_figures"]
+
+
+def _label_bars(ax, bars):
+    for bar in bars:
+        height = bar.get_height()
+        ax.annotate(f"{int(height)}", (bar.get_x() + bar.get_width() / 2, height),
+                    ha="center", va="bottom", fontsize=8)
+
+
+def plot_sex_distribution(frame: pd.DataFrame, *, ax=None, by="category"):
+    """Images per sex, split by ``by`` (category or label). Blank sex is shown as "unknown"."""
+    ax = new_axes(ax)
+    table = (frame.assign(sex=frame["sex"].fillna("unknown"))
+             .groupby(["sex", by]).size().unstack(fill_value=0))
+    table.plot.bar(ax=ax, stacked=True, rot=0,
+                   color=[CATEGORY_COLOURS.get(c, None) for c in table.columns])
+    ax.set(title="Sex", xlabel="", ylabel="images")
+    ax.legend(title=by, fontsize=8)
+    return ax
+
+
+def plot_age_by_sex(frame: pd.DataFrame, *, ax=None, bins=range(0, 101, 10)):
+    """Histogram of age at imaging, one series per sex (patients with unknown age left out)."""
+    ax = new_axes(ax)
+    known = frame.dropna(subset=["age"])
+    for sex, group in known.assign(sex=known["sex"].fillna("unknown")).groupby("sex"):
+        ax.hist(group["age"], bins=list(bins), alpha=0.6, label=f"{sex} (n={len(group)})")
+    ax.set(title=f"Age by sex ({frame['age'].isna().sum()} images without age)",
+           xlabel="age (years)", ylabel="images")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_class_counts(counts: pd.DataFrame, *, ax=None):
+    """Images per class for each task, with patient counts in the labels.
+
+    Args:
+        counts: Output of :func:`covidxr.data.task_counts` (task, class, images, patients).
+    """
+    ax = new_axes(ax, figsize=(7, 3.5))
+    x = 0
+    ticks, names = [], []
+    for task, group in counts.groupby("task", sort=False):
+        for _, row in group.iterrows():
+            bar = ax.bar(x, row["images"], color=CATEGORY_COLOURS.get(row["class"], "#999999"))
+            ax.annotate(f"{row['images']}\n({row['patients']} pat.)", (x, row["images"]),
+                        ha="center", va="bottom", fontsize=7)
+            ticks.append(x)
+            names.append(f"{row['class']}")
+            x += 1
+            del bar
+        ax.annotate(task, (x - len(group) / 2 - 0.5, -0.18), xycoords=("data", "axes fraction"),
+                    ha="center", fontsize=8, fontweight="bold")
+        x += 0.8
+    ax.set_xticks(ticks, names, fontsize=7, rotation=30)
+    ax.set(title="Class counts per task (images, patients)", ylabel="images")
+    ax.margins(y=0.25)
+    return ax
+
+
+def plot_views_modalities(frame: pd.DataFrame, *, ax=None):
+    """Images per view and modality."""
+    ax = new_axes(ax)
+    table = (frame.assign(view=frame["view"].fillna("unknown"), modality=frame["modality"].fillna("unknown"))
+             .groupby(["view", "modality"]).size().unstack(fill_value=0))
+    table.plot.barh(ax=ax, stacked=True)
+    ax.set(title="Views and modalities", xlabel="images", ylabel="")
+    return ax
+
+
+def plot_images_per_patient(frame: pd.DataFrame, *, ax=None):
+    """How many images each patient has (the reason splits must be by patient)."""
+    ax = new_axes(ax)
+    per_patient = frame.groupby("patient").size()
+    counts = per_patient.value_counts().sort_index()
+    bars = ax.bar(counts.index.astype(str), counts.to_numpy(), color="#5d6d7e")
+    _label_bars(ax, bars)
+    ax.set(title=f"Images per patient ({len(per_patient)} patients, {len(frame)} images)",
+           xlabel="images of one patient", ylabel="patients")
+    return ax
+
+
+def plot_sources(frame: pd.DataFrame, *, ax=None, top=12):
+    """Images per source (URL host) and category: shows how far source and label coincide."""
+    ax = new_axes(ax, figsize=(6, 4))
+    table = frame.groupby(["source", "category"]).size().unstack(fill_value=0)
+    table = table.loc[table.sum(axis=1).sort_values(ascending=False).index[:top]]
+    table.plot.barh(ax=ax, stacked=True, color=[CATEGORY_COLOURS.get(c) for c in table.columns])
+    ax.invert_yaxis()
+    ax.set(title=f"Images per source (top {top})", xlabel="images", ylabel="")
+    return ax
+
+
+def plot_sample_grid(frame: pd.DataFrame, *, samples=4, seed=0, by="category", image_size=160,
+                     load=None):
+    """A grid of sample images, one row per class, with the attribution underneath.
+
+    Args:
+        frame: Rows with ``path`` and the ``by`` column.
+        samples: Images per class (columns).
+        seed: Which images are drawn.
+        image_size: Thumbnail size in pixels.
+        load: ``path -> 2-D uint8 array``; default: :func:`covidxr.images.load_image`.
+
+    Returns:
+        The Matplotlib figure.
+    """
+    if load is None:
+        load = load_image
+    classes = sorted(frame[by].unique())
+    fig, axes = plt.subplots(len(classes), samples, figsize=(1.9 * samples, 2.0 * len(classes) + 0.4),
+                             squeeze=False, layout="constrained")
+    rng = np.random.default_rng(seed)
+    for r, cls in enumerate(classes):
+        rows = frame[frame[by] == cls]
+        picks = rows.iloc[rng.permutation(len(rows))[:samples]]
+        for c in range(samples):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(picks):
+                row = picks.iloc[c]
+                image = load(row["path"])
+                thumb = Image.fromarray(image)
+                thumb.thumbnail((image_size, image_size))
+                ax.imshow(np.asarray(thumb), cmap="gray", vmin=0, vmax=255)
+                ax.set_title(f"{str(row.get('finding', ''))[:22]}\n{row.get('view', '')}", fontsize=7)
+            else:
+                ax.axis("off")
+            if c == 0:
+                ax.set_ylabel(f"{cls} (n={len(rows)})", fontsize=9)
+    fig.suptitle("Sample images per class", fontsize=10)
+    fig.supxlabel(DATASET_ATTRIBUTION, fontsize=6)
+    return fig
+
+
+def eda_figure(frame: pd.DataFrame, counts: pd.DataFrame):
+    """The EDA overview: sex, age, class counts per task, views, images per patient, sources."""
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12), layout="constrained")
+    plot_sex_distribution(frame, ax=axes[0, 0])
+    plot_age_by_sex(frame, ax=axes[0, 1])
+    plot_class_counts(counts, ax=axes[1, 0])
+    plot_views_modalities(frame, ax=axes[1, 1])
+    plot_images_per_patient(frame, ax=axes[2, 0])
+    plot_sources(frame, ax=axes[2, 1])
+    return fig
+
+
+def write_eda_figures(frame: pd.DataFrame, out_dir, *, samples=4, seed=0) -> list[Path]:
+    """Write the EDA figures as PNG files into ``out_dir`` (created if needed).
+
+    Returns:
+        The paths written: ``eda_overview.png``, one PNG per panel, ``sample_grid.png``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = task_counts(frame)
+    written = []
+    panels = {
+        "eda_sex.png": lambda ax: plot_sex_distribution(frame, ax=ax),
+        "eda_age_by_sex.png": lambda ax: plot_age_by_sex(frame, ax=ax),
+        "eda_class_counts.png": lambda ax: plot_class_counts(counts, ax=ax),
+        "eda_views.png": lambda ax: plot_views_modalities(frame, ax=ax),
+        "eda_images_per_patient.png": lambda ax: plot_images_per_patient(frame, ax=ax),
+        "eda_sources.png": lambda ax: plot_sources(frame, ax=ax),
+    }
+    fig = eda_figure(frame, counts)
+    written.append(save_figure(fig, out / "eda_overview.png"))
+    for name, draw in panels.items():
+        fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+        draw(ax)
+        written.append(save_figure(fig, out / name))
+    fig = plot_sample_grid(frame, samples=samples, seed=seed)
+    written.append(save_figure(fig, out / "sample_grid.png"))
+    return written

@@ -1,0 +1,302 @@
+"""Image decoding and preprocessing: every image becomes one ``uint8`` grey channel.
+Must not write files or keep state: a file in, an array out.
+
+* :func:`load_image` opens PNG/JPEG/BMP/TIFF files in any PIL mode (RGB, L, LA, RGBA, P,
+  1, CMYK, I;16, I, F; EXIF orientation applied) and DICOM files (``pydicom``: modality LUT
+  or rescale slope/intercept, the file's window or VOI LUT, MONOCHROME1 inverted).
+* :func:`preprocess` enhances contrast (optional: CLAHE or histogram equalisation from
+  scikit-image) and makes the image square, keeping its aspect ratio (pad or centre-crop).
+* :func:`check_settings` checks the ``image_size``, ``resize`` and ``contrast`` options.
+
+The step to three float channels and each backbone's own ``preprocess_input`` happen inside
+the model (:mod:`covidxr.models`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "CONTRASTS",
+    "DICOM_EXTENSIONS",
+    "MIN_IMAGE_SIDE",
+    "RESIZES",
+    "check_settings",
+    "load_image",
+    "preprocess",
+]
+
+#: Ways to make an image square: ``pad`` keeps all of it (black borders), ``crop`` keeps the
+#: centre square.
+RESIZES = ("pad", "crop")
+#: Contrast enhancements: None (off), ``clahe`` (scikit-image ``equalize_adapthist``) and
+#: ``equalize`` (global histogram equalisation, ``equalize_hist``).
+CONTRASTS = (None, "clahe", "equalize")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+#: Images whose shorter side is below this many pixels (a 1x1 placeholder, a thin strip)
+#: are not radiographs: :func:`~covidxr.images.cache.build_cache` skips them (or raises,
+#: ``strict=True``).
+MIN_IMAGE_SIDE = 16
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _scale_integers(array: np.ndarray) -> np.ndarray:
+    """Scale integer grey levels of more than 8 bits to ``uint8``.
+
+    The bit depth is the smallest of 8, 10, 12, 14 and 16 bits that holds the image's
+    maximum, so 12-bit data stored in 16-bit PNGs is not left nearly black and full-range
+    16-bit data maps 65535 to 255.
+    """
+    array = array.astype(np.float64)
+    low = min(float(array.min()), 0.0)
+    if low < 0:  # signed data: shift to zero
+        array = array - low
+    top = float(array.max())
+    bits = next((b for b in (8, 10, 12, 14, 16) if top < 2 ** b), int(np.ceil(np.log2(top + 1))))
+    return np.clip(np.rint(array * (255.0 / (2 ** bits - 1))), 0, 255).astype(np.uint8)
+
+
+def _min_max(array: np.ndarray, low=None, high=None) -> np.ndarray:
+    array = array.astype(np.float64)
+    low = float(array.min()) if low is None else float(low)
+    high = float(array.max()) if high is None else float(high)
+    if high <= low:
+        return np.zeros(array.shape, np.uint8)
+    return np.clip(np.rint((array - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+
+
+def _pil_to_grey(img: Image.Image) -> np.ndarray:
+    """One PIL image (any mode) to a uint8 (H, W) grey array."""
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        array = np.asarray(img)
+        if mode == "F":
+            return _min_max(array)
+        return _scale_integers(array)
+    # RGB, RGBA, LA, P, PA, 1, CMYK (Adobe-inverted CMYK is undone by PIL's JPEG reader),
+    # YCbCr, LAB, HSV: PIL's ITU-R 601-2 luma. Transparency is ignored.
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if mode in ("LAB", "HSV"):
+        img = img.convert("RGB")
+    return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+
+
+def _first(value):
+    """First item of a possibly multi-valued DICOM element."""
+    try:
+        return float(value[0])
+    except (TypeError, IndexError):
+        return float(value)
+
+
+def _require(module, purpose):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{purpose} needs the optional package '{module}': pip install 'covidxr[extras]'"
+        ) from err
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    pydicom = _require("pydicom", "reading DICOM files")
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise ValueError("the DICOM file holds no pixel data")
+    # PIL's decompression-bomb limit, checked before pydicom allocates the pixel buffer
+    pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"the DICOM header claims {pixels} pixels, more than the decompression-bomb "
+                         f"limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)")
+    array = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        array = array[0]
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        # colour DICOM (RGB, YBR_*, PALETTE COLOR): to RGB, then PIL's luma.
+        # (pydicom 3's pixel_array already converts YBR_* to RGB.)
+        try:
+            from pydicom.pixels import apply_color_lut
+        except ImportError:  # pydicom 2.x
+            from pydicom.pixel_data_handlers.util import apply_color_lut
+
+        if photometric == "PALETTE COLOR":
+            array = apply_color_lut(array, ds)
+        if array.ndim != 3:
+            raise ValueError(f"photometric interpretation {photometric} with pixel shape {array.shape}")
+        return _pil_to_grey(Image.fromarray(_min_max(array) if array.dtype != np.uint8 else array))
+    values = apply_modality_lut(array, ds).astype(np.float64)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        # DICOM PS3.3 C.11.2.1.2.1, linear: x <= c - 0.5 - (w-1)/2 -> black, x > c - 0.5 + (w-1)/2 -> white
+        width = max(width, 1.0)
+        scaled = ((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5) * 255.0
+        grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    elif "VOILUTSequence" in ds:
+        lut = ds.VOILUTSequence[0]
+        grey = _min_max(apply_voi(values, ds), 0, 2 ** int(lut.LUTDescriptor[2]) - 1)
+    else:
+        grey = _min_max(values)
+    if photometric == "MONOCHROME1":
+        grey = 255 - grey
+    return grey
+
+
+def load_image(path, *, strict=True) -> np.ndarray | None:
+    """Open one image file as a ``uint8`` grey array.
+
+    PIL formats in any mode (RGB, L, LA, RGBA, P, 1, CMYK JPEG, I;16 and other 16-bit
+    modes scaled to 8 bits, EXIF-rotated JPEG turned upright) and DICOM files (by extension
+    ``.dcm``/``.dicom`` or by the ``DICM`` magic; rescale slope/intercept or modality LUT,
+    then the file's window, else its VOI LUT, else its full range; MONOCHROME1 inverted).
+    An image above PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, DICOM
+    included) is refused before its pixels are allocated. Of a multi-frame file (animated
+    GIF, multi-page TIFF, multi-frame DICOM) the first frame is used. Nothing is written.
+
+    Args:
+        path: The file.
+        strict: If True, a missing, corrupt, truncated, empty, non-image or oversized file
+            raises; if False it gives a warning naming the file and None.
+
+    Returns:
+        A ``uint8`` array of shape (H, W), or None (``strict=False`` only) for a bad file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (``strict=True``).
+        ValueError: the file cannot be decoded as an image, or ``path`` is not a regular
+            file (``strict=True``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        if path.exists():   # never opened: a folder, a device (/dev/zero) or a pipe could hang or flood
+            kind = "a folder" if path.is_dir() else "a device, pipe or socket"
+            if strict:
+                raise ValueError(f"Expected a regular image file; this path is {kind}. Received: path='{path}'")
+            warnings.warn(f"Skipping a path that is not a regular file ({kind}): {path}", stacklevel=2)
+            return None
+        if strict:
+            raise FileNotFoundError(f"Expected an image file; none exists there. Received: path='{path}'")
+        warnings.warn(f"Skipping a missing image file: {path}", stacklevel=2)
+        return None
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("the file is empty (0 bytes)")
+        if _is_dicom(path):
+            grey = _load_dicom(path)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img.load()
+                    img = ImageOps.exif_transpose(img)
+                    grey = _pil_to_grey(img)
+        if grey.ndim != 2 or grey.size == 0:
+            raise ValueError(f"decoded to an array of shape {grey.shape}, not (H, W)")
+    except Exception as err:  # noqa: BLE001 - any decoder failure (PIL, pydicom, its pixel handlers) is a bad file
+        if isinstance(err, ImportError):  # a missing optional package is not a bad file
+            raise
+        message = f"Expected a readable image file; this one cannot be decoded ({type(err).__name__}: {err})."
+        if strict:
+            raise ValueError(f"{message} Received: path='{path}'") from err
+        warnings.warn(f"Skipping an unreadable image file: {path} ({type(err).__name__}: {err})", stacklevel=2)
+        return None
+    return grey
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def check_settings(image_size, resize, contrast):
+    """Check the preprocessing options; return ``image_size`` as an int.
+
+    Raises:
+        ValueError: ``image_size`` is not an integer >= 8, or ``resize``/``contrast`` is
+            not one of :data:`RESIZES`/:data:`CONTRASTS`.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 8:
+        raise ValueError(f"Expected image_size to be an integer >= 8. Received: image_size={image_size!r}")
+    if resize not in RESIZES:
+        raise ValueError(f"Unknown resize. Expected one of {RESIZES}. Received: resize={resize!r}")
+    if contrast not in CONTRASTS:
+        raise ValueError(f"Unknown contrast. Expected one of {CONTRASTS}. Received: contrast={contrast!r}")
+    return int(image_size)
+
+
+def _enhance(grey: np.ndarray, contrast) -> np.ndarray:
+    if contrast is None or grey.max() == grey.min():
+        return grey
+    exposure = _require("skimage.exposure", f"contrast={contrast!r}")
+
+    if contrast == "clahe":
+        out = exposure.equalize_adapthist(grey, clip_limit=0.01)
+    else:
+        out = exposure.equalize_hist(grey)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def preprocess(image, *, image_size, resize="pad", contrast=None) -> np.ndarray:
+    """Make a grey image square at ``image_size``, keeping its aspect ratio.
+
+    ``pad`` scales the longer side to ``image_size`` and centres the image on black;
+    ``crop`` scales the shorter side to ``image_size`` and keeps the centre square.
+    Contrast enhancement runs after scaling and before padding, so the borders do not count
+    in its histogram.
+
+    Args:
+        image: ``uint8`` array (H, W) or (H, W, 1), as :func:`load_image` returns.
+        image_size: Side of the output square in pixels.
+        resize: ``"pad"`` or ``"crop"``.
+        contrast: None, ``"clahe"`` or ``"equalize"``.
+
+    Returns:
+        ``uint8`` array of shape (image_size, image_size).
+
+    Raises:
+        ValueError: on a bad option or an image that is not (H, W) ``uint8``.
+    """
+    size = check_settings(image_size, resize, contrast)
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 2 or image.dtype != np.uint8 or image.size == 0:
+        raise ValueError(
+            "Expected a uint8 grey image of shape (H, W). "
+            f"Received: image with shape={image.shape}, dtype={image.dtype}"
+        )
+    img = Image.fromarray(image)
+    if resize == "crop":
+        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
+        return _enhance(np.asarray(img, dtype=np.uint8), contrast)
+    img = ImageOps.contain(img, (size, size), method=Image.Resampling.BILINEAR)
+    inner = _enhance(np.asarray(img, dtype=np.uint8), contrast)
+    out = np.zeros((size, size), np.uint8)
+    top, left = (size - inner.shape[0]) // 2, (size - inner.shape[1]) // 2
+    out[top: top + inner.shape[0], left: left + inner.shape[1]] = inner
+    return out
