@@ -20,7 +20,9 @@ that combination. The run that was interrupted is continued from its last finish
 (:func:`covidxr.train.resume`); a folder killed before it wrote its ``config.json`` is left
 where it is and a new run is made. Starting again with different training options is
 refused, naming the options that differ; the comparison settings (``n_bootstrap``,
-threshold method) may change, since they do not touch the runs.
+threshold method) may change, since they do not touch the runs. ``views`` is compared in one
+canonical form (``frontal`` and the explicit list of frontal views are the same value), so a
+grid started from the command line can be resumed from the notebook and the reverse.
 
 **Pooling folds** and scoring: :mod:`covidxr.evaluation.pooling`.
 """

@@ -54,10 +54,14 @@ def plot_training_curves(history, ax=None):
     return axes
 
 
-def _curve_targets(classes):
-    """(class index, name) pairs to draw: the positive class for two classes, each class
-    one-vs-rest for more."""
-    return [(1, classes[1])] if len(classes) == 2 else list(enumerate(classes))
+def _curves(predictions: pd.DataFrame, classes):
+    """The probabilities (n, C) and the curves to draw, ``[(class index, name, 0/1 truth (n,))]``:
+    the positive class for two classes, each class one-vs-rest for more; a class whose truth is
+    all 0 or all 1 in ``predictions`` has no curve."""
+    y, probs = M.class_probabilities(predictions, classes)
+    targets = [(1, classes[1])] if len(classes) == 2 else list(enumerate(classes))
+    truths = [(i, name, (y == i).astype(int)) for i, name in targets]
+    return probs, [(i, name, yi) for i, name, yi in truths if yi.min() != yi.max()]
 
 
 def plot_confusion_matrix(cm, classes, *, normalize=False, ax=None, title=None):
@@ -139,12 +143,9 @@ def plot_roc(predictions: pd.DataFrame, classes, *, threshold=None, ax=None, tit
 
     ax = new_axes(ax, figsize=(4.2, 4))
     classes = list(classes)
-    y, probs = M.class_probabilities(predictions, classes)
+    probs, curves = _curves(predictions, classes)
     decided = M.decide(probs, threshold=threshold)
-    for i, name in _curve_targets(classes):
-        yi = (y == i).astype(int)
-        if yi.min() == yi.max():
-            continue
+    for i, name, yi in curves:
         fpr, tpr, _ = roc_curve(yi, probs[:, i])
         line, = ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
         pi = decided == i
@@ -166,12 +167,9 @@ def plot_precision_recall(predictions: pd.DataFrame, classes, *, threshold=None,
 
     ax = new_axes(ax, figsize=(4.2, 4))
     classes = list(classes)
-    y, probs = M.class_probabilities(predictions, classes)
+    probs, curves = _curves(predictions, classes)
     decided = M.decide(probs, threshold=threshold)
-    for i, name in _curve_targets(classes):
-        yi = (y == i).astype(int)
-        if yi.min() == yi.max():
-            continue
+    for i, name, yi in curves:
         precision, recall, _ = precision_recall_curve(yi, probs[:, i])
         ap = average_precision_score(yi, probs[:, i])
         line, = ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f})")
@@ -193,11 +191,8 @@ def plot_calibration(predictions: pd.DataFrame, classes, *, n_bins=10, ax=None, 
 
     ax = new_axes(ax, figsize=(4.2, 4))
     classes = list(classes)
-    y, probs = M.class_probabilities(predictions, classes)
-    for i, name in _curve_targets(classes):
-        yi = (y == i).astype(int)
-        if yi.min() == yi.max():
-            continue
+    probs, curves = _curves(predictions, classes)
+    for i, name, yi in curves:
         bins = int(max(2, min(n_bins, len(yi) // 5)))
         observed, predicted = calibration_curve(yi, probs[:, i], n_bins=bins, strategy="quantile")
         brier = float(np.mean((probs[:, i] - yi) ** 2))
