@@ -150,3 +150,15 @@ def test_download_refuses_zip_slip(tmp_path, monkeypatch):
 def test_download_real(tmp_path):  # pragma: no cover - needs network
     summary = download.download(tmp_path / "ds")
     assert "labelled images on disk" in summary
+
+
+def test_eda_and_the_figures_load_no_keras(collection):
+    """`covidxr eda`, the figures and the evaluation layer start without Keras or TensorFlow (the
+    Grad-CAM examples and external scoring load it when they are used)."""
+    code = ("import sys; from covidxr.cli import main; rc = main(['eda', '--data-dir', sys.argv[1]]); "
+            "import covidxr.evaluation, covidxr.figures, covidxr.reports; "
+            "print(rc, sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(collection)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 []"

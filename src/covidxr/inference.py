@@ -1,4 +1,4 @@
-"""Use a finished run: load its model and preprocessing, and predict images, frames and files.
+"""Use a finished run: load its model and preprocessing, and predict images and frames.
 Must not score, threshold or draw: it returns probabilities; deciding and reporting happen in
 the evaluation, figures and application layers.
 """

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from . import RESEARCH_ONLY
-from .config import TrainConfig
 from .evaluation.runs import RUN_KEYS
 
 __all__ = ["comparison_markdown", "evaluation_report", "grid_markdown", "metrics_markdown", "run_report"]
@@ -108,9 +107,16 @@ def comparison_markdown(table: pd.DataFrame, *, digits=3) -> str:
     return "\n".join(lines)
 
 
-def run_report(run_name: str, config: dict, counts: dict, metrics: dict, classes) -> str:
-    """A run folder's ``report.md``: settings, images per class and part, threshold-free figures."""
-    options = TrainConfig.from_dict(config).to_dict()
+def run_report(run_name: str, options: dict, config: dict, counts: dict, metrics: dict, classes) -> str:
+    """A run folder's ``report.md``: settings, images per class and part, threshold-free figures.
+
+    Args:
+        run_name: The run folder's name.
+        options: The run's options (``TrainConfig.to_dict()``), listed as its settings.
+        config: The run's ``config.json`` record (versions, backend).
+        counts: Images per class and patients, per part. metrics: The run's ``metrics.json``.
+        classes: Class names in model output order.
+    """
     lines = [f"# Run {run_name}", "", f"> {RESEARCH_ONLY}", "", "## Settings", "",
              "| option | value |", "| --- | --- |"]
     for key, value in options.items():

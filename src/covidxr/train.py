@@ -433,8 +433,8 @@ def _write_artifacts(state: RunState, saver: SaveBest) -> None:
     known = ("cache_seconds", "phase1_feature_seconds", "first_step_seconds", "steady_step_seconds",
              "validation_seconds", "checkpoint_seconds", "predict_seconds")
     timing["other_seconds"] = round(timing["wall_seconds"] - sum(timing.get(k, 0.0) for k in known), 2)
-    write_text(run_dir / "report.md", run_report(run_dir.name, state.record, state.record["class_counts"],
-                                                 metrics, state.classes))
+    write_text(run_dir / "report.md", run_report(run_dir.name, config.to_dict(), state.record,
+                                                 state.record["class_counts"], metrics, state.classes))
     state.record.update({"timing": timing, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     write_json(run_dir / "config.json", state.record)  # "finished" is written last: the run is complete
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)

@@ -2,6 +2,10 @@
 or another dataset, comparing runs, pooling a grid's folds, choosing Grad-CAM examples.
 Must not write files or draw: every function returns data (dicts, frames, arrays); the
 application layer writes them and the figures and reports layers present them.
+
+Importing it does not import Keras (so ``covidxr eda`` and the figures start fast): the Grad-CAM
+examples (:mod:`covidxr.evaluation.examples`) are loaded on first use, and scoring another
+dataset loads the model then.
 """
 
 from . import bootstrap, metrics
@@ -9,7 +13,6 @@ from .bootstrap import bootstrap_metrics, metrics_table, patient_bootstrap
 from .metrics import (BINARY_METRICS, MULTICLASS_METRICS, PER_CLASS_METRICS, THRESHOLD_METHODS, binary_metrics,
                       choose_threshold, class_probabilities, classes_from_frame, compute_metrics, decide,
                       multiclass_metrics, part_metrics, patient_frame, positive, prob_columns)
-from .examples import GRADCAM_CATEGORIES, select_gradcam_examples
 from .pooling import grid_comparison, pooled_metrics
 from .runs import RUN_KEYS, held_out_test, read_run, validation_threshold
 from .scoring import (compare_runs, evaluate_predictions, external_predictions, latest_evaluation, score_run,
@@ -24,3 +27,12 @@ __all__ = [
     "grid_comparison", "held_out_test", "latest_evaluation", "metrics", "pooled_metrics", "read_run", "score_run",
     "select_gradcam_examples", "unreadable_images", "validation_threshold", "with_decisions",
 ]
+
+
+def __getattr__(name):
+    """``GRADCAM_CATEGORIES`` and ``select_gradcam_examples``, from :mod:`.examples` on first use."""
+    if name in ("GRADCAM_CATEGORIES", "select_gradcam_examples"):
+        from . import examples
+
+        return getattr(examples, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import inference
 from ..data import get_task, load_dataset
 from ..images import load_image
 from . import bootstrap as B
@@ -174,6 +173,8 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options)
         frame = frame[~frame["image"].isin({b["image"] for b in bad})].reset_index(drop=True)
     if frame.empty:
         raise ValueError(f"Expected readable images in the dataset. Received: data_dir={str(data_dir)!r}")
+    from .. import inference  # Keras: only when a model scores new images
+
     probs = np.asarray(inference.predict_frame(run_dir, frame, batch_size=batch_size), dtype=float)
     if probs.shape != (len(frame), len(classes)):
         raise ValueError(

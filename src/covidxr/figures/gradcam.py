@@ -11,7 +11,6 @@ import numpy as np
 from matplotlib import colormaps
 
 from .. import RESEARCH_ONLY
-from ..evaluation.examples import GRADCAM_CATEGORIES, select_gradcam_examples
 from .common import DATASET_ATTRIBUTION
 
 __all__ = ["overlay", "plot_gradcam_examples"]
@@ -55,6 +54,8 @@ def plot_gradcam_examples(run_dir, *, n=3, part="test", seed=0, threshold_method
     Returns:
         The Matplotlib figure (its ``gradcam_examples`` attribute holds the examples' table).
     """
+    from ..evaluation.examples import GRADCAM_CATEGORIES, select_gradcam_examples  # Keras: on first use
+
     ex = examples or select_gradcam_examples(run_dir, n=n, part=part, seed=seed,
                                              threshold_method=threshold_method, data_dir=data_dir)
     n = max(int(n), int(ex["table"].groupby("category").size().max()) if len(ex["table"]) else 1)

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from ..images import CONTRASTS, load_image, preprocess
-from ..sampling import STRATEGIES
 
 __all__ = [
     "plot_augmentations",
@@ -129,6 +128,8 @@ def plot_epoch_balance(counts: pd.DataFrame, *, epoch=0):
     import matplotlib.pyplot as plt
 
     table = counts[counts["epoch"] == epoch].pivot(index="strategy", columns="class", values="images")
+    from ..sampling import STRATEGIES  # Keras (sampling's batches): only for this figure
+
     table = table.loc[[s for s in STRATEGIES if s in table.index]]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     table.plot.bar(ax=ax, rot=0)
