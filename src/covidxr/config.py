@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_text
-from .data import FRONTAL_VIEWS, get_task, kfold_split, load_dataset, read_split, split_patients
+from .data import FRONTAL_VIEWS, get_task, load_dataset, read_split, split_frame
 from .images import RESIZES
 from .models import get_backbone
 from .runtime import precision_policy
@@ -243,6 +243,5 @@ def make_split(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
     """The split a configuration asks for: its ``split_file``, its k-fold fold, or train / val / test."""
     if config.split_file:
         return split_from_file(frame, config.split_file)
-    if config.folds:
-        return kfold_split(frame, folds=config.folds, fold=config.fold, val_size=config.val_size, seed=config.seed)
-    return split_patients(frame, val_size=config.val_size, test_size=config.test_size, seed=config.seed)
+    return split_frame(frame, folds=config.folds, fold=config.fold, val_size=config.val_size,
+                       test_size=config.test_size, seed=config.seed)

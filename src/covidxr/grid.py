@@ -221,12 +221,11 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
             with other options (the message names them).
         FileNotFoundError: Missing dataset or weights file.
     """
-    base, configs = _grid_configs(base_config, out=out, backbones=backbones, strategies=strategies, folds=folds,
-                                  n_bootstrap=n_bootstrap)
+    base, configs, backbones, strategies = _grid_configs(base_config, out=out, backbones=backbones,
+                                                         strategies=strategies, folds=folds, n_bootstrap=n_bootstrap)
     out = Path(out).expanduser()
     runs_dir = out / "runs"
-    record = _open_record(out / GRID_FILE, _grid_record(base, _names(configs, "backbone"),
-                                                        _names(configs, "strategy"), int(folds)), out=out)
+    record = _open_record(out / GRID_FILE, _grid_record(base, backbones, strategies, int(folds)), out=out)
     frame = load_frame(base)
     _check_folds(frame, int(folds), base.task)
     del frame
@@ -254,14 +253,10 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     return out
 
 
-def _names(configs, field) -> list[str]:
-    """The backbones (or strategies) of the grid's combinations, in order, each once."""
-    return list(dict.fromkeys(getattr(c, field) for c in configs))
-
-
 def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap):
-    """Check the grid's options and every combination's; return the base and one
-    :class:`~covidxr.config.TrainConfig` per combination (backbone outermost, fold innermost)."""
+    """Check the grid's options and every combination's; return the base, one
+    :class:`~covidxr.config.TrainConfig` per combination (backbone outermost, fold innermost), and
+    the checked backbone and strategy lists."""
     if isinstance(base_config, dict):
         base_config = TrainConfig.from_dict(base_config)
     if not isinstance(base_config, TrainConfig):
@@ -281,7 +276,7 @@ def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap
     configs = [dataclasses.replace(base, **combo) for combo in combinations(backbones, strategies, int(folds))]
     for config in configs:  # every option checked before anything is trained
         check_config(config)
-    return base, configs
+    return base, configs, backbones, strategies
 
 
 def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:

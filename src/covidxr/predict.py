@@ -84,7 +84,7 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         batch = np.stack(images)[..., None]
         probs = predict_images(model, batch, batch_size=batch_size)
         table.loc[good, columns] = probs
-        decided = M.decide(probs, threshold=threshold if len(classes) == 2 else None)
+        decided = M.decide(probs, threshold=threshold)
         table.loc[good, "decision"] = np.asarray(classes)[decided]
         if gradcam_dir is not None:
             out = Path(gradcam_dir)

@@ -229,6 +229,11 @@ class RunState:
     def resuming(self) -> bool:
         return self.previous is not None
 
+    @property
+    def batch_size(self) -> int:
+        """The global batch size (rounded up to a multiple of the devices under data parallelism)."""
+        return self.runtime.batch_size(self.config.batch_size)
+
 
 def _run(config: TrainConfig, *, run_dir=None, previous=None) -> Path:
     """Set the precision and devices, run the steps, and restore the global state afterwards."""
@@ -269,7 +274,7 @@ def _build(state: RunState) -> None:
 def _prepare_data(state: RunState) -> dict | None:
     """Read and split the data, check the memory, make the run folder, build the cache, write
     ``split.csv``; return the memory estimate (None when the check is off)."""
-    config, batch_size = state.config, state.runtime.batch_size(state.config.batch_size)
+    config = state.config
     frame = load_frame(config)
     if state.resuming:
         remove_stale(state.run_dir)  # temporary files of the killed process
@@ -279,7 +284,7 @@ def _prepare_data(state: RunState) -> dict | None:
         split = make_split(config, frame)
     memory = None
     if config.memory_check:  # before the run folder, the cache and hours of training
-        memory = check_memory(state.model, batch_size=batch_size, train_images=int((split["part"] == "train").sum()),
+        memory = check_memory(state.model, batch_size=state.batch_size, train_images=int((split["part"] == "train").sum()),
                               image_size=int(config.image_size), num_replicas=state.runtime.num_replicas)
     if not state.resuming:
         state.run_dir = make_run_dir(config)
@@ -332,7 +337,7 @@ def _write_record(state: RunState, memory) -> None:
         "numpy_version": np.__version__,
         "dtype_policy": keras.config.dtype_policy().name,
         "runtime": {"data_parallel": runtime.enabled, "num_replicas": runtime.num_replicas,
-                    "devices": [str(d) for d in runtime.devices], "batch_size": runtime.batch_size(config.batch_size),
+                    "devices": [str(d) for d in runtime.devices], "batch_size": state.batch_size,
                     "jit_compile": config.jit_compile, "jax_compilation_cache": state.compilation_cache,
                     "memory_estimate_gib": None if memory is None else round(memory["total"] / 2 ** 30, 2),
                     "memory_available_gib": None if memory is None else round(memory["available"] / 2 ** 30, 2)},
@@ -366,9 +371,10 @@ def _train_phases(state: RunState) -> SaveBest:
     config, model, timing = state.config, state.model, state.timing
     folder = state.run_dir / CHECKPOINT_DIR
     saver, timer = SaveBest(model), StepTimer()
-    restore_best(saver, read_state(state.run_dir) if state.resuming else None, folder)
+    committed = read_state(state.run_dir) if state.resuming else None  # the last checkpoint, once
+    restore_best(saver, committed, folder)
     (_, x_train, y_train), (_, x_val, y_val) = state.data["train"], state.data["val"]
-    common = dict(num_classes=len(state.classes), batch_size=state.runtime.batch_size(config.batch_size),
+    common = dict(num_classes=len(state.classes), batch_size=state.batch_size,
                   strategy=config.strategy, seed=config.seed, verbose=config.verbose,
                   jit_compile=config.jit_compile, runtime=state.runtime)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer)
@@ -381,7 +387,7 @@ def _train_phases(state: RunState) -> SaveBest:
                         learning_rate=config.learning_rate, cache_features=config.cache_features,
                         patience=config.patience, callbacks=callbacks, initial_epoch=initial_epoch, **common)
 
-    rows, info1 = run_phase(1, fit=fit1, state=read_state(state.run_dir) if state.resuming else None,
+    rows, info1 = run_phase(1, fit=fit1, state=committed,
                             epochs=config.epochs, history=[], **phase)
     checkpoint_seconds = 0.0
     if info1 is not None:
@@ -451,7 +457,7 @@ def _predict_parts(state: RunState) -> dict:
     frames, metrics = [], {}
     for part in ("val", "test"):
         rows, x, y = state.data[part]
-        probs = predict_images(best, x, batch_size=state.runtime.batch_size(state.config.batch_size))
+        probs = predict_images(best, x, batch_size=state.batch_size)
         out = rows[["image", "patient", "label", "part"]].copy()
         for i, column in enumerate(prob_columns(classes)):
             out[column] = probs[:, i]

@@ -18,6 +18,21 @@ from ..data import FRONTAL_VIEWS, load_dataset, resolve_data_dir
 from .options import add_data_options, add_train_options, data_options
 
 
+def _print_warnings(caught) -> None:
+    """The user warnings a command caught, one ``warning: ...`` line each on stderr."""
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+
+
+def _config_values(args, *, leave_out=()) -> dict:
+    """The ``TrainConfig`` fields that ``args`` has options for, less ``leave_out``."""
+    from ..config import TrainConfig
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in leave_out and hasattr(args, f.name)}
+
+
 # --------------------------------------------------------------------------- download
 
 def _add_download(sub):
@@ -77,13 +92,11 @@ def _add_split(sub):
 
 
 def _run_split(args):
-    from ..data import kfold_split, split_patients, write_split
+    from ..data import split_frame, write_split
 
     frame = load_dataset(args.data_dir, task=args.task, **data_options(args))
-    if args.folds:
-        split = kfold_split(frame, folds=args.folds, fold=args.fold, val_size=args.val_size, seed=args.seed)
-    else:
-        split = split_patients(frame, val_size=args.val_size, test_size=args.test_size, seed=args.seed)
+    split = split_frame(frame, folds=args.folds, fold=args.fold, val_size=args.val_size, test_size=args.test_size,
+                        seed=args.seed)
     if Path(args.out).exists():
         raise FileExistsError(f"Expected a new file; this one exists. Received: out={args.out!r}")
     write_split(split, args.out)
@@ -165,9 +178,7 @@ def _run_evaluate(args):
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
             batch_size=args.batch_size, figures=not args.no_figures)
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
+    _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
     print(f"{result['n_images']} images of {result['n_patients']} patients from {result['data']}")
@@ -196,9 +207,7 @@ def _run_audit(args):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         frame = load_dataset(args.data_dir, task=args.task, **data_options(args))
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
+    _print_warnings(caught)
     result = audit_dataset(frame, model=args.model, n_splits=args.folds, n_bootstrap=args.n_bootstrap,
                            seed=args.seed, warn_above=args.warn_above)
     print(audit_report(result, data=str(resolve_data_dir(args.data_dir))))
@@ -245,7 +254,7 @@ def _run_train(args):
     from ..train import resume, train
 
     defaults = TrainConfig()
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    values = _config_values(args)
     if args.resume:
         changed = sorted(k for k, v in values.items() if v != getattr(defaults, k) and k != "verbose")
         if changed or args.config:
@@ -295,9 +304,8 @@ def _run_grid(args):
     from .. import grid
     from ..config import TrainConfig
 
-    varied = {"backbone", "strategy", "folds", "fold", "split_file", "runs_dir", "run_name"}
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if f.name not in varied and hasattr(args, f.name)}
+    values = _config_values(args, leave_out={"backbone", "strategy", "folds", "fold", "split_file", "runs_dir",
+                                             "run_name"})
     out = grid.run_grid(TrainConfig(**values), out=args.out, backbones=args.backbones, strategies=args.strategies,
                         folds=args.folds, n_bootstrap=args.n_bootstrap, threshold_method=args.threshold_method,
                         target_sensitivity=args.target_sensitivity)

@@ -32,7 +32,8 @@ from .readers import (
     summary_table,
     task_counts,
 )
-from .splits import SPLIT_COLUMNS, check_parts, kfold_split, read_split, split_patients, write_split
+from .splits import (SPLIT_COLUMNS, check_parts, kfold_split, read_split, split_frame, split_patients,
+                     write_split)
 from .tasks import (
     CATEGORIES,
     FRAME_COLUMNS,
@@ -79,6 +80,7 @@ __all__ = [
     "require_columns",
     "resolve_data_dir",
     "source_overlap",
+    "split_frame",
     "split_patients",
     "summary_table",
     "task_counts",

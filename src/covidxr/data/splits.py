@@ -21,6 +21,7 @@ __all__ = [
     "check_parts",
     "kfold_split",
     "read_split",
+    "split_frame",
     "split_patients",
     "write_split",
 ]
@@ -141,6 +142,15 @@ def kfold_split(frame: pd.DataFrame, *, folds=5, fold=0, val_size=0.15, seed=0) 
 
 
 #: The columns of a split file, in order.
+def split_frame(frame: pd.DataFrame, *, folds=None, fold=0, val_size=0.15, test_size=0.15, seed=0) -> pd.DataFrame:
+    """The split the split options ask for: fold ``fold`` of :func:`kfold_split` when ``folds`` is
+    set, else one :func:`split_patients` train / val / test split (``test_size`` is then unused
+    in k-fold mode: the test part is the fold)."""
+    if folds:
+        return kfold_split(frame, folds=folds, fold=fold, val_size=val_size, seed=seed)
+    return split_patients(frame, val_size=val_size, test_size=test_size, seed=seed)
+
+
 SPLIT_COLUMNS = ("image", "patient", "label", "part")
 
 

@@ -64,6 +64,16 @@ def _curves(predictions: pd.DataFrame, classes):
     return probs, [(i, name, yi) for i, name, yi in truths if yi.min() != yi.max()]
 
 
+def _operating_point(called, truth):
+    """Sensitivity, false-positive rate and precision (NaN when nothing is called) of the
+    decisions ``called`` (bool (n,)) against ``truth`` (0/1 (n,))."""
+    hits = (called & (truth == 1)).sum()
+    sensitivity = hits / max((truth == 1).sum(), 1)
+    false_positive_rate = (called & (truth == 0)).sum() / max((truth == 0).sum(), 1)
+    precision = hits / called.sum() if called.sum() else np.nan
+    return sensitivity, false_positive_rate, precision
+
+
 def plot_confusion_matrix(cm, classes, *, normalize=False, ax=None, title=None):
     """A confusion matrix (rows = true class, columns = predicted), counts or row-normalised.
 
@@ -148,9 +158,7 @@ def plot_roc(predictions: pd.DataFrame, classes, *, threshold=None, ax=None, tit
     for i, name, yi in curves:
         fpr, tpr, _ = roc_curve(yi, probs[:, i])
         line, = ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-        pi = decided == i
-        sens = (pi & (yi == 1)).sum() / max((yi == 1).sum(), 1)
-        fp_rate = (pi & (yi == 0)).sum() / max((yi == 0).sum(), 1)
+        sens, fp_rate, _ = _operating_point(decided == i, yi)
         marker = f"threshold {threshold:.3f}" if len(classes) == 2 and threshold is not None else "arg-max"
         ax.plot([fp_rate], [sens], "o", color=line.get_color(), markeredgecolor="black",
                 label=f"operating point ({marker})")
@@ -173,9 +181,7 @@ def plot_precision_recall(predictions: pd.DataFrame, classes, *, threshold=None,
         precision, recall, _ = precision_recall_curve(yi, probs[:, i])
         ap = average_precision_score(yi, probs[:, i])
         line, = ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f})")
-        pi = decided == i
-        rec = (pi & (yi == 1)).sum() / max((yi == 1).sum(), 1)
-        prec = (pi & (yi == 1)).sum() / pi.sum() if pi.sum() else np.nan
+        rec, _, prec = _operating_point(decided == i, yi)
         ax.plot([rec], [prec], "o", color=line.get_color(), markeredgecolor="black",
                 label="operating point")
         ax.axhline(yi.mean(), ls="--", lw=0.8, color=line.get_color())
