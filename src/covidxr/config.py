@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_text
-from .data import FRONTAL_VIEWS, get_task, load_dataset, read_split, split_frame
-from .images import RESIZES
+from .data import FRONTAL_VIEWS, get_task, read_split, split_frame
+from .data.groups import DUPLICATES, GROUP_BY
+from .images import RESIZES, load_grouped
 from .models import get_backbone
 from .runtime import precision_policy
 from .sampling import check_strategy
@@ -37,7 +38,11 @@ class TrainConfig:
     Data: ``data_dir``, ``layout``, ``task``, ``views``, ``modality``, ``image_col``,
     ``label_col``, ``patient_col`` (as :func:`covidxr.data.load_dataset`); ``val_size``,
     ``test_size``, ``folds``/``fold`` (k-fold mode when ``folds`` is set), ``split_file``
-    (a ``split.csv`` to reuse instead of splitting), ``seed``.
+    (a ``split.csv`` to reuse instead of splitting), ``seed``; ``duplicates`` (images found
+    twice: ``merge`` their patients into one split group, ``drop`` the copies, ``keep``),
+    ``group_by`` (``patient`` or ``source``: no source in two parts), ``drop_mixed_patients``
+    (leave out patients whose images carry different labels), ``allow_small_validation``
+    (accept a validation part with fewer than 2 patients in a class).
 
     Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``.
 
@@ -67,6 +72,9 @@ class TrainConfig:
     image_col: str = "path"
     label_col: str = "label"
     patient_col: str | None = "patient"
+    duplicates: str = "merge"
+    group_by: str = "patient"
+    drop_mixed_patients: bool = False
     backbone: str = "resnet50"
     weights: str | None = "imagenet"
     image_size: int = 224
@@ -95,6 +103,7 @@ class TrainConfig:
     folds: int | None = None
     fold: int = 0
     split_file: str | None = None
+    allow_small_validation: bool = False
     cache_dir: str | None = None
     runs_dir: str = "runs"
     run_name: str | None = None
@@ -174,6 +183,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"Expected an integer image_size of at least {spec.min_size} px for backbone "
             f"{spec.name!r}. Received: image_size={config.image_size!r}"
         )
+    if config.duplicates not in DUPLICATES:
+        raise ValueError(f"Unknown duplicates. Expected one of {list(DUPLICATES)}. "
+                         f"Received: duplicates={config.duplicates!r}")
+    if config.group_by not in GROUP_BY:
+        raise ValueError(f"Unknown group_by. Expected one of {list(GROUP_BY)}. Received: group_by={config.group_by!r}")
     if config.resize not in RESIZES:
         raise ValueError(f"Unknown resize. Expected one of {RESIZES}. Received: resize={config.resize!r}")
     _positive_int("batch_size", config.batch_size)
@@ -202,21 +216,26 @@ def check_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True) -> pd.DataFrame:
-    """The dataset a configuration names, read as every run reads it.
+def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=False) -> pd.DataFrame:
+    """The dataset a configuration names, read and grouped as every run reads it.
 
     Args:
-        config: The run's options (data folder, layout, task, views, modality, columns).
+        config: The run's options (data folder, layout, task, views, modality, columns, duplicates,
+            grouping, cache folder).
         data_dir: Read this folder instead of ``config.data_dir`` (a dataset that moved).
         apply_task: False keeps every labelled row with ``label`` = its category.
+        progress: Show a progress bar while hashing images not yet in the hash index.
 
     Returns:
-        :func:`covidxr.data.load_dataset`'s frame, one row per usable image.
+        :func:`covidxr.images.load_grouped`'s frame, one row per usable image, with ``group``
+        and ``hash`` columns.
     """
-    return load_dataset(
+    return load_grouped(
         config.data_dir if data_dir is None else data_dir, task=config.task if apply_task else None,
         layout=config.layout, modality=config.modality, views=config.views, image_col=config.image_col,
-        label_col=config.label_col, patient_col=config.patient_col,
+        label_col=config.label_col, patient_col=config.patient_col, duplicates=config.duplicates,
+        group_by=config.group_by, drop_mixed_patients=config.drop_mixed_patients, cache_dir=config.cache_dir,
+        progress=progress,
     )
 
 

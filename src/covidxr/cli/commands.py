@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .. import RESEARCH_ONLY
 from ..atomic import write_text
-from ..data import FRONTAL_VIEWS, load_dataset, resolve_data_dir
-from .options import add_data_options, add_train_options, data_options
+from ..data import FRONTAL_VIEWS, resolve_data_dir
+from .options import add_data_options, add_train_options, data_options, grouping_options
 
 
 def _print_warnings(caught) -> None:
@@ -67,8 +67,9 @@ def _add_eda(sub):
 def _run_eda(args):
     from ..data import summary_table, task_counts
     from ..figures import write_eda_figures
+    from ..images import load_grouped
 
-    frame = load_dataset(args.data_dir, task=None, **data_options(args))
+    frame = load_grouped(args.data_dir, task=None, **data_options(args), **grouping_options(args))
     counts = task_counts(frame)
     print(summary_table(frame, counts))
     if args.out:
@@ -89,12 +90,15 @@ def _add_split(sub):
     p.add_argument("--folds", type=int, default=None, help="k-fold mode: number of folds")
     p.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-small-validation", action="store_true",
+                   help="accept a validation part with fewer than 2 patients (groups) in a class")
 
 
 def _run_split(args):
     from ..data import split_frame, write_split
+    from ..images import load_grouped
 
-    frame = load_dataset(args.data_dir, task=args.task, **data_options(args))
+    frame = load_grouped(args.data_dir, task=args.task, **data_options(args), **grouping_options(args))
     split = split_frame(frame, folds=args.folds, fold=args.fold, val_size=args.val_size, test_size=args.test_size,
                         seed=args.seed)
     if Path(args.out).exists():
@@ -203,10 +207,11 @@ def _add_audit(sub):
 
 def _run_audit(args):
     from ..audit import audit_dataset, audit_report
+    from ..images import load_grouped
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        frame = load_dataset(args.data_dir, task=args.task, **data_options(args))
+        frame = load_grouped(args.data_dir, task=args.task, **data_options(args), **grouping_options(args))
     _print_warnings(caught)
     result = audit_dataset(frame, model=args.model, n_splits=args.folds, n_bootstrap=args.n_bootstrap,
                            seed=args.seed, warn_above=args.warn_above)

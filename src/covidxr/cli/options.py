@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 
 from ..data import FRONTAL_VIEWS, TASKS
+from ..data.groups import DUPLICATES, GROUP_BY
 
-__all__ = ["add_data_options", "add_train_options", "data_options"]
+__all__ = ["add_data_options", "add_train_options", "data_options", "grouping_options"]
 
 
 def add_data_options(parser, *, task_default="covid-vs-rest"):
@@ -22,11 +23,22 @@ def add_data_options(parser, *, task_default="covid-vs-rest"):
     group.add_argument("--task", default=task_default, choices=sorted(TASKS),
                        help=f"label task (default: {task_default})")
     group.add_argument("--views", default=",".join(FRONTAL_VIEWS),
-                       help="comma-separated views to keep, or 'frontal' / 'all' (default: frontal)")
+                       help="comma-separated views to keep, or 'frontal' / 'all'; add 'unknown' to keep rows "
+                            "without a view (default: frontal)")
     group.add_argument("--modality", default="X-ray", help="modality to keep (default: X-ray)")
     group.add_argument("--image-col", default="path", help="manifest: image path column")
     group.add_argument("--label-col", default="label", help="manifest: label column")
     group.add_argument("--patient-col", default="patient", help="manifest: patient id column")
+    group.add_argument("--duplicates", default="merge", choices=list(DUPLICATES),
+                       help="images found twice (same or nearly the same pixels): merge their patients into one "
+                            "split group, drop the copies, or keep them as they are (default: merge)")
+    group.add_argument("--group-by", default="patient", choices=list(GROUP_BY),
+                       help="split unit: patient (merged by shared images) or source (no source, i.e. URL host, "
+                            "in two parts) (default: patient)")
+    group.add_argument("--drop-mixed-patients", action="store_true",
+                       help="leave out patients whose images carry different labels")
+    group.add_argument("--cache-dir", default=None,
+                       help="image cache and hash index folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
     return group
 
 
@@ -34,6 +46,12 @@ def data_options(args) -> dict:
     """The data options of ``args`` as :func:`covidxr.data.load_dataset` keywords (without the task)."""
     return {"layout": args.layout, "modality": args.modality, "views": args.views, "image_col": args.image_col,
             "label_col": args.label_col, "patient_col": args.patient_col}
+
+
+def grouping_options(args) -> dict:
+    """The grouping options of ``args`` as :func:`covidxr.images.load_grouped` keywords."""
+    return {"duplicates": args.duplicates, "group_by": args.group_by,
+            "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir}
 
 
 def add_train_options(p, *, grid=False):
@@ -84,12 +102,13 @@ def add_train_options(p, *, grid=False):
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
     s = p.add_argument_group("split and output")
     s.add_argument("--val-size", type=float, default=0.15)
+    s.add_argument("--allow-small-validation", action="store_true",
+                   help="accept a validation part with fewer than 2 patients (groups) in a class")
     if not grid:
         s.add_argument("--test-size", type=float, default=0.15)
         s.add_argument("--folds", type=int, default=None, help="k-fold mode: number of folds")
         s.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
         s.add_argument("--split-file", default=None, help="reuse a split.csv instead of splitting")
-    s.add_argument("--cache-dir", default=None, help="image cache folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
     if not grid:
         s.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
         s.add_argument("--config", default=None,

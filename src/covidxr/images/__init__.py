@@ -18,8 +18,9 @@ Every image the dataset holds, whatever its format, becomes one ``uint8`` grey c
 The step to three float channels and each backbone's own ``preprocess_input`` happen inside
 the model (:mod:`covidxr.models`), so the cache is shared by every backbone.
 
-The package holds :mod:`covidxr.images.decode` (decoding and preprocessing) and
-:mod:`covidxr.images.cache` (the cache, which uses the former). The figures of preprocessing
+The package holds :mod:`covidxr.images.decode` (decoding and preprocessing),
+:mod:`covidxr.images.cache` (the cache, which uses the former) and :mod:`covidxr.images.hashes`
+(content hashes of every image in a per-file index, and the frame with its split groups). The figures of preprocessing
 are in :mod:`covidxr.figures`.
 """
 
@@ -35,6 +36,7 @@ from .cache import (
 )
 from .decode import (
     CONTRASTS,
+    DECODER_VERSION,
     DICOM_EXTENSIONS,
     MIN_IMAGE_SIDE,
     RESIZES,
@@ -42,10 +44,13 @@ from .decode import (
     load_image,
     preprocess,
 )
+from .hashes import HASH_COLUMNS, group_frame, image_hashes, load_grouped, pixel_hashes
 
 __all__ = [
     "CACHE_FORMAT",
     "CONTRASTS",
+    "DECODER_VERSION",
+    "HASH_COLUMNS",
     "DEFAULT_CACHE_DIR",
     "DICOM_EXTENSIONS",
     "MIN_IMAGE_SIDE",
@@ -55,8 +60,12 @@ __all__ = [
     "cache_key",
     "check_settings",
     "clear_caches",
+    "group_frame",
+    "image_hashes",
     "list_caches",
+    "load_grouped",
     "load_image",
+    "pixel_hashes",
     "preprocess",
     "resolve_cache_dir",
 ]

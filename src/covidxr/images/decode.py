@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "CONTRASTS",
+    "DECODER_VERSION",
     "DICOM_EXTENSIONS",
     "MIN_IMAGE_SIDE",
     "RESIZES",
@@ -37,6 +38,9 @@ RESIZES = ("pad", "crop")
 #: ``equalize`` (global histogram equalisation, ``equalize_hist``).
 CONTRASTS = (None, "clahe", "equalize")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
+#: Version of the decoding rules (:func:`load_image`); part of every cache key and hash index
+#: entry, so a change to decoding never reuses a stale cache.
+DECODER_VERSION = 2
 
 #: Images whose shorter side is below this many pixels (a 1x1 placeholder, a thin strip)
 #: are not radiographs: :func:`~covidxr.images.cache.build_cache` skips them (or raises,

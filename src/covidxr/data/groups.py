@@ -1,0 +1,228 @@
+"""Split groups: patients that share an image (by content hash) are merged into one group, and
+with ``group_by="source"`` every source (URL host) becomes part of one group with its patients.
+Must not decode images or read files: it takes the per-image hashes as a table and returns frames.
+
+Every split, fold and bootstrap of the project resamples or assigns **groups**, never raw patient
+ids: the public collection holds the same radiograph under two patient ids, and a split by
+patient id alone puts a copy in training and its twin in test. :func:`assign_groups` adds the
+columns ``group`` (the merged split unit) and ``hash`` (the image's exact content hash) to a
+frame; the original ``patient`` column is kept.
+
+Two images are duplicates when their exact hashes are equal (the same decoded pixels), or when
+their near hashes (256-bit DCT perceptual hashes of a 64×64 grey copy) differ in at most
+:data:`NEAR_DISTANCE` bits. Images of very low variance (blank or uniform ones, grey standard
+deviation below :data:`MIN_STD` on that copy) are never merged with anything: all blank images
+share a hash without being one radiograph.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_DISTANCE", "assign_groups", "duplicate_pairs", "group_column",
+           "UnionFind"]
+
+#: What to do with images found twice: ``merge`` their patients into one group (default), ``drop``
+#: every copy but the first, or ``keep`` them as they are (with a warning).
+DUPLICATES = ("merge", "drop", "keep")
+#: The split unit: ``patient`` (patients merged by shared images) or ``source`` (no source in two parts).
+GROUP_BY = ("patient", "source")
+#: Near-duplicate threshold: at most this many of the 256 perceptual-hash bits may differ. On the
+#: 2020 snapshot, copies (the same film re-encoded, re-cropped or re-windowed) differ in 0–22
+#: bits, and the closest pair of distinct films in 44 or more.
+NEAR_DISTANCE = 24
+#: Images whose 64×64 grey copy has a standard deviation below this are never merged.
+MIN_STD = 4.0
+
+
+class UnionFind:
+    """Disjoint sets over hashable items (path halving, union by size)."""
+
+    def __init__(self, items=()):
+        self.parent, self.size = {}, {}
+        for item in items:
+            self.add(item)
+
+    def add(self, item):
+        if item not in self.parent:
+            self.parent[item], self.size[item] = item, 1
+
+    def find(self, item):
+        self.add(item)
+        while self.parent[item] != item:
+            self.parent[item] = self.parent[self.parent[item]]
+            item = self.parent[item]
+        return item
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+        return ra
+
+
+def group_column(frame: pd.DataFrame) -> str:
+    """The column a split or bootstrap groups by: ``group`` when the frame has one, else ``patient``
+    (frames and run files written before groups existed)."""
+    return "group" if "group" in frame.columns else "patient"
+
+
+_NEAR_BITS = 256
+
+
+def _near_bits(near) -> np.ndarray:
+    """64-hex-digit near hashes (n,) to a (n, 256) uint8 array of bits; blanks to all zeros."""
+    out = np.zeros((len(near), _NEAR_BITS), dtype=np.uint8)
+    for i, text in enumerate(near):
+        if isinstance(text, str) and len(text) == _NEAR_BITS // 4:
+            out[i] = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
+    return out
+
+
+def duplicate_pairs(hashes: pd.DataFrame, *, max_distance=NEAR_DISTANCE) -> pd.DataFrame:
+    """Pairs of rows of ``hashes`` that hold the same image.
+
+    Args:
+        hashes: One row per image, shape (n, ...): ``exact`` (hex string, blank when the image
+            could not be read), ``near`` (64 hex digits) and ``std`` (grey standard deviation of
+            the small copy), as :func:`covidxr.images.hashes.image_hashes` returns.
+        max_distance: Near-duplicate threshold in bits (0 disables near matching).
+
+    Returns:
+        Columns ``a, b`` (row positions, a < b), ``kind`` (``exact`` or ``near``) and ``distance``.
+    """
+    exact = hashes["exact"].fillna("").astype(str).to_numpy()
+    usable = (exact != "") & (hashes["std"].to_numpy(float) >= MIN_STD)
+    rows = []
+    index = np.flatnonzero(usable)
+    by_exact: dict[str, list] = {}
+    for i in index:
+        by_exact.setdefault(exact[i], []).append(int(i))
+    for members in by_exact.values():
+        for j in members[1:]:
+            rows.append((members[0], j, "exact", 0))
+    if max_distance > 0 and len(index) > 1:
+        bits = _near_bits(hashes["near"].to_numpy()[index])
+        # Hamming distances: differing bits = ones(a) + ones(b) - 2 * common ones
+        ones = bits.sum(axis=1).astype(np.int32)
+        common = bits.astype(np.int32) @ bits.T.astype(np.int32)
+        dist = ones[:, None] + ones[None, :] - 2 * common
+        a, b = np.nonzero(np.triu(dist <= int(max_distance), k=1))
+        for i, j in zip(a, b):
+            ia, ib = int(index[i]), int(index[j])
+            if exact[ia] != exact[ib]:
+                rows.append((ia, ib, "near", int(dist[i, j])))
+    return pd.DataFrame(rows, columns=["a", "b", "kind", "distance"])
+
+
+def _group_name(members) -> str:
+    members = sorted(str(m) for m in members)
+    return members[0] if len(members) == 1 else "+".join(members) if len(members) <= 3 \
+        else f"{members[0]}+{len(members) - 1} others"
+
+
+def _merged(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:
+    """Patients joined by the pairs' images (union–find): the group of each row."""
+    patients = frame["patient"].astype(str).to_numpy()
+    uf = UnionFind(patients)
+    for a, b in zip(pairs["a"], pairs["b"]):
+        uf.union(patients[a], patients[b])
+    members: dict[str, set] = {}
+    for p in patients:
+        members.setdefault(uf.find(p), set()).add(p)
+    names = {root: _group_name(m) for root, m in members.items()}
+    return pd.Series([names[uf.find(p)] for p in patients], index=frame.index)
+
+
+def _by_source(frame: pd.DataFrame, groups: pd.Series) -> pd.Series:
+    """Groups joined with their sources: no source, and no patient group, spans two of the result."""
+    uf = UnionFind()
+    for g, s in zip(groups, frame["source"].astype(str)):
+        uf.union(("g", g), ("s", s))
+    sources: dict = {}
+    for s in frame["source"].astype(str):
+        sources.setdefault(uf.find(("s", s)), set()).add(s)
+    names = {root: "source:" + _group_name(m) for root, m in sources.items()}
+    return pd.Series([names[uf.find(("g", g))] for g in groups], index=frame.index)
+
+
+def _image_clusters(n: int, pairs: pd.DataFrame) -> np.ndarray:
+    """The first row of each row's duplicate cluster."""
+    uf = UnionFind(range(n))
+    for a, b in zip(pairs["a"], pairs["b"]):
+        uf.union(int(a), int(b))
+    first: dict = {}
+    for i in range(n):
+        first.setdefault(uf.find(i), i)
+    return np.array([first[uf.find(i)] for i in range(n)], dtype=int)
+
+
+def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merge", group_by="patient",
+                  max_distance=NEAR_DISTANCE) -> pd.DataFrame:
+    """Add the split unit ``group`` and the content hash ``hash`` to a frame.
+
+    Args:
+        frame: One row per image, shape (n, ...), with ``image``, ``patient`` and ``source``.
+        hashes: Aligned with ``frame`` (same length and order): ``exact``, ``near``, ``std``
+            (see :func:`duplicate_pairs`).
+        duplicates: One of :data:`DUPLICATES`.
+        group_by: One of :data:`GROUP_BY`.
+        max_distance: Near-duplicate threshold in bits.
+
+    Returns:
+        A copy of ``frame`` (rows dropped with ``duplicates="drop"``) with ``group`` and ``hash``
+        columns; ``attrs["duplicates"]`` holds ``pairs`` (exact, near), ``cross_patient_pairs``,
+        ``dropped`` and ``merged_groups`` (one dict per group of more than one patient:
+        ``group, patients, images``, largest first).
+
+    Raises:
+        ValueError: An unknown ``duplicates`` or ``group_by``, or ``hashes`` not aligned with ``frame``.
+    """
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"Unknown duplicates. Expected one of {list(DUPLICATES)}. Received: duplicates={duplicates!r}")
+    if group_by not in GROUP_BY:
+        raise ValueError(f"Unknown group_by. Expected one of {list(GROUP_BY)}. Received: group_by={group_by!r}")
+    if len(hashes) != len(frame):
+        raise ValueError(f"Expected one hash row per frame row ({len(frame)}). Received: len(hashes)={len(hashes)}")
+    attrs = dict(frame.attrs)
+    frame = frame.reset_index(drop=True)
+    hashes = hashes.reset_index(drop=True)
+    pairs = duplicate_pairs(hashes, max_distance=max_distance)
+    patients = frame["patient"].astype(str).to_numpy()
+    cross = pairs[patients[pairs["a"].to_numpy(int)] != patients[pairs["b"].to_numpy(int)]] if len(pairs) else pairs
+    info = {"pairs": {"exact": int((pairs["kind"] == "exact").sum()), "near": int((pairs["kind"] == "near").sum())},
+            "cross_patient_pairs": int(len(cross)), "dropped": 0, "mode": duplicates,
+            "max_distance": int(max_distance), "merged_groups": []}
+    out = frame.assign(hash=hashes["exact"].fillna("").astype(str).to_numpy())
+    if duplicates == "drop" and len(pairs):
+        keep = _image_clusters(len(frame), pairs) == np.arange(len(frame))
+        info["dropped"] = int((~keep).sum())
+        warnings.warn(f"{info['dropped']} images are copies of another image of the dataset (same or nearly the "
+                      f"same pixels) and are left out (duplicates='drop'): "
+                      f"{list(frame.loc[~keep, 'image'][:5])}", stacklevel=2)
+        out = out[keep].reset_index(drop=True)
+        group = out["patient"].astype(str)
+    elif duplicates == "merge":
+        group = _merged(frame, cross)
+    else:
+        group = out["patient"].astype(str)
+        if len(cross):
+            warnings.warn(f"{len(cross)} pairs of images under different patient ids hold the same image; kept "
+                          "apart (duplicates='keep'), so a split may put one copy in training and the other in test.",
+                          stacklevel=2)
+    out["group"] = group.to_numpy()
+    if group_by == "source":
+        out["group"] = _by_source(out, out["group"]).to_numpy()
+    sizes = out.groupby("group").agg(patients=("patient", "nunique"), images=("image", "size"))
+    merged = sizes[sizes["patients"] > 1].sort_values(["patients", "images"], ascending=False)
+    info["merged_groups"] = [{"group": g, "patients": int(r.patients), "images": int(r.images)}
+                             for g, r in merged.iterrows()]
+    out.attrs.update(attrs, duplicates=info, group_by=group_by)
+    return out
