@@ -51,8 +51,8 @@ def test_eda_counts_match_pandas(collection, tmp_path, capsys):
 
 
 @pytest.mark.realdata
-def test_eda_real_snapshot(real_data, capsys):
-    assert cli.main(["eda", "--data-dir", str(real_data)]) == 0
+def test_eda_real_snapshot(real_data, capsys, tmp_path):
+    assert cli.main(["eda", "--data-dir", str(real_data), "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     meta = pd.read_csv(real_data / "metadata.csv")
     meta = meta[[(real_data / "images" / f).is_file() for f in meta.filename]].drop_duplicates("filename")
@@ -63,6 +63,9 @@ def test_eda_real_snapshot(real_data, capsys):
     line = next(l for l in out.splitlines() if l.split()[:2] == ["covid-vs-rest", "covid"])
     assert line.split()[2:] == [str(covid.sum()), str(frontal[covid].patientid.nunique())]
     assert "only 16 patients in its smallest class" in out
+    # the merged split groups and the mixed-label patients (9 of the 16 normal patients also have COVID-19 films)
+    assert "3 split groups hold more than one patient (13 images); the largest is 178+97 (2 patients, 9 images)" in out
+    assert "9 of 309 patients have images of more than one label (9 of 257 covid, 9 of 16 normal, 0 of 45 other" in out
 
 
 def test_split_command(collection, tmp_path, capsys):

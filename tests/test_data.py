@@ -267,6 +267,113 @@ def test_metadata_warnings_name_the_caller(collection):
     assert len(mine) == 1 and os.path.basename(mine[0].filename) == "test_data.py"
 
 
+# --------------------------------------------------------------------------- blank ids, unknown views
+
+def _small_collection(root, rows):
+    """A metadata collection of tiny images: ``rows`` of (patientid, finding, view)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    meta = []
+    for i, (patient, finding, view) in enumerate(rows):
+        Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(root / "images" / f"i{i}.png")
+        meta.append({"patientid": patient, "finding": finding, "view": view, "modality": "X-ray",
+                     "filename": f"i{i}.png", "url": "https://a.example.org/x"})
+    pd.DataFrame(meta).to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+def test_blank_patient_ids_in_metadata_become_one_patient_per_image(tmp_path):
+    root = _small_collection(tmp_path / "c", [("1", "COVID-19", "PA"), ("", "COVID-19", "PA"), ("  ", "No Finding", "AP"),
+                                              ("", "No Finding", "PA"), ("2", "No Finding", "PA")])
+    with pytest.warns(UserWarning, match=r"3 of 5 rows of .*metadata.csv have a blank patient id: each such image is "
+                                         r"treated as its own patient, so leakage between split parts is likely"):
+        frame = data.read_metadata(root, task=None)
+    assert list(frame["patient"]) == ["1", "image:images/i1.png", "image:images/i2.png", "image:images/i3.png", "2"]
+    assert frame.attrs["blank_patient_ids"] == 3
+    with pytest.warns(UserWarning, match=r"^2 of 4 rows"):  # counted after the filters
+        assert data.read_metadata(root, task=None, views="PA").attrs["blank_patient_ids"] == 2
+
+
+def test_blank_patient_ids_in_a_manifest(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "label": ["covid", "normal", "covid"],
+                  "patient": ["p1", "", " "]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.warns(UserWarning, match=r"2 of 3 rows of .*m.csv have a blank patient id: each such image is treated "
+                                         r"as its own patient"):
+        frame = data.load_dataset(tmp_path / "m.csv", task=None)
+    assert list(frame["patient"]) == ["p1", "image:b.png", "image:c.png"] and frame.attrs["blank_patient_ids"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = pd.DataFrame({"path": ["a.png", "b.png"], "label": ["covid", "normal"], "patient": ["p1", "p2"]})
+        full.to_csv(tmp_path / "m2.csv", index=False)
+        assert list(data.load_dataset(tmp_path / "m2.csv", task=None)["patient"]) == ["p1", "p2"]
+
+
+def test_parse_views_unknown_token():
+    assert data.parse_views("frontal,unknown") == (*data.FRONTAL_VIEWS, "unknown")
+    assert data.parse_views(["Unknown", "PA"]) == ("unknown", "PA")
+    assert data.views_key("frontal,UNKNOWN") == "PA,AP,AP Supine,AP Erect,unknown" != data.views_key("frontal")
+    with pytest.raises(ValueError, match=r"Expected any of .*'frontal', 'unknown' or 'all'. Received: views='blank'"):
+        data.parse_views("PA,blank")
+
+
+def test_rows_without_a_view_are_counted_and_kept_with_unknown(tmp_path):
+    root = _small_collection(tmp_path / "c", [("1", "COVID-19", "PA"), ("2", "COVID-19", ""), ("3", "No Finding", ""),
+                                              ("4", "todo", ""), ("5", "No Finding", "L"), ("6", "No Finding", "AP")])
+    with pytest.warns(UserWarning, match=r"^2 rows have no view and are left out by the view filter; add 'unknown' to "
+                                         r"--views to keep them \(views=PA,AP,AP Supine,AP Erect\)"):
+        frame = data.read_metadata(root, task=None)
+    assert list(frame["patient"]) == ["1", "6"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = data.read_metadata(root, task=None, views="frontal,unknown")
+        assert list(kept["patient"]) == ["1", "2", "3", "6"] and kept["view"].isna().sum() == 2
+        assert list(data.read_metadata(root, task=None, views="unknown")["patient"]) == ["2", "3"]
+        assert list(data.load_dataset(root, task=None, views="all")["patient"]) == ["1", "2", "3", "5", "6"]
+    with pytest.warns(UserWarning, match=r"^2 rows have no view"):
+        assert list(data.load_dataset(root, task=None, views="L")["patient"]) == ["5"]
+
+
+# --------------------------------------------------------------------------- summaries
+
+def test_summary_table_lists_merged_groups_and_mixed_patients():
+    frame = pd.DataFrame({
+        "image": [f"i{i}.png" for i in range(7)], "patient": ["1", "2", "2", "3", "3", "4", "5"],
+        "category": ["covid", "covid", "covid", "covid", "normal", "normal", "other"],
+        "source": "a.org", "group": ["1+2", "1+2", "1+2", "3", "3", "4", "5"],
+    })
+    frame["label"] = frame["category"]
+    frame.attrs.update(dropped_unlabelled=0, missing_files=0, duplicates={
+        "pairs": {"exact": 1, "near": 0}, "cross_patient_pairs": 1, "dropped": 0, "mode": "merge", "max_distance": 24})
+    text = data.summary_table(frame)
+    assert "duplicates: 1 exact and 0 near pairs of images (at most 24 of 256" in text
+    assert "1 split groups hold more than one patient (3 images); the largest is 1+2 (2 patients, 3 images):" in text
+    assert "1 of 5 patients have images of more than one label (1 of 3 covid, 1 of 2 normal, 0 of 1 other patients)" \
+        in text
+    assert "merged split groups hold images of more than one label" not in text
+    conflict = frame.assign(category=["covid", "normal", "normal", "covid", "normal", "normal", "other"])
+    conflict["label"] = conflict["category"]
+    assert "1 merged split groups hold images of more than one label (the same image labelled differently?): " \
+        "['1+2']" in data.summary_table(conflict)
+    rows = [line.split() for line in text.splitlines()]
+    assert ["1+2", "2", "3", "1,", "2"] in rows and ["3", "3", "covid:", "1,", "normal:", "1", "2"] in rows
+    no_attrs = frame.copy()
+    no_attrs.attrs = {}
+    assert "duplicates:" not in data.summary_table(no_attrs) and "the largest is 1+2" in data.summary_table(no_attrs)
+    # a frame without groups (download's summary): no group lines; no mixed patients: no mixed lines
+    plain = frame.drop(columns="group")
+    plain.attrs = {}
+    assert "split groups" not in data.summary_table(plain) and "more than one label" in data.summary_table(plain)
+    single = plain[plain["patient"] != "3"]
+    assert "more than one label" not in data.summary_table(single)
+    dropped = single.copy()
+    dropped.attrs["mixed_dropped"] = ["3"]
+    assert "1 patients with images of more than one label were left out (--drop-mixed-patients): ['3']" \
+        in data.summary_table(dropped)
+
+
 # --------------------------------------------------------------------------- splits
 
 def _assert_patient_disjoint(split):

@@ -1,4 +1,4 @@
-"""Dataset readers, label tasks and patient-level splits.
+"""Dataset readers, label tasks, split groups, frame summaries and group-level splits.
 Must not import Keras, decode pixels or write anything but split files: tables in, tables out.
 
 Three layouts are read into one frame with one row per usable image:
@@ -9,14 +9,21 @@ Three layouts are read into one frame with one row per usable image:
 * one folder per class (``root/<class>/*.png``), as most public collections ship;
 * a CSV manifest with an image, a label and (optionally) a patient column.
 
-The frame's columns are :data:`FRAME_COLUMNS`. Splits never put one patient in two parts.
+The frame's columns are :data:`FRAME_COLUMNS`; a blank patient id makes the image its own
+patient. The split unit is the **group** (:mod:`covidxr.data.groups`): patients that share an
+image (by content hash, computed in :mod:`covidxr.images.hashes`) are merged into one group, or
+with ``group_by="source"`` every source joins its patients' groups. Splits never put one group
+(so never one patient) in two parts.
 
-The package holds three modules, each importing only the ones before it:
+The package holds five modules, each importing only the ones before it:
 
-* :mod:`covidxr.data.tasks`: label tasks, finding categories, view names and
-  :func:`none_if_blank`;
-* :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`) and the frame summaries;
-* :mod:`covidxr.data.splits`: patient-level splits and split files.
+* :mod:`covidxr.data.tasks`: label tasks, finding categories, view names (``"unknown"`` for
+  rows without a view) and :func:`none_if_blank`;
+* :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`);
+* :mod:`covidxr.data.groups`: duplicate pairs, union–find split groups, merged groups and
+  mixed-label patients (:func:`mixed_label_patients`, :func:`drop_mixed_patients`);
+* :mod:`covidxr.data.summaries`: per-task counts, source overlap and the ``eda`` text;
+* :mod:`covidxr.data.splits`: group-level splits and split files.
 """
 
 from .readers import (
@@ -28,10 +35,9 @@ from .readers import (
     read_metadata,
     require_columns,
     resolve_data_dir,
-    source_overlap,
-    summary_table,
-    task_counts,
 )
+from .groups import drop_mixed_patients, merged_groups, mixed_label_patients
+from .summaries import source_overlap, summary_table, task_counts
 from .splits import (SPLIT_COLUMNS, check_parts, kfold_split, read_split, split_frame, split_patients,
                      write_split)
 from .tasks import (
@@ -42,6 +48,7 @@ from .tasks import (
     KNOWN_VIEWS,
     LABEL_ALIASES,
     TASKS,
+    UNKNOWN_VIEW,
     UNLABELLED,
     Task,
     alias_category,
@@ -62,14 +69,18 @@ __all__ = [
     "LABEL_ALIASES",
     "SPLIT_COLUMNS",
     "TASKS",
+    "UNKNOWN_VIEW",
     "UNLABELLED",
     "Task",
     "alias_category",
     "check_parts",
+    "drop_mixed_patients",
     "finding_category",
     "get_task",
     "kfold_split",
     "load_dataset",
+    "merged_groups",
+    "mixed_label_patients",
     "none_if_blank",
     "parse_views",
     "read_csv",

@@ -13,6 +13,10 @@ their near hashes (256-bit DCT perceptual hashes of a 64×64 grey copy) differ i
 :data:`NEAR_DISTANCE` bits. Images of very low variance (blank or uniform ones, grey standard
 deviation below :data:`MIN_STD` on that copy) are never merged with anything: all blank images
 share a hash without being one radiograph.
+
+:func:`merged_groups` lists the groups of more than one patient and :func:`mixed_label_patients`
+the patients (or groups) whose images carry more than one label; :func:`drop_mixed_patients`
+leaves the latter out (``--drop-mixed-patients``).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_DISTANCE", "assign_groups", "duplicate_pairs", "group_column",
-           "UnionFind"]
+__all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_DISTANCE", "assign_groups", "drop_mixed_patients",
+           "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "UnionFind"]
 
 #: What to do with images found twice: ``merge`` their patients into one group (default), ``drop``
 #: every copy but the first, or ``keep`` them as they are (with a warning).
@@ -109,17 +113,24 @@ def duplicate_pairs(hashes: pd.DataFrame, *, max_distance=NEAR_DISTANCE) -> pd.D
         for j in members[1:]:
             rows.append((members[0], j, "exact", 0))
     if max_distance > 0 and len(index) > 1:
-        bits = _near_bits(hashes["near"].to_numpy()[index])
-        # Hamming distances: differing bits = ones(a) + ones(b) - 2 * common ones
-        ones = bits.sum(axis=1).astype(np.int32)
-        common = bits.astype(np.int32) @ bits.T.astype(np.int32)
-        dist = ones[:, None] + ones[None, :] - 2 * common
-        a, b = np.nonzero(np.triu(dist <= int(max_distance), k=1))
-        for i, j in zip(a, b):
-            ia, ib = int(index[i]), int(index[j])
-            if exact[ia] != exact[ib]:
-                rows.append((ia, ib, "near", int(dist[i, j])))
+        rows.extend(_near_pairs(_near_bits(hashes["near"].to_numpy()[index]), index, exact, int(max_distance)))
     return pd.DataFrame(rows, columns=["a", "b", "kind", "distance"])
+
+
+def _near_pairs(bits: np.ndarray, index: np.ndarray, exact: np.ndarray, max_distance: int, *, chunk=2048):
+    """``(a, b, "near", distance)`` for the rows ``index`` whose bits (n, 256) differ in at most
+    ``max_distance`` places and whose exact hashes differ; ``chunk`` rows at a time, so the
+    distance table never exceeds ``chunk`` × n."""
+    # Hamming distances: differing bits = ones(a) + ones(b) - 2 * common ones
+    bits = bits.astype(np.int32)
+    ones = bits.sum(axis=1)
+    for start in range(0, len(bits), chunk):
+        dist = ones[start:start + chunk, None] + ones[None, :] - 2 * (bits[start:start + chunk] @ bits.T)
+        a, b = np.nonzero(dist <= max_distance)
+        for i, j in zip(a + start, b):
+            ia, ib = int(index[i]), int(index[j])
+            if i < j and exact[ia] != exact[ib]:
+                yield ia, ib, "near", int(dist[i - start, j])
 
 
 def _group_name(members) -> str:
@@ -226,3 +237,87 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
                              for g, r in merged.iterrows()]
     out.attrs.update(attrs, duplicates=info, group_by=group_by)
     return out
+
+
+def _label_column(frame: pd.DataFrame) -> str:
+    return "label" if "label" in frame.columns else "category"
+
+
+def _natural(text: str) -> tuple:
+    """A sort key for ids: whole numbers in numeric order ("9" before "10"), then the rest as text."""
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def mixed_label_patients(frame: pd.DataFrame, *, by="patient") -> pd.DataFrame:
+    """The patients (or split groups) whose images carry more than one label.
+
+    Args:
+        frame: One row per image, shape (n, ...), with ``patient``, ``image`` and ``label`` (the
+            task's class, or the category when no task is applied; ``category`` is used when
+            there is no ``label``); ``group`` when present.
+        by: ``"patient"`` or ``"group"``.
+
+    Returns:
+        One row per mixed patient (group), in natural id order: ``patient`` (or ``group``),
+        ``group`` (or ``patients``: how many), ``labels`` (e.g. ``"covid: 3, normal: 1"``),
+        ``images``.
+
+    Raises:
+        ValueError: An unknown ``by``, or ``by="group"`` on a frame without a ``group`` column.
+    """
+    if by not in ("patient", "group"):
+        raise ValueError(f"Unknown by. Expected one of ['patient', 'group']. Received: by={by!r}")
+    if by not in frame.columns:
+        raise ValueError(f"Expected a frame with a {by!r} column. Received: columns={list(frame.columns)}")
+    other = "group" if by == "patient" else "patient"
+    column, rows = _label_column(frame), []
+    for key, part in frame.groupby(frame[by].astype(str), sort=False):
+        counts = part[column].astype(str).value_counts().sort_index()
+        if len(counts) > 1:
+            extra = (", ".join(sorted(set(part[other].astype(str)))) if by == "patient"
+                     else int(part[other].nunique())) if other in part.columns else ""
+            rows.append({by: key, "group" if by == "patient" else "patients": extra,
+                         "labels": ", ".join(f"{k}: {v}" for k, v in counts.items()), "images": len(part)})
+    rows.sort(key=lambda r: _natural(r[by]))
+    out = pd.DataFrame(rows, columns=[by, "group" if by == "patient" else "patients", "labels", "images"])
+    return out.drop(columns="group") if by == "patient" and "group" not in frame.columns else out
+
+
+def drop_mixed_patients(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the images of :func:`mixed_label_patients`, with a warning naming how
+    many patients and images were left out and the first few patients; ``attrs["mixed_dropped"]``
+    lists those patients."""
+    mixed = mixed_label_patients(frame)
+    names = list(mixed["patient"])
+    out = frame[~frame["patient"].astype(str).isin(names)].reset_index(drop=True)
+    if names:
+        warnings.warn(f"{len(names)} patients have images of more than one label and are left out "
+                      f"(drop_mixed_patients=True), {len(frame) - len(out)} images: {names[:5]}"
+                      f"{' ...' if len(names) > 5 else ''}", stacklevel=2)
+    out.attrs.update(frame.attrs, mixed_dropped=names)
+    return out
+
+
+def merged_groups(frame: pd.DataFrame) -> pd.DataFrame:
+    """The split groups that hold more than one patient (patients joined by a shared image, or
+    by a source with ``group_by="source"``), largest first.
+
+    Args:
+        frame: A frame with ``group``, ``patient`` and ``image`` columns (shape (n, ...)); a frame
+            without ``group`` has no merged groups.
+
+    Returns:
+        Columns ``group``, ``patients`` (how many), ``images`` and ``patient_ids`` (comma-separated,
+        in natural order), one row per merged group, most patients then most images first.
+    """
+    columns = ["group", "patients", "images", "patient_ids"]
+    if "group" not in frame.columns or not len(frame):
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for group, part in frame.groupby(frame["group"].astype(str)):
+        patients = sorted(set(part["patient"].astype(str)), key=_natural)
+        if len(patients) > 1:
+            rows.append({"group": group, "patients": len(patients), "images": len(part),
+                         "patient_ids": ", ".join(patients)})
+    out = pd.DataFrame(rows, columns=columns)
+    return out.sort_values(["patients", "images", "group"], ascending=[False, False, True]).reset_index(drop=True)

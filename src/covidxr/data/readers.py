@@ -8,8 +8,7 @@ Must not decode images or write files; it never writes into the dataset folder.
 * a CSV manifest with an image, a label and (optionally) a patient column.
 
 The frame's columns are :data:`~covidxr.data.tasks.FRAME_COLUMNS`. :func:`load_dataset` reads
-any of them; :func:`task_counts`, :func:`source_overlap` and :func:`summary_table` describe a
-frame read with ``task=None``.
+any of them (the frame summaries are in :mod:`covidxr.data.summaries`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from .tasks import (
     FRONTAL_VIEWS,
     IMAGE_EXTENSIONS,
     LABEL_ALIASES,
-    TASKS,
+    UNKNOWN_VIEW,
     UNLABELLED,
     alias_category,
     finding_category,
@@ -44,9 +43,6 @@ __all__ = [
     "read_metadata",
     "require_columns",
     "resolve_data_dir",
-    "source_overlap",
-    "summary_table",
-    "task_counts",
 ]
 
 #: Where the data lives when neither ``--data-dir`` nor ``COVIDXR_DATA_DIR`` says.
@@ -167,7 +163,17 @@ def _filter_rows(raw: pd.DataFrame, *, modality, views):
     if modality is not None:
         raw = raw[raw["modality"].str.lower() == str(modality).lower()]
     if views is not None:
-        raw = raw[raw["view"].str.lower().isin([v.lower() for v in views])]
+        view = raw["view"].str.lower()
+        no_view = view.isin(UNLABELLED)
+        keep = view.isin([v.lower() for v in views if v != UNKNOWN_VIEW])
+        if UNKNOWN_VIEW in views:
+            keep |= no_view
+        else:
+            left_out = int((no_view & raw["finding"].map(finding_category).notna()).sum())
+            if left_out:
+                warnings.warn(f"{left_out} rows have no view and are left out by the view filter; add "
+                              f"'{UNKNOWN_VIEW}' to --views to keep them (views={','.join(views)}).", stacklevel=4)
+        raw = raw[keep]
 
     category = raw["finding"].map(finding_category)
     dropped = int(category.isna().sum())
@@ -205,12 +211,29 @@ def _resolve_files(raw: pd.DataFrame, root: Path, *, strict_files):
     return raw[~repeated], missing
 
 
+def _patient_ids(patients, images, *, source) -> tuple[np.ndarray, int]:
+    """Patient ids with every blank one (empty or spaces) replaced by ``"image:<image>"``, so
+    that each such image is its own patient; and how many were blank (warned about once)."""
+    patients = np.asarray([str(p) for p in patients], dtype=object)
+    blank = np.array([not p.strip() for p in patients], dtype=bool)
+    if blank.any():
+        patients[blank] = [f"image:{image}" for image in np.asarray(images, dtype=object)[blank]]
+        warnings.warn(
+            f"{int(blank.sum())} of {len(patients)} rows of {source} have a blank patient id: each such image is "
+            "treated as its own patient, so leakage between split parts is likely.",
+            stacklevel=4,
+        )
+    return patients, int(blank.sum())
+
+
 def _metadata_frame(raw: pd.DataFrame, root: Path) -> pd.DataFrame:
     """The reader's frame (:data:`FRAME_COLUMNS` but ``label``) of resolved metadata rows."""
-    return pd.DataFrame({
-        "image": [str(Path(p).relative_to(root).as_posix()) for p in raw["path"]],
+    images = [str(Path(p).relative_to(root).as_posix()) for p in raw["path"]]
+    patients, blank = _patient_ids(raw["patientid"], images, source=str(root / "metadata.csv"))
+    frame = pd.DataFrame({
+        "image": images,
         "path": raw["path"].to_numpy(),
-        "patient": raw["patientid"].astype(str).to_numpy(),
+        "patient": patients,
         "sex": raw["sex"].replace("", np.nan).to_numpy(),
         "age": pd.to_numeric(raw["age"], errors="coerce").to_numpy(),
         "view": raw["view"].replace("", np.nan).to_numpy(),
@@ -220,6 +243,8 @@ def _metadata_frame(raw: pd.DataFrame, root: Path) -> pd.DataFrame:
         "source": [_source(r) for r in raw.to_dict("records")],
         "license": raw["license"].replace("", np.nan).to_numpy(),
     })
+    frame.attrs["blank_patient_ids"] = blank
+    return frame
 
 
 def read_metadata(
@@ -232,7 +257,9 @@ def read_metadata(
         task: A task name from :data:`TASKS`, or None to keep every labelled row with
             ``label`` = its category (what EDA wants).
         modality: Keep rows of this modality ("X-ray", "CT"); None keeps all.
-        views: View names to keep (default: frontal); None or "all" keeps all.
+        views: View names to keep (default: frontal); None or "all" keeps all; the token
+            ``"unknown"`` keeps rows without a view (a warning counts the labelled ones left out
+            otherwise).
         strict_files: Raise instead of warning when a listed image is missing.
 
     Returns:
@@ -260,8 +287,9 @@ def read_metadata(
     raw, dropped = _filter_rows(raw, modality=modality, views=views)
     raw, missing = _resolve_files(raw, root, strict_files=strict_files)
     frame = _metadata_frame(raw, root)
+    blank = frame.attrs["blank_patient_ids"]
     out = _finish(frame, task, dropped_unlabelled=dropped, source="metadata")
-    out.attrs["missing_files"] = missing
+    out.attrs.update(missing_files=missing, blank_patient_ids=blank)
     return out
 
 
@@ -319,7 +347,8 @@ def read_manifest(
     Labels go through :data:`LABEL_ALIASES` ("covid", "COVID-19", "normal", "No Finding",
     "pneumonia", "other", ...) or are hierarchical findings ("Pneumonia/Viral/COVID-19");
     anything else is an error that lists them, blank and "todo" rows are dropped. Without a patient column each
-    image is its own patient, with a warning.
+    image is its own patient, with a warning; so is each image whose patient cell is blank
+    (id ``"image:<image>"``, one warning with the count).
 
     Args:
         csv_path: The manifest file.
@@ -351,8 +380,9 @@ def read_manifest(
         warnings.warn(f"{int((~exists).sum())} manifest rows name a missing file; skipped.", stacklevel=2)
     raw = raw[exists]
     paths = [p for p, e in zip(paths, exists) if e]
+    blank = 0
     if patient_col and patient_col in raw.columns:
-        patients = raw[patient_col].astype(str).to_numpy()
+        patients, blank = _patient_ids(raw[patient_col], raw[image_col], source=str(csv_path))
     else:
         if patient_col:
             warnings.warn(
@@ -375,7 +405,9 @@ def read_manifest(
         "source": get("source") if "source" in raw.columns else "manifest",
         "license": get("license"),
     })
-    return _finish(frame, task, dropped_unlabelled=dropped, source="manifest")
+    out = _finish(frame, task, dropped_unlabelled=dropped, source="manifest")
+    out.attrs["blank_patient_ids"] = blank
+    return out
 
 
 def load_dataset(
@@ -420,75 +452,3 @@ def load_dataset(
         return read_folders(root, task=task)
     return read_manifest(root, task=task, image_col=image_col, label_col=label_col,
                          patient_col=patient_col)
-
-
-def task_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Images and patients per class for every task, from a frame read with ``task=None``.
-
-    Returns:
-        A frame with columns ``task, class, images, patients`` (one row per task and class).
-    """
-    rows = []
-    for task in TASKS.values():
-        part = frame[frame["category"].isin(list(task.mapping))]
-        labels = part["category"].map(task.mapping)
-        for cls in task.classes:
-            sel = part[labels == cls]
-            rows.append({"task": task.name, "class": cls, "images": len(sel),
-                         "patients": sel["patient"].nunique()})
-    return pd.DataFrame(rows)
-
-
-def source_overlap(frame: pd.DataFrame) -> dict:
-    """How far an image's source (URL host) goes with its category.
-
-    A source "leans non-COVID" when its share of non-COVID images is above the collection's
-    share. If most non-COVID images come from such sources while few COVID-19 images do, a
-    model can learn the source (scanner, processing, journal figure style) instead of the
-    disease.
-
-    Returns:
-        A dict with ``non_covid_images``, ``non_covid_from_leaning`` (non-COVID images from
-        non-COVID-leaning sources), ``covid_images``, ``covid_from_leaning`` and
-        ``leaning_sources`` (list of source names).
-    """
-    is_covid = frame["category"] == "covid"
-    overall = 1.0 - float(is_covid.mean()) if len(frame) else 0.0
-    share = (~is_covid).groupby(frame["source"]).mean()
-    leaning = sorted(share[share > overall].index)
-    from_leaning = frame["source"].isin(leaning)
-    return {
-        "non_covid_images": int((~is_covid).sum()),
-        "non_covid_from_leaning": int((~is_covid & from_leaning).sum()),
-        "covid_images": int(is_covid.sum()),
-        "covid_from_leaning": int((is_covid & from_leaning).sum()),
-        "leaning_sources": leaning,
-    }
-
-
-def summary_table(frame: pd.DataFrame, counts: pd.DataFrame | None = None) -> str:
-    """The text ``covidxr eda`` prints: totals, per-task class counts and patient counts,
-    and the source overlap warning."""
-    counts = task_counts(frame) if counts is None else counts
-    lines = [
-        f"{len(frame)} labelled images of {frame['patient'].nunique()} patients "
-        f"({frame.attrs.get('dropped_unlabelled', 0)} unlabelled rows dropped, "
-        f"{frame.attrs.get('missing_files', 0)} rows without an image file skipped)",
-        "",
-        counts.to_string(index=False),
-    ]
-    for task in TASKS.values():
-        sub = counts[counts["task"] == task.name]
-        if int(sub["patients"].min()) < 20:
-            lines.append(f"note: {task.name}: only {int(sub['patients'].min())} patients in its "
-                         f"smallest class; confidence intervals will be wide.")
-    overlap = source_overlap(frame)
-    if overlap["non_covid_images"] and overlap["covid_images"]:
-        lines.append(
-            f"warning: {overlap['non_covid_from_leaning']} of {overlap['non_covid_images']} non-COVID "
-            f"images come from {len(overlap['leaning_sources'])} sources that supply only "
-            f"{overlap['covid_from_leaning']} of {overlap['covid_images']} COVID-19 images "
-            f"({', '.join(overlap['leaning_sources'][:5])}{', ...' if len(overlap['leaning_sources']) > 5 else ''}): "
-            "a model can learn the source instead of the disease (run `covidxr audit`)."
-        )
-    return "\n".join(lines)

@@ -26,6 +26,7 @@ __all__ = [
     "KNOWN_VIEWS",
     "LABEL_ALIASES",
     "TASKS",
+    "UNKNOWN_VIEW",
     "UNLABELLED",
     "Task",
     "alias_category",
@@ -48,6 +49,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".
 FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP Erect")
 #: Every view name the collection uses (schema and current upstream).
 KNOWN_VIEWS = FRONTAL_VIEWS + ("L", "Axial", "Coronal")
+#: The ``views`` token that keeps rows without a view (a blank view cell, or one in :data:`UNLABELLED`).
+UNKNOWN_VIEW = "unknown"
 
 #: Coarse finding categories: every labelled finding falls in one of these.
 CATEGORIES = ("normal", "covid", "other")
@@ -168,11 +171,12 @@ def parse_views(views):
     Args:
         views: None, a comma-separated string or a sequence of view names; names are
             matched case-insensitively against :data:`KNOWN_VIEWS`, ``"frontal"`` stands for
-            :data:`FRONTAL_VIEWS` and ``"all"`` for every view.
+            :data:`FRONTAL_VIEWS`, ``"unknown"`` (:data:`UNKNOWN_VIEW`) for rows without a
+            view and ``"all"`` for every view.
 
     Returns:
-        A tuple of canonical view names (duplicates removed, first occurrence kept), or None
-        (``views`` is None or names ``"all"``).
+        A tuple of canonical view names (duplicates removed, first occurrence kept; it may
+        hold :data:`UNKNOWN_VIEW`), or None (``views`` is None or names ``"all"``).
 
     Raises:
         ValueError: An unknown view name.
@@ -189,11 +193,13 @@ def parse_views(views):
             out.extend(FRONTAL_VIEWS)
         elif view.lower() == "all":
             return None
+        elif view.lower() == UNKNOWN_VIEW:
+            out.append(UNKNOWN_VIEW)
         elif view.lower() in by_lower:
             out.append(by_lower[view.lower()])
         else:
             raise ValueError(
-                f"Unknown view name. Expected any of {list(KNOWN_VIEWS)}, 'frontal' or 'all'. "
+                f"Unknown view name. Expected any of {list(KNOWN_VIEWS)}, 'frontal', '{UNKNOWN_VIEW}' or 'all'. "
                 f"Received: views={view!r}"
             )
     return tuple(dict.fromkeys(out))
@@ -204,7 +210,8 @@ def views_key(views) -> str:
 
     ``"all"`` when :func:`parse_views` gives None (all views), else the canonical view names
     joined by commas in :func:`parse_views`' order, so ``"frontal"``, ``"PA,AP,AP Supine,AP
-    Erect"`` and ``("PA", "AP", "AP Supine", "AP Erect")`` give the same key.
+    Erect"`` and ``("PA", "AP", "AP Supine", "AP Erect")`` give the same key;
+    ``"frontal,unknown"`` gives ``"PA,AP,AP Supine,AP Erect,unknown"``.
 
     Raises:
         ValueError: An unknown view name (as :func:`parse_views`).

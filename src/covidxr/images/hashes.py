@@ -30,6 +30,7 @@ from PIL import Image
 from ..atomic import write_text
 from ..data import load_dataset
 from ..data.groups import NEAR_DISTANCE, assign_groups
+from ..data.groups import drop_mixed_patients as drop_mixed
 from .cache import resolve_cache_dir
 from .decode import DECODER_VERSION, load_image
 
@@ -118,9 +119,20 @@ def image_hashes(frame: pd.DataFrame, *, cache_dir=None, progress=False) -> pd.D
 def group_frame(frame: pd.DataFrame, *, duplicates="merge", group_by="patient", drop_mixed_patients=False,
                 cache_dir=None, max_distance=NEAR_DISTANCE, progress=False) -> pd.DataFrame:
     """``frame`` with its split groups: hashed (:func:`image_hashes`), then
-    :func:`covidxr.data.groups.assign_groups`."""
+    :func:`covidxr.data.groups.assign_groups`.
+
+    Args:
+        frame: One row per image, shape (n, ...), as :func:`covidxr.data.load_dataset` returns.
+        duplicates, group_by, max_distance: As :func:`covidxr.data.groups.assign_groups`.
+        drop_mixed_patients: First leave out the patients whose images carry more than one label
+            (:func:`covidxr.data.groups.drop_mixed_patients`, with a warning).
+        cache_dir, progress: As :func:`image_hashes`.
+
+    Returns:
+        The frame with ``group`` and ``hash`` columns, shape (m, ...) with m ≤ n.
+    """
     if drop_mixed_patients:
-        raise NotImplementedError("drop_mixed_patients")  # TODO(helper 1)
+        frame = drop_mixed(frame)
     hashes = image_hashes(frame, cache_dir=cache_dir, progress=progress)
     return assign_groups(frame, hashes, duplicates=duplicates, group_by=group_by, max_distance=max_distance)
 
