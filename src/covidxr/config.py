@@ -216,7 +216,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=False) -> pd.DataFrame:
+def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=False, hash_index=None) -> pd.DataFrame:
     """The dataset a configuration names, read and grouped as every run reads it.
 
     Args:
@@ -225,6 +225,8 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
         data_dir: Read this folder instead of ``config.data_dir`` (a dataset that moved).
         apply_task: False keeps every labelled row with ``label`` = its category.
         progress: Show a progress bar while hashing images not yet in the hash index.
+        hash_index: A :class:`covidxr.images.HashIndex` to use and leave unsaved (None: the cache
+            folder's index, saved when it gained entries).
 
     Returns:
         :func:`covidxr.images.load_grouped`'s frame, one row per usable image, with ``group``
@@ -235,7 +237,7 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
         layout=config.layout, modality=config.modality, views=config.views, image_col=config.image_col,
         label_col=config.label_col, patient_col=config.patient_col, duplicates=config.duplicates,
         group_by=config.group_by, drop_mixed_patients=config.drop_mixed_patients, cache_dir=config.cache_dir,
-        progress=progress,
+        progress=progress, index=hash_index,
     )
 
 

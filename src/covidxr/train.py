@@ -51,7 +51,7 @@ from .config import TrainConfig, check_config, load_frame, make_split, split_fro
 from .data import check_parts, get_task, write_split
 from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
-from .images import build_cache
+from .images import HashIndex, build_cache
 from .inference import load_run, predict_images
 from .models import backbone_layer, build_model, get_backbone, resolve_fine_tune_from, set_trainable_from
 from .reports import run_report
@@ -275,7 +275,8 @@ def _prepare_data(state: RunState) -> dict | None:
     """Read and split the data, check the memory, make the run folder, build the cache, write
     ``split.csv``; return the memory estimate (None when the check is off)."""
     config = state.config
-    frame = load_frame(config)
+    hash_index = HashIndex(config.cache_dir)  # saved after the memory check: a refused run writes nothing
+    frame = load_frame(config, hash_index=hash_index)
     if state.resuming:
         remove_stale(state.run_dir)  # temporary files of the killed process
     if state.resuming and (state.run_dir / "split.csv").is_file():
@@ -286,6 +287,7 @@ def _prepare_data(state: RunState) -> dict | None:
     if config.memory_check:  # before the run folder, the cache and hours of training
         memory = check_memory(state.model, batch_size=state.batch_size, train_images=int((split["part"] == "train").sum()),
                               image_size=int(config.image_size), num_replicas=state.runtime.num_replicas)
+    hash_index.save()
     if not state.resuming:
         state.run_dir = make_run_dir(config)
         # the options first, so that a run killed while building its cache can be resumed

@@ -44,13 +44,14 @@ from .decode import (
     load_image,
     preprocess,
 )
-from .hashes import HASH_COLUMNS, group_frame, image_hashes, load_grouped, pixel_hashes
+from .hashes import HASH_COLUMNS, HashIndex, group_frame, image_hashes, load_grouped, pixel_hashes
 
 __all__ = [
     "CACHE_FORMAT",
     "CONTRASTS",
     "DECODER_VERSION",
     "HASH_COLUMNS",
+    "HashIndex",
     "DEFAULT_CACHE_DIR",
     "DICOM_EXTENSIONS",
     "MIN_IMAGE_SIDE",

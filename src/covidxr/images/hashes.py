@@ -34,7 +34,7 @@ from ..data.groups import drop_mixed_patients as drop_mixed
 from .cache import resolve_cache_dir
 from .decode import DECODER_VERSION, load_image
 
-__all__ = ["HASH_COLUMNS", "group_frame", "image_hashes", "load_grouped", "pixel_hashes"]
+__all__ = ["HASH_COLUMNS", "HashIndex", "group_frame", "image_hashes", "load_grouped", "pixel_hashes"]
 
 #: Columns of :func:`image_hashes`.
 HASH_COLUMNS = ("exact", "near", "std")
@@ -81,7 +81,49 @@ def _write_index(path: Path, index: dict) -> None:
     write_text(path, pd.DataFrame(rows, columns=[*_KEY, *HASH_COLUMNS]).to_csv(index=False))
 
 
-def image_hashes(frame: pd.DataFrame, *, cache_dir=None, progress=False) -> pd.DataFrame:
+class HashIndex:
+    """The per-file hash index of one cache folder (``<cache_dir>/hashes/index.csv``), read once.
+
+    :meth:`hashes` looks images up and hashes those it lacks; :meth:`save` writes the index back
+    (atomically) when it gained entries. ``covidxr train`` saves it only after its memory check,
+    so that a refused run writes nothing.
+    """
+
+    def __init__(self, cache_dir=None):
+        self.path = resolve_cache_dir(cache_dir) / _INDEX
+        self.entries = _read_index(self.path)
+        self.changed = False
+
+    def hashes(self, frame: pd.DataFrame, *, progress=False) -> pd.DataFrame:
+        """As :func:`image_hashes`, without writing the index."""
+        keys = [(*_stamp(p), DECODER_VERSION) for p in frame["path"]]
+        todo = [i for i, k in enumerate(keys) if k[1] is not None and k not in self.entries]
+        if todo:
+            from tqdm.auto import tqdm
+
+            for i in tqdm(todo, desc="hashing images", disable=not progress, leave=False):
+                try:
+                    grey = load_image(frame["path"].iloc[i])
+                except (ValueError, FileNotFoundError):
+                    self.entries[keys[i]] = ("", "", 0.0)
+                    continue
+                self.entries[keys[i]] = pixel_hashes(grey)
+            self.changed = True
+        values = [self.entries.get(k, ("", "", 0.0)) for k in keys]
+        return pd.DataFrame(values, columns=list(HASH_COLUMNS), index=frame.index)
+
+    def save(self) -> None:
+        """Write the index when it gained entries; a folder that cannot be written gives a warning."""
+        if not self.changed:
+            return
+        try:
+            _write_index(self.path, self.entries)
+            self.changed = False
+        except OSError as err:  # a read-only cache folder: the hashes still serve this load
+            warnings.warn(f"Could not write the image hash index {self.path} ({err}).", stacklevel=3)
+
+
+def image_hashes(frame: pd.DataFrame, *, cache_dir=None, progress=False, index=None) -> pd.DataFrame:
     """Exact and near content hashes of every image of ``frame``, through the hash index.
 
     Args:
@@ -89,35 +131,23 @@ def image_hashes(frame: pd.DataFrame, *, cache_dir=None, progress=False) -> pd.D
         cache_dir: The cache folder that holds ``hashes/index.csv`` (see
             :func:`~covidxr.images.cache.resolve_cache_dir`).
         progress: Show a progress bar (tqdm) while hashing files not in the index.
+        index: A :class:`HashIndex` to use and leave unsaved (the caller saves it); None reads the
+            index of ``cache_dir`` and writes it back when it gained entries.
 
     Returns:
         A frame aligned with ``frame`` (same index), columns :data:`HASH_COLUMNS`; an image that
         cannot be decoded gets blank hashes and ``std`` 0 (it is never merged).
     """
-    index_path = resolve_cache_dir(cache_dir) / _INDEX
-    index = _read_index(index_path)
-    keys = [(*_stamp(p), DECODER_VERSION) for p in frame["path"]]
-    todo = [i for i, k in enumerate(keys) if k[1] is not None and k not in index]
-    if todo:
-        from tqdm.auto import tqdm
-
-        for i in tqdm(todo, desc="hashing images", disable=not progress, leave=False):
-            try:
-                grey = load_image(frame["path"].iloc[i])
-            except (ValueError, FileNotFoundError):
-                index[keys[i]] = ("", "", 0.0)
-                continue
-            index[keys[i]] = pixel_hashes(grey)
-        try:
-            _write_index(index_path, index)
-        except OSError as err:  # a read-only cache folder: the hashes still serve this load
-            warnings.warn(f"Could not write the image hash index {index_path} ({err}).", stacklevel=2)
-    values = [index.get(k, ("", "", 0.0)) for k in keys]
-    return pd.DataFrame(values, columns=list(HASH_COLUMNS), index=frame.index)
+    if index is not None:
+        return index.hashes(frame, progress=progress)
+    index = HashIndex(cache_dir)
+    out = index.hashes(frame, progress=progress)
+    index.save()
+    return out
 
 
 def group_frame(frame: pd.DataFrame, *, duplicates="merge", group_by="patient", drop_mixed_patients=False,
-                cache_dir=None, max_distance=NEAR_DISTANCE, progress=False) -> pd.DataFrame:
+                cache_dir=None, max_distance=NEAR_DISTANCE, progress=False, index=None) -> pd.DataFrame:
     """``frame`` with its split groups: hashed (:func:`image_hashes`), then
     :func:`covidxr.data.groups.assign_groups`.
 
@@ -126,21 +156,23 @@ def group_frame(frame: pd.DataFrame, *, duplicates="merge", group_by="patient", 
         duplicates, group_by, max_distance: As :func:`covidxr.data.groups.assign_groups`.
         drop_mixed_patients: First leave out the patients whose images carry more than one label
             (:func:`covidxr.data.groups.drop_mixed_patients`, with a warning).
-        cache_dir, progress: As :func:`image_hashes`.
+        cache_dir, progress, index: As :func:`image_hashes`.
 
     Returns:
         The frame with ``group`` and ``hash`` columns, shape (m, ...) with m ≤ n.
     """
     if drop_mixed_patients:
         frame = drop_mixed(frame)
-    hashes = image_hashes(frame, cache_dir=cache_dir, progress=progress)
+    hashes = image_hashes(frame, cache_dir=cache_dir, progress=progress, index=index)
     return assign_groups(frame, hashes, duplicates=duplicates, group_by=group_by, max_distance=max_distance)
 
 
 def load_grouped(data_dir=None, *, task="covid-vs-rest", duplicates="merge", group_by="patient",
-                 drop_mixed_patients=False, cache_dir=None, progress=False, **load_options) -> pd.DataFrame:
+                 drop_mixed_patients=False, cache_dir=None, progress=False, index=None,
+                 **load_options) -> pd.DataFrame:
     """Read a dataset (:func:`covidxr.data.load_dataset`, with ``load_options``) and add its split
-    groups (:func:`group_frame`): the frame every command splits, counts or trains on."""
+    groups (:func:`group_frame`; ``index`` as :func:`image_hashes`): the frame every command splits,
+    counts or trains on."""
     frame = load_dataset(data_dir, task=task, **load_options)
     return group_frame(frame, duplicates=duplicates, group_by=group_by, drop_mixed_patients=drop_mixed_patients,
-                       cache_dir=cache_dir, progress=progress)
+                       cache_dir=cache_dir, progress=progress, index=index)
