@@ -84,7 +84,8 @@ def test_evaluate_run_on_test_part_uses_validation_threshold(tmp_path):
     assert result["patient"]["metrics"]["roc_auc"] == pytest.approx(direct["patient"]["metrics"]["roc_auc"])
     assert result["n_images"] == 48 and result["n_patients"] == 24
     table = M.metrics_table(result)
-    assert list(table.columns) == ["level", "metric", "value", "ci_low", "ci_high", "n_used"]
+    assert list(table.columns) == ["level", "metric", "value", "ci_low", "ci_high", "n_used", "interval", "boot_low",
+                                   "boot_high", "n_eff"]
     assert len(table) == 2 * len(M.BINARY_METRICS) and set(table["level"]) == {"image", "patient"}
     report = (out / "report.md").read_text()
     assert "Youden" in report and f"{expected:.4f}" in report and "per patient" in report
@@ -134,6 +135,54 @@ def test_three_classes_use_argmax(tmp_path):
     assert result["threshold"] is None and result["decision"] == "argmax"
     assert "roc_auc[macro]" in result["patient"]["metrics"] and "sensitivity[covid]" in result["image"]["metrics"]
     assert "arg-max" in (out / "report.md").read_text()
+
+
+def test_patient_decisions_use_a_threshold_chosen_on_validation_patient_means(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = E.evaluate_run(run, n_bootstrap=NB, figures=False)
+    result = json.loads((out / "metrics.json").read_text())
+    preds = pd.read_csv(run / "predictions.csv")
+    val_patients = M.patient_frame(preds[preds["part"] == "val"], BINARY)
+    expected = M.choose_threshold((val_patients["label"] == "covid").astype(int), val_patients["prob_covid"])
+    assert result["patient_threshold"] == pytest.approx(expected["threshold"])
+    assert result["patient_threshold"] != pytest.approx(result["threshold"])     # two thresholds recorded
+    sel = result["patient_threshold_selection"]
+    assert sel["level"] == "patient" and sel["n_patients"] == 24 and sel["n_images"] == 48
+    assert result["threshold_selection"]["level"] == "image"
+    test_patients = M.patient_frame(preds[preds["part"] == "test"], BINARY)
+    at_patient = M.binary_metrics((test_patients["label"] == "covid").astype(int), test_patients["prob_covid"],
+                                  threshold=result["patient_threshold"])
+    assert result["patient"]["confusion_matrix"] == at_patient["confusion_matrix"]
+    assert result["patient"]["metrics"]["sensitivity"]["value"] == pytest.approx(at_patient["sensitivity"])
+    report = (out / "report.md").read_text()
+    assert f"{result['patient_threshold']:.4f}" in report and "mean probability" in report
+    assert "conditional on the chosen model and threshold" in report
+    assert "| sensitivity |" in report and "Wilson (deff)" in report and "| roc_auc |" in report
+    table = M.compare_runs([run], n_bootstrap=0)
+    assert list(table["threshold"]) == pytest.approx([result["threshold"], result["patient_threshold"]])
+    fixed = M.run_thresholds(preds, classes=BINARY, threshold_method="fixed", threshold=0.4)
+    assert fixed[0]["threshold"] == fixed[1]["threshold"] == 0.4
+    with pytest.raises(ValueError, match=r"Expected one of \['image', 'patient'\]\. Received: level='group'"):
+        M.validation_threshold(preds, classes=BINARY, level="group")
+
+
+def test_intervals_resample_groups_and_record_their_method(tmp_path):
+    test = _parts_frame(BINARY, n_patients=12, per_patient=2)
+    merged = test.assign(group=test["patient"].str[:-1])          # patients 00..09 -> group "test-0", 10, 11 -> "test-1"
+    plain = M.evaluate_predictions(test, classes=BINARY, threshold=0.5, n_bootstrap=50)
+    grouped = M.evaluate_predictions(merged, classes=BINARY, threshold=0.5, n_bootstrap=50)
+    assert plain["bootstrap"]["unit"] == "patient" and grouped["bootstrap"]["unit"] == "group"
+    assert plain["n_groups"] == 12 and grouped["n_groups"] == 2 and grouped["n_patients"] == 12
+    assert grouped["patient"]["n_groups"] == 2 and plain["patient"]["n_groups"] == 12
+    assert grouped["patient_threshold"] == 0.5                     # defaults to the image threshold
+    for block in ("image", "patient"):
+        figs = grouped[block]["metrics"]
+        assert {figs[m]["interval"] for m in ("sensitivity", "specificity", "ppv", "npv", "accuracy")} == {"wilson-deff"}
+        assert {figs[m]["interval"] for m in ("roc_auc", "f1", "mcc", "ece", "brier")} == {"bootstrap"}
+        assert "ece" in figs and 0 <= figs["ece"]["value"] <= 1
+        # two big groups: a larger design effect, so a Wilson interval no narrower than with 12 groups
+        assert figs["accuracy"]["n_eff"] <= plain[block]["metrics"]["accuracy"]["n_eff"]
+    assert grouped["bootstrap"]["conditional_on"] == "the chosen model and thresholds"
 
 
 def test_existing_evaluation_is_not_overwritten(tmp_path):
@@ -292,6 +341,7 @@ def test_compare_runs_table_and_files(tmp_path):
     assert [p.name for p in written] == ["comparison.csv", "comparison.md", "comparison.png"]
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "vgg16" in md and "[" in md
+    assert "conditional on the chosen model and threshold" in md and "Wilson score interval" in md
     with pytest.raises(FileExistsError, match=r"Received: out="):
         E.write_comparison(table, tmp_path / "cmp")
     with pytest.raises(ValueError, match=r"Received: run_dirs=\[\]"):
@@ -315,7 +365,7 @@ def test_cli_evaluate_and_compare(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     assert main(["evaluate", "--run", str(run), "--name", "cli", "--n-bootstrap", "50", "--no-figures"]) == 0
     printed = capsys.readouterr().out
-    assert "roc_auc" in printed and "evaluations/cli-" in printed
+    assert "roc_auc" in printed and "evaluations/cli-" in printed and "patient threshold 0." in printed
     assert main(["compare", str(run), "--out", str(tmp_path / "cmp"), "--n-bootstrap", "50"]) == 0
     assert (tmp_path / "cmp" / "comparison.md").is_file()
     assert main(["evaluate", "--run", str(tmp_path / "missing")]) == 2

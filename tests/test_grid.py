@@ -98,6 +98,10 @@ def test_grid_writes_every_run_and_the_comparison(finished_grid):
     assert {"roc_auc_ci_low", "sensitivity_ci_high"} <= set(pooled.columns)
     text = (out / "comparison.md").read_text()
     assert "Folds pooled" in text and "Per run" in text and "vgg19 / oversample" in text
+    assert "## Chosen on validation" in text and "descriptive, not for choosing" in text
+    selection = record["selection"]
+    assert selection["run"] in set(pooled["run"]) and set(selection["test"]) == {"image", "patient"}
+    assert {"val_roc_auc_mean", "val_roc_auc_min", "val_roc_aucs"} <= set(pooled.columns)
 
 
 def test_interrupted_grid_resumes_without_retraining(finished_grid):
@@ -187,6 +191,98 @@ def test_pooled_metrics_use_each_folds_threshold():
     with pytest.raises(ValueError, match="one fold's test part only"):
         M.pooled_metrics(pd.concat([frame, frame.assign(threshold=0.5)]), classes=["non-covid", "covid"],
                             n_bootstrap=0)
+
+
+def test_pooled_patients_use_each_folds_patient_threshold():
+    # two images per patient; patient means sit between the image thresholds and the patient ones
+    frame = pd.DataFrame({
+        "patient": ["a", "a", "b", "b", "c", "c", "d", "d"],
+        "label": ["non-covid"] * 2 + ["covid"] * 2 + ["non-covid"] * 2 + ["covid"] * 2,
+        "prob_covid": [0.1, 0.3, 0.3, 0.5, 0.6, 0.8, 0.8, 1.0],      # means a .2 b .4 | c .7 d .9
+        "threshold": [0.5] * 4 + [0.95] * 4,
+        "patient_threshold": [0.3] * 4 + [0.8] * 4,
+        "group": ["ab", "ab", "ab", "ab", "c", "c", "d", "d"],
+    })
+    frame["prob_non-covid"] = 1 - frame["prob_covid"]
+    result = M.pooled_metrics(frame, classes=["non-covid", "covid"], n_bootstrap=20, seed=0)
+    patient = result["patient"]["metrics"]
+    assert patient["sensitivity"]["value"] == 1.0 and patient["specificity"]["value"] == 1.0
+    assert result["patient"]["n_groups"] == 3 and result["image"]["n_groups"] == 3
+    image = result["image"]["metrics"]
+    assert image["sensitivity"]["value"] == pytest.approx(2 / 4)        # 0.5 (fold 0) and 1.0 (fold 1)
+    # without patient thresholds the image ones are used
+    fallback = M.pooled_metrics(frame.drop(columns="patient_threshold"), classes=["non-covid", "covid"],
+                                n_bootstrap=0)
+    assert fallback["patient"]["metrics"]["sensitivity"]["value"] == 0.0
+    with pytest.raises(ValueError, match=r"finite 'patient_threshold'.*Received: non_finite=8"):
+        M.pooled_metrics(frame.assign(patient_threshold=np.nan), classes=["non-covid", "covid"], n_bootstrap=0)
+
+
+def _fake_run(root, backbone, strategy, fold, *, swaps, test_neg=(0.3, 0.35, 0.45, 0.4)):
+    """A finished fake run of fold ``fold``: val AUC lowered by ``swaps`` swapped pairs, the test
+    part's negatives scored ``test_neg`` (positives 0.5 .. 0.8)."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({
+        "classes": ["non-covid", "covid"], "task": "covid-vs-rest", "backbone": backbone, "strategy": strategy,
+        "fold": fold, "folds": 2, "weights": "none"}))
+    neg, pos = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
+    for k in range(swaps):
+        neg[-1 - k], pos[k] = pos[k], neg[-1 - k]
+    rows = []
+    for part, scores in (("val", neg + pos), ("test", list(test_neg) + [0.5, 0.6, 0.7, 0.8])):
+        for i, score in enumerate(scores):
+            rows.append({"image": f"{part}/{fold}_{i}.png", "patient": f"{part}-{fold}-{i}", "part": part,
+                         "label": "covid" if i >= 4 else "non-covid", "prob_covid": score})
+    preds = pd.DataFrame(rows)
+    preds["prob_non-covid"] = 1 - preds["prob_covid"]
+    preds.to_csv(root / "predictions.csv", index=False)
+    return root
+
+
+def test_grid_chooses_on_validation_not_on_test(tmp_path):
+    # vgg16/none: best validation AUC (no swaps), worse test; vgg19/none: one swap on validation,
+    # perfect test; vgg16/oversample: as vgg16/none on one fold and worse on the other.
+    runs = [_fake_run(tmp_path / f"a{f}", "vgg16", "none", f, swaps=0, test_neg=(0.3, 0.35, 0.55, 0.65))
+            for f in (0, 1)]
+    runs += [_fake_run(tmp_path / f"b{f}", "vgg19", "none", f, swaps=1) for f in (0, 1)]
+    runs += [_fake_run(tmp_path / "c0", "vgg16", "oversample", 0, swaps=0),
+             _fake_run(tmp_path / "c1", "vgg16", "oversample", 1, swaps=2)]
+    pooled, per_run = M.grid_comparison(runs, n_bootstrap=0)
+    val = per_run[per_run["level"] == "image"].set_index("run")["val_roc_auc"]
+    assert val["a0"] == 1.0 and val["b0"] == pytest.approx(1 - 1 / 16) and val["c1"] == pytest.approx(1 - 4 / 16)
+    means = pooled.drop_duplicates("run").set_index("run")["val_roc_auc_mean"]
+    assert means["vgg16 / none"] == 1.0 and means["vgg16 / oversample"] == pytest.approx((1 + 12 / 16) / 2)
+    test_auc = pooled[pooled["level"] == "image"].set_index("run")["roc_auc"]
+    assert test_auc["vgg19 / none"] > test_auc["vgg16 / none"]           # test would pick the other one
+    selection = M.grid_selection(pooled)
+    assert selection["run"] == "vgg16 / none" and selection["val_roc_auc_mean"] == 1.0
+    assert [r["run"] for r in selection["ranking"]] == ["vgg16 / none", "vgg19 / none", "vgg16 / oversample"]
+    assert selection["test"]["image"]["roc_auc"]["value"] == pytest.approx(test_auc["vgg16 / none"])
+    json.dumps(selection)                                                # JSON-ready for grid.json
+    # patient thresholds are each fold's own, listed on the patient rows
+    patient_row = pooled[(pooled["level"] == "patient") & (pooled["run"] == "vgg16 / none")].iloc[0]
+    assert patient_row["thresholds"] == "0.4500, 0.4500"
+    from covidxr.reports import grid_markdown
+
+    text = grid_markdown(pooled, per_run)
+    chosen, rest = text.split("## All configurations: descriptive, not for choosing")
+    assert "**vgg16 / none**: mean validation ROC AUC 1.0000" in chosen and "vgg19 / none" in rest
+    assert chosen.index("vgg16 / none") < chosen.index("Pooled test figures")
+
+
+def test_grid_selection_tie_breaks():
+    def row(backbone, strategy, mean, low):
+        return {"run": f"{backbone} / {strategy}", "backbone": backbone, "strategy": strategy, "level": "image",
+                "folds": 2, "val_roc_auc_mean": mean, "val_roc_auc_min": low, "val_roc_aucs": "",
+                "roc_auc": 0.5, "roc_auc_ci_low": 0.4, "roc_auc_ci_high": 0.6}
+
+    table = pd.DataFrame([row("vgg19", "none", 0.9, 0.85), row("vgg16", "oversample", 0.9, 0.8),
+                          row("resnet50", "none", np.nan, np.nan), row("vgg16", "none", 0.9, 0.85)])
+    ranking = [r["run"] for r in M.grid_selection(table)["ranking"]]
+    # equal mean: higher minimum first, then backbone, then strategy alphabetically; no AUC last
+    assert ranking == ["vgg16 / none", "vgg19 / none", "vgg16 / oversample", "resnet50 / none"]
+    with pytest.raises(ValueError, match=r"validation AUCs\. Received: rows=1, missing=\['val_roc_auc_mean'"):
+        M.grid_selection(table.drop(columns=["val_roc_auc_mean"]).iloc[:1])
 
 
 def test_cli_grid_options(collection, tmp_path, monkeypatch):

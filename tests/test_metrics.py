@@ -26,6 +26,8 @@ HAND = {
     "roc_auc": 8 / 12,                 # positive > negative in 8 of 12 pairs
     "pr_auc": (1 / 1 + 2 / 3 + 3 / 6) / 3,  # precision at each positive, ranked by score
     "brier": (0.01 + 0.16 + 0.64 + 0.49 + 0.01 + 0.09 + 0.16) / 7,
+    # one image per 0.1-wide bin: |y - score| per image, averaged
+    "ece": (0.1 + 0.4 + 0.8 + 0.7 + 0.1 + 0.3 + 0.4) / 7,
     "accuracy": 5 / 7,
 }
 
@@ -93,14 +95,16 @@ def test_youden_threshold_hand_case():
     best = max(sorted(set(S), reverse=True),
                key=lambda t: M.binary_metrics(Y, S, threshold=t)["sensitivity"]
                + M.binary_metrics(Y, S, threshold=t)["specificity"])
-    assert info["threshold"] == pytest.approx(best)
-    assert info["threshold"] == pytest.approx(0.6)   # sens 2/3, spec 3/4: J = 5/12
+    assert info["validation_score"] == pytest.approx(best)
+    assert info["validation_score"] == pytest.approx(0.6)   # sens 2/3, spec 3/4: J = 5/12
+    assert info["threshold"] == pytest.approx(0.5)          # midpoint of 0.6 and the next lower score 0.4
     assert info["method"] == "youden" and "Youden" in info["description"]
 
 
 def test_target_sensitivity_threshold():
     info = M.choose_threshold(Y, S, method="sensitivity", target_sensitivity=1.0)
-    assert info["threshold"] == pytest.approx(0.2)
+    assert info["validation_score"] == pytest.approx(0.2)
+    assert info["threshold"] == pytest.approx(0.15)         # midpoint of 0.2 and 0.1
     assert info["sensitivity"] == 1.0
     with pytest.raises(ValueError, match=r"target_sensitivity in \(0, 1\].*Received: target_sensitivity=None"):
         M.choose_threshold(Y, S, method="sensitivity")
@@ -112,6 +116,39 @@ def test_threshold_errors():
     with pytest.raises(ValueError, match=r"both classes.*Received: validation_class_counts="):
         M.choose_threshold([1, 1], [0.2, 0.3])
     assert M.choose_threshold(Y, S, method="fixed", threshold=0.3)["threshold"] == 0.3
+
+
+@pytest.mark.parametrize("method, target", [("youden", None), ("sensitivity", 0.5), ("sensitivity", 1.0)])
+def test_thresholds_sit_between_validation_scores_and_keep_decisions(method, target):
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 60)
+    s = np.round(np.clip(0.3 * y + 0.7 * rng.random(60), 0, 1), 2)   # ties included
+    info = M.choose_threshold(y, s, method=method, target_sensitivity=target)
+    assert info["threshold"] not in set(s)
+    lower = s[s < info["validation_score"]]
+    assert info["threshold"] == pytest.approx((info["validation_score"] + (lower.max() if lower.size else 0)) / 2)
+    # the validation decisions are those at the chosen score itself
+    assert (M.positive(s, info["threshold"]) == M.positive(s, info["validation_score"])).all()
+
+
+def test_lowest_score_midpoint_is_taken_with_zero():
+    # every validation image positive is best: the threshold falls below the lowest score
+    info = M.choose_threshold([1, 1, 0], [0.4, 0.5, 0.8], method="sensitivity", target_sensitivity=1.0)
+    assert info["validation_score"] == 0.4 and info["threshold"] == pytest.approx(0.2)
+
+
+def test_expected_calibration_error_bins():
+    # 10 equal-width bins; perfect calibration in a bin gives 0, 1.0 falls in the last bin
+    assert M.expected_calibration_error([1, 0], [0.95, 0.05]) == pytest.approx(0.05)
+    assert M.expected_calibration_error([1, 1, 0, 0], [1.0, 1.0, 0.0, 0.0]) == 0.0
+    assert M.expected_calibration_error([1, 0], [0.5, 0.5]) == 0.0               # one bin: mean 0.5 vs 0.5
+    assert M.expected_calibration_error([1, 0], [0.55, 0.45]) == pytest.approx(0.45 / 2 + 0.45 / 2)
+    assert np.isnan(M.expected_calibration_error([], []))
+    # three classes: top-label confidence against correctness
+    probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    figs = M.multiclass_metrics([0, 1, 1], probs, classes=["a", "b", "c"])
+    # bins: 0.8 right (|1 - 0.8|), 0.6 wrong (|0 - 0.6|), 0.7 right (|1 - 0.7|)
+    assert figs["ece"] == pytest.approx((0.2 + 0.6 + 0.3) / 3)
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -179,17 +216,113 @@ def test_patient_bootstrap_is_wider_than_image_bootstrap_for_clustered_data():
     assert width(by_patient) > 2 * width(by_image)
 
 
-def test_bootstrap_skips_resamples_missing_a_class():
-    # One positive patient of 12: many resamples draw no positive -> sensitivity skipped there.
+def test_bootstrap_is_stratified_and_skips_undefined_resamples():
+    # One positive patient of 12: stratified, every resample draws it (sensitivity always defined);
+    # one negative patient is the only predicted positive: PPV is undefined when it is not drawn.
     groups = np.repeat(np.arange(12), 2)
     y = np.repeat((np.arange(12) == 0).astype(int), 2)
-    score = np.where(y == 1, 0.8, 0.3)
-    out = M.bootstrap_metrics(y, np.c_[1 - score, score], groups, classes=["a", "b"], threshold=0.5,
-                              n_bootstrap=200, seed=0)
-    sens = out["metrics"]["sensitivity"]
-    assert 0 < sens["n_used"] < 200          # about (11/12)^12 = 35% of resamples lack it
-    assert out["metrics"]["specificity"]["n_used"] == 200
-    assert sens["ci_low"] == sens["ci_high"] == 1.0
+    score = np.where(y == 1, 0.3, 0.2)
+    score[2:4] = 0.9                          # patient 1 (negative) called positive
+    with pytest.warns(M.BootstrapWarning, match=r"fewer than 90% of the resamples.*ppv \(\d+/200\)"
+                                               r".*Received: n_bootstrap=200") as caught:
+        out = M.bootstrap_metrics(y, np.c_[1 - score, score], groups, classes=["a", "b"], threshold=0.5,
+                                  n_bootstrap=200, seed=0)
+    assert len(caught) == 1
+    figs = out["metrics"]
+    assert figs["sensitivity"]["n_used"] == 200 and figs["specificity"]["n_used"] == 200
+    assert 0 < figs["ppv"]["n_used"] < 180    # about (10/11)^11 = 35% of resamples lack patient 1
+    assert "sensitivity" not in str(caught[0].message)
+    assert out["stratified"] and figs["sensitivity"]["interval"] == "wilson-deff"
+
+
+def test_stratified_resamples_keep_each_class_count(monkeypatch):
+    y, probs, groups = _patients(n_patients=9, per_patient=1)      # 5 negatives, 4 positives
+    seen = []
+    real = M.compute_metrics
+
+    def spy(y_true, p, **kw):
+        seen.append(np.bincount(y_true, minlength=2).tolist())
+        return real(y_true, p, **kw)
+
+    monkeypatch.setattr(M.bootstrap, "compute_metrics", spy)
+    M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], n_bootstrap=30, seed=2)
+    assert all(counts == [5, 4] for counts in seen)
+    a = M.patient_bootstrap(lambda idx: {"m": float(len(set(idx)))}, groups, labels=y, n_bootstrap=30, seed=2)
+    b = M.patient_bootstrap(lambda idx: {"m": float(len(set(idx)))}, groups, labels=y, n_bootstrap=30, seed=2)
+    assert a == b
+
+
+def test_group_stratum_is_its_most_common_label(monkeypatch):
+    # group g0 has two positive rows and one negative: it belongs to the positive stratum
+    groups = np.array(["g0", "g0", "g0", "g1", "g2", "g3"])
+    labels = np.array([1, 1, 0, 0, 0, 1])
+    seen = []
+    M.patient_bootstrap(lambda idx: seen.append(groups[idx].tolist()) or {"m": 0.0}, groups,
+                        labels=labels, n_bootstrap=40, seed=0)
+    # every resample draws exactly 2 groups of the positive stratum {g0 (3 rows), g3 (1 row)}
+    draws = [rows.count("g0") // 3 + rows.count("g3") for rows in seen[1:]]
+    assert draws == [2] * 40
+    assert any(rows.count("g0") == 6 for rows in seen[1:])      # with replacement: g0 drawn twice
+    with pytest.raises(ValueError, match=r"one label per row \(6\)\. Received: len\(labels\)=2"):
+        M.patient_bootstrap(lambda idx: {"m": 0.0}, groups, labels=[0, 1], n_bootstrap=1)
+
+
+# --------------------------------------------------------------------------- Wilson / design effect
+
+def test_wilson_and_clopper_pearson_textbook_15_of_15():
+    low, high = M.wilson_interval(1.0, 15)
+    assert (round(low, 3), round(high, 3)) == (0.796, 1.0)
+    low, high = M.clopper_pearson(15, 15)
+    assert (round(low, 3), round(high, 3)) == (0.782, 1.0)
+    low, high = M.wilson_interval(0.0, 15)
+    assert (round(low, 3), round(high, 3)) == (0.0, 0.204)
+    # 10 of 20: Wilson [0.299, 0.701] (Newcombe 1998, table I style check)
+    assert tuple(round(v, 3) for v in M.wilson_interval(0.5, 20)) == (0.299, 0.701)
+    with pytest.raises(ValueError, match=r"level in \(0, 1\)\. Received: level=95"):
+        M.wilson_interval(0.5, 20, level=95)
+
+
+def test_specificity_15_of_15_does_not_collapse():
+    # 15 negative patients, one image each, all correctly negative; the bootstrap collapses to [1, 1]
+    y = np.r_[np.zeros(15, int), np.ones(5, int)]
+    score = np.r_[np.full(15, 0.1), np.full(5, 0.9)]
+    out = M.bootstrap_metrics(y, np.c_[1 - score, score], np.arange(20), classes=["a", "b"], threshold=0.5,
+                              n_bootstrap=100, seed=0)
+    spec = out["metrics"]["specificity"]
+    assert spec["value"] == 1.0 and spec["interval"] == "wilson-deff"
+    assert round(spec["ci_low"], 3) == 0.796 and spec["ci_high"] == 1.0
+    assert spec["boot_low"] == spec["boot_high"] == 1.0
+    assert spec["n_eff"] == pytest.approx(15)
+    assert out["metrics"]["roc_auc"]["interval"] == "bootstrap"
+    assert out["metrics"]["roc_auc"]["ci_low"] == out["metrics"]["roc_auc"]["boot_low"]
+
+
+def test_design_effect_worst_case_and_cluster_robust():
+    # 15 of 15 in 5 groups of 3: worst case deff = sum n_g^2 / n = 45 / 15 = 3 -> n_eff 5
+    d = M.design_effect(np.ones(15), np.repeat(np.arange(5), 3))
+    assert d["deff_rule"] == "worst-case" and d["deff"] == pytest.approx(3) and d["n_eff"] == pytest.approx(5)
+    wide = M.wilson_interval(1.0, d["n_eff"])
+    assert wide[0] < M.wilson_interval(1.0, 15)[0]
+    # groups that agree within: deff = group size; independent-looking rows: clamped to 1
+    agree = M.design_effect(np.repeat([1, 0, 1, 0, 1, 1], 4), np.repeat(np.arange(6), 4))
+    assert agree["deff_rule"] == "cluster-robust" and agree["deff"] == pytest.approx(4 * 6 / 5)
+    mixed = M.design_effect(np.tile([1, 0], 12), np.repeat(np.arange(6), 4))
+    assert mixed["deff"] == 1.0 and mixed["n_eff"] == 24
+    assert np.isnan(M.design_effect([], [])["p"])
+
+
+def test_proportion_intervals_three_classes():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    out = M.proportion_intervals(y, pred, np.arange(6), classes=["normal", "covid", "other"])
+    assert set(out) == {"accuracy", *(f"{m}[{c}]" for m in ("sensitivity", "specificity", "ppv", "npv")
+                                      for c in ("normal", "covid", "other"))}
+    assert out["sensitivity[covid]"]["value"] == 1.0 and out["sensitivity[covid]"]["ci_low"] < 1.0
+    assert out["accuracy"]["value"] == pytest.approx(4 / 6)
+    figs = M.bootstrap_metrics(y, np.eye(3)[pred] * 0.8 + 0.2 / 3, np.arange(6), classes=["normal", "covid", "other"],
+                               n_bootstrap=0)["metrics"]
+    assert figs["ppv[covid]"]["interval"] == "wilson-deff" and figs["sensitivity[macro]"]["interval"] == "bootstrap"
+    assert figs["ppv[covid]"]["value"] == pytest.approx(2 / 3)
 
 
 def test_bootstrap_argument_errors():
@@ -210,7 +343,9 @@ def test_patient_frame_means_probabilities_per_patient():
     out = M.patient_frame(frame, ["normal", "covid"])
     assert list(out["patient"]) == ["a", "b"]
     assert out.loc[0, "prob_covid"] == pytest.approx(0.6)
-    assert list(out["images"]) == [2, 1]
+    assert list(out["images"]) == [2, 1] and "group" not in out.columns
+    grouped = M.patient_frame(frame.assign(group=["a+b", "a+b", "a+b"]), ["normal", "covid"])
+    assert list(grouped["group"]) == ["a+b", "a+b"]
 
 
 def test_frame_checks():

@@ -69,7 +69,8 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                  batch_size=32, figures=True, now=None) -> Path:
     """Evaluate a run folder on its test part or on another dataset; write an evaluation folder.
 
-    The decision threshold (two classes) always comes from the run's validation predictions.
+    The decision thresholds (two classes; one per image, one on patient means) always come
+    from the run's validation predictions.
 
     Args:
         run_dir: A run folder (``config.json``, ``predictions.csv``; ``model.keras`` for
@@ -104,6 +105,8 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     out = _new_folder(run, name, now)
     info = validation_threshold(preds, classes=classes, method=threshold_method,
                                 target_sensitivity=target_sensitivity, threshold=threshold)
+    pinfo = validation_threshold(preds, classes=classes, method=threshold_method, level="patient",
+                                 target_sensitivity=target_sensitivity, threshold=threshold)
     unreadable = []
     if data_dir is None:
         scored = held_out_test(preds)
@@ -115,7 +118,9 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                                                    data_options=options)
         source = str(data_dir)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
-                                  n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info)
+                                  patient_threshold=None if pinfo is None else pinfo["threshold"],
+                                  n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
+                                  patient_threshold_info=pinfo)
     result.update({
         "name": name,
         "run": run.name,

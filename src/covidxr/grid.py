@@ -6,10 +6,12 @@ Must not score or draw by itself: runs come from :mod:`covidxr.train`, figures f
 ``keras.backend.clear_session()`` between runs), all run folders under ``OUT/runs/``, then
 writes the comparison::
 
-    OUT/grid.json          the grid's options (checked when the grid is started again)
+    OUT/grid.json          the grid's options (checked when the grid is started again) and its
+                           ``selection``: the configuration chosen on mean validation ROC AUC
     OUT/runs/...           one run folder per backbone × strategy × fold
     OUT/comparison.csv     folds pooled: one row per backbone × strategy × level (image, patient)
-    OUT/comparison.md      the pooled table, then the per-run table
+    OUT/comparison.md      the configuration chosen on validation with its pooled test figures,
+                           then the descriptive pooled and per-run tables
     OUT/comparison.png     the pooled metrics with their intervals
     OUT/runs.csv           the per-run table (each run's own test part)
 
@@ -42,7 +44,7 @@ from . import __version__
 from .atomic import write_json, write_text
 from .config import TrainConfig, check_config, load_frame
 from .data import views_key
-from .evaluation import grid_comparison
+from .evaluation import grid_comparison, grid_selection
 from .figures import plot_comparison, save_figure
 from .models import BACKBONES
 from .reports import grid_markdown
@@ -245,6 +247,7 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     record["runs"] = [p.name for p in finished]
     pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
                                       threshold_method=threshold_method, target_sensitivity=target_sensitivity)
+    record["selection"] = grid_selection(pooled)
     write_grid_comparison(pooled, per_run, out, record=record)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(out / GRID_FILE, record)

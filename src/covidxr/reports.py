@@ -9,9 +9,20 @@ import numpy as np
 import pandas as pd
 
 from . import RESEARCH_ONLY
+from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
-__all__ = ["comparison_markdown", "evaluation_report", "grid_markdown", "metrics_markdown", "run_report"]
+__all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "grid_markdown", "metrics_markdown",
+           "run_report"]
+
+#: What every table of intervals says about them.
+INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
+                  "re-made in each resample). Proportions (sensitivity, specificity, PPV, NPV, accuracy, also per "
+                  "class): Wilson score interval on the effective sample size n / deff, the design effect over "
+                  "split groups (Korn & Graubard 1998; worst case sum n_g^2 / sum n_g at 0 or 1), so it does not "
+                  "collapse at 0 or 1; other figures (F1, balanced accuracy, MCC, AUCs, Brier, ECE): percentile "
+                  "bootstrap over groups, stratified by class.")
+_METHODS = {"wilson-deff": "Wilson (deff)", "bootstrap": "bootstrap"}
 
 
 def _fmt(fig: dict, digits=3) -> str:
@@ -24,13 +35,15 @@ def _fmt(fig: dict, digits=3) -> str:
 
 
 def metrics_markdown(result: dict) -> str:
-    """Per-image and per-patient figures side by side, as a Markdown table."""
-    lines = ["| metric | per image | per patient | resamples used (image / patient) |",
-             "|---|---|---|---|"]
+    """Per-image and per-patient figures side by side, as a Markdown table, with the method of
+    each interval (``Wilson (deff)`` or ``bootstrap``) and the resamples the bootstrap used."""
+    lines = ["| metric | per image | per patient | interval | resamples used (image / patient) |",
+             "|---|---|---|---|---|"]
     for name, fig in result["image"]["metrics"].items():
         pat = result["patient"]["metrics"].get(name, {"value": float("nan"), "ci_low": float("nan"),
                                                       "ci_high": float("nan"), "n_used": 0})
-        lines.append(f"| {name} | {_fmt(fig)} | {_fmt(pat)} | {fig['n_used']} / {pat['n_used']} |")
+        method = _METHODS.get(fig.get("interval", "bootstrap"), str(fig.get("interval")))
+        lines.append(f"| {name} | {_fmt(fig)} | {_fmt(pat)} | {method} | {fig['n_used']} / {pat['n_used']} |")
     return "\n".join(lines)
 
 
@@ -41,19 +54,30 @@ def _cm_markdown(cm, classes) -> str:
     return "\n".join(lines)
 
 
+def _decision_text(result: dict) -> str:
+    """How a two-class evaluation decided: the image threshold and the patient threshold."""
+    sel = result["threshold_selection"] or {}
+    psel = result.get("patient_threshold_selection") or sel
+    pthr = result.get("patient_threshold")
+    pthr = result["threshold"] if pthr is None else pthr
+    units = f"{psel['n_patients']} patients" if "n_patients" in psel else f"{psel.get('n_images', '?')} images"
+    return (f"An image is called **{result['positive_class']}** when its probability is >= "
+            f"**{result['threshold']:.4f}**, chosen by {sel.get('description', '?')} (validation sensitivity "
+            f"{sel.get('sensitivity', float('nan')):.3f}, specificity {sel.get('specificity', float('nan')):.3f}, "
+            f"{sel.get('n_images', '?')} images); a patient when their mean probability is >= **{pthr:.4f}**, "
+            f"chosen by {psel.get('description', '?')} (validation sensitivity "
+            f"{psel.get('sensitivity', float('nan')):.3f}, specificity {psel.get('specificity', float('nan')):.3f}, "
+            f"{units}). Both were applied unchanged here; the scored data tuned nothing.")
+
+
 def evaluation_report(result: dict, *, figures=()) -> str:
     """The ``report.md`` of an evaluation folder."""
     classes = result["classes"]
-    sel = result["threshold_selection"] or {}
     boot = result["bootstrap"]
     counts = ", ".join(f"{c}: {n['images']} images / {n['patients']} patients"
                        for c, n in result["class_counts"].items())
     if result["decision"] == "threshold":
-        decision = (f"An image (or patient) is called **{result['positive_class']}** when its probability is "
-                    f">= **{result['threshold']:.4f}**. The threshold was chosen by {sel.get('description', '?')} "
-                    f"(validation sensitivity {sel.get('sensitivity', float('nan')):.3f}, specificity "
-                    f"{sel.get('specificity', float('nan')):.3f}, {sel.get('n_images', '?')} images) and applied "
-                    "unchanged here; the scored data tuned nothing.")
+        decision = _decision_text(result)
     else:
         decision = ("Three classes: the predicted class is the one with the highest probability (arg-max); "
                     "per-class figures are one-vs-rest, `[macro]` their unweighted mean.")
@@ -66,9 +90,10 @@ def evaluation_report(result: dict, *, figures=()) -> str:
         f"- {result['n_images']} images of {result['n_patients']} patients ({counts}); figures at the data's "
         "own prevalence, no re-balancing.",
         f"- Decision: {decision}",
-        f"- Intervals: {boot['level']:.0%} percentile bootstrap over **patients** ({boot['n_bootstrap']} "
-        f"resamples, seed {boot['seed']}); a resample in which a figure is undefined (a class not drawn) is "
-        "skipped for that figure, the last column says how many were used.",
+        f"- {boot['level']:.0%} intervals. {INTERVALS_NOTE} Bootstrap: {boot['n_bootstrap']} resamples of "
+        f"the split unit `{boot.get('unit', 'patient')}`, seed {boot['seed']}; a resample in which a figure is "
+        "undefined is skipped for that figure, the last column says how many were used. The `interval` column "
+        "names each figure's method.",
         "- Per patient: a patient's probability is the mean over their images.",
     ]
     if result.get("unreadable"):
@@ -88,9 +113,10 @@ def _metric_names(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if f"{c}_ci_low" in table.columns]
 
 
-def comparison_markdown(table: pd.DataFrame, *, digits=3) -> str:
-    """The comparison table as Markdown: one cell ``value [low, high]`` per metric."""
-    keys = ["run", "task", *RUN_KEYS, "data", "level", "n_images", "n_patients", "threshold"]
+def comparison_markdown(table: pd.DataFrame, *, digits=3, note=True) -> str:
+    """The comparison table as Markdown: one cell ``value [low, high]`` per metric, followed (with
+    ``note``) by :data:`INTERVALS_NOTE` (conditional on model and threshold; each interval's method)."""
+    keys = ["run", "task", *RUN_KEYS, "data", "level", "n_images", "n_patients", "threshold", "val_roc_auc"]
     keys = [k for k in keys if k in table.columns]
     names = _metric_names(table)
     lines = ["| " + " | ".join(keys + names) + " |", "|---" * (len(keys) + len(names)) + "|"]
@@ -98,13 +124,13 @@ def comparison_markdown(table: pd.DataFrame, *, digits=3) -> str:
         cells = []
         for k in keys:
             v = row[k]
-            cells.append(f"{v:.4f}" if k == "threshold" and isinstance(v, float) and not np.isnan(v) else
+            cells.append(f"{v:.4f}" if k in ("threshold", "val_roc_auc") and isinstance(v, float) and not np.isnan(v) else
                          ("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)))
         for m in names:
             cells.append(_fmt({"value": row[m], "ci_low": row[f"{m}_ci_low"], "ci_high": row[f"{m}_ci_high"]},
                               digits))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + (["", INTERVALS_NOTE] if note else []))
 
 
 def run_report(run_name: str, options: dict, config: dict, counts: dict, metrics: dict, classes) -> str:
@@ -144,13 +170,37 @@ def run_report(run_name: str, options: dict, config: dict, counts: dict, metrics
     return "\n".join(lines)
 
 
+def _selection_lines(selection: dict, pooled: pd.DataFrame) -> list[str]:
+    """The grid's choice on validation, the validation AUCs of every configuration, and the
+    chosen configuration's pooled test figures."""
+    def auc(v):
+        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+    chosen = pooled[(pooled["backbone"] == selection["backbone"]) & (pooled["strategy"] == selection["strategy"])]
+    lines = ["## Chosen on validation", "",
+             f"**{selection['run']}**: mean validation ROC AUC {auc(selection['val_roc_auc_mean'])} (minimum "
+             f"{auc(selection['val_roc_auc_min'])}; per fold {selection['val_roc_aucs']}; image level, each fold's "
+             f"own validation part). Rule: {selection.get('rule', SELECTION_RULE)}.", "",
+             "| configuration | mean validation ROC AUC | minimum | per fold |", "|---|---|---|---|"]
+    configs = pooled.drop_duplicates(["backbone", "strategy"]).set_index("run")
+    for entry in selection["ranking"]:
+        per_fold = configs.loc[entry["run"], "val_roc_aucs"] if entry["run"] in configs.index else ""
+        lines.append(f"| {entry['run']} | {auc(entry['val_roc_auc_mean'])} | {auc(entry['val_roc_auc_min'])} | "
+                     f"{per_fold} |")
+    lines += ["", f"Pooled test figures of the chosen configuration ({selection['run']}), the grid's result:", "",
+              comparison_markdown(chosen, note=False), ""]
+    return lines
+
+
 def grid_markdown(pooled: pd.DataFrame, per_run: pd.DataFrame, *, record=None) -> str:
-    """The grid's ``comparison.md``: settings, the folds-pooled table, thresholds per fold, the
-    per-run table.
+    """The grid's ``comparison.md``: settings, the configuration chosen on validation ROC AUC with
+    its pooled test figures, then the descriptive tables (every configuration pooled, thresholds
+    per fold, per run).
 
     Args:
         pooled, per_run: :func:`covidxr.evaluation.pooling.grid_comparison`'s tables.
-        record: The grid's ``grid.json`` content (shown in the header).
+        record: The grid's ``grid.json`` content (shown in the header; its ``selection``, from
+            :func:`covidxr.evaluation.grid_selection`, is computed from ``pooled`` when absent).
     """
     record = record or {}
     opts = record.get("options", {})
@@ -164,16 +214,29 @@ def grid_markdown(pooled: pd.DataFrame, per_run: pd.DataFrame, *, record=None) -
         f"{record.get('folds', '?')} patient-grouped folds.",
         f"- Settings: {settings}." if settings else "- Settings: see grid.json.",
         "- Folds pooled: the test predictions of all folds of one backbone × strategy are scored together; "
-        "each image is decided at the threshold its own fold chose on its validation part "
-        f"({comp.get('threshold_method', 'youden')}); ROC AUC, PR AUC and Brier use the pooled probabilities.",
-        f"- Intervals: {comp.get('level', 0.95):.0%} percentile bootstrap over patients "
-        f"({comp.get('n_bootstrap', '?')} resamples, seed {comp.get('seed', '?')}); per patient: mean "
-        "probability over the patient's images.",
-        "", "## Folds pooled (per backbone × strategy)", "", comparison_markdown(pooled), "",
-        "Thresholds per fold:", "",
+        "each image is decided at the threshold its own fold chose on its validation images, each patient at "
+        f"the one chosen on its validation patients' mean probabilities ({comp.get('threshold_method', 'youden')}); "
+        "ROC AUC, PR AUC, Brier and ECE use the pooled probabilities.",
+        f"- {comp.get('level', 0.95):.0%} intervals ({comp.get('n_bootstrap', '?')} bootstrap resamples, seed "
+        f"{comp.get('seed', '?')}), in every table below: {INTERVALS_NOTE} Per patient: mean probability over the "
+        "patient's images.",
+        "",
     ]
-    for _, row in pooled[pooled["level"] == "image"].iterrows():
-        lines.append(f"- {row['run']}: {row['thresholds']}")
-    lines += ["", "## Per run (each fold's own test part)", "", comparison_markdown(per_run), "",
+    has_val = "val_roc_auc_mean" in pooled.columns
+    if has_val:
+        lines += _selection_lines(record.get("selection") or grid_selection(pooled), pooled)
+    lines += [
+        "## All configurations: descriptive, not for choosing", "",
+        "These pooled test figures describe every configuration; picking the best of them would tune on the "
+        "test data (the choice above uses validation data only)." if has_val else
+        "These pooled test figures describe every configuration; do not choose a configuration on them.", "",
+        "### Folds pooled (per backbone × strategy)", "", comparison_markdown(pooled, note=False), "",
+        "Thresholds per fold (image; patient):", "",
+    ]
+    for run_name, block in pooled.groupby("run", sort=False):
+        image = block.loc[block["level"] == "image", "thresholds"]
+        patient = block.loc[block["level"] == "patient", "thresholds"]
+        lines.append(f"- {run_name}: {', '.join(image)}; {', '.join(patient)}")
+    lines += ["", "### Per run (each fold's own test part)", "", comparison_markdown(per_run, note=False), "",
               "![comparison](comparison.png)", ""]
     return "\n".join(lines)

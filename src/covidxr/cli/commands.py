@@ -188,6 +188,8 @@ def _run_evaluate(args):
     print(f"{result['n_images']} images of {result['n_patients']} patients from {result['data']}")
     if result["threshold"] is not None:
         print(f"threshold {result['threshold']:.4f}: {sel['description']}")
+        psel = result.get("patient_threshold_selection") or sel
+        print(f"patient threshold {result.get('patient_threshold', result['threshold']):.4f}: {psel['description']}")
     else:
         print("decision: arg-max over the three classes")
     print(metrics_markdown(result))

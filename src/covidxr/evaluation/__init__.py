@@ -1,4 +1,4 @@
-"""Evaluation: metrics with patient-bootstrap intervals, the validation threshold, scoring a run
+"""Evaluation: metrics with group-bootstrap and Wilson intervals, the validation threshold, scoring a run
 or another dataset, comparing runs, pooling a grid's folds, choosing Grad-CAM examples.
 Must not write files or draw: every function returns data (dicts, frames, arrays); the
 application layer writes them and the figures and reports layers present them.
@@ -9,23 +9,27 @@ dataset loads the model then.
 """
 
 from . import bootstrap, metrics
-from .bootstrap import bootstrap_metrics, metrics_table, patient_bootstrap
-from .metrics import (BINARY_METRICS, MULTICLASS_METRICS, PER_CLASS_METRICS, THRESHOLD_METHODS, binary_metrics,
-                      choose_threshold, class_probabilities, classes_from_frame, compute_metrics, decide,
-                      multiclass_metrics, part_metrics, patient_frame, positive, prob_columns)
-from .pooling import grid_comparison, pooled_metrics
-from .runs import RUN_KEYS, held_out_test, read_run, validation_threshold
-from .scoring import (compare_runs, evaluate_predictions, external_predictions, latest_evaluation, score_run,
-                      unreadable_images, with_decisions)
+from .bootstrap import BootstrapWarning, bootstrap_metrics, metrics_table, patient_bootstrap
+from .intervals import PROPORTION_METRICS, clopper_pearson, design_effect, proportion_intervals, wilson_interval
+from .metrics import (BINARY_METRICS, ECE_BINS, MULTICLASS_METRICS, PER_CLASS_METRICS, THRESHOLD_METHODS,
+                      binary_metrics, choose_threshold, class_probabilities, classes_from_frame, compute_metrics,
+                      decide, expected_calibration_error, multiclass_metrics, part_metrics, patient_frame, positive,
+                      prob_columns)
+from .pooling import SELECTION_RULE, grid_comparison, grid_selection, pooled_metrics
+from .runs import LEVELS, RUN_KEYS, held_out_test, read_run, validation_threshold
+from .scoring import (compare_runs, evaluate_predictions, external_predictions, latest_evaluation, run_thresholds,
+                      score_run, unreadable_images, with_decisions)
 
 __all__ = [
-    "bootstrap", "bootstrap_metrics", "metrics_table", "patient_bootstrap",
-    "BINARY_METRICS", "MULTICLASS_METRICS", "PER_CLASS_METRICS", "THRESHOLD_METHODS", "binary_metrics",
+    "BootstrapWarning", "bootstrap", "bootstrap_metrics", "metrics_table", "patient_bootstrap",
+    "PROPORTION_METRICS", "clopper_pearson", "design_effect", "proportion_intervals", "wilson_interval",
+    "BINARY_METRICS", "ECE_BINS", "MULTICLASS_METRICS", "PER_CLASS_METRICS", "THRESHOLD_METHODS", "binary_metrics",
     "choose_threshold", "class_probabilities", "classes_from_frame", "compute_metrics", "decide",
-    "multiclass_metrics", "part_metrics", "patient_frame", "positive", "prob_columns",
-    "GRADCAM_CATEGORIES", "RUN_KEYS", "compare_runs", "evaluate_predictions", "external_predictions",
-    "grid_comparison", "held_out_test", "latest_evaluation", "metrics", "pooled_metrics", "read_run", "score_run",
-    "select_gradcam_examples", "unreadable_images", "validation_threshold", "with_decisions",
+    "expected_calibration_error", "multiclass_metrics", "part_metrics", "patient_frame", "positive", "prob_columns",
+    "GRADCAM_CATEGORIES", "LEVELS", "RUN_KEYS", "SELECTION_RULE", "compare_runs", "evaluate_predictions",
+    "external_predictions", "grid_comparison", "grid_selection", "held_out_test", "latest_evaluation", "metrics",
+    "pooled_metrics", "read_run", "run_thresholds", "score_run", "select_gradcam_examples", "unreadable_images",
+    "validation_threshold", "with_decisions",
 ]
 
 

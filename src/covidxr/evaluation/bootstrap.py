@@ -1,10 +1,22 @@
-"""Percentile bootstrap over patients (groups) of any set of figures, and a tidy table of them.
+"""Group bootstrap, stratified by class, of any set of figures; Wilson intervals on an effective
+sample size for the proportions; a tidy table of them.
 Must not choose thresholds or read files: it resamples the rows it is given.
 
-Confidence intervals come from a bootstrap **over patients**: each resample draws patients with
-replacement and takes all of their images, so that images of one patient stay together. A
-resample in which a metric is undefined (for example no positive patient, so no sensitivity)
-is skipped for that metric only; ``n_used`` records how many resamples each interval rests on.
+Confidence intervals come from a bootstrap **over groups** (patients, or patients merged because
+they share an image: callers pass ``frame[covidxr.data.groups.group_column(frame)]``): each
+resample draws groups with replacement and takes all of their rows, so that images of one group
+stay together. The resampling is **stratified by class**: a group's stratum is its most common
+label (ties: the lowest class index), and each resample draws, within each stratum, as many
+groups as that stratum has, so every resample keeps the data's class mix. A resample in which a
+metric is undefined (for example no predicted positive, so no PPV) is skipped for that metric
+only; ``n_used`` records how many resamples each interval rests on, and a
+:class:`BootstrapWarning` names the metrics whose ``n_used`` is below 90% of the resamples.
+
+Proportions (sensitivity, specificity, PPV, NPV, accuracy; per class for three classes) get a
+Wilson score interval on the effective sample size instead (:mod:`.intervals`): the percentile
+bootstrap collapses to [1, 1] at 15 of 15. Each metric records which ``interval`` it has
+(``"wilson-deff"`` or ``"bootstrap"``) and keeps the percentile bounds as ``boot_low`` /
+``boot_high``. Every interval is conditional on the chosen model and threshold.
 """
 
 from __future__ import annotations
@@ -14,37 +26,61 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .metrics import compute_metrics
+from .intervals import proportion_intervals
+from .metrics import compute_metrics, decide
 
-__all__ = ["bootstrap_metrics", "metrics_table", "patient_bootstrap"]
+__all__ = ["BootstrapWarning", "MIN_USED_SHARE", "bootstrap_metrics", "metrics_table", "patient_bootstrap"]
+
+#: A metric whose interval rests on fewer than this share of the resamples is named in a warning.
+MIN_USED_SHARE = 0.9
+
+TABLE_COLUMNS = ["level", "metric", "value", "ci_low", "ci_high", "n_used", "interval", "boot_low", "boot_high",
+                 "n_eff"]
+
+
+class BootstrapWarning(UserWarning):
+    """A bootstrap interval rests on far fewer resamples than were drawn."""
 
 
 def _flat(figures: dict) -> dict:
     return {k: v for k, v in figures.items() if k != "confusion_matrix"}
 
 
+def _row_thresholds(threshold, n):
+    """``threshold`` as given, or checked to be one per row."""
+    if threshold is None or np.ndim(threshold) == 0:
+        return threshold
+    threshold = np.asarray(threshold, dtype=float)
+    if threshold.shape != (n,):
+        raise ValueError(f"Expected one threshold, or one per row ({n}). Received: threshold.shape={threshold.shape}")
+    return threshold
+
+
 def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_bootstrap=1000, seed=0,
                       level=0.95) -> dict:
-    """Point figures and percentile bootstrap intervals, resampling **groups** (patients).
+    """Point figures, stratified group-bootstrap intervals, and Wilson intervals of proportions.
 
-    Each of ``n_bootstrap`` resamples draws as many patients as there are, with replacement,
-    and keeps all of each drawn patient's rows (a patient drawn twice counts twice). A
-    resample where a metric is undefined (NaN, e.g. no positive patient drawn) is skipped
-    for that metric; ``n_used`` says how many resamples its interval rests on.
+    Each of ``n_bootstrap`` resamples draws, within each class stratum, as many groups as the
+    stratum has, with replacement, and keeps all of each drawn group's rows (a group drawn twice
+    counts twice). Proportions get a Wilson interval on the effective sample size (groups as
+    clusters); the other figures their percentile bootstrap interval.
 
     Args:
         y_true: Class indices of shape (n,).
         probs: Probabilities of shape (n, C).
-        groups: Patient id per row, shape (n,).
+        groups: Group (patient) id per row, shape (n,).
         classes: C class names.
-        threshold: Two-class decision threshold (see :func:`compute_metrics`).
-        n_bootstrap: Number of resamples (>= 0; 0 gives no intervals).
+        threshold: Two-class decision threshold (see :func:`compute_metrics`): one, or one
+            per row (shape (n,): pooled folds).
+        n_bootstrap: Number of resamples (>= 0; 0 gives no bootstrap intervals).
         seed: Seed of the resampling (same seed, same intervals).
         level: Coverage of the intervals, in (0, 1).
 
     Returns:
-        ``{"metrics": {name: {"value", "ci_low", "ci_high", "n_used"}}, "confusion_matrix":
-        [[...]], "n_bootstrap", "seed", "level", "n_rows", "n_groups"}``.
+        ``{"metrics": {name: {"value", "ci_low", "ci_high", "n_used", "interval", "boot_low",
+        "boot_high", "n_eff"}}, "confusion_matrix": [[...]], "n_bootstrap", "seed", "level",
+        "n_rows", "n_groups", "stratified"}`` (``n_eff``: the effective sample size of a Wilson
+        interval; None for bootstrap intervals).
     """
     if int(n_bootstrap) < 0:
         raise ValueError(f"Expected n_bootstrap >= 0. Received: n_bootstrap={n_bootstrap!r}")
@@ -58,37 +94,68 @@ def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_boots
             "Expected y_true, probs and groups of one length. "
             f"Received: lengths={(len(y_true), len(probs), len(groups))}"
         )
-    return patient_bootstrap(
-        lambda idx: compute_metrics(y_true[idx], probs[idx], classes=classes, threshold=threshold),
-        groups, n_bootstrap=n_bootstrap, seed=seed, level=level,
+    threshold = _row_thresholds(threshold, len(y_true))
+    row_threshold = (lambda idx: threshold) if threshold is None or np.ndim(threshold) == 0 else (
+        lambda idx: threshold[idx])
+    result = patient_bootstrap(
+        lambda idx: compute_metrics(y_true[idx], probs[idx], classes=classes, threshold=row_threshold(idx)),
+        groups, labels=y_true, n_bootstrap=n_bootstrap, seed=seed, level=level,
     )
+    if len(y_true):
+        two = len(classes) == 2
+        y_pred = decide(probs, threshold=(0.5 if threshold is None else threshold) if two else None)
+        for name, fig in proportion_intervals(y_true, y_pred, groups, classes=classes, level=level).items():
+            if name in result["metrics"]:
+                result["metrics"][name].update(ci_low=fig["ci_low"], ci_high=fig["ci_high"], interval="wilson-deff",
+                                               n_eff=fig["n_eff"])
+    return result
 
 
-def patient_bootstrap(score, groups, *, n_bootstrap=1000, seed=0, level=0.95) -> dict:
-    """Percentile bootstrap over groups (patients) of any set of figures.
-
-    Args:
-        score: ``row indices (m,) -> dict`` of float figures (plus an optional
-            ``"confusion_matrix"``, reported for the point estimate only).
-        groups: Patient id per row, shape (n,).
-        n_bootstrap, seed, level: As in :func:`bootstrap_metrics`.
-
-    Returns:
-        As :func:`bootstrap_metrics`.
-    """
-    groups = np.asarray(groups).astype(str)
-    point = score(np.arange(len(groups)))
-    names = list(_flat(point))
+def _strata_members(groups, labels):
+    """The rows of each group, and the groups of each stratum (a group's most common label)."""
     codes, uniques = pd.factorize(groups, sort=True)
     order = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
     members = [order[starts[g]:starts[g + 1]] for g in range(len(uniques))]
+    if labels is None:
+        return members, [np.arange(len(uniques))]
+    labels = np.asarray(labels)
+    if len(labels) != len(groups):
+        raise ValueError(f"Expected one label per row ({len(groups)}). Received: len(labels)={len(labels)}")
+    lab_codes, _ = pd.factorize(labels, sort=True)
+    stratum = np.array([np.bincount(lab_codes[m]).argmax() for m in members], dtype=int)
+    return members, [np.flatnonzero(stratum == s) for s in np.unique(stratum)]
+
+
+def patient_bootstrap(score, groups, *, labels=None, n_bootstrap=1000, seed=0, level=0.95) -> dict:
+    """Percentile bootstrap over groups (patients) of any set of figures, stratified by class.
+
+    Args:
+        score: ``row indices (m,) -> dict`` of float figures (plus an optional
+            ``"confusion_matrix"``, reported for the point estimate only).
+        groups: Group (patient) id per row, shape (n,).
+        labels: Class per row, shape (n,), to stratify by (a group's stratum is its most
+            common label, ties to the lowest); None: one stratum (plain group bootstrap).
+        n_bootstrap, seed, level: As in :func:`bootstrap_metrics`.
+
+    Returns:
+        As :func:`bootstrap_metrics` (every interval ``"bootstrap"``, ``ci_*`` = ``boot_*``).
+
+    Warns:
+        BootstrapWarning: Some metric defined on the data has ``n_used`` below
+            :data:`MIN_USED_SHARE` of ``n_bootstrap`` (one warning naming them all).
+    """
+    groups = np.asarray(groups).astype(str)
+    point = score(np.arange(len(groups)))
+    names = list(_flat(point))
+    members, strata = _strata_members(groups, labels)
     rng = np.random.default_rng(seed)
     samples = {name: [] for name in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(int(n_bootstrap)):
-            drawn = rng.integers(0, len(uniques), size=len(uniques))
+            drawn = np.concatenate([rng.choice(s, size=len(s), replace=True) for s in strata if len(s)]
+                                   or [np.zeros(0, int)])
             idx = np.concatenate([members[g] for g in drawn]) if len(drawn) else np.zeros(0, int)
             figs = score(idx)
             for name in names:
@@ -99,12 +166,11 @@ def patient_bootstrap(score, groups, *, n_bootstrap=1000, seed=0, level=0.95) ->
     out = {}
     for name in names:
         values = np.asarray(samples[name], dtype=float)
-        if values.size:
-            low, high = np.quantile(values, [alpha, 1.0 - alpha])
-        else:
-            low = high = float("nan")
+        low, high = np.quantile(values, [alpha, 1.0 - alpha]) if values.size else (float("nan"), float("nan"))
         out[name] = {"value": float(point[name]), "ci_low": float(low), "ci_high": float(high),
-                     "n_used": int(values.size)}
+                     "n_used": int(values.size), "interval": "bootstrap", "boot_low": float(low),
+                     "boot_high": float(high), "n_eff": None}
+    _warn_few_used(out, int(n_bootstrap))
     return {
         "metrics": out,
         "confusion_matrix": point.get("confusion_matrix"),
@@ -112,8 +178,23 @@ def patient_bootstrap(score, groups, *, n_bootstrap=1000, seed=0, level=0.95) ->
         "seed": int(seed),
         "level": float(level),
         "n_rows": int(len(groups)),
-        "n_groups": int(len(uniques)),
+        "n_groups": int(len(members)),
+        "stratified": labels is not None,
     }
+
+
+def _warn_few_used(figures: dict, n_bootstrap: int) -> None:
+    """One :class:`BootstrapWarning` naming the metrics (defined on the data) with few resamples."""
+    if n_bootstrap <= 0:
+        return
+    few = [f"{name} ({fig['n_used']}/{n_bootstrap})" for name, fig in figures.items()
+           if not np.isnan(fig["value"]) and fig["n_used"] < MIN_USED_SHARE * n_bootstrap]
+    if few:
+        warnings.warn(
+            f"Bootstrap intervals of {len(few)} metric(s) rest on fewer than {MIN_USED_SHARE:.0%} of the resamples "
+            "(the metric was undefined in the others, e.g. no predicted positive drawn), so they are unreliable: "
+            + ", ".join(few) + f". Received: n_bootstrap={n_bootstrap}",
+            BootstrapWarning, stacklevel=3)
 
 
 def metrics_table(result: dict) -> pd.DataFrame:
@@ -121,12 +202,13 @@ def metrics_table(result: dict) -> pd.DataFrame:
     one :func:`bootstrap_metrics` output.
 
     Returns:
-        Columns ``level, metric, value, ci_low, ci_high, n_used`` (``level`` is ``image`` or
-        ``patient``; empty for a single bootstrap output).
+        Columns ``level, metric, value, ci_low, ci_high, n_used, interval, boot_low, boot_high,
+        n_eff`` (``level`` is ``image`` or ``patient``; empty for a single bootstrap output;
+        ``interval`` is ``wilson-deff`` or ``bootstrap``).
     """
     rows = []
     levels = [(lvl, result[lvl]) for lvl in ("image", "patient") if lvl in result] or [("", result)]
     for level, block in levels:
         for name, fig in block["metrics"].items():
             rows.append({"level": level, "metric": name, **fig})
-    return pd.DataFrame(rows, columns=["level", "metric", "value", "ci_low", "ci_high", "n_used"])
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)

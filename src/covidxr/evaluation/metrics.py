@@ -14,6 +14,9 @@ Decisions:
 * **Three classes**: the decision is the arg-max of the probabilities (no threshold); the
   per-class figures are one-vs-rest, and ``[macro]`` is their unweighted mean.
 
+The expected calibration error (``ece``, :func:`expected_calibration_error`) uses 10 equal-width
+bins of the positive class's probability (two classes) or of the top label's (three classes).
+
 Figures are computed at the data's own prevalence (the test set is never re-balanced).
 Per-patient figures use one probability per patient: the mean over that patient's images
 (a patient whose images carry different labels counts once per label). Intervals:
@@ -35,8 +38,10 @@ __all__ = [
     "choose_threshold",
     "class_probabilities",
     "classes_from_frame",
+    "ECE_BINS",
     "compute_metrics",
     "decide",
+    "expected_calibration_error",
     "multiclass_metrics",
     "part_metrics",
     "patient_frame",
@@ -50,12 +55,14 @@ THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
 #: Metrics of a two-class model (positive class = ``classes[1]``), in report order.
 BINARY_METRICS = (
     "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "mcc",
-    "roc_auc", "pr_auc", "brier", "accuracy",
+    "roc_auc", "pr_auc", "brier", "ece", "accuracy",
 )
 #: One-vs-rest metrics reported per class (and as ``[macro]``) for three classes.
 PER_CLASS_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc", "brier")
 #: Whole-model metrics for three classes.
-MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "mcc", "brier")
+MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "mcc", "brier", "ece")
+#: Equal-width bins of the expected calibration error.
+ECE_BINS = 10
 
 
 # --------------------------------------------------------------------------- helpers
@@ -114,13 +121,17 @@ def patient_frame(frame: pd.DataFrame, classes) -> pd.DataFrame:
 
     Returns:
         A frame with columns ``patient, label, images, prob_<class>...`` of shape
-        (n_patients, 3 + len(classes)).
+        (n_patients, 3 + len(classes)); when ``frame`` has a ``group`` column (the split group,
+        :mod:`covidxr.data.groups`) also ``group`` after ``images`` (a patient's first group).
     """
     _check_frame(frame, classes)
     cols = prob_columns(classes)
     grouped = frame.assign(patient=frame["patient"].astype(str), label=frame["label"].astype(str))
-    out = grouped.groupby(["patient", "label"], sort=True)[cols].mean().reset_index()
-    out.insert(2, "images", grouped.groupby(["patient", "label"], sort=True).size().to_numpy())
+    by = grouped.groupby(["patient", "label"], sort=True)
+    out = by[cols].mean().reset_index()
+    out.insert(2, "images", by.size().to_numpy())
+    if "group" in frame.columns:
+        out.insert(3, "group", by["group"].first().astype(str).to_numpy())
     return out
 
 
@@ -194,6 +205,28 @@ def _mcc(cm: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- point figures
 
+def expected_calibration_error(outcome, confidence, *, bins=ECE_BINS) -> float:
+    """Expected calibration error: ``sum_b (n_b / n) |mean outcome_b - mean confidence_b|`` over
+    ``bins`` equal-width bins of the confidence (bin ``floor(bins * c)``; 1.0 in the last).
+
+    Args:
+        outcome: 0/1 per row, shape (n,): two classes, the label (1 = positive class); three
+            classes, whether the arg-max is right.
+        confidence: Shape (n,): the positive class's probability (two classes) or the top
+            label's probability (three classes).
+        bins: Number of equal-width bins on [0, 1].
+
+    Returns:
+        The ECE in [0, 1]; NaN for no rows.
+    """
+    outcome = np.asarray(outcome, dtype=float)
+    confidence = np.asarray(confidence, dtype=float)
+    if len(outcome) == 0:
+        return float("nan")
+    which = np.clip(np.floor(confidence * bins).astype(int), 0, bins - 1)
+    gap = np.bincount(which, weights=outcome, minlength=bins) - np.bincount(which, weights=confidence, minlength=bins)
+    return float(np.abs(gap).sum() / len(outcome))
+
 def binary_metrics(y_true, y_score, *, threshold=0.5) -> dict:
     """Every two-class figure at one threshold.
 
@@ -222,6 +255,7 @@ def binary_metrics(y_true, y_score, *, threshold=0.5) -> dict:
     out["roc_auc"] = _score(skm.roc_auc_score, y_true, y_score)
     out["pr_auc"] = _score(skm.average_precision_score, y_true, y_score)
     out["brier"] = float(np.mean((y_score - y_true) ** 2)) if len(y_true) else float("nan")
+    out["ece"] = expected_calibration_error(y_true, y_score)
     out["accuracy"] = _ratio(tp + tn, len(y_true))
     result = {name: out[name] for name in BINARY_METRICS}
     result["confusion_matrix"] = cm.tolist()
@@ -239,7 +273,8 @@ def multiclass_metrics(y_true, probs, *, classes) -> dict:
     Returns:
         A dict: ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present),
         ``mcc`` (multi-class Matthews), ``brier`` (mean over images of the summed squared
-        error, as in Brier's original definition); for each metric of
+        error, as in Brier's original definition), ``ece`` (top-label confidence against
+        correctness, :func:`expected_calibration_error`); for each metric of
         :data:`PER_CLASS_METRICS` one-vs-rest ``"<metric>[<class>]"`` per class and
         ``"<metric>[macro]"`` (mean over the classes where it is defined; NaN if any class
         lacks it); and ``confusion_matrix`` (C x C list, rows = true).
@@ -258,6 +293,7 @@ def multiclass_metrics(y_true, probs, *, classes) -> dict:
     out["mcc"] = _mcc(cm)
     onehot = np.eye(k)[y_true] if n else np.zeros((0, k))
     out["brier"] = float(np.mean(np.sum((probs - onehot) ** 2, axis=1))) if n else float("nan")
+    out["ece"] = expected_calibration_error(y_pred == y_true, probs.max(axis=1)) if n else float("nan")
     per_class = {m: [] for m in PER_CLASS_METRICS}
     for i, cls in enumerate(classes):
         tp = int(cm[i, i])
@@ -338,6 +374,14 @@ def part_metrics(labels, probs) -> dict:
 
 # --------------------------------------------------------------------------- threshold
 
+def _midpoint_below(score: float, scores) -> float:
+    """The midpoint between ``score`` and the next lower distinct value of ``scores`` (0 when
+    there is none)."""
+    lower = np.asarray(scores, dtype=float)
+    lower = lower[lower < score]
+    return float((score + (lower.max() if lower.size else 0.0)) / 2.0)
+
+
 def choose_threshold(y_true, y_score, *, method="youden", target_sensitivity=None, threshold=None) -> dict:
     """Choose a decision threshold on **validation** data.
 
@@ -347,13 +391,19 @@ def choose_threshold(y_true, y_score, *, method="youden", target_sensitivity=Non
         method: ``"youden"`` (maximise sensitivity + specificity - 1 over the ROC curve's
             thresholds; ties go to the higher threshold), ``"sensitivity"`` (the highest
             threshold whose sensitivity is at least ``target_sensitivity``) or ``"fixed"``
-            (use ``threshold`` as given).
+            (use ``threshold`` as given). A chosen validation score ``s`` is then moved to the
+            **midpoint** between ``s`` and the next lower distinct validation score (0 below
+            the lowest), so that no threshold sits on a validation score: the validation
+            decisions (``score >= threshold``, :func:`positive`) stay the same, and a test score
+            equal to ``s`` is no longer a tie.
         target_sensitivity: In (0, 1], for ``method="sensitivity"``.
         threshold: For ``method="fixed"``.
 
     Returns:
-        A dict: ``threshold``, ``method``, ``description`` (one sentence for reports), and the
-        validation ``sensitivity``, ``specificity``, ``n_images`` at that threshold.
+        A dict: ``threshold``, ``method``, ``description`` (one sentence for reports),
+        ``validation_score`` (the chosen validation score the midpoint is taken from; None for
+        ``fixed``), and the validation ``sensitivity``, ``specificity``, ``n_images`` at that
+        threshold.
 
     Raises:
         ValueError: Unknown method, a missing or out-of-range target, or validation data
@@ -368,6 +418,7 @@ def choose_threshold(y_true, y_score, *, method="youden", target_sensitivity=Non
         if threshold is None or not 0 <= float(threshold) <= 1:
             raise ValueError(f"Expected a fixed threshold in [0, 1]. Received: threshold={threshold!r}")
         chosen = float(threshold)
+        score = None
         description = f"fixed at {chosen:.4g} by the user"
     else:
         if np.unique(y_true).size < 2:
@@ -381,7 +432,7 @@ def choose_threshold(y_true, y_score, *, method="youden", target_sensitivity=Non
         if method == "youden":
             j = tpr - fpr
             idx = int(np.flatnonzero(j == j.max())[0])  # thresholds decrease: first = highest
-            chosen = float(thresholds[idx])
+            score = float(thresholds[idx])
             description = (f"Youden's J (max sensitivity + specificity - 1 = {j[idx]:.3f}) on the "
                            f"validation part")
         else:
@@ -389,15 +440,18 @@ def choose_threshold(y_true, y_score, *, method="youden", target_sensitivity=Non
                 raise ValueError("Expected target_sensitivity in (0, 1] for method='sensitivity'. "
                                  f"Received: target_sensitivity={target_sensitivity!r}")
             idx = int(np.flatnonzero(tpr >= float(target_sensitivity))[0])
-            chosen = float(thresholds[idx])
+            score = float(thresholds[idx])
             description = (f"highest threshold reaching sensitivity >= {float(target_sensitivity):.3g} "
                            f"on the validation part")
+        chosen = _midpoint_below(score, y_score)
+        description += " (midpoint to the next lower validation score)"
     figs = binary_metrics(y_true, y_score, threshold=chosen)
     return {
         "threshold": chosen,
         "method": method,
         "target_sensitivity": None if target_sensitivity is None else float(target_sensitivity),
         "description": description,
+        "validation_score": score,
         "sensitivity": figs["sensitivity"],
         "specificity": figs["specificity"],
         "n_images": int(len(y_true)),

@@ -1,5 +1,6 @@
 """Pool the test predictions of a grid's folds and score them: each row decided at its own fold's
-validation threshold, patient-bootstrap intervals over the pooled patients.
+validation threshold (per image, and per patient on patient means), group-bootstrap intervals,
+and the one configuration chosen on validation ROC AUC.
 Must not train, write files or draw: it reads finished run folders and returns tables.
 
 The test parts of the ``k`` folds are disjoint and together hold every patient once, so the
@@ -7,16 +8,24 @@ test predictions of all folds of one backbone × strategy are pooled into one fr
 once, rather than averaging k small-sample figures:
 
 * Decisions (sensitivity, specificity, PPV, NPV, F1, balanced accuracy, MCC, accuracy) use
-  **each fold's own threshold**, chosen on that fold's validation part (Youden's J by
-  default) — exactly the decision each fold's model would make; nothing is tuned on test data.
-* Threshold-free figures (ROC AUC, PR AUC, Brier) rank or score the pooled probabilities of
-  models from different folds together; models whose output scales differ lower the pooled
+  **each fold's own thresholds**, chosen on that fold's validation part (Youden's J by
+  default): images at the fold's image threshold, patients (mean probability) at the fold's
+  patient threshold — exactly the decisions each fold's model would make; nothing is tuned on
+  test data.
+* Threshold-free figures (ROC AUC, PR AUC, Brier, ECE) rank or score the pooled probabilities
+  of models from different folds together; models whose output scales differ lower the pooled
   AUC a little compared with the per-fold mean (the per-run table shows the per-fold values).
-* Confidence intervals: percentile bootstrap over **patients** of the pooled frame (as
-  :mod:`covidxr.evaluation.metrics`); per-patient figures use the mean probability over a
-  patient's images and the threshold of the fold that patient was tested in.
+* Confidence intervals: as :func:`covidxr.evaluation.bootstrap_metrics` (groups resampled
+  within class strata; Wilson intervals on the effective sample size for proportions),
+  conditional on each configuration and its thresholds.
 
-Three-class tasks decide by arg-max, so no threshold is involved there.
+**Choosing a configuration** (:func:`grid_selection`) uses validation data only: each run's
+validation ROC AUC (image level, its ``val`` rows), averaged over the folds of a backbone ×
+strategy; the best mean wins, ties broken by :data:`SELECTION_RULE`. The pooled test figures of
+every configuration are descriptive: choosing on them would tune on test data.
+
+Three-class tasks decide by arg-max, so no threshold is involved there (validation AUC: the
+one-vs-rest macro mean).
 """
 
 from __future__ import annotations
@@ -26,67 +35,106 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.groups import group_column
 from . import bootstrap as B
 from . import metrics as M
-from .runs import read_run, validation_threshold
-from .scoring import compare_runs
+from .runs import read_run
+from .scoring import compare_runs, run_thresholds
 
-__all__ = ["grid_comparison", "pooled_metrics"]
+__all__ = ["SELECTION_RULE", "grid_comparison", "grid_selection", "pooled_metrics"]
 
-
-def _figures(y, probs, thresholds, classes) -> dict:
-    """Point figures of pooled predictions: decisions at each row's threshold, threshold-free
-    figures on the pooled probabilities."""
-    if len(classes) != 2:
-        return M.multiclass_metrics(y, probs, classes=classes)
-    return M.binary_metrics(y, probs[:, 1], threshold=thresholds)
+#: How :func:`grid_selection` orders configurations (the first is chosen).
+SELECTION_RULE = ("highest mean of the per-fold validation ROC AUCs (image level); ties: the higher minimum "
+                  "per-fold validation ROC AUC, then backbone and strategy names in alphabetical order; "
+                  "configurations without a validation AUC come last")
 
 
-def _bootstrap(y, probs, thresholds, groups, *, classes, n_bootstrap, seed, level) -> dict:
-    """As :func:`covidxr.evaluation.bootstrap_metrics` (patients resampled with replacement), with
-    one decision threshold per row."""
-    return B.patient_bootstrap(lambda idx: _figures(y[idx], probs[idx], thresholds[idx], classes), groups,
-                               n_bootstrap=n_bootstrap, seed=seed, level=level)
+def _check_thresholds(frame: pd.DataFrame) -> pd.DataFrame:
+    """Two classes: finite ``threshold`` (and ``patient_threshold``, defaulting to it), one fold
+    per patient."""
+    if "threshold" not in frame.columns or not np.isfinite(frame["threshold"].to_numpy(float)).all():
+        raise ValueError("Expected a finite 'threshold' column (each fold's validation threshold). "
+                         f"Received: columns={list(frame.columns)}")
+    if "patient_threshold" not in frame.columns:
+        frame = frame.assign(patient_threshold=frame["threshold"])
+    if not np.isfinite(frame["patient_threshold"].to_numpy(float)).all():
+        raise ValueError("Expected a finite 'patient_threshold' column (each fold's validation patient threshold). "
+                         f"Received: non_finite={int((~np.isfinite(frame['patient_threshold'].to_numpy(float))).sum())}")
+    per_patient_thr = frame.groupby("patient")["threshold"].nunique()
+    if (per_patient_thr > 1).any():
+        raise ValueError("Expected each patient in one fold's test part only (patient-grouped folds). "
+                         f"Received: patients={list(per_patient_thr[per_patient_thr > 1].index[:5])}")
+    return frame
 
 
 def pooled_metrics(predictions: pd.DataFrame, *, classes, n_bootstrap=1000, seed=0, level=0.95) -> dict:
-    """Score the pooled test predictions of several folds, each row at its fold's threshold.
+    """Score the pooled test predictions of several folds, each row at its fold's thresholds.
 
     Args:
         predictions: Test rows of all folds, shape (n, ...): ``patient``, ``label``,
-            ``prob_<class>`` per class and ``threshold`` (the row's fold's validation
-            threshold; ignored for three classes). Each patient must be in one fold only.
+            ``prob_<class>`` per class, ``threshold`` (the row's fold's image threshold) and
+            optionally ``patient_threshold`` (its patient threshold; default ``threshold``)
+            and ``group`` (the split group; default ``patient``). Thresholds are ignored for
+            three classes. Each patient must be in one fold only.
         classes: Class names in model output order (two classes: positive = ``classes[1]``).
-        n_bootstrap, seed, level: Patient bootstrap settings.
+        n_bootstrap, seed, level: Group bootstrap settings.
 
     Returns:
         ``{"image": block, "patient": block, "n_images", "n_patients"}``; each block as
         :func:`covidxr.evaluation.bootstrap_metrics` returns it. Per patient: the mean
-        probability over the patient's images, at the patient's fold's threshold.
+        probability over the patient's images, at the patient's fold's patient threshold.
     """
     classes = [str(c) for c in classes]
     if predictions.empty:
         raise ValueError("Expected pooled test predictions to score. Received: n_images=0")
     frame = predictions.assign(patient=predictions["patient"].astype(str), label=predictions["label"].astype(str))
-    if len(classes) == 2:
-        if "threshold" not in frame.columns or not np.isfinite(frame["threshold"].to_numpy(float)).all():
-            raise ValueError("Expected a finite 'threshold' column (each fold's validation threshold). "
-                             f"Received: columns={list(frame.columns)}")
-        per_patient_thr = frame.groupby("patient")["threshold"].nunique()
-        if (per_patient_thr > 1).any():
-            raise ValueError("Expected each patient in one fold's test part only (patient-grouped folds). "
-                             f"Received: patients={list(per_patient_thr[per_patient_thr > 1].index[:5])}")
-    else:
-        frame = frame.assign(threshold=np.nan)
+    frame = frame.assign(group=frame[group_column(frame)].astype(str))
+    two = len(classes) == 2
+    frame = _check_thresholds(frame) if two else frame.assign(threshold=np.nan, patient_threshold=np.nan)
     cols = M.prob_columns(classes)
     per_patient = frame.groupby(["patient", "label"], sort=True).agg(
-        {**{c: "mean" for c in cols}, "threshold": "first"}).reset_index()
+        {**{c: "mean" for c in cols}, "patient_threshold": "first", "group": "first"}).reset_index()
     out = {"n_images": int(len(frame)), "n_patients": int(frame["patient"].nunique())}
-    for level_name, table in (("image", frame), ("patient", per_patient)):
+    for level_name, table, column in (("image", frame, "threshold"), ("patient", per_patient, "patient_threshold")):
         y, probs = M.class_probabilities(table, classes)
-        out[level_name] = _bootstrap(y, probs, table["threshold"].to_numpy(float), table["patient"].to_numpy(),
-                                     classes=classes, n_bootstrap=n_bootstrap, seed=seed, level=level)
+        out[level_name] = B.bootstrap_metrics(y, probs, table["group"].to_numpy(), classes=classes,
+                                              threshold=table[column].to_numpy(float) if two else None,
+                                              n_bootstrap=n_bootstrap, seed=seed, level=level)
     return out
+
+
+def _validation_auc(preds: pd.DataFrame, classes) -> float:
+    """A run's validation ROC AUC (image level; three classes: one-vs-rest macro), NaN when its
+    validation part lacks a class."""
+    val = preds[preds["part"].astype(str) == "val"]
+    if val.empty:
+        return float("nan")
+    y, probs = M.class_probabilities(val, classes)
+    auc = M.part_metrics(y, probs)["roc_auc"]
+    return float("nan") if auc is None else float(auc)
+
+
+def _read_members(run_dirs, *, threshold_method, target_sensitivity) -> dict:
+    """``(backbone, strategy) -> [(run, config, classes, test rows, image info, patient info, val AUC)]``."""
+    groups: dict[tuple, list] = {}
+    for run in run_dirs:
+        config, preds = read_run(run)
+        classes = [str(c) for c in config["classes"]]
+        info, pinfo = run_thresholds(preds, classes=classes, threshold_method=threshold_method,
+                                     target_sensitivity=target_sensitivity)
+        test = preds[preds["part"].astype(str) == "test"].copy()
+        test["threshold"] = np.nan if info is None else float(info["threshold"])
+        test["patient_threshold"] = np.nan if pinfo is None else float(pinfo["threshold"])
+        test["fold"] = config.get("fold")
+        key = (config.get("backbone"), config.get("strategy"))
+        groups.setdefault(key, []).append((run, config, classes, test, info, pinfo, _validation_auc(preds, classes)))
+    for members in groups.values():
+        members.sort(key=lambda m: (m[1].get("fold") or 0, m[0].name))
+    return groups
+
+
+def _listed(infos) -> str:
+    return ", ".join("argmax" if i is None else f"{float(i['threshold']):.4f}" for i in infos)
 
 
 def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold_method="youden",
@@ -95,46 +143,38 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
 
     Args:
         run_dirs: Finished run folders (k-fold runs: ``config.json`` has ``folds``/``fold``).
-        n_bootstrap, seed, level: Patient bootstrap settings.
-        threshold_method, target_sensitivity: How each run's threshold is chosen on its own
-            validation part (:func:`covidxr.evaluation.validation_threshold`).
+        n_bootstrap, seed, level: Group bootstrap settings.
+        threshold_method, target_sensitivity: How each run's thresholds are chosen on its own
+            validation part (:func:`covidxr.evaluation.run_thresholds`).
 
     Returns:
         ``(pooled, per_run)``. ``pooled`` has one row per backbone × strategy × level with
         ``run`` (``"<backbone> / <strategy>"``), ``task, backbone, strategy, fold`` (``"k
         pooled"``), ``weights, data, level, n_images, n_patients, threshold`` (NaN: one per
-        fold, listed in ``thresholds``), ``folds``, ``thresholds``, ``runs`` and for every
+        fold, listed in ``thresholds``: the level's own), ``folds``, ``thresholds``, ``runs``,
+        ``val_roc_auc_mean``, ``val_roc_auc_min``, ``val_roc_aucs`` (per fold) and for every
         metric ``<m>, <m>_ci_low, <m>_ci_high``. ``per_run`` is
-        :func:`covidxr.evaluation.compare_runs` over the same folders.
+        :func:`covidxr.evaluation.compare_runs` over the same folders plus ``val_roc_auc``.
     """
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("Expected at least one finished run folder. Received: run_dirs=[]")
-    groups: dict[tuple, list] = {}
-    for run in run_dirs:
-        config, preds = read_run(run)
-        classes = [str(c) for c in config["classes"]]
-        info = validation_threshold(preds, classes=classes, method=threshold_method,
-                                    target_sensitivity=target_sensitivity)
-        test = preds[preds["part"].astype(str) == "test"].copy()
-        test["threshold"] = np.nan if info is None else float(info["threshold"])
-        test["fold"] = config.get("fold")
-        key = (config.get("backbone"), config.get("strategy"))
-        groups.setdefault(key, []).append((run, config, classes, test, info))
-    rows = []
+    groups = _read_members(run_dirs, threshold_method=threshold_method, target_sensitivity=target_sensitivity)
+    rows, val_aucs = [], {}
     for (backbone, strategy), members in groups.items():
-        members.sort(key=lambda m: (m[1].get("fold") or 0, m[0].name))
         config, classes = members[0][1], members[0][2]
         pooled = pd.concat([m[3] for m in members], ignore_index=True)
         result = pooled_metrics(pooled, classes=classes, n_bootstrap=n_bootstrap, seed=seed, level=level)
-        thresholds = [None if m[4] is None else round(float(m[4]["threshold"]), 4) for m in members]
-        for level_name in ("image", "patient"):
+        aucs = np.array([m[6] for m in members], dtype=float)
+        val_aucs.update({m[0].name: m[6] for m in members})
+        for level_name, infos in (("image", [m[4] for m in members]), ("patient", [m[5] for m in members])):
             row = {"run": f"{backbone} / {strategy}", "task": config.get("task"), "backbone": backbone,
                    "strategy": strategy, "fold": f"{len(members)} pooled", "weights": config.get("weights"),
                    "data": "test (folds pooled)", "level": level_name, "n_images": result["n_images"],
                    "n_patients": result["n_patients"], "threshold": np.nan, "folds": len(members),
-                   "thresholds": ", ".join("argmax" if t is None else f"{t:.4f}" for t in thresholds),
-                   "runs": ", ".join(m[0].name for m in members)}
+                   "thresholds": _listed(infos), "runs": ", ".join(m[0].name for m in members),
+                   "val_roc_auc_mean": float(aucs.mean()), "val_roc_auc_min": float(aucs.min()),
+                   "val_roc_aucs": ", ".join(f"{a:.4f}" for a in aucs)}
             for metric, fig in result[level_name]["metrics"].items():
                 row[metric] = fig["value"]
                 row[f"{metric}_ci_low"] = fig["ci_low"]
@@ -142,4 +182,54 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
             rows.append(row)
     per_run = compare_runs(run_dirs, n_bootstrap=n_bootstrap, seed=seed, level=level,
                            threshold_method=threshold_method, target_sensitivity=target_sensitivity)
+    per_run["val_roc_auc"] = per_run["run"].map(val_aucs)
     return pd.DataFrame(rows), per_run
+
+
+def _ranked(pooled: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration, in :data:`SELECTION_RULE` order."""
+    configs = pooled.drop_duplicates(["backbone", "strategy"])[
+        ["run", "backbone", "strategy", "folds", "val_roc_auc_mean", "val_roc_auc_min", "val_roc_aucs"]]
+    key = configs.assign(
+        _missing=configs["val_roc_auc_mean"].isna(), _mean=-configs["val_roc_auc_mean"].fillna(0.0).round(12),
+        _min=-configs["val_roc_auc_min"].fillna(0.0).round(12), _b=configs["backbone"].astype(str),
+        _s=configs["strategy"].astype(str))
+    order = key.sort_values(["_missing", "_mean", "_min", "_b", "_s"], kind="stable").index
+    return configs.loc[order].reset_index(drop=True)
+
+
+def grid_selection(pooled: pd.DataFrame) -> dict:
+    """The configuration chosen on validation (:data:`SELECTION_RULE`) and its pooled test figures.
+
+    Args:
+        pooled: :func:`grid_comparison`'s pooled table (with ``val_roc_auc_mean``/``_min``).
+
+    Returns:
+        A JSON-ready dict: ``backbone``, ``strategy``, ``run`` (``"<backbone> / <strategy>"``),
+        ``val_roc_auc_mean``, ``val_roc_auc_min``, ``val_roc_aucs``, ``folds``, ``rule``,
+        ``ranking`` (every configuration in rule order: run, mean, min) and ``test``
+        ({level: {metric: {value, ci_low, ci_high}}}: the chosen one's pooled test figures).
+
+    Raises:
+        ValueError: The table is empty or lacks the validation AUC columns.
+    """
+    needed = ["backbone", "strategy", "level", "val_roc_auc_mean", "val_roc_auc_min"]
+    missing = [c for c in needed if c not in pooled.columns]
+    if pooled.empty or missing:
+        raise ValueError("Expected grid_comparison's pooled table with validation AUCs. "
+                         f"Received: rows={len(pooled)}, missing={missing}")
+    ranked = _ranked(pooled)
+    best = ranked.iloc[0]
+    chosen = pooled[(pooled["backbone"] == best["backbone"]) & (pooled["strategy"] == best["strategy"])]
+    metrics = [c for c in pooled.columns if f"{c}_ci_low" in pooled.columns]
+    nan_none = lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)  # noqa: E731
+    return {
+        "backbone": best["backbone"], "strategy": best["strategy"], "run": best["run"],
+        "val_roc_auc_mean": nan_none(best["val_roc_auc_mean"]), "val_roc_auc_min": nan_none(best["val_roc_auc_min"]),
+        "val_roc_aucs": best["val_roc_aucs"], "folds": int(best["folds"]), "rule": SELECTION_RULE,
+        "ranking": [{"run": r.run, "val_roc_auc_mean": nan_none(r.val_roc_auc_mean),
+                     "val_roc_auc_min": nan_none(r.val_roc_auc_min)} for r in ranked.itertuples()],
+        "test": {row["level"]: {m: {"value": nan_none(row[m]), "ci_low": nan_none(row[f"{m}_ci_low"]),
+                                    "ci_high": nan_none(row[f"{m}_ci_high"])} for m in metrics}
+                 for _, row in chosen.iterrows()},
+    }

@@ -13,7 +13,10 @@ import pandas as pd
 
 from . import metrics as M
 
-__all__ = ["RUN_KEYS", "held_out_test", "read_run", "validation_threshold"]
+__all__ = ["LEVELS", "RUN_KEYS", "held_out_test", "read_run", "validation_threshold"]
+
+#: Levels a threshold is chosen and applied at: per image, or per patient (mean probability).
+LEVELS = ("image", "patient")
 
 #: Config keys shown in every comparison row.
 RUN_KEYS = ("backbone", "strategy", "fold", "weights")
@@ -69,17 +72,27 @@ def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
 
 
 def validation_threshold(predictions: pd.DataFrame, *, classes, method="youden", target_sensitivity=None,
-                         threshold=None) -> dict | None:
+                         threshold=None, level="image") -> dict | None:
     """The decision threshold chosen on the ``part == "val"`` rows only.
+
+    Per-patient decisions score a patient's mean probability, whose distribution differs from
+    that of single images, so they get their own threshold, chosen on the validation
+    **patient means** (``level="patient"``); ``fixed`` gives the same threshold at both levels.
 
     Args:
         predictions: A run's predictions (all parts); only validation rows are looked at.
         classes: Class names (two classes: positive = ``classes[1]``).
         method, target_sensitivity, threshold: See :func:`covidxr.evaluation.choose_threshold`.
+        level: ``"image"`` (choose on validation images) or ``"patient"`` (on validation
+            patients' mean probabilities, :func:`covidxr.evaluation.patient_frame`).
 
     Returns:
-        :func:`covidxr.evaluation.choose_threshold`'s dict, or None for three classes (arg-max).
+        :func:`covidxr.evaluation.choose_threshold`'s dict plus ``level`` (and, per patient,
+        ``n_patients``; ``n_images`` counts the validation images), or None for three classes
+        (arg-max).
     """
+    if level not in LEVELS:
+        raise ValueError(f"Unknown threshold level. Expected one of {list(LEVELS)}. Received: level={level!r}")
     classes = list(classes)
     if len(classes) != 2:
         return None
@@ -89,9 +102,16 @@ def validation_threshold(predictions: pd.DataFrame, *, classes, method="youden",
             "Expected validation rows (part == 'val') in the run's predictions to choose the "
             f"threshold. Received: parts={sorted(predictions['part'].astype(str).unique())}"
         )
-    y, probs = M.class_probabilities(val, classes) if len(val) else (np.zeros(0, int), np.zeros((0, 2)))
-    return M.choose_threshold(y, probs[:, 1], method=method, target_sensitivity=target_sensitivity,
+    rows = M.patient_frame(val, classes) if level == "patient" and len(val) else val
+    y, probs = M.class_probabilities(rows, classes) if len(rows) else (np.zeros(0, int), np.zeros((0, 2)))
+    info = M.choose_threshold(y, probs[:, 1], method=method, target_sensitivity=target_sensitivity,
                               threshold=threshold)
+    info["level"] = level
+    if level == "patient":
+        info.update(n_patients=int(len(rows)), n_images=int(len(val)))
+        info["description"] = info["description"].replace("validation part", "validation patients' mean "
+                                                          "probabilities")
+    return info
 
 
 def held_out_test(predictions: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-"""Score predictions, per image and per patient, with patient-bootstrap intervals: a run's own
-test part or another dataset (external validation), and a table over several runs.
+"""Score predictions, per image and per patient (each at its own validation threshold), with
+group-bootstrap and Wilson intervals: a run's own test part or another dataset (external
+validation), and a table over several runs.
 Must not write files or draw: it returns dicts and frames; :mod:`covidxr.evaluate` writes them.
 """
 
@@ -13,53 +14,77 @@ import numpy as np
 import pandas as pd
 
 from ..data import get_task, load_dataset
+from ..data.groups import group_column
 from ..images import load_image
 from . import bootstrap as B
 from . import metrics as M
 from .runs import RUN_KEYS, held_out_test, read_run, validation_threshold
 
-__all__ = ["compare_runs", "evaluate_predictions", "external_predictions", "latest_evaluation", "score_run",
-           "unreadable_images", "with_decisions"]
+__all__ = ["compare_runs", "evaluate_predictions", "external_predictions", "latest_evaluation", "run_thresholds",
+           "score_run", "unreadable_images", "with_decisions"]
 
 
-def evaluate_predictions(predictions_df: pd.DataFrame, *, classes, threshold=None, n_bootstrap=1000, seed=0,
-                         level=0.95, threshold_info=None) -> dict:
-    """Score a predictions frame, per image and per patient, with patient-bootstrap CIs.
+def _threshold_block(classes, threshold, info, *, level):
+    """``(threshold, selection)`` of one level: 0.5 by default for two classes, arg-max for more."""
+    if len(classes) != 2:
+        return None, {"method": "argmax",
+                      "description": "three classes: the predicted class is the one with the highest probability"}
+    if threshold is None:
+        return 0.5, info or {"threshold": 0.5, "method": "default", "level": level,
+                             "description": "default 0.5 (no validation threshold given)"}
+    return float(threshold), info
+
+
+def evaluate_predictions(predictions_df: pd.DataFrame, *, classes, threshold=None, patient_threshold=None,
+                         n_bootstrap=1000, seed=0, level=0.95, threshold_info=None,
+                         patient_threshold_info=None) -> dict:
+    """Score a predictions frame, per image and per patient, with group-bootstrap and Wilson CIs.
+
+    Intervals resample the frame's split groups (``group`` when present, else ``patient``:
+    :func:`covidxr.data.groups.group_column`), stratified by class
+    (:func:`covidxr.evaluation.bootstrap_metrics`); they are conditional on the chosen model
+    and thresholds.
 
     Args:
         predictions_df: Rows to score (e.g. a run's test part): columns ``patient``,
-            ``label`` and ``prob_<class>`` per class, shape (n, ...).
+            ``label`` and ``prob_<class>`` per class (optional ``group``), shape (n, ...).
         classes: Class names in model output order.
-        threshold: Two classes: the decision threshold on ``prob_<classes[1]>`` (chosen on
-            validation data; 0.5 when None). Three classes: must be None (arg-max).
-        n_bootstrap: Bootstrap resamples (patients drawn with replacement).
+        threshold: Two classes: the per-image decision threshold on ``prob_<classes[1]>``
+            (chosen on validation images; 0.5 when None). Three classes: must be None (arg-max).
+        patient_threshold: Two classes: the per-patient threshold on a patient's mean
+            probability (chosen on validation patient means); None: ``threshold``.
+        n_bootstrap: Bootstrap resamples (groups drawn with replacement within each class).
         seed: Seed of the bootstrap.
         level: Interval coverage (0.95 gives 95% intervals).
-        threshold_info: How the threshold was chosen (stored in the result as is).
+        threshold_info, patient_threshold_info: How the thresholds were chosen (stored as is).
 
     Returns:
         A JSON-ready dict: ``classes``, ``positive_class``, ``decision`` (``"threshold"`` or
-        ``"argmax"``), ``threshold``, ``threshold_selection``, ``n_images``, ``n_patients``,
+        ``"argmax"``), ``threshold``, ``threshold_selection``, ``patient_threshold``,
+        ``patient_threshold_selection``, ``n_images``, ``n_patients``, ``n_groups``,
         ``class_counts`` ({class: {"images", "patients"}}), ``prevalence`` (image share per
-        class), ``bootstrap`` ({n_bootstrap, seed, level, unit}) and two blocks ``image``
-        and ``patient`` from :func:`covidxr.evaluation.bootstrap_metrics` (``metrics`` with
-        value / ci_low / ci_high / n_used, ``confusion_matrix``).
+        class), ``bootstrap`` ({n_bootstrap, seed, level, unit, stratified, conditional_on})
+        and two blocks ``image`` and ``patient`` from
+        :func:`covidxr.evaluation.bootstrap_metrics` (``metrics`` with value / ci_low /
+        ci_high / n_used / interval / boot_low / boot_high / n_eff, ``confusion_matrix``).
     """
     classes = [str(c) for c in classes]
-    if len(classes) == 2 and threshold is None:
-        threshold = 0.5
-        threshold_info = threshold_info or {"threshold": 0.5, "method": "default",
-                                            "description": "default 0.5 (no validation threshold given)"}
+    threshold, threshold_info = _threshold_block(classes, threshold, threshold_info, level="image")
+    if patient_threshold is None:
+        patient_threshold, patient_threshold_info = threshold, patient_threshold_info or threshold_info
+    patient_threshold, patient_threshold_info = _threshold_block(classes, patient_threshold, patient_threshold_info,
+                                                                 level="patient")
     y, probs = M.class_probabilities(predictions_df, classes)
     if len(y) == 0:
         raise ValueError("Expected at least one prediction to score. Received: n_images=0")
-    patients = predictions_df["patient"].astype(str).to_numpy()
-    image = B.bootstrap_metrics(y, probs, patients, classes=classes, threshold=threshold,
+    unit = group_column(predictions_df)
+    groups = predictions_df[unit].astype(str).to_numpy()
+    image = B.bootstrap_metrics(y, probs, groups, classes=classes, threshold=threshold,
                                 n_bootstrap=n_bootstrap, seed=seed, level=level)
     per_patient = M.patient_frame(predictions_df, classes)
     py, pprobs = M.class_probabilities(per_patient, classes)
-    patient = B.bootstrap_metrics(py, pprobs, per_patient["patient"].to_numpy(), classes=classes,
-                                  threshold=threshold, n_bootstrap=n_bootstrap, seed=seed, level=level)
+    patient = B.bootstrap_metrics(py, pprobs, per_patient[group_column(per_patient)].to_numpy(), classes=classes,
+                                  threshold=patient_threshold, n_bootstrap=n_bootstrap, seed=seed, level=level)
     labels = predictions_df["label"].astype(str)
     counts = {c: {"images": int((labels == c).sum()),
                   "patients": int(predictions_df.loc[labels == c, "patient"].nunique())} for c in classes}
@@ -71,26 +96,37 @@ def evaluate_predictions(predictions_df: pd.DataFrame, *, classes, threshold=Non
         "classes": classes,
         "positive_class": classes[1] if len(classes) == 2 else None,
         "decision": "threshold" if len(classes) == 2 else "argmax",
-        "threshold": None if len(classes) != 2 else float(threshold),
-        "threshold_selection": threshold_info if len(classes) == 2 else {
-            "method": "argmax",
-            "description": "three classes: the predicted class is the one with the highest probability"},
+        "threshold": threshold,
+        "threshold_selection": threshold_info,
+        "patient_threshold": patient_threshold,
+        "patient_threshold_selection": patient_threshold_info,
         "n_images": int(len(y)),
-        "n_patients": int(len(np.unique(patients))),
+        "n_patients": int(predictions_df["patient"].astype(str).nunique()),
+        "n_groups": int(len(np.unique(groups))),
         "class_counts": counts,
         "prevalence": {c: counts[c]["images"] / len(y) for c in classes},
         "bootstrap": {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "level": float(level),
-                      "unit": "patient"},
+                      "unit": unit, "stratified": True, "conditional_on": "the chosen model and thresholds"},
         "image": image,
         "patient": patient,
     }
+
+
+def run_thresholds(preds: pd.DataFrame, *, classes, threshold_method="youden", target_sensitivity=None,
+                   threshold=None) -> tuple[dict | None, dict | None]:
+    """A run's image-level and patient-level thresholds, both chosen on its validation part
+    (:func:`covidxr.evaluation.validation_threshold`); ``(None, None)`` for three classes."""
+    options = {"classes": classes, "method": threshold_method, "target_sensitivity": target_sensitivity,
+               "threshold": threshold}
+    return (validation_threshold(preds, level="image", **options),
+            validation_threshold(preds, level="patient", **options))
 
 
 def score_run(run_dir, *, threshold_method="youden", target_sensitivity=None, threshold=None, n_bootstrap=1000,
               seed=0, level=0.95) -> tuple[dict, pd.DataFrame]:
     """Score a run's own test part in memory (nothing is written).
 
-    The threshold comes from the run's validation part (:func:`validation_threshold`).
+    The image and patient thresholds come from the run's validation part (:func:`run_thresholds`).
 
     Returns:
         ``(result, scored)``: :func:`evaluate_predictions`'s dict (plus ``run``, ``task``,
@@ -99,11 +135,13 @@ def score_run(run_dir, *, threshold_method="youden", target_sensitivity=None, th
     run = Path(run_dir)
     config, preds = read_run(run)
     classes = [str(c) for c in config["classes"]]
-    info = validation_threshold(preds, classes=classes, method=threshold_method,
-                                target_sensitivity=target_sensitivity, threshold=threshold)
+    info, pinfo = run_thresholds(preds, classes=classes, threshold_method=threshold_method,
+                                 target_sensitivity=target_sensitivity, threshold=threshold)
     scored = held_out_test(preds)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
-                                  n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info)
+                                  patient_threshold=None if pinfo is None else pinfo["threshold"],
+                                  n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
+                                  patient_threshold_info=pinfo)
     result.update({"run": run.name, "task": config.get("task"),
                    "config": {k: config.get(k) for k in RUN_KEYS if k in config}})
     return result, with_decisions(scored, result)
@@ -204,6 +242,14 @@ def latest_evaluation(run: Path, name: str) -> Path:
     return found[-1]
 
 
+def _level_threshold(result: dict, level: str):
+    """The threshold a result's ``level`` block was decided at (evaluations written before
+    patient thresholds existed: the image threshold)."""
+    if level == "patient" and result.get("patient_threshold") is not None:
+        return result["patient_threshold"]
+    return result["threshold"]
+
+
 def compare_runs(run_dirs, *, evaluation=None, n_bootstrap=1000, seed=0, level=0.95, threshold_method="youden",
                  target_sensitivity=None) -> pd.DataFrame:
     """One row per run and level (image, patient) with every figure and its interval.
@@ -217,7 +263,7 @@ def compare_runs(run_dirs, *, evaluation=None, n_bootstrap=1000, seed=0, level=0
 
     Returns:
         Columns ``run, task, backbone, strategy, fold, weights, data, level, n_images,
-        n_patients, threshold``, then for every metric ``<metric>``, ``<metric>_ci_low``,
+        n_patients, threshold`` (the level's own: image or patient threshold), then for every metric ``<metric>``, ``<metric>_ci_low``,
         ``<metric>_ci_high``.
     """
     run_dirs = [Path(r) for r in run_dirs]
@@ -238,7 +284,7 @@ def compare_runs(run_dirs, *, evaluation=None, n_bootstrap=1000, seed=0, level=0
             row = {"run": run.name, "task": config.get("task")}
             row.update({k: config.get(k) for k in RUN_KEYS})
             row.update({"data": data, "level": level_name, "n_images": result["n_images"],
-                        "n_patients": result["n_patients"], "threshold": result["threshold"]})
+                        "n_patients": result["n_patients"], "threshold": _level_threshold(result, level_name)})
             for metric, fig in result[level_name]["metrics"].items():
                 row[metric] = fig["value"]
                 row[f"{metric}_ci_low"] = fig["ci_low"]

@@ -113,6 +113,13 @@ def _figures_text(block: dict, *, limit=14) -> str:
     return "\n".join(lines)
 
 
+def _level_threshold(result: dict, level: str):
+    """The threshold of one level of an evaluation result (the patient one when recorded)."""
+    if level == "patient" and result.get("patient_threshold") is not None:
+        return result["patient_threshold"]
+    return result.get("threshold")
+
+
 def plot_confusion_summary(result: dict, *, level="image"):
     """Counts, row-normalised confusion matrix and the figures with their intervals beside.
 
@@ -132,9 +139,10 @@ def plot_confusion_summary(result: dict, *, level="image"):
                           title=f"row-normalised ({level}s)")
     axes[2].axis("off")
     limit = 14
-    head = (f"threshold {result['threshold']:.3f} (from validation)" if result.get("threshold") is not None
-            else "decision: arg-max")
-    axes[2].text(0, 1, f"{head}\n{int(result['bootstrap']['level'] * 100)}% CI, patient bootstrap\n\n"
+    threshold = _level_threshold(result, level)
+    head = f"threshold {threshold:.3f} (from validation)" if threshold is not None else "decision: arg-max"
+    axes[2].text(0, 1, f"{head}\n{int(result['bootstrap']['level'] * 100)}% CI: Wilson (proportions), "
+                 "group bootstrap (others)\n\n"
                  + _figures_text(block, limit=limit), va="top", ha="left", family="monospace", fontsize=8,
                  transform=axes[2].transAxes)
     return fig
@@ -277,10 +285,10 @@ def write_evaluation_figures(predictions: pd.DataFrame, result: dict, out_dir) -
     """
     out = Path(out_dir)
     classes = result["classes"]
-    threshold = result.get("threshold")
     per_patient = M.patient_frame(predictions, classes)
     written = []
     for level, frame in (("image", predictions), ("patient", per_patient)):
+        threshold = _level_threshold(result, level)
         written.append(save_figure(plot_confusion_summary(result, level=level), out / f"confusion_{level}.png"))
         fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
         plot_roc(frame, classes, threshold=threshold, ax=axes[0], title=f"ROC ({level}s)")
