@@ -5,8 +5,8 @@ Public chest X-ray collections often gather each class from a different source: 
 images from papers and websites, normal ones from an older archive. The file format, colour
 mode, size and bit depth then differ between classes, and a network can learn the source
 instead of the disease. This module trains a trivial classifier (scikit-learn) on those file
-properties only -- no pixel is decoded -- with patient-grouped cross-validation, and reports
-its out-of-fold AUROC with a patient-bootstrap confidence interval. An AUROC well above 0.5
+properties only -- no pixel is decoded -- with patient-grouped cross-validation (by split group:
+patients that share an image stay in one fold), and reports its out-of-fold AUROC with a patient-bootstrap confidence interval. An AUROC well above 0.5
 (default warning level: 0.6) means the label can be guessed from where the file came from,
 and that a model's good score may be a shortcut.
 """
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .data import get_task
+from .data.groups import group_column
 from .evaluation import bootstrap as B
 from .evaluation.metrics import prob_columns
 
@@ -119,10 +120,10 @@ def _audited_rows(frame: pd.DataFrame, *, classes, model, n_splits):
         classes = list(get_task(task).classes) if task else sorted(frame["label"].astype(str).unique())
     classes = [str(c) for c in classes]
     frame = frame[frame["label"].astype(str).isin(classes)].reset_index(drop=True)
-    per_class = frame.groupby("label")["patient"].nunique().reindex(classes, fill_value=0)
+    per_class = frame.groupby("label")[group_column(frame)].nunique().reindex(classes, fill_value=0)
     if per_class.min() < 2:
         raise ValueError(
-            "Expected at least 2 patients in every class for a patient-grouped cross-validation. "
+            "Expected at least 2 patients in every class for a patient-grouped cross-validation (patients sharing an image count once). "
             f"Received: patients_per_class={per_class.to_dict()}"
         )
     if int(n_splits) < 2:
@@ -164,7 +165,7 @@ def audit_dataset(frame: pd.DataFrame, *, classes=None, model="gradient-boosting
     frame, classes, per_class = _audited_rows(frame, classes=classes, model=model, n_splits=n_splits)
     props = file_properties(frame["path"])
     y = frame["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
-    groups = frame["patient"].astype(str).to_numpy()
+    groups = frame[group_column(frame)].astype(str).to_numpy()  # merged patients stay in one fold
     splits = int(min(int(n_splits), per_class.min()))
     cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
@@ -174,7 +175,8 @@ def audit_dataset(frame: pd.DataFrame, *, classes=None, model="gradient-boosting
     boot = B.bootstrap_metrics(y, probs, groups, classes=classes, threshold=None if len(classes) > 2 else 0.5,
                                n_bootstrap=n_bootstrap, seed=seed, level=level)
     auroc = boot["metrics"]["roc_auc" if len(classes) == 2 else "roc_auc[macro]"]
-    labelled = props.assign(label=frame["label"].astype(str).to_numpy(), patient=groups,
+    labelled = props.assign(label=frame["label"].astype(str).to_numpy(), patient=frame["patient"].astype(str).to_numpy(),
+                            group=groups,
                             image=frame["image"].to_numpy() if "image" in frame.columns else frame["path"].to_numpy())
     for i, column in enumerate(prob_columns(classes)):
         labelled[column] = probs[:, i]
@@ -194,8 +196,10 @@ def audit_dataset(frame: pd.DataFrame, *, classes=None, model="gradient-boosting
         "task": frame.attrs.get("task"),
         "n_images": int(len(frame)),
         "n_patients": int(frame["patient"].nunique()),
+        "n_groups": int(len(np.unique(groups))),
         "class_counts": {c: {"images": int((labelled["label"] == c).sum()),
-                             "patients": int(per_class[c])} for c in classes},
+                             "patients": int(labelled.loc[labelled["label"] == c, "patient"].nunique()),
+                             "groups": int(per_class[c])} for c in classes},
         "unreadable": int((~props["readable"]).sum()),
         "crosstabs": crosstabs,
         "sizes": sizes,
