@@ -9,14 +9,16 @@ Three layouts are read into one frame with one row per usable image:
 * one folder per class (``root/<class>/*.png``), as most public collections ship;
 * a CSV manifest with an image, a label and (optionally) a patient column.
 
-The frame's columns are :data:`FRAME_COLUMNS`. Splits never put one patient in two parts.
+The frame's columns are :data:`FRAME_COLUMNS`. Splits never put one split group (patients
+merged by shared images, or whole sources) in two parts.
 
-The package holds three modules, each importing only the ones before it:
+The package holds four modules, each importing only the ones before it:
 
 * :mod:`covidxr.data.tasks`: label tasks, finding categories, view names and
   :func:`none_if_blank`;
 * :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`) and the frame summaries;
-* :mod:`covidxr.data.splits`: patient-level splits and split files.
+* :mod:`covidxr.data.groups`: split groups (patients merged by shared images, sources);
+* :mod:`covidxr.data.splits`: group-level splits and checked split files.
 """
 
 from .readers import (
@@ -32,8 +34,8 @@ from .readers import (
     summary_table,
     task_counts,
 )
-from .splits import (SPLIT_COLUMNS, check_parts, kfold_split, read_split, split_frame, split_patients,
-                     write_split)
+from .splits import (SPLIT_COLUMNS, SPLIT_VERSION, SmallValidationWarning, check_parts, kfold_split, read_split,
+                     split_frame, split_patients, split_sizes, write_split)
 from .tasks import (
     CATEGORIES,
     FRAME_COLUMNS,
@@ -61,6 +63,8 @@ __all__ = [
     "KNOWN_VIEWS",
     "LABEL_ALIASES",
     "SPLIT_COLUMNS",
+    "SPLIT_VERSION",
+    "SmallValidationWarning",
     "TASKS",
     "UNLABELLED",
     "Task",
@@ -82,6 +86,7 @@ __all__ = [
     "source_overlap",
     "split_frame",
     "split_patients",
+    "split_sizes",
     "summary_table",
     "task_counts",
     "views_key",
