@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -71,11 +72,16 @@ def test_eda_real_snapshot(real_data, capsys, tmp_path):
 def test_split_command(collection, tmp_path, capsys):
     out = tmp_path / "split.csv"
     assert cli.main(["split", "--data-dir", str(collection), "--task", "three-class", "--out", str(out),
-                     "--val-size", "0.2", "--test-size", "0.2"]) == 0
+                     "--val-size", "0.2", "--test-size", "0.2", "--allow-small-validation"]) == 0
+    assert re.search(r"achieved sizes: train 0\.\d{3} of images / 0\.\d{3} of groups.*\(requested: val 0.2, test 0.2\)",
+                     capsys.readouterr().out)
     split = data.read_split(out)
     assert split.groupby("patient")["part"].nunique().max() == 1
     assert cli.main(["split", "--data-dir", str(collection), "--out", str(out)]) == 2
     assert "Received: out=" in capsys.readouterr().err
+    assert cli.main(["split", "--data-dir", str(collection), "--task", "three-class", "--out", str(tmp_path / "b.csv"),
+                     "--val-size", "0.2", "--test-size", "0.2"]) == 2  # without --allow-small-validation
+    assert "Received: val_groups_per_class=" in capsys.readouterr().err
 
 
 def test_bad_task_is_rejected(collection):

@@ -384,14 +384,14 @@ def _assert_patient_disjoint(split):
 @pytest.mark.parametrize("task", sorted(data.TASKS))
 def test_split_patients(collection, task):
     frame = _read(collection, task=task)
-    split = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=3)
+    split = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=3, allow_small_validation=True)
     _assert_patient_disjoint(split)
     assert set(split["part"]) == {"train", "val", "test"}
     for _, part in split.groupby("part"):
         assert set(part["label"]) == set(frame["label"])
-    again = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=3)
+    again = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=3, allow_small_validation=True)
     assert split["part"].equals(again["part"])
-    other = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=4)
+    other = data.split_patients(frame, val_size=0.2, test_size=0.2, seed=4, allow_small_validation=True)
     assert not split["part"].equals(other["part"])
 
 
@@ -399,7 +399,7 @@ def test_kfold_split(collection):
     frame = _read(collection, task="covid-vs-rest")
     tests = []
     for fold in range(3):
-        split = data.kfold_split(frame, folds=3, fold=fold, val_size=0.2, seed=0)
+        split = data.kfold_split(frame, folds=3, fold=fold, val_size=0.2, seed=0, allow_small_validation=True)
         _assert_patient_disjoint(split)
         tests.append(set(split.loc[split.part == "test", "patient"]))
     assert not (tests[0] & tests[1]) and not (tests[1] & tests[2]) and not (tests[0] & tests[2])
@@ -409,9 +409,9 @@ def test_kfold_split(collection):
 def test_split_errors(collection):
     frame = _read(collection, task="covid-vs-normal")
     few = frame[frame["patient"].isin(frame.groupby("label")["patient"].first())]
-    with pytest.raises(ValueError, match=r"Too few patients.*Received: patients_per_class="):
+    with pytest.raises(ValueError, match=r"Too few groups.*at least 3 groups.*Received: groups_per_class="):
         data.split_patients(few)
-    with pytest.raises(ValueError, match=r"Too few patients for 50 folds.*Received: patients_per_class="):
+    with pytest.raises(ValueError, match=r"Too few groups .* for 50 folds.*Received: groups_per_class="):
         data.kfold_split(frame, folds=50)
     with pytest.raises(ValueError, match=r"Expected test_size in \(0, 0.5\). Received: test_size=0.7"):
         data.split_patients(frame, test_size=0.7)
@@ -420,11 +420,13 @@ def test_split_errors(collection):
 
 
 def test_split_roundtrip(collection, tmp_path):
-    split = data.split_patients(_read(collection, task="three-class"), val_size=0.2, test_size=0.2)
+    split = data.split_patients(_read(collection, task="three-class"), val_size=0.2, test_size=0.2,
+                                allow_small_validation=True)
     path = data.write_split(split, tmp_path / "split.csv")
     back = data.read_split(path)
-    assert list(back.columns) == ["image", "patient", "label", "part"]
-    pd.testing.assert_frame_equal(back, split[["image", "patient", "label", "part"]].astype(str))
+    assert list(back.columns) == ["image", "patient", "group", "hash", "label", "part"]
+    want = split.assign(group=split["patient"], hash="")[list(data.SPLIT_COLUMNS)].astype(str)
+    pd.testing.assert_frame_equal(back, want)
     back.assign(part="holdout").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"Expected parts train/val/test.*Received: part=\['holdout'\]"):
         data.read_split(tmp_path / "bad.csv")

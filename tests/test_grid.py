@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covidxr import cli, grid
+from covidxr import cli, data, grid
 from covidxr import evaluation as M
 from covidxr.train import TrainConfig
 
@@ -74,6 +74,7 @@ def test_grid_writes_every_run_and_the_comparison(finished_grid):
     out = finished_grid["out"]
     record = json.loads((out / "grid.json").read_text())
     assert record["backbones"] == BACKBONES and record["strategies"] == STRATEGIES and record["folds"] == FOLDS
+    assert record["split_version"] == data.SPLIT_VERSION and record["options"]["duplicates"] == "merge"
     assert len(record["runs"]) == 8 and len(set(record["runs"])) == 8
     seen = set()
     for name in record["runs"]:
@@ -82,6 +83,7 @@ def test_grid_writes_every_run_and_the_comparison(finished_grid):
             assert (run / artifact).is_file(), (name, artifact)
         config = json.loads((run / "config.json").read_text())
         assert config["folds"] == FOLDS and config["image_size"] == 32
+        assert config["split_version"] == data.SPLIT_VERSION and config["group_by"] == "patient"
         seen.add((config["backbone"], config["strategy"], config["fold"]))
     assert seen == {(b, s, f) for b in BACKBONES for s in STRATEGIES for f in range(FOLDS)}
     for name in ("comparison.csv", "comparison.md", "comparison.png", "runs.csv"):
@@ -168,6 +170,43 @@ def test_bad_options_are_refused(collection, tmp_path):
     with pytest.raises(ValueError, match=r"Too few patients for 9 .*class 'normal'.*covid-vs-normal"):
         grid.run_grid(normal, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=9)
     assert not (tmp_path / "g" / "runs").exists()
+
+
+@pytest.mark.parametrize("stored", [None, 1])
+def test_grid_started_before_split_versions_is_refused(collection, tmp_path, monkeypatch, stored):
+    base = _base(collection, tmp_path / "cache")
+    out = tmp_path / "g"
+    out.mkdir()
+    old = grid._grid_record(base, ["vgg16"], ["none"], 2)  # the same options, folds made by other rules
+    old.pop("split_version")
+    if stored is not None:
+        old["split_version"] = stored
+    (out / "grid.json").write_text(json.dumps(old))
+    monkeypatch.setattr(grid, "train", lambda config: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"folds were made by other rules \(split version 1; this covidxr makes "
+                                         r"version 2.*Start a new --out. Received: out="):
+        grid.run_grid(base, out=out, backbones="vgg16", strategies="none", folds=2, progress=False)
+    assert not (out / "runs").exists()
+
+
+def test_grid_accepts_group_by_source(collection, tmp_path, monkeypatch):
+    base = _base(collection, tmp_path / "cache", group_by="source")
+    seen = []
+
+    def capture(config):
+        seen.append(config)
+        raise Interrupted("captured")
+
+    monkeypatch.setattr(grid, "train", capture)
+    with pytest.raises(Interrupted):
+        grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=2, progress=False)
+    assert seen[0].group_by == "source" and seen[0].folds == 2
+    record = json.loads((tmp_path / "g" / "grid.json").read_text())
+    assert record["options"]["group_by"] == "source"
+    # three sources in the collection: 4 leave-sources-out folds are refused, naming the sources
+    with pytest.raises(ValueError, match=r"Too few patients for 4 group-wise folds.*has 3 split groups.*"
+                                         r"images_per_source_and_class=\{'site0.example.org': \{'covid'"):
+        grid.run_grid(base, out=tmp_path / "g4", backbones="vgg16", strategies="none", folds=4, progress=False)
 
 
 def test_pooled_metrics_use_each_folds_threshold():
@@ -310,6 +349,6 @@ def test_real_data_covid_vs_normal_refuses_too_many_folds(real_data, tmp_path):
     base = TrainConfig(data_dir=str(real_data), task="covid-vs-normal", weights="none", image_size=32,
                        cache_dir=str(tmp_path / "cache"), verbose=0)
     with pytest.warns(UserWarning):  # the snapshot lacks some images
-        with pytest.raises(ValueError, match=r"class 'normal' has 16 patients.*covid-vs-normal"):
+        with pytest.raises(ValueError, match=r"class 'normal' has 16 split groups.*covid-vs-normal"):
             grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=17)
     assert not (tmp_path / "g").exists()

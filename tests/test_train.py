@@ -171,7 +171,12 @@ def test_run_folder_artifacts(run_dir, collection):
     model, cfg = load_run(run_dir)
     assert cfg["backbone"] == "vgg16"
     predictions = pd.read_csv(run_dir / "predictions.csv")
-    assert list(predictions.columns) == ["image", "patient", "label", "part", "prob_non-covid", "prob_covid"]
+    assert list(predictions.columns) == ["image", "patient", "group", "hash", "label", "part", "prob_non-covid",
+                                         "prob_covid"]
+    assert predictions["hash"].str.fullmatch(r"[0-9a-f]{64}").all()
+    assert config["split_version"] == data.SPLIT_VERSION and config["merged_groups"] == 0
+    assert set(config["split_sizes"]["images"]) == {"train", "val", "test"}
+    assert list(split.columns) == list(data.SPLIT_COLUMNS) and (split["group"] == split["patient"]).all()
     assert set(predictions["part"]) == {"val", "test"}
     np.testing.assert_allclose(predictions["prob_non-covid"] + predictions["prob_covid"], 1.0, atol=1e-6)
 
@@ -215,7 +220,7 @@ def test_repeat_from_config_makes_new_folder(run_dir):
 
 def test_three_class_without_phase2(collection, tmp_path):
     run = train(_config(collection, tmp_path, task="three-class", epochs=1, fine_tune_epochs=0, strategy="class-weight",
-                        folds=2, fold=1, val_size=0.3))
+                        folds=2, fold=1, val_size=0.3, allow_small_validation=True))
     assert run.name.split("_")[1:5] == ["three-class", "vgg16", "class-weight", "f1"]
     history = pd.read_csv(run / "history.csv")
     assert list(history["phase"]) == [1]

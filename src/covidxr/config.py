@@ -16,7 +16,7 @@ import pandas as pd
 
 from .atomic import write_text
 from .data import FRONTAL_VIEWS, get_task, read_split, split_frame
-from .data.groups import DUPLICATES, GROUP_BY
+from .data.groups import DUPLICATES, GROUP_BY, group_column
 from .images import RESIZES, load_grouped
 from .models import get_backbone
 from .runtime import precision_policy
@@ -242,12 +242,24 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
 
 
 def split_from_file(frame: pd.DataFrame, path, *, require_all=False) -> pd.DataFrame:
-    """The rows of ``frame`` that the split CSV ``path`` names, with its ``part`` column.
+    """The rows of ``frame`` that the split CSV ``path`` names, with its ``part`` column, checked.
 
-    ``require_all``: every image of the file must be in ``frame`` (a resumed run's own split);
-    else images the frame lacks are left out.
+    :func:`covidxr.data.read_split` checks the file itself (unique images, one part per patient and
+    per group); here its labels must agree with the dataset's, and every group of the *current*
+    dataset (:func:`covidxr.data.groups.group_column`: a copy of an image under another patient id
+    merges the two) must lie in one part.
+
+    Args:
+        frame: The dataset, grouped, shape (n, ...).
+        path: A ``split.csv``.
+        require_all: Every image of the file must be in ``frame`` (a resumed run's own split);
+            else images the frame lacks are left out.
+
+    Raises:
+        ValueError: A check fails; the message names the images, patients or groups.
     """
-    parts = read_split(path).set_index("image")["part"]
+    file = read_split(path).set_index("image")
+    parts = file["part"]
     if require_all:
         missing = sorted(set(parts.index) - set(frame["image"]))
         if missing:
@@ -257,7 +269,36 @@ def split_from_file(frame: pd.DataFrame, path, *, require_all=False) -> pd.DataF
             )
     split = frame[frame["image"].isin(parts.index)].copy()
     split["part"] = split["image"].map(parts)
+    _check_against_dataset(split, file["label"], path)
     return split.reset_index(drop=True)
+
+
+def _first(items, n=5) -> dict:
+    """The first ``n`` of ``(key, value)`` items as a dict (the message gives the count)."""
+    return dict(list(items)[:n])
+
+
+def _check_against_dataset(split: pd.DataFrame, labels: pd.Series, path) -> None:
+    """The split file's labels agree with the dataset's; one part per current dataset group."""
+    theirs = split["image"].map(labels)
+    wrong = split.assign(file=theirs)[theirs != split["label"]]
+    if len(wrong):
+        shown = _first((r.image, {"file": r.file, "dataset": r.label}) for r in wrong.itertuples())
+        raise ValueError(
+            f"Expected the labels of the split file {path} to agree with the dataset's (was it made for "
+            f"another task, or did the labels change?); {len(wrong)} images disagree. Received: images={shown}"
+        )
+    column = group_column(split)
+    parts = split.groupby(column).agg(parts=("part", lambda s: sorted(set(s))),
+                                      patients=("patient", lambda s: sorted(set(map(str, s)))))
+    spread = parts[parts["parts"].map(len) > 1]
+    if len(spread):
+        raise ValueError(
+            f"Expected one part per split group of the dataset; {len(spread)} groups of the split file {path} "
+            f"are in more than one part (their patients share an image, e.g. a copy under another patient id, "
+            f"or a source). Received: groups="
+            f"{_first((g, {'patients': r.patients, 'parts': r.parts}) for g, r in spread.iterrows())}"
+        )
 
 
 def make_split(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
@@ -265,4 +306,5 @@ def make_split(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
     if config.split_file:
         return split_from_file(frame, config.split_file)
     return split_frame(frame, folds=config.folds, fold=config.fold, val_size=config.val_size,
-                       test_size=config.test_size, seed=config.seed)
+                       test_size=config.test_size, seed=config.seed,
+                       allow_small_validation=bool(config.allow_small_validation))

@@ -1,4 +1,4 @@
-"""``covidxr grid``: backbones × imbalance strategies × patient-grouped folds, and one comparison.
+"""``covidxr grid``: backbones × imbalance strategies × group-wise folds, and one comparison.
 Must not score or draw by itself: runs come from :mod:`covidxr.train`, figures from
 :mod:`covidxr.evaluation.pooling`, :mod:`covidxr.reports` and :mod:`covidxr.figures`.
 
@@ -43,7 +43,9 @@ import pandas as pd
 from . import __version__
 from .atomic import write_json, write_text
 from .config import TrainConfig, check_config, load_frame
-from .data import views_key
+from .data import SPLIT_VERSION, views_key
+from .data.groups import group_column
+from .data.splits import describe_groups
 from .evaluation import grid_comparison, grid_selection
 from .figures import plot_comparison, save_figure
 from .models import BACKBONES
@@ -103,7 +105,7 @@ def _training_options(config: TrainConfig) -> dict:
 
 def _grid_record(config, backbones, strategies, folds) -> dict:
     return {"backbones": list(backbones), "strategies": list(strategies), "folds": int(folds),
-            "options": _training_options(config)}
+            "split_version": SPLIT_VERSION, "options": _training_options(config)}
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -118,15 +120,17 @@ def _differences(old: dict, new: dict) -> list[str]:
     return diffs
 
 def _check_folds(frame: pd.DataFrame, folds: int, task: str) -> None:
-    patients = frame.groupby("label")["patient"].nunique()
-    fewest = patients.idxmin()
-    if int(patients.min()) < int(folds):
+    """Every class needs at least ``folds`` split groups (patients merged by shared images, or sources)."""
+    column = group_column(frame)
+    groups = frame.groupby("label")[column].nunique()
+    fewest = groups.idxmin()
+    if int(groups.min()) < int(folds):
         hint = (" Task 'covid-vs-normal' has few normal patients: use fewer folds or task 'covid-vs-rest'."
                 if task == "covid-vs-normal" else "")
         raise ValueError(
-            f"Too few patients for {folds} patient-grouped folds: class {fewest!r} has "
-            f"{int(patients.min())} patients and every class needs at least one per fold.{hint} "
-            f"Received: folds={folds}, patients_per_class={patients.to_dict()}"
+            f"Too few patients for {folds} group-wise folds: class {fewest!r} has "
+            f"{int(groups.min())} split groups (patients merged by shared images, or sources) and every class "
+            f"needs at least one per fold.{hint} Received: folds={folds}, {describe_groups(frame, column)}"
         )
 
 
@@ -293,6 +297,13 @@ def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"Expected a readable {GRID_FILE} in the grid folder ({err}). "
                          f"Received: out={str(out)!r}") from err
+    if old.get("split_version") != record["split_version"]:
+        raise ValueError(
+            f"The grid folder holds a grid whose folds were made by other rules (split version "
+            f"{old.get('split_version', 1)}; this covidxr makes version {record['split_version']}: groups of "
+            f"patients that share an image, sampled per class); its runs cannot be continued with these folds. "
+            f"Start a new --out. Received: out={str(out)!r}"
+        )
     diffs = _differences(old, record)
     if diffs:
         raise ValueError(

@@ -48,7 +48,7 @@ import pandas as pd
 from . import RESEARCH_ONLY, __version__
 from .atomic import atomic_path, remove_stale, write_json, write_text
 from .config import TrainConfig, check_config, load_frame, make_split, split_from_file
-from .data import check_parts, get_task, write_split
+from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
 from .images import HashIndex, build_cache
@@ -283,6 +283,8 @@ def _prepare_data(state: RunState) -> dict | None:
         split = split_from_file(frame, state.run_dir / "split.csv", require_all=True)
     else:
         split = make_split(config, frame)
+    state.record = {"split_version": SPLIT_VERSION, "split_sizes": split.attrs.get("split_sizes") or split_sizes(split),
+                    "merged_groups": len((frame.attrs.get("duplicates") or {}).get("merged_groups") or [])}
     memory = None
     if config.memory_check:  # before the run folder, the cache and hours of training
         memory = check_memory(state.model, batch_size=state.batch_size, train_images=int((split["part"] == "train").sum()),
@@ -296,6 +298,8 @@ def _prepare_data(state: RunState) -> dict | None:
     state.handlers += _setup_logging(state.run_dir)
     logger.info("%s run folder %s", "resuming" if state.resuming else "new", state.run_dir)
     logger.info("%s", RESEARCH_ONLY)
+    logger.info("split sizes (fractions of images, of groups): %s, %s; %d merged groups",
+                state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
     _cache_parts(state, split)
     return memory
 
@@ -329,6 +333,7 @@ def _write_record(state: RunState, memory) -> None:
     index = state.fine_tune_index
     record = {
         **config.to_dict(),
+        **state.record,  # split_version, split_sizes, merged_groups (from _prepare_data)
         "classes": classes,
         "num_classes": len(classes),
         "positive_class": classes[1] if len(classes) == 2 else None,
@@ -460,7 +465,7 @@ def _predict_parts(state: RunState) -> dict:
     for part in ("val", "test"):
         rows, x, y = state.data[part]
         probs = predict_images(best, x, batch_size=state.batch_size)
-        out = rows[["image", "patient", "label", "part"]].copy()
+        out = rows[[c for c in ("image", "patient", "group", "hash", "label", "part") if c in rows.columns]].copy()
         for i, column in enumerate(prob_columns(classes)):
             out[column] = probs[:, i]
         frames.append(out)

@@ -82,7 +82,7 @@ def _run_eda(args):
 # --------------------------------------------------------------------------- split
 
 def _add_split(sub):
-    p = sub.add_parser("split", help="write a patient-level split as CSV")
+    p = sub.add_parser("split", help="write a group-level (patients merged by shared images) split as CSV")
     add_data_options(p)
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--val-size", type=float, default=0.15)
@@ -95,18 +95,25 @@ def _add_split(sub):
 
 
 def _run_split(args):
-    from ..data import split_frame, write_split
+    from ..data import split_frame, split_sizes, write_split
+    from ..data.groups import group_column
     from ..images import load_grouped
 
     frame = load_grouped(args.data_dir, task=args.task, **data_options(args), **grouping_options(args))
     split = split_frame(frame, folds=args.folds, fold=args.fold, val_size=args.val_size, test_size=args.test_size,
-                        seed=args.seed)
+                        seed=args.seed, allow_small_validation=args.allow_small_validation)
     if Path(args.out).exists():
         raise FileExistsError(f"Expected a new file; this one exists. Received: out={args.out!r}")
     write_split(split, args.out)
     table = split.groupby(["part", "label"]).size().unstack(fill_value=0)
     table["patients"] = split.groupby("part")["patient"].nunique()
+    table["groups"] = split.groupby("part")[group_column(split)].nunique()
     print(table.to_string())
+    sizes = split.attrs.get("split_sizes") or split_sizes(split)
+    requested = ", ".join(f"{k} {v}" for k, v in sizes.get("requested", {}).items())
+    print("achieved sizes: " + ", ".join(f"{p} {sizes['images'][p]:.3f} of images / {sizes['groups'][p]:.3f} of "
+                                         f"groups" for p in ("train", "val", "test"))
+          + (f" (requested: {requested})" if requested else ""))
     print(f"wrote {args.out}")
     return 0
 

@@ -23,7 +23,7 @@ The package holds five modules, each importing only the ones before it:
 * :mod:`covidxr.data.groups`: duplicate pairs, union–find split groups, merged groups and
   mixed-label patients (:func:`mixed_label_patients`, :func:`drop_mixed_patients`);
 * :mod:`covidxr.data.summaries`: per-task counts, source overlap and the ``eda`` text;
-* :mod:`covidxr.data.splits`: group-level splits and split files.
+* :mod:`covidxr.data.splits`: group-level splits and checked split files.
 """
 
 from .readers import (
@@ -38,8 +38,8 @@ from .readers import (
 )
 from .groups import drop_mixed_patients, merged_groups, mixed_label_patients
 from .summaries import source_overlap, summary_table, task_counts
-from .splits import (SPLIT_COLUMNS, check_parts, kfold_split, read_split, split_frame, split_patients,
-                     write_split)
+from .splits import (SPLIT_COLUMNS, SPLIT_VERSION, SmallValidationWarning, check_parts, kfold_split, read_split,
+                     split_frame, split_patients, split_sizes, write_split)
 from .tasks import (
     CATEGORIES,
     FRAME_COLUMNS,
@@ -68,6 +68,8 @@ __all__ = [
     "KNOWN_VIEWS",
     "LABEL_ALIASES",
     "SPLIT_COLUMNS",
+    "SPLIT_VERSION",
+    "SmallValidationWarning",
     "TASKS",
     "UNKNOWN_VIEW",
     "UNLABELLED",
@@ -93,6 +95,7 @@ __all__ = [
     "source_overlap",
     "split_frame",
     "split_patients",
+    "split_sizes",
     "summary_table",
     "task_counts",
     "views_key",
