@@ -13,6 +13,7 @@ from .bootstrap import bootstrap_metrics, metrics_table, patient_bootstrap
 from .metrics import (BINARY_METRICS, MULTICLASS_METRICS, PER_CLASS_METRICS, THRESHOLD_METHODS, binary_metrics,
                       choose_threshold, class_probabilities, classes_from_frame, compute_metrics, decide,
                       multiclass_metrics, part_metrics, patient_frame, positive, prob_columns)
+from .overlap import OVERLAP_KINDS, flag_overlap, overlap_summary, run_reference
 from .pooling import grid_comparison, pooled_metrics
 from .runs import RUN_KEYS, held_out_test, read_run, validation_threshold
 from .scoring import (compare_runs, evaluate_predictions, external_predictions, latest_evaluation, score_run,
@@ -26,6 +27,7 @@ __all__ = [
     "GRADCAM_CATEGORIES", "RUN_KEYS", "compare_runs", "evaluate_predictions", "external_predictions",
     "grid_comparison", "held_out_test", "latest_evaluation", "metrics", "pooled_metrics", "read_run", "score_run",
     "select_gradcam_examples", "unreadable_images", "validation_threshold", "with_decisions",
+    "OVERLAP_KINDS", "flag_overlap", "overlap_summary", "run_reference",
 ]
 
 
