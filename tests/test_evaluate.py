@@ -8,7 +8,9 @@ replaced by ``predict_frame`` stubs that read a probability written into each im
 from __future__ import annotations
 
 import json
+import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -425,3 +427,172 @@ def test_end_to_end_with_a_trained_run(tmp_path):
         for name in ("roc_auc", "brier", "sensitivity", "specificity"):
             assert ext[level]["metrics"][name]["value"] == pytest.approx(own[level]["metrics"][name]["value"],
                                                                         abs=1e-4, nan_ok=True), (level, name)
+
+
+# --------------------------------------------------------------------------- overlap with the run's own data
+
+def _texture(seed: int) -> Image.Image:
+    """A smooth random 64x64 grey image, distinct per seed (re-encoding keeps it near)."""
+    small = np.random.default_rng(seed).integers(20, 235, (8, 8)).astype(np.uint8)
+    return Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC)
+
+
+@pytest.fixture
+def own(tmp_path, monkeypatch):
+    """A fake run over a small collection (10 patients, 2 images each) with a split.csv that holds
+    the images' hashes; the model is the grey-level stub."""
+    from covidxr import images, inference
+    from covidxr.data import load_dataset
+
+    monkeypatch.setattr(inference, "predict_frame", _stub_predict, raising=False)
+    root, cache = tmp_path / "coll", tmp_path / "cache"
+    meta = []
+    for p in range(10):
+        for i in range(2):
+            name = f"p{p}_{i}.png"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            _texture(10 * p + i).save(root / "images" / name)
+            meta.append({"patientid": str(p + 1), "finding": ["COVID-19", "No Finding"][p % 2], "view": "PA",
+                         "modality": "X-ray", "folder": "images", "filename": name})
+    pd.DataFrame(meta).to_csv(root / "metadata.csv", index=False)
+    frame = load_dataset(root)
+    split = frame[["image", "patient", "label"]].assign(
+        part=["train" if int(p) <= 6 else "val" if int(p) <= 8 else "test" for p in frame["patient"]],
+        hash=images.image_hashes(frame, cache_dir=cache)["exact"].to_numpy())
+    run = make_run(tmp_path / "run", data_dir=str(root), cache_dir=str(cache))
+    split.to_csv(run / "split.csv", index=False)
+    return {"root": root, "run": run, "split": split, "cache": cache}
+
+
+def _external(own, tmp_path, *, copies=True) -> Path:
+    """Another hospital's manifest: fresh images under the ids "1".."4" (reused ids, other people), a
+    byte copy and a JPEG re-encoding of training images, and a copy of a test image."""
+    root = tmp_path / "hospital"
+    (root / "imgs").mkdir(parents=True)
+    rows = []
+    for k in range(8):
+        _texture(1000 + k).save(root / "imgs" / f"h{k}.png")
+        rows.append({"path": f"imgs/h{k}.png", "label": ["covid", "normal"][k % 2], "patient": str(k % 4 + 1)})
+    if copies:
+        images = own["root"] / "images"
+        (root / "imgs" / "copy.png").write_bytes((images / "p0_0.png").read_bytes())
+        Image.open(images / "p2_1.png").convert("L").save(root / "imgs" / "reencoded.jpg", quality=90)
+        (root / "imgs" / "test_copy.png").write_bytes((images / "p9_0.png").read_bytes())
+        rows += [{"path": "imgs/copy.png", "label": "covid", "patient": "x1"},
+                 {"path": "imgs/reencoded.jpg", "label": "covid", "patient": "x2"},
+                 {"path": "imgs/test_copy.png", "label": "normal", "patient": "x3"}]
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_external_copies_of_training_images_are_left_out(own, tmp_path):
+    manifest = _external(own, tmp_path)
+    with pytest.warns(UserWarning, match=r"2 of 11 rows of the dataset are images the run was trained or validated "
+                                         r"on \(exact: 1, near: 1\); they are left out.*imgs/copy\.png"):
+        out = E.evaluate_run(own["run"], data_dir=manifest, n_bootstrap=NB, cache_dir=tmp_path / "c2", now=NOW)
+    result = json.loads((out / "metrics.json").read_text())
+    block = result["overlap"]
+    assert block["checked"] and block["content"] == "exact and near" and not block["same_dataset"]
+    assert block["counts"] == {"exact": 1, "near": 1, "path": 0, "patient": 0}   # ids "1".."4": other people
+    assert block["n_rows"] == 2 and not block["kept"] and block["in_run_test"] == 1
+    assert {(i["image"], i["run_image"], i["run_part"]) for i in block["images"]} == {
+        ("imgs/copy.png", "images/p0_0.png", "train"), ("imgs/reencoded.jpg", "images/p2_1.png", "train")}
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert result["n_images"] == len(table) == 9 and "imgs/copy.png" not in set(table["image"])
+    assert list(table.columns[:4]) == ["image", "patient", "label", "part"]
+    assert {"group", "hash", "in_run_test", "overlap"} <= set(table.columns)
+    assert table.loc[table["in_run_test"].astype(str) == "True", "image"].tolist() == ["imgs/test_copy.png"]
+    report = (out / "report.md").read_text()
+    assert "2 rows are images the run was trained or validated on" in report and "`imgs/reencoded.jpg` (near" in report
+    assert "not by path or patient id" in report and "1 rows are images of the run's own test part" in report
+
+
+def test_allow_overlap_keeps_them_loudly(own, tmp_path):
+    from covidxr.cli import main
+
+    manifest = _external(own, tmp_path)
+    with pytest.warns(UserWarning, match=r"KEEPING 2 of 11 rows .* NOT an external validation"):
+        out = E.evaluate_run(own["run"], data_dir=manifest, n_bootstrap=0, figures=False, allow_overlap=True)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["n_images"] == 11 and result["overlap"]["kept"] and result["overlap"]["n_rows"] == 2
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("image")
+    assert table.loc["imgs/copy.png", "overlap"] == "exact" and table.loc["imgs/h0.png", "overlap"] == ""
+    assert "**KEPT and scored**" in (out / "report.md").read_text()
+    assert main(["evaluate", "--run", str(own["run"]), "--data-dir", str(manifest), "--name", "cli", "--n-bootstrap",
+                 "0", "--no-figures", "--allow-overlap"]) == 0
+    cli_out = sorted((own["run"] / "evaluations").glob("cli-*"))[-1]
+    assert json.loads((cli_out / "metrics.json").read_text())["n_images"] == 11
+
+
+def test_the_runs_own_folder_scores_only_its_test_rows(own):
+    with pytest.warns(UserWarning, match=r"16 of 20 rows .* \(exact: 16, path: 16, patient: 16\)"):
+        out = E.evaluate_run(own["run"], data_dir=own["root"], n_bootstrap=0, figures=False)
+    result = json.loads((out / "metrics.json").read_text())
+    test = own["split"][own["split"]["part"] == "test"]
+    assert result["overlap"]["same_dataset"] and result["overlap"]["in_run_test"] == 4
+    table = pd.read_csv(out / "predictions.csv")
+    assert sorted(table["image"]) == sorted(test["image"]) and table["in_run_test"].all()
+
+
+def test_only_exact_copies_when_the_runs_data_is_gone(own, tmp_path):
+    manifest = _external(own, tmp_path)
+    moved = own["root"].rename(tmp_path / "moved")
+    with pytest.warns(UserWarning) as caught:
+        out = E.evaluate_run(own["run"], data_dir=manifest, n_bootstrap=0, figures=False)
+    messages = [str(w.message) for w in caught]
+    assert any(re.search(r"Only exact copies could be checked.*cannot be read.*does not exist", m) for m in messages)
+    block = json.loads((out / "metrics.json").read_text())["overlap"]
+    assert block["content"] == "exact" and block["counts"]["exact"] == 1 and block["counts"]["near"] == 0
+    assert "Only exact copies could be checked" in (out / "report.md").read_text()
+    assert moved.is_dir()
+
+
+def test_no_split_file_no_overlap_check(tmp_path, external, monkeypatch):
+    from covidxr import inference
+
+    monkeypatch.setattr(inference, "predict_frame", _stub_predict, raising=False)
+    run = make_run(tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"has no split.csv: no overlap check .* was possible"):
+        out = E.evaluate_run(run, data_dir=external["manifest"], n_bootstrap=0, figures=False,
+                             cache_dir=tmp_path / "cache")
+    assert json.loads((out / "metrics.json").read_text())["overlap"]["checked"] is False
+    assert "**Not checked**" in (out / "report.md").read_text()
+
+
+def test_nothing_left_to_score(own, tmp_path):
+    split = own["split"].assign(part="train")
+    split.loc[split.index[:2], "part"] = "val"
+    split.to_csv(own["run"] / "split.csv", index=False)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"all 20 rows of the dataset are such images.*"
+                                                                    r"--allow-overlap.*Received: data_dir="):
+        E.evaluate_run(own["run"], data_dir=own["root"], n_bootstrap=0, figures=False)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_data_evaluate_on_the_training_collection(real_data, tmp_path):
+    """Evaluating a run on the collection it was trained on scores only its test rows."""
+    from covidxr.data import read_split
+    from covidxr.train import TrainConfig, train
+
+    config = TrainConfig(data_dir=str(real_data), backbone="vgg16", weights="none", image_size=32, batch_size=64,
+                         epochs=1, fine_tune_epochs=0, runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
+                         verbose=0, augment=False, cache_features=False, memory_check=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train(config)
+    split = read_split(run / "split.csv")
+    with pytest.warns(UserWarning, match=r"rows of the dataset are images the run was trained or validated on"):
+        out = E.evaluate_run(run, data_dir=real_data, n_bootstrap=0, figures=False)
+    result = json.loads((out / "metrics.json").read_text())
+    fit, test = split[split["part"].isin(["train", "val"])], split[split["part"] == "test"]
+    block = result["overlap"]
+    assert block["same_dataset"] and block["content"] == "exact and near" and block["n_rows"] >= len(fit)
+    table = pd.read_csv(out / "predictions.csv")
+    assert set(table["image"]) <= set(test["image"]) and not set(table["image"]) & set(fit["image"])
+    assert table["in_run_test"].all() and len(table) == result["n_images"] > 50
+    # test images left out are copies of images the run trained or validated on (a split by raw patient id
+    # puts the snapshot's twins 201/78 and 178/97 in different parts); by content, never by id alone
+    kinds = {i["image"]: i["kinds"] for i in block["images"]}
+    for image in set(test["image"]) - set(table["image"]):
+        assert set(kinds[image]) & {"exact", "near"}, image

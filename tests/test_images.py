@@ -40,7 +40,8 @@ def test_load_image_modes(tmp_path, mode, ext, tol):
     grey = _grey()
     path = tmp_path / f"img.{ext}"
     img = Image.fromarray(grey)
-    img = img.convert(mode) if mode != "I" else img.convert("I")
+    # a 32-bit integer image (mode I) is read on the 16-bit range (DECODING_RULE): store grey * 257
+    img = img.convert(mode) if mode != "I" else Image.fromarray(grey.astype(np.int32) * 257, mode="I")
     img.save(path)
     with Image.open(path) as check:
         assert check.mode == mode
@@ -59,13 +60,98 @@ def test_load_image_16bit_png_full_range(tmp_path):
     np.testing.assert_array_equal(images.load_image(tmp_path / "a.png"), grey)
 
 
-def test_load_image_16bit_png_12_bit_data(tmp_path):
+def _png_16(path, values, *, sbit=None):
+    """A 16-bit grey PNG of ``values``, with an sBIT chunk of ``sbit`` bits inserted after IHDR."""
+    import zlib
+
+    Image.fromarray(np.asarray(values, dtype=np.uint16)).save(path)
+    if sbit is not None:
+        raw = path.read_bytes()
+        end = 8 + 8 + 13 + 4   # signature, IHDR header, data, CRC
+        chunk = b"sBIT" + bytes([sbit])
+        path.write_bytes(raw[:end] + (1).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big")
+                         + raw[end:])
+    return path
+
+
+def test_load_image_16bit_png_12_bit_data_without_sbit_uses_the_full_range(tmp_path):
     values = np.linspace(0, 4095, 40 * 30).reshape(40, 30).astype(np.uint16)
-    Image.fromarray(values).save(tmp_path / "a.png")
-    out = images.load_image(tmp_path / "a.png")
-    # scaled by 12 bits, not 16 (which would leave it nearly black)
-    assert out.max() == 255 and out.min() == 0
+    out = images.load_image(_png_16(tmp_path / "a.png", values))
+    # no sBIT chunk: the full 16-bit range, never a guess of the bit depth from the image's maximum
+    np.testing.assert_array_equal(out, np.rint(values * 255.0 / 65535).astype(np.uint8))
+    assert out.max() == 16
+
+
+def test_16bit_png_one_pixel_more_does_not_change_the_other_greys(tmp_path):
+    values = np.linspace(0, 4095, 40 * 30).reshape(40, 30).astype(np.uint16)
+    brighter = values.copy()
+    brighter[0, 0] = 4096   # one pixel past 12 bits: a bit-depth guess would jump 4x
+    a = images.load_image(_png_16(tmp_path / "a.png", values))
+    b = images.load_image(_png_16(tmp_path / "b.png", brighter))
+    np.testing.assert_array_equal(a.ravel()[1:], b.ravel()[1:])
+
+
+def test_offset_16bit_data_keeps_its_low_contrast_and_the_same_value_the_same_grey(tmp_path):
+    offset = np.linspace(30000, 34000, 40 * 30).reshape(40, 30).astype(np.uint16)
+    wide = np.linspace(0, 65535, 40 * 30).reshape(40, 30).astype(np.uint16)
+    wide[0, :3] = [30000, 32000, 34000]
+    a = images.load_image(_png_16(tmp_path / "offset.png", offset))
+    b = images.load_image(_png_16(tmp_path / "wide.png", wide))
+    assert (a.min(), a.max()) == (117, 132) and len(np.unique(a)) == 16   # windowing gives contrast, not decoding
+    assert list(b[0, :3]) == [a[0, 0], images.load_image(_png_16(tmp_path / "one.png", np.full((20, 20), 32000)))[0, 0],
+                              a[-1, -1]]
+
+
+def test_16bit_png_sbit_declares_the_range(tmp_path):
+    values = np.linspace(0, 4095, 40 * 30).reshape(40, 30).astype(np.uint16)
+    path = _png_16(tmp_path / "s.png", values, sbit=12)
+    assert images.png_significant_bits(path) == 12
+    out = images.load_image(path)
+    assert out[-1, -1] == 255 and out[0, 0] == 0
     np.testing.assert_allclose(out, values * 255.0 / 4095, atol=0.51)
+    with Image.open(path) as check:   # Pillow still reads the file with the inserted chunk
+        assert check.mode.startswith("I;16")
+    # values above the declared bits are clipped, with a warning naming the file
+    values[0, 0] = 5000
+    with pytest.warns(UserWarning, match=r"1 pixel values of .*over\.png lie outside the declared 12-bit range"):
+        assert images.load_image(_png_16(tmp_path / "over.png", values, sbit=12))[0, 0] == 255
+
+
+def test_png_significant_bits_only_for_16bit_grey_png(tmp_path):
+    Image.fromarray(_grey()).save(tmp_path / "g8.png")
+    Image.fromarray(_grey()).save(tmp_path / "g8.tif")
+    assert images.png_significant_bits(tmp_path / "g8.png") is None
+    assert images.png_significant_bits(tmp_path / "g8.tif") is None
+    assert images.png_significant_bits(_png_16(tmp_path / "none.png", np.zeros((20, 20)))) is None
+    bad = _png_16(tmp_path / "bad.png", np.full((20, 20), 1000), sbit=0)   # not allowed: the full range
+    assert images.png_significant_bits(bad) is None
+    assert images.load_image(bad)[0, 0] == round(1000 * 255 / 65535)
+
+
+def test_16bit_tiff_and_32bit_modes_use_fixed_ranges(tmp_path):
+    values = np.rint(np.linspace(0, 4095, 40 * 30)).reshape(40, 30)
+    Image.fromarray(values.astype(np.uint16)).save(tmp_path / "t16.tif")
+    np.testing.assert_array_equal(images.load_image(tmp_path / "t16.tif"), np.rint(values * 255 / 65535))
+    Image.fromarray((values / 4095).astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    np.testing.assert_allclose(images.load_image(tmp_path / "f.tif"), values * 255 / 4095, atol=0.51)
+    Image.fromarray(values.astype(np.float32), mode="F").save(tmp_path / "f_raw.tif")   # not in [0, 1]
+    with pytest.warns(UserWarning, match=r"lie outside the float range \[0, 1\]"):
+        assert images.load_image(tmp_path / "f_raw.tif").min() == 0
+    Image.fromarray(np.full((20, 20), 70000, np.int32), mode="I").save(tmp_path / "i32.tif")
+    with pytest.warns(UserWarning, match=r"400 pixel values .* outside the 16-bit range \[0, 65535\]"):
+        assert images.load_image(tmp_path / "i32.tif").min() == 255
+
+
+def test_cache_key_changes_with_the_decoder_version(tmp_path, monkeypatch):
+    from covidxr.images import decode
+
+    Image.fromarray(_grey()).save(tmp_path / "a.png")
+    small = pd.DataFrame({"image": ["a.png"], "path": [str(tmp_path / "a.png")], "label": ["covid"]})
+    key = images.cache_key(small, image_size=32)
+    monkeypatch.setattr(decode, "DECODER_VERSION", decode.DECODER_VERSION + 1)
+    assert images.cache_key(small, image_size=32) != key
+    cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert json.loads((cache.path / "cache.json").read_text())["decoder_version"] == decode.DECODER_VERSION
 
 
 def test_load_image_cmyk_jpeg(tmp_path):
@@ -93,7 +179,7 @@ def test_load_image_exif_rotation(tmp_path):
 # --------------------------------------------------------------------------- DICOM
 
 def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, intercept=None, window=None,
-                 bits_stored=12):
+                 bits_stored=12, signed=False):
     pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -111,12 +197,12 @@ def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, interce
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = int(signed)
     if slope is not None:
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -124,17 +210,42 @@ def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, interce
 RAMP = np.linspace(0, 4000, 20 * 16).reshape(20, 16).astype(np.uint16)
 
 
-def test_dicom_monochrome2_full_range(tmp_path):
+def test_dicom_monochrome2_bits_stored_range(tmp_path):
     out = images.load_image(_write_dicom(tmp_path / "a.dcm", RAMP))
     assert out.dtype == np.uint8 and out.shape == RAMP.shape
-    np.testing.assert_allclose(out, RAMP * 255.0 / 4000, atol=0.51)
+    # no window, no VOI LUT: the 12-bit range BitsStored allows, not the image's maximum (4000)
+    np.testing.assert_allclose(out, RAMP * 255.0 / 4095, atol=0.51)
+
+
+def test_dicom_without_window_uses_bits_stored_not_min_max(tmp_path):
+    dark = (RAMP // 4).astype(np.uint16)          # 0..1000 of 12 bits
+    a = images.load_image(_write_dicom(tmp_path / "a.dcm", RAMP))
+    b = images.load_image(_write_dicom(tmp_path / "b.dcm", dark))
+    same = np.isin(RAMP, dark)
+    assert same.sum() > 10
+    for value in np.unique(RAMP[same])[:5]:   # the same stored value, the same grey in both files
+        assert a[RAMP == value][0] == b[dark == value][0]
+    assert b.max() == round(1000 * 255 / 4095)
+    wide = images.load_image(_write_dicom(tmp_path / "w.dcm", RAMP, bits_stored=16))
+    np.testing.assert_allclose(wide, RAMP * 255.0 / 65535, atol=0.51)
+
+
+def test_dicom_signed_pixels_and_rescale_carry_the_stored_range(tmp_path):
+    raw = np.array([[-2048, -1, 0, 2047]], np.int16)   # 12 bits signed: [-2048, 2047]
+    out = images.load_image(_write_dicom(tmp_path / "s.dcm", raw, signed=True))
+    np.testing.assert_allclose(out, [[0, 127.5 - 0.5 * 255 / 4095, 127.5 + 0.5 * 255 / 4095, 255]], atol=0.51)
+    # rescale 2 x - 1000: [-2048, 2047] -> [-5096, 3094]; the ends still map to black and white
+    rescaled = images.load_image(_write_dicom(tmp_path / "r.dcm", raw, signed=True, slope=2, intercept=-1000))
+    np.testing.assert_allclose(rescaled, out, atol=1)
+    with pytest.raises(ValueError, match=r"grey range with high > low. Received: low=-1000"):
+        images.load_image(_write_dicom(tmp_path / "z.dcm", raw, signed=True, slope=0, intercept=-1000))
 
 
 def test_dicom_monochrome1_inverted(tmp_path):
     mono2 = images.load_image(_write_dicom(tmp_path / "a.dcm", RAMP))
     mono1 = images.load_image(_write_dicom(tmp_path / "b.dcm", RAMP, photometric="MONOCHROME1"))
     np.testing.assert_array_equal(mono1, 255 - mono2)
-    assert mono1[0, 0] == 255 and mono1[-1, -1] == 0   # low values are white
+    assert mono1[0, 0] == 255 and mono1[-1, -1] == 255 - round(4000 * 255 / 4095)   # low values are white
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])

@@ -156,6 +156,9 @@ def test_run_folder_artifacts(run_dir, collection):
     assert config["classes"] == ["non-covid", "covid"]
     assert config["keras_backend"] == keras.backend.backend() and config["seed"] == 0
     assert config["preprocessing"]["image_size"] == SIZE and config["preprocessing"]["resize"] == "pad"
+    from covidxr.images import DECODER_VERSION, DECODING_RULE
+
+    assert config["preprocessing"]["decoding"] == {"decoder_version": DECODER_VERSION, "rule": DECODING_RULE}
     assert config["cache"]["key"] and config["covidxr_version"]
     assert TrainConfig.from_json(run_dir / "config.json") == TrainConfig.from_dict(config)
 

@@ -66,11 +66,16 @@ def _new_folder(run: Path, name: str, now) -> Path:
 def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="X-ray", views="frontal",
                  image_col="path", label_col="label", patient_col="patient", threshold_method="youden",
                  target_sensitivity=None, threshold=None, n_bootstrap=1000, seed=0, level=0.95,
-                 batch_size=32, figures=True, now=None) -> Path:
+                 batch_size=32, figures=True, now=None, allow_overlap=False, cache_dir=None) -> Path:
     """Evaluate a run folder on its test part or on another dataset; write an evaluation folder.
 
     The decision thresholds (two classes; one per image, one on patient means) always come
     from the run's validation predictions.
+    Rows of another dataset that the run was trained or validated on are left out of every
+    figure and score (:func:`covidxr.evaluation.external_predictions`: by content hash always,
+    by path and patient id within the run's own dataset folder), counted and named in
+    ``metrics.json``'s ``overlap`` block and in the report; rows of the run's own test part are
+    kept and flagged (``in_run_test``).
 
     Args:
         run_dir: A run folder (``config.json``, ``predictions.csv``; ``model.keras`` for
@@ -89,6 +94,9 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         batch_size: Prediction batch size (external data).
         figures: Also draw the figures.
         now: Timestamp for the folder name (``time.struct_time``; default: now, UTC).
+        allow_overlap: Keep (score) the rows the run was trained or validated on, with a loud
+            warning; the figures are then not an external validation.
+        cache_dir: The hash index folder for ``data_dir`` (default: the run's ``cache_dir``).
 
     Returns:
         The evaluation folder ``RUN_DIR/evaluations/<name>-<timestamp>/``.
@@ -107,15 +115,16 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                                 target_sensitivity=target_sensitivity, threshold=threshold)
     pinfo = validation_threshold(preds, classes=classes, method=threshold_method, level="patient",
                                  target_sensitivity=target_sensitivity, threshold=threshold)
-    unreadable = []
+    unreadable, overlap = [], None
     if data_dir is None:
         scored = held_out_test(preds)
         source = "the run's test part (predictions.csv)"
     else:
         options = {"layout": layout, "modality": modality, "views": views, "image_col": image_col,
                    "label_col": label_col, "patient_col": patient_col}
-        scored, unreadable = external_predictions(run, config, data_dir=data_dir, batch_size=batch_size,
-                                                   data_options=options)
+        scored, unreadable, overlap = external_predictions(run, config, data_dir=data_dir, batch_size=batch_size,
+                                                            data_options=options, cache_dir=cache_dir,
+                                                            allow_overlap=allow_overlap)
         source = str(data_dir)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
                                   patient_threshold=None if pinfo is None else pinfo["threshold"],
@@ -128,6 +137,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         "task": config.get("task"),
         "data": source,
         "unreadable": unreadable,
+        "overlap": overlap,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
         "covidxr_version": __version__,
         "config": {k: config.get(k) for k in RUN_KEYS if k in config},

@@ -13,7 +13,7 @@ from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
 __all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "grid_markdown", "metrics_markdown",
-           "run_report"]
+           "overlap_markdown", "run_report"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -99,6 +99,7 @@ def evaluation_report(result: dict, *, figures=()) -> str:
     if result.get("unreadable"):
         lines.append(f"- {len(result['unreadable'])} images could not be read and were left out: "
                      + ", ".join(f"`{b['image']}`" for b in result["unreadable"][:20]))
+    lines += ["", overlap_markdown(result)] if result.get("overlap") else []
     lines += ["", "## Figures with 95% confidence intervals" if boot["level"] == 0.95 else "## Figures", "",
               metrics_markdown(result), "",
               "## Confusion matrix (images)", "", _cm_markdown(result["image"]["confusion_matrix"], classes), "",
@@ -240,3 +241,33 @@ def grid_markdown(pooled: pd.DataFrame, per_run: pd.DataFrame, *, record=None) -
     lines += ["", "### Per run (each fold's own test part)", "", comparison_markdown(per_run, note=False), "",
               "![comparison](comparison.png)", ""]
     return "\n".join(lines)
+
+
+def overlap_markdown(result: dict) -> str:
+    """The report's section on the overlap between an external dataset and the run's own data
+    (``result["overlap"]``, as :func:`covidxr.evaluation.overlap.overlap_summary` gives it)."""
+    block = result["overlap"]
+    lines = ["## Overlap with the run's training and validation data", ""]
+    if not block["checked"]:
+        return "\n".join(lines + ["**Not checked**: the run has no split.csv, so these figures may include images "
+                                  "it was trained on.", ""])
+    how = {"exact and near": "content hashes, exact and near", "exact": "exact content hashes only (split.csv)",
+           "none": "no content hashes"}.get(block["content"], str(block["content"]))
+    how += "; paths and patient ids (the run's own dataset folder)" if block["same_dataset"] else \
+        "; not by path or patient id (another dataset folder: ids there name other people)"
+    lines.append(f"- Compared by {how}: {block['n_checked']} rows checked.")
+    if block["n_rows"]:
+        counts = ", ".join(f"{kind} {n}" for kind, n in block["counts"].items() if n)
+        fate = ("**KEPT and scored** (allow_overlap): the figures above are inflated and are **not** an external "
+                "validation" if block["kept"] else "left out of every figure and score")
+        lines.append(f"- **{block['n_rows']} rows are images the run was trained or validated on** ({counts}); "
+                     f"{fate}: " + ", ".join(f"`{i['image']}` ({'+'.join(i['kinds'])}, run `{i['run_image']}`, "
+                                              f"{i['run_part']})" for i in block["images"][:20])
+                     + (" ..." if len(block["images"]) > 20 else ""))
+    else:
+        lines.append("- No row is an image the run was trained or validated on.")
+    if block["in_run_test"]:
+        lines.append(f"- {block['in_run_test']} rows are images of the run's own test part: kept, flagged "
+                     "`in_run_test` in predictions.csv.")
+    lines += [f"- {w}" for w in block["warnings"]]
+    return "\n".join(lines + [""])

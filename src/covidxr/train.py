@@ -51,7 +51,7 @@ from .config import TrainConfig, check_config, load_frame, make_split, split_fro
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
-from .images import HashIndex, build_cache
+from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .inference import load_run, predict_images
 from .models import backbone_layer, build_model, get_backbone, resolve_fine_tune_from, set_trainable_from
 from .reports import run_report
@@ -358,6 +358,7 @@ def _write_record(state: RunState, memory) -> None:
                      "channels and the backbone's preprocess_input",
             "loader": "covidxr.images.load_image then covidxr.images.preprocess",
             **cache.settings,
+            "decoding": {"decoder_version": DECODER_VERSION, "rule": DECODING_RULE},
         },
         "cache": {"key": cache.key, "path": str(cache.path), "settings": cache.settings,
                   "skipped": list(cache.skipped)},

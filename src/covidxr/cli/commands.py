@@ -176,6 +176,10 @@ def _add_evaluate(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--cache-dir", default=None, help="hash index folder for --data-dir (default: the run's)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="with --data-dir: keep and score the images the run was trained or validated on "
+                        "(left out by default; the figures are then not an external validation)")
 
 
 def _run_evaluate(args):
@@ -188,11 +192,15 @@ def _run_evaluate(args):
             args.run, data_dir=args.data_dir, name=args.name, **data_options(args),
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
-            batch_size=args.batch_size, figures=not args.no_figures)
+            batch_size=args.batch_size, figures=not args.no_figures, allow_overlap=args.allow_overlap,
+            cache_dir=args.cache_dir)
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
     print(f"{result['n_images']} images of {result['n_patients']} patients from {result['data']}")
+    if result.get("overlap") and result["overlap"]["n_rows"]:
+        print(f"{result['overlap']['n_rows']} rows the run was trained or validated on: "
+              + ("KEPT (--allow-overlap)" if result["overlap"]["kept"] else "left out"))
     if result["threshold"] is not None:
         print(f"threshold {result['threshold']:.4f}: {sel['description']}")
         psel = result.get("patient_threshold_selection") or sel

@@ -15,6 +15,7 @@ from .metrics import (BINARY_METRICS, ECE_BINS, MULTICLASS_METRICS, PER_CLASS_ME
                       binary_metrics, choose_threshold, class_probabilities, classes_from_frame, compute_metrics,
                       decide, expected_calibration_error, multiclass_metrics, part_metrics, patient_frame, positive,
                       prob_columns)
+from .overlap import OVERLAP_KINDS, flag_overlap, overlap_summary, run_reference
 from .pooling import SELECTION_RULE, grid_comparison, grid_selection, pooled_metrics
 from .runs import LEVELS, RUN_KEYS, held_out_test, read_run, validation_threshold
 from .scoring import (compare_runs, evaluate_predictions, external_predictions, latest_evaluation, run_thresholds,
@@ -30,6 +31,7 @@ __all__ = [
     "external_predictions", "grid_comparison", "grid_selection", "held_out_test", "latest_evaluation", "metrics",
     "pooled_metrics", "read_run", "run_thresholds", "score_run", "select_gradcam_examples", "unreadable_images",
     "validation_threshold", "with_decisions",
+    "OVERLAP_KINDS", "flag_overlap", "overlap_summary", "run_reference",
 ]
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import get_task, load_dataset
+from ..data import get_task
 from ..data.groups import group_column
-from ..images import load_image
+from ..images import image_hashes, load_grouped, load_image
 from . import bootstrap as B
 from . import metrics as M
+from .overlap import flag_overlap, overlap_summary, run_reference
 from .runs import RUN_KEYS, held_out_test, read_run, validation_threshold
 
 __all__ = ["compare_runs", "evaluate_predictions", "external_predictions", "latest_evaluation", "run_thresholds",
@@ -169,27 +170,13 @@ def unreadable_images(frame: pd.DataFrame) -> list[dict]:
     return bad
 
 
-def external_predictions(run_dir, config, *, data_dir, batch_size, data_options) -> tuple[pd.DataFrame, list]:
-    """Predict another dataset with a run's model: rows labelled with the run's task, scored by
-    :func:`covidxr.inference.predict_frame`.
-
-    Args:
-        run_dir: The run folder. config: Its ``config.json``.
-        data_dir: The dataset (any layout). batch_size: Prediction batch size.
-        data_options: ``layout, modality, views, image_col, label_col, patient_col``.
-
-    Returns:
-        ``(predictions, unreadable)``: part ``external``, ``prob_<class>`` per class; the images
-        left out.
-    """
+def _labelled(frame: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The dataset's rows labelled with the run's task (an error naming labels it does not know)."""
     task_name = config.get("task")
     classes = list(config["classes"])
     task = get_task(task_name) if task_name else None
-    frame = load_dataset(data_dir, task=None, **data_options)
-    if task is not None:
-        mapping = task.mapping
-    else:  # no task in the config: categories must be the class names themselves
-        mapping = {c: c for c in classes}
+    # no task in the config: categories must be the class names themselves
+    mapping = task.mapping if task is not None else {c: c for c in classes}
     known = frame["category"].isin(list(mapping))
     if not known.all():
         names = sorted(set(frame.loc[~known, "finding"].astype(str)))
@@ -203,6 +190,53 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options)
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
         raise ValueError(f"Expected labels among the model's classes {classes}. Received: labels={unknown}")
+    return frame
+
+
+def _without_overlap(frame, run_dir, config, *, data_dir, cache_dir, allow_overlap):
+    """The rows to score, flagged (``in_run_test``, ``overlap``), and the ``overlap`` block."""
+    reference = run_reference(run_dir, config, cache_dir=cache_dir)
+    flags = flag_overlap(frame, image_hashes(frame, cache_dir=cache_dir), reference, data_dir=data_dir)
+    summary = overlap_summary(frame, flags, reference, data_dir=data_dir, allow_overlap=allow_overlap)
+    frame = frame.assign(in_run_test=flags["in_run_test"].to_numpy(), overlap=flags["overlap"].to_numpy())
+    if not allow_overlap:
+        frame = frame[frame["overlap"] == ""].reset_index(drop=True)
+        if frame.empty:
+            raise ValueError(
+                f"Expected rows the run was not trained or validated on; all {summary['n_checked']} rows of the "
+                f"dataset are such images ({summary['counts']}), so nothing is left to score (allow_overlap=True, "
+                f"--allow-overlap, scores them anyway). Received: data_dir={str(data_dir)!r}")
+    return frame, summary
+
+
+def external_predictions(run_dir, config, *, data_dir, batch_size, data_options, cache_dir=None,
+                         allow_overlap=False) -> tuple[pd.DataFrame, list, dict]:
+    """Predict another dataset with a run's model: rows labelled with the run's task, checked for
+    overlap with the run's own rows (:mod:`covidxr.evaluation.overlap`), scored by
+    :func:`covidxr.inference.predict_frame`.
+
+    Rows the run was trained or validated on (same content, or within the run's own dataset
+    folder the same path or patient) are left out before predicting, unless ``allow_overlap``;
+    rows of the run's own test part are kept and flagged.
+
+    Args:
+        run_dir: The run folder. config: Its ``config.json``.
+        data_dir: The dataset (any layout), read with :func:`covidxr.images.load_grouped`.
+        batch_size: Prediction batch size.
+        data_options: ``layout, modality, views, image_col, label_col, patient_col``.
+        cache_dir: The hash index folder (default: the run's ``cache_dir``).
+        allow_overlap: Keep (and score) the overlapping rows, with a loud warning.
+
+    Returns:
+        ``(predictions, unreadable, overlap)``: columns ``image, patient, label, part``
+        (``external``), ``prob_<class>`` per class, then ``group``, ``hash``, ``in_run_test``
+        and ``overlap`` (the kinds a kept row overlaps by, blank for none); the images left
+        out as unreadable; the ``overlap`` block (:func:`~covidxr.evaluation.overlap.overlap_summary`).
+    """
+    classes = list(config["classes"])
+    cache_dir = cache_dir if cache_dir is not None else config.get("cache_dir")
+    frame = load_grouped(data_dir, task=None, cache_dir=cache_dir, **data_options)
+    frame = _labelled(frame, config)
     bad = unreadable_images(frame)
     if bad:
         warnings.warn(f"{len(bad)} of {len(frame)} images cannot be read and are left out: "
@@ -211,6 +245,8 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options)
         frame = frame[~frame["image"].isin({b["image"] for b in bad})].reset_index(drop=True)
     if frame.empty:
         raise ValueError(f"Expected readable images in the dataset. Received: data_dir={str(data_dir)!r}")
+    frame, overlap = _without_overlap(frame, run_dir, config, data_dir=data_dir, cache_dir=cache_dir,
+                                      allow_overlap=allow_overlap)
     from .. import inference  # Keras: only when a model scores new images
 
     probs = np.asarray(inference.predict_frame(run_dir, frame, batch_size=batch_size), dtype=float)
@@ -228,7 +264,9 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options)
                           "label": frame["label"].astype(str), "part": "external"})
     for i, col in enumerate(M.prob_columns(classes)):
         preds[col] = probs[:, i]
-    return preds, bad
+    for col in ("group", "hash", "in_run_test", "overlap"):
+        preds[col] = frame[col].to_numpy()
+    return preds, bad, overlap
 
 
 def latest_evaluation(run: Path, name: str) -> Path:

@@ -37,11 +37,13 @@ from .cache import (
 from .decode import (
     CONTRASTS,
     DECODER_VERSION,
+    DECODING_RULE,
     DICOM_EXTENSIONS,
     MIN_IMAGE_SIDE,
     RESIZES,
     check_settings,
     load_image,
+    png_significant_bits,
     preprocess,
 )
 from .hashes import HASH_COLUMNS, HashIndex, group_frame, image_hashes, load_grouped, pixel_hashes
@@ -50,6 +52,7 @@ __all__ = [
     "CACHE_FORMAT",
     "CONTRASTS",
     "DECODER_VERSION",
+    "DECODING_RULE",
     "HASH_COLUMNS",
     "HashIndex",
     "DEFAULT_CACHE_DIR",
@@ -67,6 +70,7 @@ __all__ = [
     "load_grouped",
     "load_image",
     "pixel_hashes",
+    "png_significant_bits",
     "preprocess",
     "resolve_cache_dir",
 ]

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import decode
 from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
 
 __all__ = [
@@ -78,8 +79,9 @@ def _sources(frame) -> list:
 
 
 def _key(files, size, resize, contrast) -> str:
-    payload = json.dumps({"format": CACHE_FORMAT, "image_size": size, "resize": resize,
-                          "contrast": contrast, "files": files}, sort_keys=True)
+    # the decoder's version (read at call time) is part of the key: a change to decoding never reuses a cache
+    payload = json.dumps({"format": CACHE_FORMAT, "decoder": decode.DECODER_VERSION, "image_size": size,
+                          "resize": resize, "contrast": contrast, "files": files}, sort_keys=True)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
     return f"{size}-{resize}-{contrast or 'none'}-{digest}"
 
@@ -87,8 +89,9 @@ def _key(files, size, resize, contrast) -> str:
 def cache_key(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None) -> str:
     """The key of the cache ``frame`` and the settings give.
 
-    It changes when the settings, the set of images (``image`` column) or any file's size
-    or modification time change; it does not depend on row order or on labels, so label
+    It changes when the settings, the decoder's version
+    (:data:`~covidxr.images.decode.DECODER_VERSION`), the set of images (``image`` column) or
+    any file's size or modification time change; it does not depend on row order or on labels, so label
     tasks over the same images share one cache.
 
     Returns:
@@ -413,7 +416,7 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
     checksums = {name: _sha256(tmp / name) for name in (_IMAGES, _ROWS)}
     meta = {"format": CACHE_FORMAT, "key": key, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "settings": {"image_size": size, "resize": resize, "contrast": contrast},
-            "n_images": len(kept), "skipped": skipped, "dtypes": dtypes,
+            "decoder_version": decode.DECODER_VERSION, "n_images": len(kept), "skipped": skipped, "dtypes": dtypes,
             "checksums": checksums, "files": files}
     (tmp / _META).write_text(json.dumps(meta, indent=1))
 

@@ -3,7 +3,8 @@ Must not write files or keep state: a file in, an array out.
 
 * :func:`load_image` opens PNG/JPEG/BMP/TIFF files in any PIL mode (RGB, L, LA, RGBA, P,
   1, CMYK, I;16, I, F; EXIF orientation applied) and DICOM files (``pydicom``: modality LUT
-  or rescale slope/intercept, the file's window or VOI LUT, MONOCHROME1 inverted).
+  or rescale slope/intercept, the file's window or VOI LUT, MONOCHROME1 inverted), by one
+  fixed rule (:data:`DECODING_RULE`): the same stored value gives the same grey in every file.
 * :func:`preprocess` enhances contrast (optional: CLAHE or histogram equalisation from
   scikit-image) and makes the image square, keeping its aspect ratio (pad or centre-crop).
 * :func:`check_settings` checks the ``image_size``, ``resize`` and ``contrast`` options.
@@ -23,11 +24,13 @@ from PIL import Image, ImageOps
 __all__ = [
     "CONTRASTS",
     "DECODER_VERSION",
+    "DECODING_RULE",
     "DICOM_EXTENSIONS",
     "MIN_IMAGE_SIDE",
     "RESIZES",
     "check_settings",
     "load_image",
+    "png_significant_bits",
     "preprocess",
 ]
 
@@ -41,6 +44,22 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 #: Version of the decoding rules (:func:`load_image`); part of every cache key and hash index
 #: entry, so a change to decoding never reuses a stale cache.
 DECODER_VERSION = 2
+#: How :func:`load_image` turns stored values into 0..255 greys (recorded in a run's
+#: ``config.json``). One fixed range per file format and header, never the image's own
+#: minimum and maximum and never a guess of its bit depth, so the same stored value gives
+#: the same grey in every file. Data that fill only part of the range (offset 16-bit data,
+#: values 30,000-34,000, become the greys 117-132, about 16 levels) keep their low contrast:
+#: a DICOM window gives such data contrast, the decoder does not.
+DECODING_RULE = (
+    "8-bit and colour images: as stored (colour: ITU-R 601-2 luma). 16-bit PNG: value * 255 / (2^b - 1), "
+    "clipped, with b the significant bits of its sBIT chunk, else b = 16; other 16-bit images (TIFF I;16) "
+    "and 32-bit integer images (PIL mode I): value * 255 / 65535, clipped; signed 16-bit (I;16S): the "
+    "signed range; 32-bit float images (mode F): value * 255 over [0, 1], clipped (NaN black); values "
+    "clipped are warned about. DICOM: modality LUT or rescale slope/intercept, then the file's window "
+    "(centre/width, PS3.3 C.11.2.1.2.1), else its VOI LUT (the LUT's output range), else the range "
+    "BitsStored allows ([0, 2^BitsStored - 1], or the signed range when PixelRepresentation is 1) carried "
+    "through the rescale; MONOCHROME1 inverted"
+)
 
 #: Images whose shorter side is below this many pixels (a 1x1 placeholder, a thin strip)
 #: are not radiographs: :func:`~covidxr.images.cache.build_cache` skips them (or raises,
@@ -61,41 +80,80 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _scale_integers(array: np.ndarray) -> np.ndarray:
-    """Scale integer grey levels of more than 8 bits to ``uint8``.
-
-    The bit depth is the smallest of 8, 10, 12, 14 and 16 bits that holds the image's
-    maximum, so 12-bit data stored in 16-bit PNGs is not left nearly black and full-range
-    16-bit data maps 65535 to 255.
-    """
-    array = array.astype(np.float64)
-    low = min(float(array.min()), 0.0)
-    if low < 0:  # signed data: shift to zero
-        array = array - low
-    top = float(array.max())
-    bits = next((b for b in (8, 10, 12, 14, 16) if top < 2 ** b), int(np.ceil(np.log2(top + 1))))
-    return np.clip(np.rint(array * (255.0 / (2 ** bits - 1))), 0, 255).astype(np.uint8)
-
-
-def _min_max(array: np.ndarray, low=None, high=None) -> np.ndarray:
-    array = array.astype(np.float64)
-    low = float(array.min()) if low is None else float(low)
-    high = float(array.max()) if high is None else float(high)
+def _scale(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map the fixed range [low, high] linearly to 0..255 (``uint8``), clipping outside it."""
+    array = np.asarray(array, dtype=np.float64)
     if high <= low:
-        return np.zeros(array.shape, np.uint8)
+        raise ValueError(f"Expected a grey range with high > low. Received: low={low}, high={high}")
     return np.clip(np.rint((array - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
 
 
-def _pil_to_grey(img: Image.Image) -> np.ndarray:
-    """One PIL image (any mode) to a uint8 (H, W) grey array."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_significant_bits(path) -> int | None:
+    """The significant bits a 16-bit greyscale PNG declares in its ``sBIT`` chunk, parsed by hand
+    (Pillow has no handler for it).
+
+    Only the chunks before the first ``IDAT`` are read (``sBIT`` must precede it).
+
+    Args:
+        path: Any file.
+
+    Returns:
+        The declared bits (1..16) of a PNG with bit depth 16 and colour type 0 (grey) or 4
+        (grey + alpha) that has an ``sBIT`` chunk; None for any other file, or a declaration
+        outside 1..16 (which the PNG specification does not allow; the full range is used).
+    """
+    with open(path, "rb") as handle:
+        if handle.read(8) != _PNG_SIGNATURE:
+            return None
+        depth = colour = None
+        while True:
+            head = handle.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            if kind == b"IHDR":
+                data = handle.read(length)
+                depth, colour = (data[8], data[9]) if len(data) >= 10 else (None, None)
+            elif kind == b"sBIT":
+                data = handle.read(length)
+                if depth != 16 or colour not in (0, 4) or not data:
+                    return None
+                return int(data[0]) if 1 <= data[0] <= 16 else None
+            else:
+                handle.seek(length, 1)
+            handle.seek(4, 1)   # the chunk's CRC
+
+
+def _warn_clipped(array, low, high, what, source):
+    outside = int(np.count_nonzero(~((array >= low) & (array <= high))))
+    if outside:
+        warnings.warn(f"{outside} pixel values of {source or 'an image'} lie outside {what} [{low:g}, {high:g}] "
+                      "and were clipped to black or white.", stacklevel=4)
+
+
+def _pil_to_grey(img: Image.Image, *, significant_bits=None, source=None) -> np.ndarray:
+    """One PIL image (any mode) to a uint8 (H, W) grey array, by the fixed rule of :data:`DECODING_RULE`."""
     mode = img.mode
     if mode == "L":
         return np.asarray(img, dtype=np.uint8).copy()
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        array = np.asarray(img)
-        if mode == "F":
-            return _min_max(array)
-        return _scale_integers(array)
+    if mode.startswith("I;16") or mode == "I":
+        array = np.asarray(img).astype(np.int64)
+        if mode == "I;16S":
+            return _scale(array, -32768, 32767)
+        top = 2 ** significant_bits - 1 if significant_bits else 65535
+        if significant_bits or mode == "I":
+            _warn_clipped(array, 0, top, f"the declared {significant_bits}-bit range" if significant_bits
+                          else "the 16-bit range", source)
+        return _scale(array, 0, top)
+    if mode == "F":
+        array = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        _warn_clipped(array, 0.0, 1.0, "the float range", source)
+        return _scale(array, 0.0, 1.0)
     # RGB, RGBA, LA, P, PA, 1, CMYK (Adobe-inverted CMYK is undone by PIL's JPEG reader),
     # YCbCr, LAB, HSV: PIL's ITU-R 601-2 luma. Transparency is ignored.
     if mode in ("P", "PA"):
@@ -125,14 +183,30 @@ def _require(module, purpose):
         ) from err
 
 
-def _load_dicom(path: Path) -> np.ndarray:
-    pydicom = _require("pydicom", "reading DICOM files")
-    try:
-        from pydicom.pixels import apply_modality_lut, apply_voi
-    except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+def _stored_range(ds) -> tuple[float, float]:
+    """The range ``BitsStored`` allows: [0, 2^b - 1], or [-2^(b-1), 2^(b-1) - 1] when signed
+    (``PixelRepresentation`` 1)."""
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0 ** bits - 1
 
-    ds = pydicom.dcmread(path)
+
+def _modality_range(ds) -> tuple[float, float]:
+    """The stored range carried through the modality LUT (its output range) or the rescale
+    slope and intercept: where the file's values can lie, whatever this image holds."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    low, high = _stored_range(ds)
+    slope, intercept = 1.0, 0.0
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:   # as pydicom's apply_modality_lut
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    ends = (slope * low + intercept, slope * high + intercept)
+    return min(ends), max(ends)
+
+
+def _dicom_pixels(ds):
+    """The first frame's pixels, after the decompression-bomb check."""
     if "PixelData" not in ds:
         raise ValueError("the DICOM file holds no pixel data")
     # PIL's decompression-bomb limit, checked before pydicom allocates the pixel buffer
@@ -141,9 +215,19 @@ def _load_dicom(path: Path) -> np.ndarray:
         raise ValueError(f"the DICOM header claims {pixels} pixels, more than the decompression-bomb "
                          f"limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)")
     array = ds.pixel_array
+    return array[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else array
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    pydicom = _require("pydicom", "reading DICOM files")
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+
+    ds = pydicom.dcmread(path)
+    array = _dicom_pixels(ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        array = array[0]
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         # colour DICOM (RGB, YBR_*, PALETTE COLOR): to RGB, then PIL's luma.
         # (pydicom 3's pixel_array already converts YBR_* to RGB.)
@@ -154,9 +238,12 @@ def _load_dicom(path: Path) -> np.ndarray:
 
         if photometric == "PALETTE COLOR":
             array = apply_color_lut(array, ds)
+            top = 2.0 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1
+        else:
+            top = _stored_range(ds)[1]
         if array.ndim != 3:
             raise ValueError(f"photometric interpretation {photometric} with pixel shape {array.shape}")
-        return _pil_to_grey(Image.fromarray(_min_max(array) if array.dtype != np.uint8 else array))
+        return _pil_to_grey(Image.fromarray(array if array.dtype == np.uint8 else _scale(array, 0, top)))
     values = apply_modality_lut(array, ds).astype(np.float64)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
@@ -166,9 +253,9 @@ def _load_dicom(path: Path) -> np.ndarray:
         grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     elif "VOILUTSequence" in ds:
         lut = ds.VOILUTSequence[0]
-        grey = _min_max(apply_voi(values, ds), 0, 2 ** int(lut.LUTDescriptor[2]) - 1)
+        grey = _scale(apply_voi(values, ds), 0, 2 ** int(lut.LUTDescriptor[2]) - 1)
     else:
-        grey = _min_max(values)
+        grey = _scale(values, *_modality_range(ds))
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return grey
@@ -180,7 +267,13 @@ def load_image(path, *, strict=True) -> np.ndarray | None:
     PIL formats in any mode (RGB, L, LA, RGBA, P, 1, CMYK JPEG, I;16 and other 16-bit
     modes scaled to 8 bits, EXIF-rotated JPEG turned upright) and DICOM files (by extension
     ``.dcm``/``.dicom`` or by the ``DICM`` magic; rescale slope/intercept or modality LUT,
-    then the file's window, else its VOI LUT, else its full range; MONOCHROME1 inverted).
+    then the file's window, else its VOI LUT, else the range its ``BitsStored`` allows;
+    MONOCHROME1 inverted). Grey levels follow :data:`DECODING_RULE`: a fixed range per
+    format and header (a 16-bit PNG's ``sBIT`` chunk, :func:`png_significant_bits`), never
+    the image's own minimum and maximum, so two files that store the same value show it as
+    the same grey (the PNG specification asks writers that declare ``sBIT`` to scale their
+    samples to 16 bits; covidxr reads the declared bits as the stored range, as medical
+    writers use it, and warns when values above it are clipped).
     An image above PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, DICOM
     included) is refused before its pixels are allocated. Of a multi-frame file (animated
     GIF, multi-page TIFF, multi-frame DICOM) the first frame is used. Nothing is written.
@@ -220,8 +313,9 @@ def load_image(path, *, strict=True) -> np.ndarray | None:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
                     img.load()
+                    bits = png_significant_bits(path) if img.format == "PNG" else None
                     img = ImageOps.exif_transpose(img)
-                    grey = _pil_to_grey(img)
+                    grey = _pil_to_grey(img, significant_bits=bits, source=path)
         if grey.ndim != 2 or grey.size == 0:
             raise ValueError(f"decoded to an array of shape {grey.shape}, not (H, W)")
     except Exception as err:  # noqa: BLE001 - any decoder failure (PIL, pydicom, its pixel handlers) is a bad file
