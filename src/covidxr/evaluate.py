@@ -26,7 +26,7 @@ import pandas as pd
 from . import __version__
 from .atomic import write_text
 from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, held_out_test, read_run,
-                         validation_threshold, with_decisions)
+                         run_thresholds, with_decisions)
 from .figures import plot_comparison, save_figure, write_evaluation_figures
 from .reports import comparison_markdown, evaluation_report
 
@@ -111,9 +111,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     classes = [str(c) for c in config["classes"]]
     name = _check_name(name if name is not None else _default_name(data_dir))
     out = _new_folder(run, name, now)
-    info = validation_threshold(preds, classes=classes, method=threshold_method,
-                                target_sensitivity=target_sensitivity, threshold=threshold)
-    pinfo = validation_threshold(preds, classes=classes, method=threshold_method, level="patient",
+    info, pinfo = run_thresholds(preds, classes=classes, threshold_method=threshold_method,
                                  target_sensitivity=target_sensitivity, threshold=threshold)
     unreadable, overlap = [], None
     if data_dir is None:

@@ -26,8 +26,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_DISTANCE", "assign_groups", "drop_mixed_patients",
-           "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "UnionFind"]
+__all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_DISTANCE", "UnionFind", "assign_groups", "drop_mixed_patients",
+           "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_distances",
+           "usable_hashes"]
 
 #: What to do with images found twice: ``merge`` their patients into one group (default), ``drop``
 #: every copy but the first, or ``keep`` them as they are (with a warning).
@@ -81,13 +82,27 @@ def group_column(frame: pd.DataFrame) -> str:
 _NEAR_BITS = 256
 
 
-def _near_bits(near) -> np.ndarray:
-    """64-hex-digit near hashes (n,) to a (n, 256) uint8 array of bits; blanks to all zeros."""
-    out = np.zeros((len(near), _NEAR_BITS), dtype=np.uint8)
+def near_bits(near) -> np.ndarray:
+    """64-hex-digit near hashes (n,) to a (n, 256) int32 array of bits; blanks to all zeros."""
+    out = np.zeros((len(near), _NEAR_BITS), dtype=np.int32)
     for i, text in enumerate(near):
         if isinstance(text, str) and len(text) == _NEAR_BITS // 4:
             out[i] = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
     return out
+
+
+def near_distances(bits_a: np.ndarray, bits_b: np.ndarray) -> np.ndarray:
+    """Hamming distances (n, m) between the rows of two :func:`near_bits` arrays (n, 256) and (m, 256):
+    differing bits = ones(a) + ones(b) − 2 × common ones."""
+    return bits_a.sum(axis=1)[:, None] + bits_b.sum(axis=1)[None, :] - 2 * (bits_a @ bits_b.T)
+
+
+def usable_hashes(hashes: pd.DataFrame) -> np.ndarray:
+    """Rows (n,) whose hashes may match another image's: readable, and not of very low variance
+    (``std`` below :data:`MIN_STD`; an unknown ``std`` counts as usable)."""
+    exact = hashes["exact"].fillna("").astype(str).to_numpy()
+    std = pd.to_numeric(hashes["std"], errors="coerce").to_numpy(float)
+    return (exact != "") & ~(std < MIN_STD)
 
 
 def duplicate_pairs(hashes: pd.DataFrame, *, max_distance=NEAR_DISTANCE) -> pd.DataFrame:
@@ -103,7 +118,7 @@ def duplicate_pairs(hashes: pd.DataFrame, *, max_distance=NEAR_DISTANCE) -> pd.D
         Columns ``a, b`` (row positions, a < b), ``kind`` (``exact`` or ``near``) and ``distance``.
     """
     exact = hashes["exact"].fillna("").astype(str).to_numpy()
-    usable = (exact != "") & (hashes["std"].to_numpy(float) >= MIN_STD)
+    usable = usable_hashes(hashes)
     rows = []
     index = np.flatnonzero(usable)
     by_exact: dict[str, list] = {}
@@ -113,7 +128,7 @@ def duplicate_pairs(hashes: pd.DataFrame, *, max_distance=NEAR_DISTANCE) -> pd.D
         for j in members[1:]:
             rows.append((members[0], j, "exact", 0))
     if max_distance > 0 and len(index) > 1:
-        rows.extend(_near_pairs(_near_bits(hashes["near"].to_numpy()[index]), index, exact, int(max_distance)))
+        rows.extend(_near_pairs(near_bits(hashes["near"].to_numpy()[index]), index, exact, int(max_distance)))
     return pd.DataFrame(rows, columns=["a", "b", "kind", "distance"])
 
 
@@ -121,11 +136,8 @@ def _near_pairs(bits: np.ndarray, index: np.ndarray, exact: np.ndarray, max_dist
     """``(a, b, "near", distance)`` for the rows ``index`` whose bits (n, 256) differ in at most
     ``max_distance`` places and whose exact hashes differ; ``chunk`` rows at a time, so the
     distance table never exceeds ``chunk`` × n."""
-    # Hamming distances: differing bits = ones(a) + ones(b) - 2 * common ones
-    bits = bits.astype(np.int32)
-    ones = bits.sum(axis=1)
     for start in range(0, len(bits), chunk):
-        dist = ones[start:start + chunk, None] + ones[None, :] - 2 * (bits[start:start + chunk] @ bits.T)
+        dist = near_distances(bits[start:start + chunk], bits)
         a, b = np.nonzero(dist <= max_distance)
         for i, j in zip(a + start, b):
             ia, ib = int(index[i]), int(index[j])

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import resolve_data_dir
-from ..data.groups import MIN_STD, NEAR_DISTANCE
+from ..data.groups import NEAR_DISTANCE, near_bits, near_distances, usable_hashes
 from ..images import image_hashes
 
 __all__ = ["FIT_PARTS", "OVERLAP_KINDS", "flag_overlap", "overlap_summary", "run_reference"]
@@ -118,38 +118,20 @@ def run_reference(run_dir, config: dict, *, cache_dir=None) -> dict | None:
     return {"rows": rows.reset_index(drop=True), "root": root, "content": content, "warnings": notes}
 
 
-def _bits(near) -> np.ndarray:
-    """64-hex-digit near hashes (n,) as a (n, 256) int32 array of bits; blanks all zeros."""
-    out = np.zeros((len(near), _BITS), dtype=np.int32)
-    for i, text in enumerate(near):
-        if isinstance(text, str) and len(text) == _BITS // 4:
-            out[i] = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
-    return out
-
-
 def _closest(near, ref_near) -> tuple[np.ndarray, np.ndarray]:
     """For each near hash (n,): the position of the closest of ``ref_near`` (m,) and the distance in bits."""
-    a, b = _bits(near), _bits(ref_near)
+    a, b = near_bits(near), near_bits(ref_near)
     best, dist = np.full(len(a), -1), np.full(len(a), _BITS + 1)
     if len(a) and len(b):
-        ones = b.sum(axis=1)
         for start in range(0, len(a), 512):   # blocks of 512 rows bound the distance matrix
-            block = a[start:start + 512]
-            d = block.sum(axis=1)[:, None] + ones[None, :] - 2 * (block @ b.T)
+            d = near_distances(a[start:start + 512], b)
             best[start:start + 512], dist[start:start + 512] = d.argmin(axis=1), d.min(axis=1)
     return best, dist
 
 
-def _usable(hashes: pd.DataFrame) -> np.ndarray:
-    """Rows whose hashes may match: readable, and not of very low variance (unknown std counts as usable)."""
-    exact = hashes["exact"].fillna("").astype(str).to_numpy()
-    std = pd.to_numeric(hashes["std"], errors="coerce").to_numpy(float)
-    return (exact != "") & ~(std < MIN_STD)
-
-
 def _matches(frame, hashes, ref: pd.DataFrame, *, same_folder, max_distance) -> tuple[list, list]:
     """Per row of ``frame``: the kinds it matches ``ref`` by, and the first run image it matches."""
-    ok, ref_ok = _usable(hashes), _usable(ref)
+    ok, ref_ok = usable_hashes(hashes), usable_hashes(ref)
     exact = {}
     for h, image in zip(ref["exact"][ref_ok], ref["image"][ref_ok]):
         exact.setdefault(h, image)
