@@ -220,7 +220,7 @@ def audit_report(result: dict, *, data=None) -> str:
         f"model: {result['model']}, {result['n_splits']}-fold patient-grouped cross-validation "
         "(StratifiedGroupKFold)" + (f"; {result['unreadable']} unreadable headers" if result["unreadable"] else ""),
         f"AUROC {'(macro, one-vs-rest) ' if len(result['classes']) > 2 else ''}{a['value']:.3f} "
-        f"{int(result['level'] * 100)}% CI {ci} (patient bootstrap, {a['n_used']} resamples)",
+        f"{int(result['level'] * 100)}% CI {ci} (group bootstrap stratified by class, {a['n_used']} resamples)",
     ]
     if result["flagged"]:
         lines.append(
