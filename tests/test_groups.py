@@ -69,7 +69,7 @@ def test_near_pairs_in_chunks_match_one_table():
     base = [_near(rng)[0] for _ in range(7)]
     near = [np.packbits(_near(rng, flip=rng.choice(256, k, replace=False), base=base[i % 7])[0]).tobytes().hex()
             for i, k in enumerate(rng.integers(0, 30, 40))]
-    bits = groups._near_bits(np.array(near))
+    bits = groups.near_bits(np.array(near))
     exact = np.array([f"x{i}" for i in range(40)])
     one = sorted(groups._near_pairs(bits, np.arange(40), exact, 24, chunk=4096))
     assert one and one == sorted(groups._near_pairs(bits, np.arange(40), exact, 24, chunk=3))
