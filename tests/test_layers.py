@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("data", ["covidxr.data"]),
     ("images", ["covidxr.images"]),
     ("sampling", ["covidxr.sampling"]),
+    ("weights", ["covidxr.weights"]),
     ("models", ["covidxr.models"]),
     ("runtime", ["covidxr.runtime"]),
     ("config", ["covidxr.config"]),

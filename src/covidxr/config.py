@@ -1,6 +1,7 @@
 """The options of a run: :class:`TrainConfig`, their checks, and the dataset and split they name.
 Must not build models, train, or write run folders: it holds the options and checks them
-(the layers above read it; it reads only the data, images, sampling, models and runtime layers).
+(the layers above read it; it reads only the data, images, sampling, weights, models and runtime
+layers).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .images import RESIZES, load_grouped
 from .models import get_backbone
 from .runtime import precision_policy
 from .sampling import check_strategy
+from .weights import check_weights
 
 __all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "TrainConfig", "check_config", "load_frame", "make_split",
            "split_from_file"]
@@ -46,7 +48,8 @@ class TrainConfig:
 
     Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``.
 
-    Model: ``backbone``, ``weights`` (``"imagenet"``, ``"none"`` or a path), ``dropout``,
+    Model: ``backbone``, ``weights`` (``"imagenet"``, ``"hed"`` (VGG16), ``"none"`` or a path:
+    :mod:`covidxr.weights`), ``dropout``,
     ``pooling``, ``augment``, ``hflip``.
 
     Training: ``batch_size``, ``epochs`` (phase 1), ``learning_rate``, ``fine_tune_epochs``
@@ -201,12 +204,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
                          f"Received: jit_compile={config.jit_compile!r}")
     if config.fine_tune_learning_rate is not None:
         _positive_float("fine_tune_learning_rate", config.fine_tune_learning_rate)
-    w = config.weights
-    if w is not None and str(w).lower() not in ("imagenet", "none") and not Path(str(w)).expanduser().is_file():
-        raise FileNotFoundError(
-            f"Expected weights 'imagenet', 'none' or the path of an existing weights file. "
-            f"Received: weights={w!r}"
-        )
+    check_weights(spec.name, config.weights)
     if config.folds is not None:
         _positive_int("folds", config.folds, minimum=2)
         if not 0 <= int(config.fold) < int(config.folds):

