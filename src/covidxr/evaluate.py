@@ -8,7 +8,8 @@ Must not compute figures itself: scoring is :mod:`covidxr.evaluation`'s, drawing
   external dataset, and writes ``RUN_DIR/evaluations/<name>-<timestamp>/`` with
   ``metrics.json``, ``predictions.csv``, ``figures/`` and ``report.md``. Nothing is ever
   overwritten.
-* :func:`write_comparison` writes one table (CSV + Markdown) and one chart over several runs.
+* :func:`write_comparison` writes one table (CSV + Markdown) and one chart over several runs;
+  :func:`write_paired` the paired comparison of two runs (``paired.json``, ``paired.md``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from .atomic import write_text
 from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, held_out_test, read_run,
                          run_thresholds, with_decisions)
 from .figures import plot_comparison, save_figure, write_evaluation_figures
-from .reports import comparison_markdown, evaluation_report
+from .reports import comparison_markdown, evaluation_report, paired_markdown
 
-__all__ = ["evaluate_run", "write_comparison"]
+__all__ = ["evaluate_run", "write_comparison", "write_paired"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -190,4 +191,22 @@ def write_comparison(table: pd.DataFrame, out_dir, *, metrics=None) -> list[Path
 
     fig = plot_comparison(table, metrics=metrics)
     save_figure(fig, targets[2])
+    return targets
+
+
+def write_paired(result: dict, out_dir) -> list[Path]:
+    """Write a paired comparison (:func:`covidxr.evaluation.paired_difference`) as ``paired.json``
+    and ``paired.md`` into ``out_dir``.
+
+    Raises:
+        FileExistsError: One of them exists (nothing is overwritten).
+    """
+    out = Path(out_dir)
+    targets = [out / "paired.json", out / "paired.md"]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing:
+        raise FileExistsError(f"Expected a folder without a paired comparison, but {existing} exist and are kept. "
+                              f"Received: out={str(out)!r}")
+    write_text(targets[0], json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_text(targets[1], "# Paired comparison of two runs\n\n" + paired_markdown(result) + "\n")
     return targets

@@ -245,6 +245,29 @@ def _add_compare(sub):
                    help="compare each run's latest evaluation of this name instead of its test part")
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paired", action="store_true",
+                   help="exactly two runs scored on the same images: A - B of --metric per image and per "
+                        "patient with a paired group-bootstrap interval (--out: paired.json, paired.md)")
+    p.add_argument("--metric", default="roc_auc",
+                   help="with --paired: roc_auc (default), pr_auc or brier")
+
+
+def _run_paired(args):
+    from ..evaluate import write_paired
+    from ..evaluation import paired_difference
+    from ..reports import paired_markdown, paired_statement
+
+    if len(args.runs) != 2:
+        raise ValueError(f"Expected exactly two run folders with --paired (A and B, for A - B). "
+                         f"Received: runs={args.runs}")
+    result = paired_difference(*args.runs, evaluation=args.evaluation, metric=args.metric,
+                               n_bootstrap=args.n_bootstrap, seed=args.seed)
+    print(paired_markdown(result))
+    print(paired_statement(result))
+    if args.out:
+        for path in write_paired(result, args.out):
+            print(f"wrote {path}")
+    return 0
 
 
 def _run_compare(args):
@@ -252,6 +275,10 @@ def _run_compare(args):
     from ..evaluation import compare_runs
     from ..reports import comparison_markdown
 
+    if args.paired:
+        return _run_paired(args)
+    if args.metric != "roc_auc":
+        raise ValueError(f"Expected --metric only with --paired. Received: metric={args.metric!r}")
     table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
     print(comparison_markdown(table))
     if args.out:

@@ -1,5 +1,5 @@
 """Evaluation: metrics with group-bootstrap and Wilson intervals, the validation threshold, scoring a run
-or another dataset, comparing runs, pooling a grid's folds, choosing Grad-CAM examples.
+or another dataset, comparing runs (also paired), pooling a grid's folds, choosing Grad-CAM examples.
 Must not write files or draw: every function returns data (dicts, frames, arrays); the
 application layer writes them and the figures and reports layers present them.
 
@@ -15,6 +15,7 @@ from .metrics import (BINARY_METRICS, ECE_BINS, MULTICLASS_METRICS, PER_CLASS_ME
                       binary_metrics, choose_threshold, class_probabilities, classes_from_frame, compute_metrics,
                       decide, expected_calibration_error, multiclass_metrics, part_metrics, patient_frame, positive,
                       prob_columns)
+from .paired import PAIRED_METRICS, P_VALUE_RULE, paired_bootstrap, paired_difference, paired_predictions
 from .overlap import OVERLAP_KINDS, flag_overlap, overlap_summary, run_reference
 from .pooling import SELECTION_RULE, grid_comparison, grid_selection, pooled_metrics
 from .runs import LEVELS, RUN_KEYS, held_out_test, read_run, validation_threshold
@@ -32,6 +33,7 @@ __all__ = [
     "pooled_metrics", "read_run", "run_thresholds", "score_run", "select_gradcam_examples", "unreadable_images",
     "validation_threshold", "with_decisions",
     "OVERLAP_KINDS", "flag_overlap", "overlap_summary", "run_reference",
+    "PAIRED_METRICS", "P_VALUE_RULE", "paired_bootstrap", "paired_difference", "paired_predictions",
 ]
 
 
