@@ -12,8 +12,8 @@ from . import RESEARCH_ONLY
 from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
-__all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "grid_markdown", "metrics_markdown",
-           "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
+__all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "grid_markdown", "lung_mass_markdown",
+           "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -105,6 +105,7 @@ def evaluation_report(result: dict, *, figures=()) -> str:
               "## Confusion matrix (images)", "", _cm_markdown(result["image"]["confusion_matrix"], classes), "",
               "## Confusion matrix (patients)", "", _cm_markdown(result["patient"]["confusion_matrix"], classes),
               ""]
+    lines += [lung_mass_markdown(result)] if result.get("lung_mass") else []
     if figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in figures] + [""]
     return "\n".join(lines)
@@ -304,4 +305,27 @@ def paired_markdown(result: dict, *, digits=3) -> str:
               f"drawn rows, so the interval is that of the difference; per patient, a patient's probability is the "
               f"mean over their images. p-value: {first['p_value_rule']}. Intervals are conditional on the two "
               f"models as trained."]
+    return "\n".join(lines)
+
+
+def lung_mass_markdown(result: dict) -> str:
+    """The report's section on the share of Grad-CAM mass inside the lungs (``result["lung_mass"]``,
+    as :func:`covidxr.evaluation.lung_mass` gives it)."""
+    block = result["lung_mass"]
+    level = block["bootstrap"]["level"]
+    lines = ["## Where the model looks: Grad-CAM mass inside the lungs", "",
+             f"Of the {block['n_images']} test images, {block['n_matched']} have a lung mask in "
+             f"`{block['masks_dir']}` ({block['n_no_mask']} have none, {block['n_ambiguous']} share a file stem with "
+             f"another image, {block['n_mismatched']} masks do not fit their image, {block['n_empty_map']} maps hold "
+             f"no positive evidence): {block['n_measured']} images in {block['n_groups']} split groups are measured. "
+             f"Grad-CAM of class **{block['class']}** ({block['layer']}) on the preprocessed image; the mask goes "
+             "through the same resizing and padding or cropping, binarised after resizing.", "",
+             f"| figure (mean over images) | value [{level:.0%} CI] |", "|---|---|",
+             f"| share of Grad-CAM mass inside the lungs | {_fmt(block['mass_inside'])} |",
+             f"| lung area share (a uniform map) | {_fmt(block['mask_area'])} |",
+             f"| excess (mass share − area share) | {_fmt(block['excess'])} |", "",
+             f"Intervals: percentile bootstrap over split groups, stratified by class, "
+             f"{block['bootstrap']['n_bootstrap']} resamples, seed {block['bootstrap']['seed']}. A map that ignores "
+             "the lungs has an excess near 0 (or below): most of its evidence lies where a shortcut (markers, "
+             "borders, devices) would be. Per image: `lung_mass.csv`.", ""]
     return "\n".join(lines)

@@ -180,6 +180,10 @@ def _add_evaluate(sub):
     p.add_argument("--allow-overlap", action="store_true",
                    help="with --data-dir: keep and score the images the run was trained or validated on "
                         "(left out by default; the figures are then not an external validation)")
+    p.add_argument("--lung-masks", default=None, metavar="DIR",
+                   help="folder of lung masks (<image stem>_mask.png, e.g. the collection's "
+                        "annotations/lungVAE-masks): also measure the share of Grad-CAM mass inside the lungs "
+                        "on the test images that have one (lung_mass.csv, figures/lung_mass.png)")
 
 
 def _run_evaluate(args):
@@ -193,7 +197,7 @@ def _run_evaluate(args):
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
             batch_size=args.batch_size, figures=not args.no_figures, allow_overlap=args.allow_overlap,
-            cache_dir=args.cache_dir)
+            cache_dir=args.cache_dir, lung_masks=args.lung_masks)
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
@@ -208,6 +212,12 @@ def _run_evaluate(args):
     else:
         print("decision: arg-max over the three classes")
     print(metrics_markdown(result))
+    if result.get("lung_mass"):
+        lungs = result["lung_mass"]
+        inside = lungs["mass_inside"]
+        print(f"Grad-CAM mass inside the lungs: {inside['value']:.3f} [{inside['ci_low']:.3f}, {inside['ci_high']:.3f}]"
+              f" over {lungs['n_measured']} test images with a mask (lung area alone "
+              f"{lungs['mask_area']['value']:.3f}; {lungs['n_no_mask']} without a mask)")
     print(f"wrote {out}")
     return 0
 
