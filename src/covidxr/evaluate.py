@@ -6,9 +6,10 @@ Must not compute figures itself: scoring is :mod:`covidxr.evaluation`'s, drawing
 * :func:`evaluate_run` reads a run folder, takes the decision threshold from the run's
   **validation** predictions (never from the data being scored), scores the test part or an
   external dataset, and writes ``RUN_DIR/evaluations/<name>-<timestamp>/`` with
-  ``metrics.json``, ``predictions.csv``, ``figures/`` and ``report.md``. Nothing is ever
-  overwritten.
-* :func:`write_comparison` writes one table (CSV + Markdown) and one chart over several runs.
+  ``metrics.json``, ``predictions.csv``, ``figures/`` and ``report.md`` (with lung masks also
+  ``lung_mass.csv``: the Grad-CAM mass inside the lungs). Nothing is ever overwritten.
+* :func:`write_comparison` writes one table (CSV + Markdown) and one chart over several runs;
+  :func:`write_paired` the paired comparison of two runs (``paired.json``, ``paired.md``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import pandas as pd
 
 from . import __version__
 from .atomic import write_text
-from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, held_out_test, read_run,
-                         run_thresholds, with_decisions)
-from .figures import plot_comparison, save_figure, write_evaluation_figures
-from .reports import comparison_markdown, evaluation_report
+from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, find_lung_masks, held_out_test,
+                         lung_mass, read_run, run_thresholds, with_decisions)
+from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
+from .reports import comparison_markdown, evaluation_report, paired_markdown
 
-__all__ = ["evaluate_run", "write_comparison"]
+__all__ = ["evaluate_run", "write_comparison", "write_paired"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -63,10 +64,31 @@ def _new_folder(run: Path, name: str, now) -> Path:
     return out
 
 
+def _scored_rows(run, config, preds, *, data_dir, options, batch_size, cache_dir, allow_overlap):
+    """``(scored rows, source, unreadable, overlap)``: the run's test part, or another dataset
+    predicted with the run's model (:func:`covidxr.evaluation.external_predictions`)."""
+    if data_dir is None:
+        return held_out_test(preds), "the run's test part (predictions.csv)", [], None
+    scored, unreadable, overlap = external_predictions(run, config, data_dir=data_dir, batch_size=batch_size,
+                                                        data_options=options, cache_dir=cache_dir,
+                                                        allow_overlap=allow_overlap)
+    return scored, str(data_dir), unreadable, overlap
+
+
+def _check_lung_masks(lung_masks, data_dir) -> None:
+    """Cheap checks of ``lung_masks`` before any work: the run's own test part, an existing folder."""
+    if lung_masks is None:
+        return
+    if data_dir is not None:
+        raise ValueError("Expected lung_masks (--lung-masks) with the run's own test part only, not with another "
+                         f"dataset. Received: data_dir={str(data_dir)!r}")
+    find_lung_masks(lung_masks)
+
+
 def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="X-ray", views="frontal",
                  image_col="path", label_col="label", patient_col="patient", threshold_method="youden",
                  target_sensitivity=None, threshold=None, n_bootstrap=1000, seed=0, level=0.95,
-                 batch_size=32, figures=True, now=None, allow_overlap=False, cache_dir=None) -> Path:
+                 batch_size=32, figures=True, now=None, allow_overlap=False, cache_dir=None, lung_masks=None) -> Path:
     """Evaluate a run folder on its test part or on another dataset; write an evaluation folder.
 
     The decision thresholds (two classes; one per image, one on patient means) always come
@@ -97,6 +119,8 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         allow_overlap: Keep (score) the rows the run was trained or validated on, with a loud
             warning; the figures are then not an external validation.
         cache_dir: The hash index folder for ``data_dir`` (default: the run's ``cache_dir``).
+        lung_masks: Lung masks folder (own test part only): :func:`covidxr.evaluation.lung_mass`, written
+            as ``lung_mass.csv``, ``metrics.json["lung_mass"]``, a report section, ``figures/lung_mass.png``.
 
     Returns:
         The evaluation folder ``RUN_DIR/evaluations/<name>-<timestamp>/``.
@@ -107,23 +131,18 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         ValueError: Bad options, labels the model was not trained on, no test rows.
     """
     run = Path(run_dir)
-    config, preds = read_run(run, need_model=data_dir is not None)
+    _check_lung_masks(lung_masks, data_dir)
+    config, preds = read_run(run, need_model=data_dir is not None or lung_masks is not None)
     classes = [str(c) for c in config["classes"]]
     name = _check_name(name if name is not None else _default_name(data_dir))
     out = _new_folder(run, name, now)
     info, pinfo = run_thresholds(preds, classes=classes, threshold_method=threshold_method,
                                  target_sensitivity=target_sensitivity, threshold=threshold)
-    unreadable, overlap = [], None
-    if data_dir is None:
-        scored = held_out_test(preds)
-        source = "the run's test part (predictions.csv)"
-    else:
-        options = {"layout": layout, "modality": modality, "views": views, "image_col": image_col,
-                   "label_col": label_col, "patient_col": patient_col}
-        scored, unreadable, overlap = external_predictions(run, config, data_dir=data_dir, batch_size=batch_size,
-                                                            data_options=options, cache_dir=cache_dir,
-                                                            allow_overlap=allow_overlap)
-        source = str(data_dir)
+    options = {"layout": layout, "modality": modality, "views": views, "image_col": image_col,
+               "label_col": label_col, "patient_col": patient_col}
+    scored, source, unreadable, overlap = _scored_rows(run, config, preds, data_dir=data_dir, options=options,
+                                                       batch_size=batch_size, cache_dir=cache_dir,
+                                                       allow_overlap=allow_overlap)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
                                   patient_threshold=None if pinfo is None else pinfo["threshold"],
                                   n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
@@ -140,12 +159,17 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         "covidxr_version": __version__,
         "config": {k: config.get(k) for k in RUN_KEYS if k in config},
     })
-    _write_folder(out, result, with_decisions(scored, result), figures=figures, name=name)
+    lungs = None
+    if lung_masks is not None:
+        result["lung_mass"], *lungs = lung_mass(run, lung_masks, batch_size=batch_size, n_bootstrap=n_bootstrap,
+                                                seed=seed, level=level)
+    _write_folder(out, result, with_decisions(scored, result), figures=figures, name=name, lungs=lungs)
     return out
 
 
-def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str) -> None:
-    """Write ``metrics.json``, ``predictions.csv``, the figures and ``report.md`` into a temporary
+def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str, lungs=None) -> None:
+    """Write ``metrics.json``, ``predictions.csv``, the figures and ``report.md`` (and with
+    ``lungs`` = [table, examples] ``lung_mass.csv`` and ``figures/lung_mass.png``) into a temporary
     folder beside ``out`` and rename it to ``out`` (never over an existing folder)."""
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=False)
@@ -155,6 +179,11 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
         written = []
         if figures:
             written = write_evaluation_figures(table, result, tmp / "figures")
+        if lungs is not None:
+            lungs[0].to_csv(tmp / "lung_mass.csv", index=False)
+            if figures:
+                written.append(save_figure(plot_lung_mass(lungs[1], result["lung_mass"], run=result["run"]),
+                                           tmp / "figures" / "lung_mass.png"))
         (tmp / "report.md").write_text(evaluation_report(result, figures=[p.name for p in written]))
         if out.exists():
             raise FileExistsError(f"Expected a new evaluation folder, but {str(out)!r} appeared meanwhile. "
@@ -190,4 +219,22 @@ def write_comparison(table: pd.DataFrame, out_dir, *, metrics=None) -> list[Path
 
     fig = plot_comparison(table, metrics=metrics)
     save_figure(fig, targets[2])
+    return targets
+
+
+def write_paired(result: dict, out_dir) -> list[Path]:
+    """Write a paired comparison (:func:`covidxr.evaluation.paired_difference`) as ``paired.json``
+    and ``paired.md`` into ``out_dir``.
+
+    Raises:
+        FileExistsError: One of them exists (nothing is overwritten).
+    """
+    out = Path(out_dir)
+    targets = [out / "paired.json", out / "paired.md"]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing:
+        raise FileExistsError(f"Expected a folder without a paired comparison, but {existing} exist and are kept. "
+                              f"Received: out={str(out)!r}")
+    write_text(targets[0], json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_text(targets[1], "# Paired comparison of two runs\n\n" + paired_markdown(result) + "\n")
     return targets

@@ -1,5 +1,5 @@
 """Markdown reports: a run's ``report.md``, an evaluation's ``report.md`` and tables of figures,
-the comparison of runs, and the grid's ``comparison.md``.
+the comparison of runs (also paired), and the grid's ``comparison.md``.
 Must not compute figures or write files: every function returns text from results it is given.
 """
 
@@ -12,8 +12,8 @@ from . import RESEARCH_ONLY
 from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
-__all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "grid_markdown", "metrics_markdown",
-           "overlap_markdown", "run_report"]
+__all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "grid_markdown", "lung_mass_markdown",
+           "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -105,6 +105,7 @@ def evaluation_report(result: dict, *, figures=()) -> str:
               "## Confusion matrix (images)", "", _cm_markdown(result["image"]["confusion_matrix"], classes), "",
               "## Confusion matrix (patients)", "", _cm_markdown(result["patient"]["confusion_matrix"], classes),
               ""]
+    lines += [lung_mass_markdown(result)] if result.get("lung_mass") else []
     if figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in figures] + [""]
     return "\n".join(lines)
@@ -271,3 +272,60 @@ def overlap_markdown(result: dict) -> str:
                      "`in_run_test` in predictions.csv.")
     lines += [f"- {w}" for w in block["warnings"]]
     return "\n".join(lines + [""])
+
+
+def paired_statement(result: dict, *, level="image", digits=3) -> str:
+    """One line: ``roc_auc per image: A - B = 0.080 [0.020, 0.150] ...`` of a
+    :func:`covidxr.evaluation.paired_difference` result."""
+    block = result[level]
+    d = block["difference"]
+    return (f"{block['metric']} per {level}: A − B = {d['value']:.{digits}f} [{d['ci_low']:.{digits}f}, "
+            f"{d['ci_high']:.{digits}f}] ({block['level']:.0%} paired bootstrap over split groups, "
+            f"{block['n_bootstrap']} resamples; p = {block['p_value']:.3g}; A = {result['runs']['a']}, "
+            f"B = {result['runs']['b']})")
+
+
+def paired_markdown(result: dict, *, digits=3) -> str:
+    """The Markdown table of a paired comparison (:func:`covidxr.evaluation.paired_difference`):
+    one row per level with A, B, A − B (each with its interval), the p-value and the counts,
+    then the one-line statements and how the interval and p-value were made."""
+    runs = result["runs"]
+    lines = [f"| level | A: `{runs['a']}` | B: `{runs['b']}` | A − B | p | rows | groups |",
+             "|---|---|---|---|---|---|---|"]
+    for level in ("image", "patient"):
+        block = result[level]
+        lines.append(f"| {level} | {_fmt(block['a'], digits)} | {_fmt(block['b'], digits)} | "
+                     f"**{_fmt(block['difference'], digits)}** | {block['p_value']:.3g} | {block['n_images']} | "
+                     f"{block['n_groups']} |")
+    first = result["image"]
+    lines += ["", *(f"- {paired_statement(result, level=lvl, digits=digits)}" for lvl in ("image", "patient")),
+              "", f"Metric `{first['metric']}` of both runs on the same {result['n_images']} images "
+              f"({result['data']}) of {result['n_patients']} patients in {result['n_groups']} split groups. Each "
+              f"resample draws split groups with replacement within each class and scores **both** runs on the same "
+              f"drawn rows, so the interval is that of the difference; per patient, a patient's probability is the "
+              f"mean over their images. p-value: {first['p_value_rule']}. Intervals are conditional on the two "
+              f"models as trained."]
+    return "\n".join(lines)
+
+
+def lung_mass_markdown(result: dict) -> str:
+    """The report's section on the share of Grad-CAM mass inside the lungs (``result["lung_mass"]``,
+    as :func:`covidxr.evaluation.lung_mass` gives it)."""
+    block = result["lung_mass"]
+    level = block["bootstrap"]["level"]
+    lines = ["## Where the model looks: Grad-CAM mass inside the lungs", "",
+             f"Of the {block['n_images']} test images, {block['n_matched']} have a lung mask in "
+             f"`{block['masks_dir']}` ({block['n_no_mask']} have none, {block['n_ambiguous']} share a file stem with "
+             f"another image, {block['n_mismatched']} masks do not fit their image, {block['n_empty_map']} maps hold "
+             f"no positive evidence): {block['n_measured']} images in {block['n_groups']} split groups are measured. "
+             f"Grad-CAM of class **{block['class']}** ({block['layer']}) on the preprocessed image; the mask goes "
+             "through the same resizing and padding or cropping, binarised after resizing.", "",
+             f"| figure (mean over images) | value [{level:.0%} CI] |", "|---|---|",
+             f"| share of Grad-CAM mass inside the lungs | {_fmt(block['mass_inside'])} |",
+             f"| lung area share (a uniform map) | {_fmt(block['mask_area'])} |",
+             f"| excess (mass share − area share) | {_fmt(block['excess'])} |", "",
+             f"Intervals: percentile bootstrap over split groups, stratified by class, "
+             f"{block['bootstrap']['n_bootstrap']} resamples, seed {block['bootstrap']['seed']}. A map that ignores "
+             "the lungs has an excess near 0 (or below): most of its evidence lies where a shortcut (markers, "
+             "borders, devices) would be. Per image: `lung_mass.csv`.", ""]
+    return "\n".join(lines)

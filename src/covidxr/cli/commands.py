@@ -180,6 +180,10 @@ def _add_evaluate(sub):
     p.add_argument("--allow-overlap", action="store_true",
                    help="with --data-dir: keep and score the images the run was trained or validated on "
                         "(left out by default; the figures are then not an external validation)")
+    p.add_argument("--lung-masks", default=None, metavar="DIR",
+                   help="folder of lung masks (<image stem>_mask.png, e.g. the collection's "
+                        "annotations/lungVAE-masks): also measure the share of Grad-CAM mass inside the lungs "
+                        "on the test images that have one (lung_mass.csv, figures/lung_mass.png)")
 
 
 def _run_evaluate(args):
@@ -193,7 +197,7 @@ def _run_evaluate(args):
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
             batch_size=args.batch_size, figures=not args.no_figures, allow_overlap=args.allow_overlap,
-            cache_dir=args.cache_dir)
+            cache_dir=args.cache_dir, lung_masks=args.lung_masks)
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
@@ -208,6 +212,12 @@ def _run_evaluate(args):
     else:
         print("decision: arg-max over the three classes")
     print(metrics_markdown(result))
+    if result.get("lung_mass"):
+        lungs = result["lung_mass"]
+        inside = lungs["mass_inside"]
+        print(f"Grad-CAM mass inside the lungs: {inside['value']:.3f} [{inside['ci_low']:.3f}, {inside['ci_high']:.3f}]"
+              f" over {lungs['n_measured']} test images with a mask (lung area alone "
+              f"{lungs['mask_area']['value']:.3f}; {lungs['n_no_mask']} without a mask)")
     print(f"wrote {out}")
     return 0
 
@@ -245,6 +255,29 @@ def _add_compare(sub):
                    help="compare each run's latest evaluation of this name instead of its test part")
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paired", action="store_true",
+                   help="exactly two runs scored on the same images: A - B of --metric per image and per "
+                        "patient with a paired group-bootstrap interval (--out: paired.json, paired.md)")
+    p.add_argument("--metric", default="roc_auc",
+                   help="with --paired: roc_auc (default), pr_auc or brier")
+
+
+def _run_paired(args):
+    from ..evaluate import write_paired
+    from ..evaluation import paired_difference
+    from ..reports import paired_markdown, paired_statement
+
+    if len(args.runs) != 2:
+        raise ValueError(f"Expected exactly two run folders with --paired (A and B, for A - B). "
+                         f"Received: runs={args.runs}")
+    result = paired_difference(*args.runs, evaluation=args.evaluation, metric=args.metric,
+                               n_bootstrap=args.n_bootstrap, seed=args.seed)
+    print(paired_markdown(result))
+    print(paired_statement(result))
+    if args.out:
+        for path in write_paired(result, args.out):
+            print(f"wrote {path}")
+    return 0
 
 
 def _run_compare(args):
@@ -252,6 +285,10 @@ def _run_compare(args):
     from ..evaluation import compare_runs
     from ..reports import comparison_markdown
 
+    if args.paired:
+        return _run_paired(args)
+    if args.metric != "roc_auc":
+        raise ValueError(f"Expected --metric only with --paired. Received: metric={args.metric!r}")
     table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
     print(comparison_markdown(table))
     if args.out:

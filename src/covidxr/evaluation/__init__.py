@@ -1,11 +1,12 @@
 """Evaluation: metrics with group-bootstrap and Wilson intervals, the validation threshold, scoring a run
-or another dataset, comparing runs, pooling a grid's folds, choosing Grad-CAM examples.
+or another dataset, comparing runs (also paired), pooling a grid's folds, choosing Grad-CAM examples,
+the Grad-CAM mass inside lung masks.
 Must not write files or draw: every function returns data (dicts, frames, arrays); the
 application layer writes them and the figures and reports layers present them.
 
 Importing it does not import Keras (so ``covidxr eda`` and the figures start fast): the Grad-CAM
 examples (:mod:`covidxr.evaluation.examples`) are loaded on first use, and scoring another
-dataset loads the model then.
+dataset or measuring Grad-CAM mass inside the lungs loads the model then.
 """
 
 from . import bootstrap, metrics
@@ -15,6 +16,8 @@ from .metrics import (BINARY_METRICS, ECE_BINS, MULTICLASS_METRICS, PER_CLASS_ME
                       binary_metrics, choose_threshold, class_probabilities, classes_from_frame, compute_metrics,
                       decide, expected_calibration_error, multiclass_metrics, part_metrics, patient_frame, positive,
                       prob_columns)
+from .lungs import find_lung_masks, lung_mass, lung_mass_summary, mass_shares, match_masks, prepare_mask
+from .paired import PAIRED_METRICS, P_VALUE_RULE, paired_bootstrap, paired_difference, paired_predictions
 from .overlap import OVERLAP_KINDS, flag_overlap, overlap_summary, run_reference
 from .pooling import SELECTION_RULE, grid_comparison, grid_selection, pooled_metrics
 from .runs import LEVELS, RUN_KEYS, held_out_test, read_run, validation_threshold
@@ -32,6 +35,8 @@ __all__ = [
     "pooled_metrics", "read_run", "run_thresholds", "score_run", "select_gradcam_examples", "unreadable_images",
     "validation_threshold", "with_decisions",
     "OVERLAP_KINDS", "flag_overlap", "overlap_summary", "run_reference",
+    "find_lung_masks", "lung_mass", "lung_mass_summary", "mass_shares", "match_masks", "prepare_mask",
+    "PAIRED_METRICS", "P_VALUE_RULE", "paired_bootstrap", "paired_difference", "paired_predictions",
 ]
 
 

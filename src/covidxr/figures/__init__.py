@@ -11,14 +11,14 @@ from .eda import (eda_figure, plot_age_by_sex, plot_class_counts, plot_images_pe
 from .evaluation import (DEFAULT_COMPARISON_METRICS, plot_calibration, plot_comparison, plot_confusion_matrix,
                          plot_confusion_summary, plot_precision_recall, plot_roc, plot_training_curves,
                          write_evaluation_figures)
-from .gradcam import overlay, plot_gradcam_examples
+from .gradcam import overlay, plot_gradcam_examples, plot_lung_mass
 from .preprocessing import plot_augmentations, plot_contrast, plot_epoch_balance, plot_preprocessing
 
 __all__ = [
     "CATEGORY_COLOURS", "DATASET_ATTRIBUTION", "DEFAULT_COMPARISON_METRICS", "eda_figure", "new_axes", "overlay",
     "plot_age_by_sex", "plot_augmentations", "plot_calibration", "plot_class_counts", "plot_comparison",
     "plot_confusion_matrix", "plot_confusion_summary", "plot_contrast", "plot_epoch_balance", "plot_gradcam_examples",
-    "plot_images_per_patient", "plot_precision_recall", "plot_preprocessing", "plot_roc", "plot_sample_grid",
+    "plot_images_per_patient", "plot_lung_mass", "plot_precision_recall", "plot_preprocessing", "plot_roc", "plot_sample_grid",
     "plot_sex_distribution", "plot_sources", "plot_training_curves", "plot_views_modalities", "save_figure",
     "write_eda_figures", "write_evaluation_figures",
 ]

@@ -1,5 +1,5 @@
-"""Figures of Grad-CAM: a heatmap blended over an X-ray, and a run's true positives, false
-positives and false negatives with their maps.
+"""Figures of Grad-CAM: a heatmap blended over an X-ray, a run's true positives, false
+positives and false negatives with their maps, and typical maps against their lung masks.
 Must not compute maps or decisions: :mod:`covidxr.gradcam` and
 :mod:`covidxr.evaluation.examples` do; this module only draws.
 """
@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from .. import RESEARCH_ONLY
 from .common import DATASET_ATTRIBUTION
 
-__all__ = ["overlay", "plot_gradcam_examples"]
+__all__ = ["overlay", "plot_gradcam_examples", "plot_lung_mass"]
 
 
 def overlay(image, heatmap, *, alpha=0.4, cmap="jet"):
@@ -88,4 +88,46 @@ def plot_gradcam_examples(run_dir, *, n=3, part="test", seed=0, threshold_method
     fig.suptitle(f"Grad-CAM ({ex['positive_class']}) · {ex['run']}\n{rule}", fontsize=9)
     fig.supxlabel(f"{DATASET_ATTRIBUTION}\n{RESEARCH_ONLY}", fontsize=6.5)
     fig.gradcam_examples = table
+    return fig
+
+
+def plot_lung_mass(examples: dict, block: dict, *, run=""):
+    """Typical Grad-CAM maps with the outline of their lung mask (white) and each image's share
+    of mass inside it.
+
+    Args:
+        examples: :func:`covidxr.evaluation.lung_mass`'s third result: ``table`` (k rows with
+            ``label, prob, mass_inside, mask_area``), ``images`` (k, S, S) uint8, ``maps``
+            (k, S, S) in [0, 1], ``masks`` (k, S, S) bool.
+        block: Its ``lung_mass`` block (the mean and interval go into the title).
+        run: The run's name, for the title.
+
+    Returns:
+        The Matplotlib figure (one panel per image; a note when there are none).
+    """
+    table = examples["table"]
+    k = max(1, len(table))
+    fig, axes = plt.subplots(1, k, figsize=(2.4 * k, 3.3), squeeze=False, layout="constrained")
+    for j, ax in enumerate(axes[0]):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if j >= len(table):
+            ax.text(0.5, 0.5, "no test image with a usable mask", ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes, color="#555555")
+            continue
+        row = table.iloc[j]
+        ax.imshow(overlay(examples["images"][j], examples["maps"][j]))
+        mask = np.asarray(examples["masks"][j], dtype=float)
+        if 0 < mask.mean() < 1:  # an outline exists
+            ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        ax.set_title(f"{row['label']}, p={row['prob']:.2f}\ninside {row['mass_inside']:.2f} "
+                     f"(lung area {row['mask_area']:.2f})", fontsize=7)
+    mean = block["mass_inside"]
+    level = block.get("bootstrap", {}).get("level", 0.95)
+    fig.suptitle(f"Grad-CAM ({block['class']}) mass inside the lungs · {run}\nmean {mean['value']:.3f} "
+                 f"[{mean['ci_low']:.3f}, {mean['ci_high']:.3f}] ({level:.0%}) over {block['n_measured']} test "
+                 f"images; the lung area alone: {block['mask_area']['value']:.3f}; images nearest the median shown",
+                 fontsize=8)
+    fig.supxlabel(f"{DATASET_ATTRIBUTION.rstrip('.')}; lung masks: lungVAE (Selvan et al. 2020, CC BY-SA)\n{RESEARCH_ONLY}",
+                  fontsize=6.5)
     return fig
