@@ -57,7 +57,7 @@ def test_three_classes_softmax():
 @pytest.mark.jax
 def test_model_layout_and_preprocess_match_keras(vgg16):
     names = [layer.name for layer in vgg16.layers]
-    assert names == ["image", "grey_to_rgb", "preprocess", "backbone", "pooling", "dropout", "head"]
+    assert names == ["image", "grey_to_rgb", "preprocess", "backbone", "pooling", "feature_norm", "dropout", "head"]
     x = _images(2)
     rgb = keras.ops.convert_to_numpy(vgg16.get_layer("grey_to_rgb")(x))
     assert rgb.shape == (2, SIZE, SIZE, 3) and rgb.dtype == np.float32

@@ -195,6 +195,9 @@ def test_run_folder_artifacts(run_dir, collection):
     best = history.loc[history["val_auc"].idxmax()]
     assert metrics["best_epoch"] == int(best["epoch"])
     assert metrics["val"]["loss"] == pytest.approx(best["val_loss"], abs=2e-3)
+    # the logged validation AUC is the exact one (scikit-learn), so it is the saved model's
+    assert metrics["val"]["roc_auc"] == pytest.approx(best["val_auc"], abs=1e-6)
+    assert 0 <= metrics["phase1_train_auc"] <= 1 and config["phase1_train_auc"] == metrics["phase1_train_auc"]
 
     assert "phase 1 epoch 1" in (run_dir / "train.log").read_text()
     report = (run_dir / "report.md").read_text()

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .models import LAYER_NAMES, backbone_name, backbone_layer, get_backbone
+from .models import LAYER_NAMES, backbone_name, backbone_layer, get_backbone, standardize_features
 
 __all__ = ["gradcam", "gradcam_parts"]
 
@@ -39,8 +39,8 @@ def gradcam_parts(model, *, layer=None):
     Returns:
         ``(front, rest, head)``: ``front`` maps uint8 images (b, S, S, 1) to the layer's
         output (b, h, w, k) without augmentation; ``rest`` maps that output to the pooled,
-        dropped-out features (b, F); ``head`` is the model's Dense head layer. Weights are
-        shared with ``model``.
+        standardised, dropped-out features (b, F); ``head`` is the model's Dense head layer.
+        Weights are shared with ``model``.
 
     Raises:
         ValueError: The layer is not in the backbone, or the backbone cannot be split there
@@ -72,7 +72,7 @@ def gradcam_parts(model, *, layer=None):
                 f"choose a layer at a block boundary. Received: layer={layer!r}"
             ) from err
         y = tail(y)
-    y = model.get_layer(LAYER_NAMES["pooling"])(y)
+    y = standardize_features(model, model.get_layer(LAYER_NAMES["pooling"])(y))
     y = model.get_layer(LAYER_NAMES["dropout"])(y)
     rest = keras.Model(conv_in, y, name="gradcam_rest")
     return front, rest, model.get_layer(LAYER_NAMES["head"])

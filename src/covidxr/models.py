@@ -10,6 +10,7 @@ Every model :func:`build_model` returns has the same shape::
       -> backbone             nested keras.applications model, include_top=False; its
                               BatchNormalization layers are kept frozen, so in inference mode
       -> pooling              GlobalAveragePooling2D (or GlobalMaxPooling2D)
+      -> feature_norm         FeatureNorm: standardised with the training part's mean/variance
       -> dropout
       -> head                 Dense: 1 sigmoid unit for two classes, C softmax units otherwise
 
@@ -18,7 +19,8 @@ by name: ``model.get_layer("backbone")`` is the nested backbone. Because the bac
 nested model, its inner layers are not reachable from ``model.inputs`` directly;
 :func:`gradcam_model` rebuilds the path as ``inputs -> [last conv output, predictions]``
 sharing the trained weights, and :func:`feature_model` / :func:`head_model` split the model
-into its frozen part and its head (used to train the head on cached features).
+into its frozen part (raw pooled features) and its head (standardisation, dropout, dense; used
+to train the head on cached features).
 
 Every custom step is a registered Keras layer (package ``covidxr``), never a ``Lambda``, so a
 saved model reloads with ``keras.saving.load_model(path, safe_mode=True)`` once
@@ -43,6 +45,7 @@ __all__ = [
     "LAYER_NAMES",
     "Backbone",
     "BackbonePreprocess",
+    "FeatureNorm",
     "GreyToRGB",
     "backbone_layer",
     "build_augmentation",
@@ -55,6 +58,7 @@ __all__ = [
     "head_model",
     "resolve_fine_tune_from",
     "set_trainable_from",
+    "standardize_features",
 ]
 
 
@@ -102,6 +106,7 @@ LAYER_NAMES = {
     "preprocess": "preprocess",
     "backbone": "backbone",
     "pooling": "pooling",
+    "feature_norm": "feature_norm",
     "dropout": "dropout",
     "head": "head",
 }
@@ -154,6 +159,23 @@ class BackbonePreprocess(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "backbone": self.backbone}
+
+
+@keras.saving.register_keras_serializable(package="covidxr")
+class FeatureNorm(layers.Normalization):
+    """Pooled features (b, F) -> ``(x - mean) / sqrt(variance + epsilon)`` per feature: a
+    ``Normalization`` (``adapt`` it; mean/variance are non-trainable weights, saved and
+    checkpointed) that reads its weights at each call, where Keras' own uses copies made at
+    adapt/load time and would ignore weights restored by assignment (resume, best checkpoint).
+    ``EPSILON`` floors the variance (as in BatchNormalization) for near-constant features."""
+
+    EPSILON = 1e-3
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        mean = ops.cast(self.adapt_mean, self.compute_dtype)
+        variance = ops.cast(self.adapt_variance, self.compute_dtype)
+        return (x - mean) / ops.sqrt(variance + self.EPSILON)
 
 
 # --------------------------------------------------------------------------- builders
@@ -284,6 +306,7 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
     x = base(x, training=False)
     pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
     x = pool(name=LAYER_NAMES["pooling"])(x)
+    x = FeatureNorm(dtype="float32", trainable=False, name=LAYER_NAMES["feature_norm"])(x)
     x = layers.Dropout(float(dropout), seed=seed, name=LAYER_NAMES["dropout"])(x)
     binary = int(num_classes) == 2
     outputs = layers.Dense(1 if binary else int(num_classes),
@@ -313,7 +336,8 @@ def backbone_name(model) -> str:
 
 
 def feature_model(model) -> keras.Model:
-    """``uint8 images (b, S, S, 1) -> pooled backbone features (b, F)``, no augmentation.
+    """``uint8 images (b, S, S, 1) -> raw pooled backbone features (b, F)``, no augmentation
+    and before the standardisation (which belongs to the head, :func:`head_model`).
 
     Shares its layers (and weights) with ``model``. With the backbone frozen these features
     never change, so the head can be trained on them once computed (phase 1 caching).
@@ -327,13 +351,20 @@ def feature_model(model) -> keras.Model:
     return keras.Model(inputs, x, name="features")
 
 
+def standardize_features(model, x):
+    """``model``'s :class:`FeatureNorm` on pooled features ``x`` (b, F); ``x`` for older models."""
+    names = [layer.name for layer in model.layers]
+    return model.get_layer(LAYER_NAMES["feature_norm"])(x) if LAYER_NAMES["feature_norm"] in names else x
+
+
 def head_model(model) -> keras.Model:
-    """``pooled features (b, F) -> probabilities``: the dropout and head layers of ``model``
-    (shared, so training this model trains ``model``'s head)."""
+    """``raw pooled features (b, F) -> probabilities``: the standardisation, dropout and head
+    layers of ``model`` (shared, so training this model trains ``model``'s head)."""
     pool = model.get_layer(LAYER_NAMES["pooling"])
     width = pool.output.shape[-1]
     inputs = keras.Input((width,), name="features")
-    x = model.get_layer(LAYER_NAMES["dropout"])(inputs)
+    x = standardize_features(model, inputs)
+    x = model.get_layer(LAYER_NAMES["dropout"])(x)
     x = model.get_layer(LAYER_NAMES["head"])(x)
     return keras.Model(inputs, x, name="head")
 
@@ -363,7 +394,7 @@ def gradcam_model(model, *, layer=None) -> keras.Model:
     x = model.get_layer(LAYER_NAMES["to_rgb"])(inputs)
     x = model.get_layer(LAYER_NAMES["preprocess"])(x)
     conv, x = split(x, training=False)
-    x = model.get_layer(LAYER_NAMES["pooling"])(x)
+    x = standardize_features(model, model.get_layer(LAYER_NAMES["pooling"])(x))
     x = model.get_layer(LAYER_NAMES["dropout"])(x)
     preds = model.get_layer(LAYER_NAMES["head"])(x)
     return keras.Model(inputs, [conv, preds], name="gradcam")

@@ -17,8 +17,9 @@ Must not hold the training, scoring or drawing itself: it calls the lower layers
    never change; see :func:`covidxr.models.set_trainable_from`). ``fine_tune_epochs=0``
    skips it.
 
-Both phases use early stopping and ReduceLROnPlateau on validation ROC AUC; the best
-full model over both phases is saved as ``model.keras``. Every run writes a new folder
+Both phases use early stopping and ReduceLROnPlateau on the exact validation ROC AUC
+(scikit-learn's, each epoch: ``history.csv``'s ``val_auc``); the best full model over both phases
+is saved as ``model.keras``; ``metrics.json`` has ``phase1_train_auc`` (the head's, exact). Every run writes a new folder
 (see :func:`make_run_dir`)::
 
     config.json  split.csv  history.csv  model.keras  predictions.csv  metrics.json
@@ -400,11 +401,17 @@ def _train_phases(state: RunState) -> SaveBest:
 
     rows, info1 = run_phase(1, fit=fit1, state=committed,
                             epochs=config.epochs, history=[], **phase)
-    checkpoint_seconds = 0.0
+    checkpoint_seconds, validation_seconds = 0.0, 0.0
     if info1 is not None:
         timing["phase1_feature_seconds"] = round(info1["feature_seconds"], 2)
         timing["phase1_fit_seconds"] = round(info1["fit_seconds"], 2)
         checkpoint_seconds += info1["checkpoint_seconds"]
+        validation_seconds += info1["validation_seconds"]
+        auc = info1["train_auc"]
+        state.record["phase1_train_auc"] = float(auc) if np.isfinite(auc) else None  # kept for a resume
+        write_json(state.run_dir / "config.json", state.record)
+    elif state.previous and "phase1_train_auc" in state.previous:
+        state.record["phase1_train_auc"] = state.previous["phase1_train_auc"]
     if config.fine_tune_epochs:
         logger.info("phase 2: fine-tuning from %s (backbone layer %d), %d epochs, lr %.2e",
                     state.record["resolved"]["fine_tune_from_layer"], state.fine_tune_index,
@@ -421,10 +428,11 @@ def _train_phases(state: RunState) -> SaveBest:
         if info2 is not None:
             timing["phase2_fit_seconds"] = round(info2["fit_seconds"], 2)
             checkpoint_seconds += info2["checkpoint_seconds"]
+            validation_seconds += info2["validation_seconds"]
         state.record["resolved"]["unfrozen_layers"] = len(set_trainable_from(model, state.fine_tune_index))
         rows += rows2
     timing.update(first_step_seconds=round(timer.first_step, 2), steady_step_seconds=round(timer.steady_steps, 2),
-                  train_steps=timer.steps, validation_seconds=round(timer.validation, 2),
+                  train_steps=timer.steps, validation_seconds=round(timer.validation + validation_seconds, 2),
                   checkpoint_seconds=round(checkpoint_seconds, 2))
     state.history = pd.DataFrame(rows)
     return saver
@@ -485,6 +493,7 @@ def _predict_parts(state: RunState) -> dict:
         "best_val_auc": None if best_row is None else float(best_row["val_auc"]),
         "epochs_run": {"phase1": int((history["phase"] == 1).sum()),
                        "phase2": int((history["phase"] == 2).sum())},
+        "phase1_train_auc": state.record.get("phase1_train_auc"),  # exact, at the end of phase 1
     })
     write_json(state.run_dir / "metrics.json", metrics)
     return metrics

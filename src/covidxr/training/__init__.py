@@ -4,13 +4,13 @@ only; :mod:`covidxr.train` puts a run together from these pieces.
 """
 
 from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches, val_batches
-from .callbacks import EpochRecorder, SaveBest, StepTimer, schedules
+from .callbacks import EpochRecorder, ExactValidation, SaveBest, StepTimer, exact_scores, schedules, validation_logs
 from .checkpoint import CHECKPOINT_DIR, RunCheckpoint, read_state, restore_best, set_arrays, variable_arrays
-from .phases import compile_model, fine_tune, fit_head, run_phase
+from .phases import UNDERFIT_AUC, adapt_feature_norm, compile_model, fine_tune, fit_head, run_phase
 
 __all__ = [
-    "CHECKPOINT_DIR", "EpochRecorder", "FeatureSequence", "RunCheckpoint", "SaveBest", "StepTimer",
-    "class_weight_for", "compile_model", "fine_tune", "fit_head", "make_sequence", "predict_batches",
-    "read_state", "restore_best", "run_phase", "schedules", "set_arrays", "train_batches", "val_batches",
-    "variable_arrays",
+    "CHECKPOINT_DIR", "UNDERFIT_AUC", "EpochRecorder", "ExactValidation", "FeatureSequence", "RunCheckpoint",
+    "SaveBest", "StepTimer", "adapt_feature_norm", "class_weight_for", "compile_model", "exact_scores",
+    "fine_tune", "fit_head", "make_sequence", "predict_batches", "read_state", "restore_best", "run_phase",
+    "schedules", "set_arrays", "train_batches", "val_batches", "validation_logs", "variable_arrays",
 ]

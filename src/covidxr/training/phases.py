@@ -1,26 +1,38 @@
 """The two phases of transfer learning: the head on a frozen backbone, then fine-tuning;
 and running one phase under the per-epoch checkpoint.
 Must not read data, make run folders or draw: it trains a built model on arrays it is given.
+
+Phase 1 adapts the model's feature standardisation (:class:`covidxr.models.FeatureNorm`) to the
+training part's raw pooled features, so the head sees standardised inputs whatever the
+backbone's feature scale (raw VGG features reach ~250); phase 2 keeps it as it is. In both
+phases :class:`~covidxr.training.callbacks.ExactValidation` computes the validation figures that
+early stopping, the schedule and the best checkpoint follow.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import keras
+import numpy as np
 
 from ..atomic import load_arrays
-from ..models import backbone_layer, feature_model, head_model, resolve_fine_tune_from, set_trainable_from
+from ..models import (LAYER_NAMES, backbone_layer, feature_model, head_model, resolve_fine_tune_from,
+                      set_trainable_from)
 from ..runtime import padding_masked
-from .batches import (FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches,
-                      val_batches)
-from .callbacks import EpochRecorder, schedules
+from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches
+from .callbacks import EpochRecorder, ExactValidation, exact_scores, schedules
 from .checkpoint import RunCheckpoint, set_arrays
 
-__all__ = ["compile_model", "fine_tune", "fit_head", "run_phase"]
+__all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "compile_model", "fine_tune", "fit_head", "run_phase"]
 
 logger = logging.getLogger("covidxr.train")
+
+#: A head whose exact training ROC AUC at the end of phase 1 is below this did not fit its own
+#: training data: :func:`fit_head` warns.
+UNDERFIT_AUC = 0.6
 
 
 def _metrics(num_classes):
@@ -42,10 +54,53 @@ def compile_model(model, *, num_classes, learning_rate, jit_compile="auto"):
 
 
 
+def adapt_feature_norm(model, features) -> None:
+    """Set the mean and variance of ``model``'s feature standardisation to those of ``features``
+    (raw pooled training features (n, F)); a model without the layer is left as it is."""
+    if LAYER_NAMES["feature_norm"] in [layer.name for layer in model.layers]:
+        model.get_layer(LAYER_NAMES["feature_norm"]).adapt(np.asarray(features, dtype=np.float32))
+
+
+def _pooled(model, images, labels, *, num_classes, batch_size):
+    sequence = make_sequence(images, labels, num_classes=num_classes, batch_size=batch_size)
+    return np.asarray(predict_batches(feature_model(model), sequence, batch_size=batch_size))
+
+
+def _phase1_features(model, train, val, *, features, cache_features, num_classes, batch_size):
+    """``(train features, val features or None, seconds)``: the caller's, or computed once."""
+    if features is not None:
+        if not cache_features:
+            raise ValueError("Expected cache_features=True when features are given (the head is fitted on "
+                             "them). Received: cache_features=False")
+        train_f, val_f = (np.asarray(f, dtype=np.float32) for f in features)
+        width = model.get_layer(LAYER_NAMES["pooling"]).output.shape[-1]
+        if train_f.shape != (len(train[1]), width) or val_f.shape != (len(val[1]), width):
+            raise ValueError(f"Expected features of shapes ({len(train[1])}, {width}) and ({len(val[1])}, {width}) "
+                             f"(one row per image, the pooled width). Received: shapes={train_f.shape}, {val_f.shape}")
+        return train_f, val_f, 0.0
+    start = time.perf_counter()
+    train_f = _pooled(model, *train, num_classes=num_classes, batch_size=batch_size)
+    val_f = _pooled(model, *val, num_classes=num_classes, batch_size=batch_size) if cache_features else None
+    return train_f, val_f, time.perf_counter() - start
+
+
+def _check_fit(head, features, labels, *, batch_size) -> float:
+    """The exact training ROC AUC of the head at the end of phase 1; warn when it is below
+    :data:`UNDERFIT_AUC`."""
+    auc = exact_scores(labels, predict_batches(head, features, batch_size=batch_size))["auc"]
+    if np.isfinite(auc) and auc < UNDERFIT_AUC:
+        message = (f"The head did not fit its own training data: training ROC AUC {auc:.3f} at the end of "
+                   f"phase 1, below {UNDERFIT_AUC} (check the weights, the feature layer, the learning rate "
+                   f"and the epochs)")
+        logger.warning("%s", message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return auc
+
+
 def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_classes, epochs,
-             learning_rate=1e-3, batch_size=32, strategy="none", seed=0, cache_features=True,
+             learning_rate=1e-3, batch_size=32, strategy="none", seed=0, cache_features=True, features=None,
              patience=5, callbacks=(), verbose="auto", initial_epoch=0, jit_compile="auto", runtime=None):
-    """Phase 1: train only the head, the backbone frozen.
+    """Phase 1: adapt the feature standardisation, then train only the head, the backbone frozen.
 
     Args:
         model: A :func:`covidxr.models.build_model` model (trained in place).
@@ -59,49 +114,59 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
         seed: Seed of shuffling and resampling.
         cache_features: Compute the frozen backbone's pooled output once and fit the shared
             head on it (no augmentation); False runs every image through the whole model
-            (with its augmentation layers, if any).
-        patience: Early stopping patience (validation AUC).
-        callbacks: More Keras callbacks (get ``logs`` with ``val_auc`` etc.).
+            (with its augmentation layers, if any). Either way the training images' raw pooled
+            features are computed once, to adapt the standardisation (:func:`adapt_feature_norm`)
+            and to measure the head's training ROC AUC at the end.
+        features: ``(train, val)`` raw pooled features, (n, F) and (m, F), that the caller
+            computed with :func:`covidxr.models.feature_model` (e.g. once for many folds);
+            None computes them. Needs ``cache_features=True``.
+        patience: Unused here (the caller's callbacks stop early); kept for the callers.
+        callbacks: More Keras callbacks; they come after the
+            :class:`~covidxr.training.callbacks.ExactValidation` this adds first, so their
+            ``logs`` hold the exact ``val_loss``, ``val_auc`` and ``val_pr_auc``.
         verbose: Keras ``fit`` verbosity.
         initial_epoch: Epoch to start at (a resumed run); the batch order continues from it.
         jit_compile: Keras ``compile(jit_compile=...)``: ``"auto"``, True (XLA) or False.
         runtime: The :class:`covidxr.runtime.DataParallelRuntime` the model was built in
-            (None: one device).
+            (None: one device). Validation is predicted in full, padded batches of
+            ``batch_size``, which split evenly over its devices.
 
     Returns:
         ``(history, info)``: the Keras History and a dict with ``feature_seconds`` (time to
-        compute the cached features, 0 without caching) and ``fit_seconds``.
+        compute the pooled features), ``feature_shape``, ``fit_seconds``,
+        ``validation_seconds`` (the exact validation passes) and ``train_auc`` (the exact
+        training ROC AUC of the head at the end, no dropout, each training image once; a
+        ``UserWarning`` and a log warning when below :data:`UNDERFIT_AUC`).
+
+    Raises:
+        ValueError: ``features`` of the wrong shapes, or given with ``cache_features=False``.
     """
     backbone_layer(model).trainable = False
     class_weight = class_weight_for(strategy, train_labels, num_classes)
     train_seq = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed)
     train_seq.set_epoch(initial_epoch)
-    val_seq = make_sequence(val_images, val_labels, num_classes=num_classes, batch_size=batch_size)
-    info = {"feature_seconds": 0.0}
+    train_features, val_features, seconds = _phase1_features(
+        model, (train_images, train_labels), (val_images, val_labels), features=features,
+        cache_features=cache_features, num_classes=num_classes, batch_size=batch_size)
+    info = {"feature_seconds": seconds, "feature_shape": list(train_features.shape)}
+    adapt_feature_norm(model, train_features)
+    head = head_model(model)
     if cache_features:
-        start = time.perf_counter()
-        extractor = feature_model(model)
-        plain = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size)
-        train_features = predict_batches(extractor, plain, batch_size=batch_size)
-        val_features = predict_batches(extractor, val_seq, batch_size=batch_size)
-        info["feature_seconds"] = time.perf_counter() - start
-        info["feature_shape"] = list(train_features.shape)
-        fitted = head_model(model)
-        train_data = FeatureSequence(train_seq, train_features)
-        val_data = FeatureSequence(val_seq, val_features)
+        fitted, train_data, val_inputs = head, FeatureSequence(train_seq, train_features), val_features
     else:
-        fitted, train_data, val_data = model, train_seq, val_seq
+        fitted, train_data, val_inputs = model, train_seq, np.asarray(val_images)
+    validator = ExactValidation(val_inputs, val_labels, batch_size=batch_size)
     compile_model(fitted, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile)
     train_data = train_batches(train_data, batch_size=batch_size, class_weight=class_weight)
-    val_data = val_batches(runtime, val_data)
     start = time.perf_counter()
     # shuffle=False: the sequence shuffles and resamples with its own (seed, epoch) generator;
     # Keras' own shuffling of the batch order would draw from Python's global RNG, which a
     # resumed run cannot restore.
-    history = fitted.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(initial_epoch),
-                         shuffle=False, callbacks=list(callbacks), verbose=verbose)
-    info["fit_seconds"] = time.perf_counter() - start
+    history = fitted.fit(train_data, epochs=int(epochs), initial_epoch=int(initial_epoch), shuffle=False,
+                         callbacks=[validator, *callbacks], verbose=verbose)
+    info.update(fit_seconds=time.perf_counter() - start, validation_seconds=validator.seconds,
+                train_auc=_check_fit(head, train_features, train_labels, batch_size=batch_size))
     return history, info
 
 
@@ -111,7 +176,8 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
     """Phase 2: unfreeze the backbone from ``fine_tune_from`` and train on whole images.
 
     BatchNormalization layers stay frozen, hence in inference mode: their moving mean and
-    variance do not change.
+    variance do not change; so does the feature standardisation phase 1 adapted (never
+    re-adapted here). Validation as in :func:`fit_head` (exact, first callback).
 
     Args:
         model: A :func:`covidxr.models.build_model` model, usually after :func:`fit_head`.
@@ -123,7 +189,7 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
     Returns:
         ``(history, info)`` with ``unfrozen`` (names of the unfrozen backbone layers that have
-        weights), ``fine_tune_from_index`` and ``fit_seconds``.
+        weights), ``fine_tune_from_index``, ``fit_seconds`` and ``validation_seconds``.
     """
     index = resolve_fine_tune_from(model, fine_tune_from)
     unfrozen = set_trainable_from(model, index)
@@ -131,17 +197,15 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
     train_seq = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed + 1)
     train_seq.set_epoch(initial_epoch)
-    val_seq = make_sequence(val_images, val_labels, num_classes=num_classes, batch_size=batch_size)
+    validator = ExactValidation(np.asarray(val_images), val_labels, batch_size=batch_size)
     compile_model(model, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile)
     train_data = train_batches(train_seq, batch_size=batch_size, class_weight=class_weight)
-    val_data = val_batches(runtime, val_seq)
     start = time.perf_counter()
-    history = model.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(initial_epoch),
-                        shuffle=False,
-                        callbacks=list(callbacks), verbose=verbose)
+    history = model.fit(train_data, epochs=int(epochs), initial_epoch=int(initial_epoch), shuffle=False,
+                        callbacks=[validator, *callbacks], verbose=verbose)
     info = {"unfrozen": unfrozen, "fine_tune_from_index": index,
             "fine_tune_from_layer": backbone_layer(model).layers[index].name,
-            "fit_seconds": time.perf_counter() - start}
+            "fit_seconds": time.perf_counter() - start, "validation_seconds": validator.seconds}
     return history, info
 
 
