@@ -3,7 +3,7 @@ trunks, three feature layers, the project's phase-1 head against a logistic regr
 features, floor baselines, a source-held-out split and paired differences.
 
     python benchmarks/transfer.py --data-dir ../shared/data/covid-chestxray-dataset \
-        --out benchmarks/results/transfer [--image-size 224] [--folds 5]
+        --out runs/benchmarks/transfer [--image-size 224] [--folds 5]
 
 What it does (task covid-vs-rest, frontal X-rays, split groups as every run makes them):
 
@@ -13,9 +13,9 @@ What it does (task covid-vs-rest, frontal X-rays, split groups as every run make
    project's own input pipeline (grey → three channels → VGG16 ``preprocess_input``).
 2. Patient-grouped, stratified ``--folds``-fold cross-validation (``covidxr.data.kfold_split``: the
    test part is the fold, validation is drawn from its training groups). For every weights × layer
-   and fold: the project's phase-1 head (``covidxr.training.fit_head_on_features``: standardised
-   features, dropout, dense, class weights, exact validation ROC AUC for early stopping and the best
-   epoch) and a standardised logistic regression (scikit-learn, class-balanced, C in {0.01, 0.1, 1}
+   and fold: the project's phase-1 head (``covidxr.training.fit_head`` on the stored features, the
+   model cut at that layer with ``feature_layer``: standardised features, dropout, dense, class
+   weights, exact validation ROC AUC for early stopping, the schedule and the best epoch) and a standardised logistic regression (scikit-learn, class-balanced, C in {0.01, 0.1, 1}
    chosen on the fold's validation part).
 3. Floor baselines on the same folds: the file-property audit (format, mode, size, bit depth;
    gradient boosting) and a logistic regression on 32×32 grey pixels.
@@ -83,6 +83,25 @@ def features(images, *, weights, image_size, batch_size=32):
     return {n: np.asarray(o, dtype=np.float32) for n, o in zip(LAYERS, outs)}, model.covidxr_weights
 
 
+def stored_features(path: Path, frame, images, *, image_size):
+    """The features of both weights sources, computed once and kept in ``path`` (keyed by the images)."""
+    if path.is_file():
+        data = np.load(path, allow_pickle=False)
+        if list(data["images"]) == list(frame["image"]):
+            feats = {w: {n: data[f"{w}__{n}"] for n in LAYERS} for w in WEIGHTS}
+            return feats, json.loads(str(data["info"]))
+    feats, info = {}, {}
+    for weights in WEIGHTS:
+        start = time.perf_counter()
+        feats[weights], info[weights] = features(images, weights=weights, image_size=image_size)
+        info[weights] = {k: v for k, v in info[weights].items() if isinstance(v, (str, int, float, bool, type(None)))}
+        info[weights]["feature_seconds"] = round(time.perf_counter() - start, 1)
+        print(f"features, weights {weights}: {info[weights]['feature_seconds']} s", flush=True)
+    np.savez(path, images=np.asarray(frame["image"], dtype=str), info=json.dumps(info),
+             **{f"{w}__{n}": feats[w][n] for w in WEIGHTS for n in LAYERS})
+    return feats, info
+
+
 def folds(frame, *, n_folds, seed=0, allow_small_validation=False):
     """Per fold: a part per row ("train", "val", "test")."""
     from covidxr.data import kfold_split
@@ -119,14 +138,28 @@ def logistic(x, y, part, *, seed=0):
     return best
 
 
-def project_head(x, y, part, *, seed=0, epochs=30, patience=5):
-    """The project's phase-1 head on stored features; ``(val_auc, test_scores, best_epoch)``."""
-    from covidxr.training import fit_head_on_features
+def project_head(x, y, part, images, *, layer, seed=0, epochs=30, patience=5):
+    """The project's phase-1 head on stored features (``fit_head(features=...)``: standardisation
+    adapted on the training part, class weights, exact validation ROC AUC driving early stopping,
+    the learning-rate schedule and the best epoch, as in every run); ``(val_auc, test_scores, best_epoch)``."""
+    import keras
+
+    from covidxr.models import build_model, head_model
+    from covidxr.training import SaveBest, fit_head, schedules, set_arrays
 
     tr, va, te = (part == "train"), (part == "val"), (part == "test")
-    result = fit_head_on_features(x[tr], y[tr], x[va], y[va], x[te], num_classes=2, epochs=epochs,
-                                  patience=patience, strategy="class-weight", seed=seed)
-    return result["val_auc"], result["test_probs"][:, 1], result["best_epoch"]
+    keras.utils.set_random_seed(seed)
+    model = build_model("vgg16", num_classes=2, image_size=images.shape[1], weights="none", augmentation=None,
+                        feature_layer=layer, seed=seed)
+    saver = SaveBest(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_head(model, images[tr], y[tr], images[va], y[va], num_classes=2, epochs=epochs, strategy="class-weight",
+                 seed=seed, features=(x[tr], x[va]), callbacks=[*schedules(patience), saver], verbose=0)
+    set_arrays(model.weights, saver.best_weights, what="weights")
+    probs = head_model(model).predict(x[te], batch_size=256, verbose=0)
+    keras.backend.clear_session()
+    return saver.best, np.asarray(probs)[:, -1], saver.best_epoch
 
 
 def pixels(images, size=32):
@@ -189,7 +222,8 @@ def run_configs(frame, images, feats, y, fold_parts, *, seed, epochs):
     for weights in WEIGHTS:
         for layer in LAYERS:
             x = feats[weights][layer]
-            for model, fit in (("head", lambda p, x=x: project_head(x, y, p, seed=seed, epochs=epochs)),
+            for model, fit in (("head", lambda p, x=x, layer=layer: project_head(x, y, p, images, layer=layer, seed=seed,
+                                                                               epochs=epochs)),
                                ("logistic", lambda p, x=x: logistic(x, y, p, seed=seed))):
                 start = time.perf_counter()
                 res = cross_validate(f"{weights} / {layer} / {model}", fit, y, fold_parts)
@@ -215,7 +249,7 @@ def choose(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data/covid-chestxray-dataset")
-    parser.add_argument("--out", default="benchmarks/results/transfer")
+    parser.add_argument("--out", default="runs/benchmarks/transfer")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--folds", type=int, default=5)
@@ -230,11 +264,7 @@ def main(argv=None):
     frame, images = load(args.data_dir, cache_dir=args.cache_dir, image_size=args.image_size)
     y = (frame["label"] == "covid").to_numpy(int)
     groups = frame["group"].astype(str).to_numpy()
-    feats, info = {}, {}
-    for weights in WEIGHTS:
-        start = time.perf_counter()
-        feats[weights], info[weights] = features(images, weights=weights, image_size=args.image_size)
-        print(f"features, weights {weights}: {time.perf_counter() - start:.1f} s", flush=True)
+    feats, info = stored_features(out / f"features-{args.image_size}.npz", frame, images, image_size=args.image_size)
     fold_parts = folds(frame, n_folds=args.folds, seed=args.seed)
     results = run_configs(frame, images, feats, y, fold_parts, seed=args.seed, epochs=args.epochs)
     for r in results:
@@ -243,28 +273,35 @@ def main(argv=None):
     twin = next(r for r in results if r["weights"] == "none" and r["layer"] == chosen["layer"]
                 and r["model"] == chosen["model"])
     diff = paired(chosen, twin, y, groups, n_bootstrap=args.n_bootstrap, seed=args.seed)
-    source = source_held_out(args, chosen)
+    source = source_held_out(args, chosen, frame, images, feats)
     write(out, results, chosen, twin, diff, source, info, args, frame, seconds=time.perf_counter() - started)
 
 
-def source_held_out(args, chosen, n_folds=3):
-    """Hed against random for the chosen layer and model on leave-sources-out folds."""
-    frame, images = load(args.data_dir, cache_dir=args.cache_dir, image_size=args.image_size, group_by="source")
+def source_held_out(args, chosen, base, images, feats, n_folds=3):
+    """Hed against random for the chosen layer and model on leave-sources-out folds (the features
+    computed for the main table, rows matched by image)."""
+    from covidxr.images import load_grouped
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = load_grouped(args.data_dir, task="covid-vs-rest", cache_dir=args.cache_dir, group_by="source")
+    frame = frame[frame["image"].isin(set(base["image"]))].reset_index(drop=True)
+    rows = base.reset_index(drop=True).reset_index().set_index("image").loc[frame["image"], "index"].to_numpy()
     y = (frame["label"] == "covid").to_numpy(int)
     groups = frame["group"].astype(str).to_numpy()
     parts = folds(frame, n_folds=n_folds, seed=args.seed, allow_small_validation=True)
-    rows = {}
+    out = {}
     for weights in WEIGHTS:
-        x, _ = features(images, weights=weights, image_size=args.image_size)
-        x = x[chosen["layer"]]
-        fit = ((lambda p: project_head(x, y, p, seed=args.seed, epochs=args.epochs)) if chosen["model"] == "head"
-               else (lambda p: logistic(x, y, p, seed=args.seed)))
+        x = feats[weights][chosen["layer"]][rows]
+        fit = ((lambda p, x=x: project_head(x, y, p, images[rows], layer=chosen["layer"], seed=args.seed,
+                                            epochs=args.epochs))
+               if chosen["model"] == "head" else (lambda p, x=x: logistic(x, y, p, seed=args.seed)))
         res = cross_validate(f"{weights} / {chosen['layer']} / {chosen['model']} (sources held out)", fit, y, parts)
         res["test"] = pooled(res, y, groups, n_bootstrap=args.n_bootstrap, seed=args.seed)
-        rows[weights] = res
-    rows["paired"] = paired(rows["hed"], rows["none"], y, groups, n_bootstrap=args.n_bootstrap, seed=args.seed)
-    rows["n_sources"] = int(frame["source"].nunique())
-    return rows
+        out[weights] = res
+    out["paired"] = paired(out["hed"], out["none"], y, groups, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    out["n_sources"] = int(frame["source"].nunique())
+    return out
 
 
 def _fmt(fig):
