@@ -53,7 +53,8 @@ from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .inference import load_run, predict_images
-from .models import backbone_layer, build_model, get_backbone, resolve_fine_tune_from, set_trainable_from
+from .models import (backbone_layer, build_model, get_backbone, gradcam_layer, normalize_feature_layer,
+                     resolve_fine_tune_from, set_trainable_from)
 from .reports import run_report
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .training import CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase
@@ -66,12 +67,13 @@ logger = logging.getLogger("covidxr.train")
 
 
 def run_name(config: TrainConfig, *, now=None) -> str:
-    """``<YYYY-mm-ddTHH-MM-SS>_<task>_<backbone>_<strategy>[_f<K>]_<4 random chars>``."""
+    """``<YYYY-mm-ddTHH-MM-SS>_<task>_<backbone>[-<feature layer>]_<strategy>[_f<K>]_<4 random chars>``."""
     now = now or datetime.now()
     alphabet = string.ascii_lowercase + string.digits
     tag = "".join(secrets.choice(alphabet) for _ in range(4))  # not from the seeded RNGs
     fold = f"_f{int(config.fold)}" if config.folds else ""
-    return f"{now:%Y-%m-%dT%H-%M-%S}_{config.task}_{get_backbone(config.backbone).name}_{config.strategy}{fold}_{tag}"
+    layer = f"-{config.feature_layer}" if normalize_feature_layer(config.feature_layer) else ""
+    return f"{now:%Y-%m-%dT%H-%M-%S}_{config.task}_{get_backbone(config.backbone).name}{layer}_{config.strategy}{fold}_{tag}"
 
 
 def _refuse_existing(path: Path) -> None:
@@ -266,7 +268,7 @@ def _build(state: RunState) -> None:
     state.model = build_model(config.backbone, num_classes=len(state.classes), image_size=config.image_size,
                               weights=config.weights, dropout=config.dropout,
                               augmentation=({"hflip": bool(config.hflip)} if config.augment else None),
-                              pooling=config.pooling, seed=int(config.seed))
+                              pooling=config.pooling, seed=int(config.seed), feature_layer=config.feature_layer)
     state.fine_tune_index = (resolve_fine_tune_from(state.model, config.fine_tune_from)
                              if config.fine_tune_epochs else None)
 
@@ -352,6 +354,7 @@ def _write_record(state: RunState, memory) -> None:
             "fine_tune_learning_rate": config.resolved_fine_tune_learning_rate,
             "fine_tune_from_index": index,
             "fine_tune_from_layer": backbone_layer(state.model).layers[index].name if index is not None else None,
+            "gradcam_layer": gradcam_layer(state.model),
         },
         "preprocessing": {
             "input": "uint8 grey, shape (image_size, image_size, 1); the model adds three "

@@ -9,7 +9,8 @@ Every model :func:`build_model` returns has the same shape::
       -> augmentation         keras.Sequential of preprocessing layers (training only)
       -> BackbonePreprocess   the backbone's own ``preprocess_input``
       -> backbone             nested keras.applications model, include_top=False; its
-                              BatchNormalization layers are kept frozen, so in inference mode
+                              BatchNormalization layers are kept frozen, so in inference mode;
+                              with ``feature_layer`` cut there (the layers above left out)
       -> pooling              GlobalAveragePooling2D (or GlobalMaxPooling2D)
       -> dropout
       -> head                 Dense: 1 sigmoid unit for two classes, C softmax units otherwise
@@ -36,6 +37,7 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
+from .features import normalize_feature_layer, truncate_backbone
 from .registry import LAYER_NAMES, Backbone, get_backbone
 
 __all__ = ["BackbonePreprocess", "GreyToRGB", "build_augmentation", "build_model"]
@@ -185,7 +187,7 @@ def _make_backbone(spec: Backbone, *, size, weights):
 
 
 def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropout=0.2,
-                augmentation=True, pooling="avg", seed=None) -> keras.Model:
+                augmentation=True, pooling="avg", seed=None, feature_layer=None) -> keras.Model:
     """Build a transfer-learning classifier for uint8 grey images.
 
     Args:
@@ -201,6 +203,9 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
             arguments, or ``None``/``False`` (no augmentation layers).
         pooling: ``"avg"`` or ``"max"`` global pooling.
         seed: Seed of the augmentation and dropout layers.
+        feature_layer: None (the whole backbone) or a layer name of the backbone (any; the
+            registry's ``feature_layers`` are the candidates): the head sits on that layer's
+            pooled output and the layers above it are left out (:func:`truncate_backbone`).
 
     Returns:
         A ``keras.Model`` mapping uint8 (b, S, S, 1) to probabilities (b, 1) or (b, C).
@@ -208,12 +213,13 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
 
     Raises:
         ValueError: Unknown backbone or pooling, image size too small, bad dropout or class
-            count, a weights file that does not match the architecture.
+            count, a weights file that does not match the architecture, an unknown feature layer.
         FileNotFoundError: ``weights`` names a file that does not exist.
         ConnectionError: The ImageNet weights could not be downloaded.
     """
     spec = get_backbone(backbone)
     size = _check_size(spec, image_size)
+    feature_layer = normalize_feature_layer(feature_layer)
     if int(num_classes) < 2:
         raise ValueError(f"Expected num_classes >= 2. Received: num_classes={num_classes!r}")
     if not 0 <= float(dropout) < 1:
@@ -229,6 +235,7 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
         )
 
     base = _make_backbone(spec, size=size, weights=weights)
+    base = truncate_backbone(base, feature_layer, backbone=spec.name)
     base.name = LAYER_NAMES["backbone"]
 
     inputs = keras.Input((size, size, 1), dtype="uint8", name=LAYER_NAMES["input"])

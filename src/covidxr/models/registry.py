@@ -27,6 +27,9 @@ class Backbone:
         last_conv_layer: Name of the backbone's last convolutional layer (Grad-CAM target).
         min_size: Smallest input side the backbone accepts, in pixels.
         fine_tune_from: Default first layer unfrozen in phase 2 (the last block).
+        feature_layers: Candidate feature layers for truncated transfer (``feature_layer``
+            of :func:`covidxr.models.build_model`), shallow to deep: the output of a late
+            block; any layer of the backbone is accepted, these are the ones suggested.
     """
 
     name: str
@@ -35,19 +38,23 @@ class Backbone:
     last_conv_layer: str
     min_size: int = 32
     fine_tune_from: str | None = None
+    feature_layers: tuple[str, ...] = ()
 
 
 #: Registry of backbones: name -> :class:`Backbone`.
 BACKBONES = {
     "resnet50": Backbone("resnet50", keras.applications.ResNet50,
                          keras.applications.resnet50.preprocess_input,
-                         "conv5_block3_out", 32, "conv5_block1_1_conv"),
+                         "conv5_block3_out", 32, "conv5_block1_1_conv",
+                         ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")),
     "vgg16": Backbone("vgg16", keras.applications.VGG16,
                       keras.applications.vgg16.preprocess_input,
-                      "block5_conv3", 32, "block5_conv1"),
+                      "block5_conv3", 32, "block5_conv1",
+                      ("block3_conv3", "block4_conv3", "block5_conv3")),
     "vgg19": Backbone("vgg19", keras.applications.VGG19,
                       keras.applications.vgg19.preprocess_input,
-                      "block5_conv4", 32, "block5_conv1"),
+                      "block5_conv4", 32, "block5_conv1",
+                      ("block3_conv4", "block4_conv4", "block5_conv4")),
 }
 
 #: Fixed names of the parts of a built model.

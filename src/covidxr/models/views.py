@@ -9,8 +9,8 @@ from keras import layers
 
 from .registry import LAYER_NAMES, get_backbone
 
-__all__ = ["backbone_layer", "backbone_name", "feature_model", "gradcam_model", "head_model",
-           "resolve_fine_tune_from", "set_trainable_from"]
+__all__ = ["auto_fine_tune_from", "backbone_layer", "backbone_name", "backbone_output_layer", "feature_model",
+           "gradcam_layer", "gradcam_model", "head_model", "resolve_fine_tune_from", "set_trainable_from"]
 
 
 # --------------------------------------------------------------------------- views of a model
@@ -29,6 +29,28 @@ def backbone_layer(model) -> keras.Model:
 def backbone_name(model) -> str:
     """The registry name of the backbone inside a :func:`build_model` model."""
     return model.get_layer(LAYER_NAMES["preprocess"]).backbone
+
+
+def backbone_output_layer(model) -> str:
+    """The name of the layer whose output the backbone of ``model`` returns: its feature layer
+    when the model was built with ``feature_layer``, else the full backbone's last layer (e.g.
+    ``block5_pool``, ``conv5_block3_out``)."""
+    base = backbone_layer(model)
+    output = base.outputs[0]
+    for layer in reversed(base.layers):
+        if layer.output is output:
+            return layer.name
+    return base.layers[-1].name
+
+
+def gradcam_layer(model) -> str:
+    """The layer Grad-CAM explains by default: the registry's ``last_conv_layer`` when the
+    backbone holds it, else (a backbone cut below it by ``feature_layer``) the feature layer."""
+    base = backbone_layer(model)
+    last = get_backbone(backbone_name(model)).last_conv_layer
+    if any(layer.name == last for layer in base.layers):
+        return last
+    return backbone_output_layer(model)
 
 
 def feature_model(model) -> keras.Model:
@@ -61,21 +83,22 @@ def gradcam_model(model, *, layer=None) -> keras.Model:
     """``uint8 images -> [last conv output (b, h, w, k), predictions]`` for Grad-CAM.
 
     Rebuilds the inference path (no augmentation) of a :func:`build_model` model with the
-    backbone split at ``layer`` (default: the registry's ``last_conv_layer``); all weights are
-    shared with ``model``.
+    backbone split at ``layer`` (default: :func:`gradcam_layer`, the registry's
+    ``last_conv_layer`` or the feature layer of a cut backbone); all weights are shared with ``model``.
 
     Args:
         model: A model from :func:`build_model` (or :func:`covidxr.inference.load_run`).
         layer: Name of a layer inside the backbone whose output is returned.
     """
     base = backbone_layer(model)
-    layer = layer or get_backbone(backbone_name(model)).last_conv_layer
+    layer = layer or gradcam_layer(model)
     try:
         target = base.get_layer(layer)
     except ValueError as err:
         raise ValueError(
             f"Expected a layer of backbone {backbone_name(model)!r}. Received: layer={layer!r}"
         ) from err
+    # (for a backbone cut at its feature layer, both outputs are that layer's output)
     split = keras.Model(base.inputs, [target.output, base.outputs[0]], name="backbone_split")
     shape = model.inputs[0].shape[1:]
     inputs = keras.Input(shape, dtype="uint8", name=LAYER_NAMES["input"])
@@ -90,12 +113,28 @@ def gradcam_model(model, *, layer=None) -> keras.Model:
 
 # --------------------------------------------------------------------------- fine-tuning
 
+def auto_fine_tune_from(model) -> str:
+    """The first layer ``fine_tune_from="auto"`` unfreezes: the first layer of the block that
+    holds the backbone's output layer (:func:`backbone_output_layer`; a block is the name
+    before its first ``_``: ``block4`` of ``block4_conv3``, ``conv4`` of ``conv4_block6_out``),
+    the registry's ``fine_tune_from`` when it lies in that block (the whole backbone:
+    ``block5_conv1``, ``conv5_block1_1_conv``), ``"all"`` when no layer name has the prefix."""
+    base = backbone_layer(model)
+    block = backbone_output_layer(model).split("_")[0] + "_"
+    names = [layer.name for layer in base.layers]
+    default = get_backbone(backbone_name(model)).fine_tune_from
+    if default and default.startswith(block) and default in names:
+        return default
+    return next((name for name in names if name.startswith(block)), "all")
+
+
 def resolve_fine_tune_from(model, fine_tune_from="auto") -> int:
     """Index (in ``backbone.layers``) of the first layer unfrozen in phase 2.
 
     Args:
         model: A :func:`build_model` model.
-        fine_tune_from: ``"auto"`` (the registry's default: the last block), ``"all"`` (the
+        fine_tune_from: ``"auto"`` (the last block of the backbone, cut or not:
+            :func:`auto_fine_tune_from`), ``"all"`` (the
             whole backbone), a layer name of the backbone, or ``-N`` / ``"-N"`` (the last N
             layers).
 
@@ -106,7 +145,7 @@ def resolve_fine_tune_from(model, fine_tune_from="auto") -> int:
     names = [l.name for l in base.layers]
     value = fine_tune_from
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        value = get_backbone(backbone_name(model)).fine_tune_from or "all"
+        value = auto_fine_tune_from(model)
     if isinstance(value, str) and value.strip().lower() == "all":
         return 0
     number = None
