@@ -2,8 +2,8 @@
 Must not draw: it returns the maps as arrays (overlays are :func:`covidxr.figures.overlay`).
 
 Grad-CAM weights the feature maps of a convolutional layer (by default the backbone's last
-one, from the registry, or the feature layer of a model cut there) by the spatially averaged gradient of the class score, sums them and
-keeps the positive part:
+one, from the registry, or the feature layer of a model cut there) by the spatially averaged
+gradient of the class score, sums them and keeps the positive part:
 
     Selvaraju, R. R., Cogswell, M., Das, A., Vedantam, R., Parikh, D. and Batra, D.
     "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization."

@@ -138,8 +138,7 @@ def _training_options(config: TrainConfig) -> dict:
 
 def _grid_record(config, backbones, strategies, folds, feature_layers=(None,)) -> dict:
     return {"backbones": list(backbones), "feature_layers": list(feature_layers), "strategies": list(strategies),
-            "folds": int(folds),
-            "split_version": SPLIT_VERSION, "options": _training_options(config)}
+            "folds": int(folds), "split_version": SPLIT_VERSION, "options": _training_options(config)}
 
 
 def _differences(old: dict, new: dict) -> list[str]:

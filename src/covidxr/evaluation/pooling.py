@@ -4,9 +4,8 @@ and the one configuration chosen on validation ROC AUC.
 Must not train, write files or draw: it reads finished run folders and returns tables.
 
 The test parts of the ``k`` folds are disjoint and together hold every patient once, so the
-test predictions of all folds of one configuration (backbone × feature layer × strategy) are pooled
-into one frame and scored
-once, rather than averaging k small-sample figures:
+test predictions of all folds of one configuration (backbone × feature layer × strategy) are
+pooled into one frame and scored once, rather than averaging k small-sample figures:
 
 * Decisions (sensitivity, specificity, PPV, NPV, F1, balanced accuracy, MCC, accuracy) use
   **each fold's own thresholds**, chosen on that fold's validation part (Youden's J by
@@ -22,8 +21,9 @@ once, rather than averaging k small-sample figures:
 
 **Choosing a configuration** (:func:`grid_selection`) uses validation data only: each run's
 validation ROC AUC (image level, its ``val`` rows), averaged over the folds of a configuration
-(backbone × feature layer × strategy); the best mean wins, ties broken by :data:`SELECTION_RULE`. The pooled test figures of
-every configuration are descriptive: choosing on them would tune on test data.
+(backbone × feature layer × strategy); the best mean wins, ties broken by :data:`SELECTION_RULE`.
+The pooled test figures of every configuration are descriptive: choosing on them would tune on
+test data.
 
 Three-class tasks decide by arg-max, so no threshold is involved there (validation AUC: the
 one-vs-rest macro mean).
@@ -166,7 +166,8 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
     Returns:
         ``(pooled, per_run)``. ``pooled`` has one row per backbone × feature layer × strategy ×
         level with ``run`` (:func:`configuration_label`), ``task, backbone, feature_layer`` (None:
-        the whole backbone), ``strategy, fold`` (``"k pooled"``), ``weights, data, level, n_images, n_patients, threshold`` (NaN: one per
+        the whole backbone), ``strategy, fold`` (``"k pooled"``), ``weights, data, level,
+        n_images, n_patients, threshold`` (NaN: one per
         fold, listed in ``thresholds``: the level's own), ``folds``, ``thresholds``, ``runs``,
         ``val_roc_auc_mean``, ``val_roc_auc_min``, ``val_roc_aucs`` (per fold) and for every
         metric ``<m>, <m>_ci_low, <m>_ci_high``. ``per_run`` is
@@ -185,7 +186,8 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
         val_aucs.update({m[0].name: m[6] for m in members})
         for level_name, infos in (("image", [m[4] for m in members]), ("patient", [m[5] for m in members])):
             row = {"run": configuration_label(backbone, feature_layer, strategy), "task": config.get("task"),
-                   "backbone": backbone, "feature_layer": feature_layer, "strategy": strategy, "fold": f"{len(members)} pooled", "weights": config.get("weights"),
+                   "backbone": backbone, "feature_layer": feature_layer, "strategy": strategy,
+                   "fold": f"{len(members)} pooled", "weights": config.get("weights"),
                    "data": "test (folds pooled)", "level": level_name, "n_images": result["n_images"],
                    "n_patients": result["n_patients"], "threshold": np.nan, "folds": len(members),
                    "thresholds": _listed(infos), "runs": ", ".join(m[0].name for m in members),
