@@ -1,4 +1,4 @@
-"""Tests for covidxr.grid: a tiny 2 × 2 × 2 grid, interrupted and resumed; pooled metrics."""
+"""Tests for covidxr.grid: a tiny 2 × 2 × 2 grid, interrupted and resumed; pooled metrics; a feature-layer axis."""
 
 from __future__ import annotations
 
@@ -257,13 +257,13 @@ def test_pooled_patients_use_each_folds_patient_threshold():
         M.pooled_metrics(frame.assign(patient_threshold=np.nan), classes=["non-covid", "covid"], n_bootstrap=0)
 
 
-def _fake_run(root, backbone, strategy, fold, *, swaps, test_neg=(0.3, 0.35, 0.45, 0.4)):
+def _fake_run(root, backbone, strategy, fold, *, swaps, test_neg=(0.3, 0.35, 0.45, 0.4), feature_layer=None):
     """A finished fake run of fold ``fold``: val AUC lowered by ``swaps`` swapped pairs, the test
     part's negatives scored ``test_neg`` (positives 0.5 .. 0.8)."""
     root.mkdir(parents=True)
     (root / "config.json").write_text(json.dumps({
         "classes": ["non-covid", "covid"], "task": "covid-vs-rest", "backbone": backbone, "strategy": strategy,
-        "fold": fold, "folds": 2, "weights": "none"}))
+        "fold": fold, "folds": 2, "weights": "none", **({"feature_layer": feature_layer} if feature_layer else {})}))
     neg, pos = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
     for k in range(swaps):
         neg[-1 - k], pos[k] = pos[k], neg[-1 - k]
@@ -352,3 +352,96 @@ def test_real_data_covid_vs_normal_refuses_too_many_folds(real_data, tmp_path):
         with pytest.raises(ValueError, match=r"class 'normal' has 16 split groups.*covid-vs-normal"):
             grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=17)
     assert not (tmp_path / "g").exists()
+
+
+# --------------------------------------------------------------------------- feature layers as an axis
+
+LAYERS = ["block3_conv3", "block4_conv3"]
+
+
+def test_grid_with_two_feature_layers(collection, tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    base = _base(collection, tmp_path / "cache")
+    grid.run_grid(base, out=out, backbones="vgg16", strategies="none", folds=FOLDS, feature_layers=",".join(LAYERS),
+                  n_bootstrap=10, progress=False)
+    record = json.loads((out / "grid.json").read_text())
+    assert record["feature_layers"] == LAYERS and "feature_layer" not in record["options"]
+    assert [t["feature_layer"] for t in record["timings"]] == [LAYERS[0]] * FOLDS + [LAYERS[1]] * FOLDS
+    seen = set()
+    for name in record["runs"]:
+        config = json.loads((out / "runs" / name / "config.json").read_text())
+        assert f"_vgg16-{config['feature_layer']}_none_f{config['fold']}_" in name
+        assert config["resolved"]["gradcam_layer"] == config["feature_layer"]
+        seen.add((config["feature_layer"], config["fold"]))
+    assert seen == {(layer, f) for layer in LAYERS for f in range(FOLDS)}
+    pooled = pd.read_csv(out / "comparison.csv")
+    assert len(pooled) == 2 * 2  # feature layer × level
+    assert set(pooled["run"]) == {f"vgg16:{layer} / none" for layer in LAYERS}
+    assert sorted(set(pooled["feature_layer"])) == LAYERS and (pooled["folds"] == FOLDS).all()
+    per_run = pd.read_csv(out / "runs.csv")
+    assert sorted(set(per_run["feature_layer"])) == LAYERS
+    selection = record["selection"]
+    assert selection["feature_layer"] in LAYERS and selection["run"] == f"vgg16:{selection['feature_layer']} / none"
+    assert len(selection["ranking"]) == 2
+    text = (out / "comparison.md").read_text()
+    assert "feature layers: block3_conv3, block4_conv3;" in text and f"**{selection['run']}**" in text
+    # started again with the same axis: nothing is trained; another axis is refused
+    monkeypatch.setattr(grid, "train", lambda config: pytest.fail("trained"))
+    grid.run_grid(base, out=out, backbones="vgg16", strategies="none", folds=FOLDS, feature_layers=LAYERS,
+                  n_bootstrap=5, progress=False)
+    with pytest.raises(ValueError, match=r"feature_layers: \['block3_conv3', 'block4_conv3'\] -> \['block3_conv3'\]"):
+        grid.run_grid(base, out=out, backbones="vgg16", strategies="none", folds=FOLDS, feature_layers="block3_conv3",
+                      progress=False)
+
+
+def test_feature_layers_must_fit_every_backbone(collection, tmp_path):
+    base = _base(collection, tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"'block4_conv3' is not a layer of 'resnet50' \(its candidates: "
+                                         r"\['conv3_block4_out', 'conv4_block6_out', 'conv5_block3_out'\]\)\. "
+                                         r"Received: feature_layers=\['block4_conv3'\], backbones=\['vgg16', 'resnet50'\]"):
+        grid.run_grid(base, out=tmp_path / "g", backbones="vgg16,resnet50", strategies="none", folds=2,
+                      feature_layers="block4_conv3")
+    with pytest.raises(ValueError, match=r"each of feature_layers once\. Received: feature_layers=\['block3_conv3', "):
+        grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=2,
+                      feature_layers="block3_conv3, block3_conv3")
+    with pytest.raises(ValueError, match=r"at least one feature layer.*Received: feature_layers=''"):
+        grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=2, feature_layers="")
+    assert not (tmp_path / "g").exists()
+    # 'none' is the whole backbone; no axis takes the base configuration's feature layer
+    combos = grid.combinations(["vgg16", "vgg19"], ["none"], 1, [None, "block3_pool"])
+    assert [(c["backbone"], c["feature_layer"]) for c in combos] == [
+        ("vgg16", None), ("vgg16", "block3_pool"), ("vgg19", None), ("vgg19", "block3_pool")]
+    _, configs, _, _, layers = grid._grid_configs(base, out=tmp_path / "g", backbones="vgg16,vgg19", strategies="none",
+                                                  folds=2, n_bootstrap=0, feature_layers="none,block3_pool")
+    assert layers == [None, "block3_pool"] and len(configs) == 8
+    cut = TrainConfig(**{**base.to_dict(), "feature_layer": "block2_pool"})
+    _, configs, _, _, layers = grid._grid_configs(cut, out=tmp_path / "g", backbones="vgg16", strategies="none",
+                                                  folds=2, n_bootstrap=0)
+    assert layers == ["block2_pool"] and {c.feature_layer for c in configs} == {"block2_pool"}
+    # a grid.json from before the axis resumes as a grid without it
+    old = grid._grid_record(base, ["vgg16"], ["none"], 2)
+    old.pop("feature_layers")
+    assert grid._differences(old, grid._grid_record(base, ["vgg16"], ["none"], 2)) == []
+
+
+def test_pooling_groups_by_feature_layer(tmp_path):
+    runs = [_fake_run(tmp_path / f"a{f}", "vgg16", "none", f, swaps=1) for f in (0, 1)]
+    runs += [_fake_run(tmp_path / f"b{f}", "vgg16", "none", f, swaps=0, feature_layer="block4_conv3") for f in (0, 1)]
+    pooled, per_run = M.grid_comparison(runs, n_bootstrap=0)
+    assert len(pooled) == 4 and set(pooled["run"]) == {"vgg16 / none", "vgg16:block4_conv3 / none"}
+    layers = pooled.drop_duplicates("run").set_index("run")["feature_layer"]
+    assert pd.isna(layers["vgg16 / none"]) and layers["vgg16:block4_conv3 / none"] == "block4_conv3"  # none: whole
+    selection = M.grid_selection(pooled)
+    assert selection["run"] == "vgg16:block4_conv3 / none" and selection["feature_layer"] == "block4_conv3"
+    assert [r["run"] for r in selection["ranking"]] == ["vgg16:block4_conv3 / none", "vgg16 / none"]
+    assert set(per_run["feature_layer"].dropna()) == {"block4_conv3"} and "feature_layer" in M.RUN_KEYS
+
+
+def test_cli_grid_feature_layers(collection, tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(grid, "run_grid", lambda base, **kwargs: seen.update(kwargs, base=base) or tmp_path)
+    args = ["grid", "--data-dir", str(collection), "--backbones", "vgg16", "--strategies", "none", "--out",
+            str(tmp_path / "g"), "--weights", "none", "--image-size", "32"]
+    assert cli.main(args + ["--feature-layers", "block3_conv3,block4_conv3"]) == 0
+    assert seen["feature_layers"] == "block3_conv3,block4_conv3" and seen["base"].feature_layer is None
+    assert cli.main(args) == 0 and seen["feature_layers"] is None

@@ -202,3 +202,121 @@ def test_bad_options(kwargs, match):
     options = {"num_classes": 2, "image_size": SIZE, "weights": None, **kwargs}
     with pytest.raises(ValueError, match=match):
         build_model("vgg16", **options)
+
+
+# --------------------------------------------------------------------------- feature layers (truncated transfer)
+
+CANDIDATES = [(name, layer) for name in sorted(BACKBONES) for layer in BACKBONES[name].feature_layers]
+#: Channels of each candidate's output.
+CHANNELS = {"block3_conv3": 256, "block4_conv3": 512, "block5_conv3": 512, "block3_conv4": 256,
+            "block4_conv4": 512, "block5_conv4": 512, "conv3_block4_out": 512, "conv4_block6_out": 1024,
+            "conv5_block3_out": 2048}
+
+
+@pytest.fixture(scope="module")
+def truncated():
+    """``truncated(backbone, layer)``: a two-class model cut at ``layer``, built once per module."""
+    built = {}
+
+    def get(name, layer):
+        if (name, layer) not in built:
+            keras.utils.set_random_seed(0)
+            built[name, layer] = build_model(name, num_classes=2, image_size=BACKBONES[name].min_size, weights=None,
+                                             augmentation=None, feature_layer=layer)
+        return built[name, layer]
+
+    return get
+
+
+def test_registry_names_three_feature_layers_per_backbone_shallow_to_deep():
+    assert {name for name, _ in CANDIDATES} == set(BACKBONES)
+    for name, spec in BACKBONES.items():
+        names = models.backbone_layer_names(name)
+        assert len(spec.feature_layers) == 3, name
+        positions = [names.index(layer) for layer in spec.feature_layers]
+        assert positions == sorted(positions), name
+        assert spec.feature_layers[-1] == spec.last_conv_layer
+        assert "input_layer" not in names and names is models.backbone_layer_names(name)  # cached
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("name, layer", CANDIDATES)
+def test_feature_layer_cuts_the_backbone_for_every_candidate(truncated, tmp_path, name, layer):
+    model = truncated(name, layer)
+    base = models.backbone_layer(model)
+    full = models.backbone_layer_names(name)
+    kept = [l.name for l in base.layers if not isinstance(l, keras.layers.InputLayer)]
+    assert kept == list(full[: full.index(layer) + 1])  # every layer above the feature layer is left out
+    assert base.name == "backbone" and models.backbone_output_layer(model) == layer
+    assert models.gradcam_layer(model) == layer and models.backbone_name(model) == name
+    size = BACKBONES[name].min_size
+    x = _images(2, seed=4, size=size)
+    assert tuple(models.feature_model(model).outputs[0].shape) == (None, CHANNELS[layer])
+    probs = keras.ops.convert_to_numpy(model(x, training=False))  # direct calls: no compiled predict step
+    assert probs.shape == (2, 1)
+    path = tmp_path / "cut.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), probs, atol=1e-6)
+    assert models.backbone_output_layer(loaded) == layer and len(models.backbone_layer(loaded).layers) == len(base.layers)
+
+
+def test_no_feature_layer_keeps_the_whole_backbone(vgg16):
+    assert models.backbone_output_layer(vgg16) == "block5_pool" and models.gradcam_layer(vgg16) == "block5_conv3"
+    assert models.check_feature_layer("vgg16", None) is None and models.check_feature_layer("vgg16", " none ") is None
+    cut = build_model("vgg16", num_classes=2, image_size=SIZE, weights=None, augmentation=None,
+                      feature_layer="block5_pool")  # the backbone's own output layer: nothing to cut
+    assert len(models.backbone_layer(cut).layers) == len(models.backbone_layer(vgg16).layers)
+
+
+def test_unknown_feature_layer_lists_the_candidates():
+    with pytest.raises(ValueError, match=r"Unknown feature_layer for backbone 'vgg16'.*candidate feature layers "
+                                         r"\['block3_conv3', 'block4_conv3', 'block5_conv3'\].*"
+                                         r"Received: feature_layer='block9_conv3'"):
+        build_model("vgg16", num_classes=2, image_size=SIZE, weights=None, feature_layer="block9_conv3")
+    with pytest.raises(ValueError, match=r"\['conv3_block4_out', 'conv4_block6_out', 'conv5_block3_out'\]; "
+                                         r"similar names: \['conv4_block6_out'\]\. Received: feature_layer='block6_out'"):
+        models.check_feature_layer("resnet50", "block6_out")
+    with pytest.raises(ValueError, match=r"Expected feature_layer to be a layer name.*Received: feature_layer=3"):
+        models.check_feature_layer("vgg19", 3)
+    assert models.check_feature_layer("vgg19", "block2_pool") == "block2_pool"  # any layer, not only candidates
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("name, layer, first", [("vgg16", "block4_conv3", "block4_conv1"),
+                                                ("vgg19", "block3_conv4", "block3_conv1"),
+                                                ("resnet50", "conv4_block6_out", "conv4_block1_1_conv")])
+def test_fine_tune_from_auto_is_the_feature_layers_block(truncated, name, layer, first):
+    model = truncated(name, layer)
+    names = [l.name for l in models.backbone_layer(model).layers]
+    assert models.auto_fine_tune_from(model) == first
+    index = models.resolve_fine_tune_from(model, "auto")
+    assert names[index] == first and all(not n.startswith(first.split("_")[0] + "_") for n in names[:index])
+    unfrozen = models.set_trainable_from(model, index)
+    assert unfrozen and all(n in names[index:] for n in unfrozen) and unfrozen[-1].startswith(first.split("_")[0])
+    assert models.resolve_fine_tune_from(model, "all") == 0
+
+
+@pytest.mark.jax
+def test_gradcam_and_memory_on_a_truncated_model(truncated, vgg16):
+    from covidxr.gradcam import gradcam, gradcam_parts
+    from covidxr.runtime import estimate_training_memory
+
+    model = truncated("vgg16", "block4_conv3")
+    x = _images(3, seed=5)
+    front, rest, _ = gradcam_parts(model)
+    conv = keras.ops.convert_to_numpy(front(x))
+    assert conv.shape == (3, SIZE // 8, SIZE // 8, 512)  # block4_conv3 at 32 px: the feature layer itself
+    maps, probs = gradcam(model, x)
+    assert maps.shape == (3, SIZE, SIZE) and 0 <= maps.min() and maps.max() <= 1
+    np.testing.assert_allclose(probs[:, 1], model.predict(x, verbose=0)[:, 0], atol=1e-5)
+    conv, preds = models.gradcam_model(model).predict(x, verbose=0)
+    assert conv.shape == (3, SIZE // 8, SIZE // 8, 512)
+    np.testing.assert_allclose(preds, model.predict(x, verbose=0), atol=1e-6)
+    shallow, _ = gradcam(model, x, layer="block3_conv3")  # an earlier layer can still be asked for
+    assert shallow.shape == (3, SIZE, SIZE)
+    with pytest.raises(ValueError, match=r"Received: layer='block5_conv3'"):
+        gradcam(model, x, layer="block5_conv3")  # left out of the model
+    small = estimate_training_memory(model, batch_size=8, train_images=10, image_size=224)
+    whole = estimate_training_memory(vgg16, batch_size=8, train_images=10, image_size=224)
+    assert 0 < small["weights"] < whole["weights"] and small["total"] < whole["total"]

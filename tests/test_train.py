@@ -246,6 +246,8 @@ def test_three_class_without_phase2(collection, tmp_path):
     ({"resize": "stretch"}, ValueError, r"Received: resize='stretch'"),
     ({"mixed_precision": "int8"}, ValueError, r"'mixed_bfloat16', 'mixed_float16'.*Received: mixed_precision='int8'"),
     ({"jit_compile": "xla"}, ValueError, r"\['auto', True, False\]. Received: jit_compile='xla'"),
+    ({"feature_layer": "block9_conv3"}, ValueError,
+     r"candidate feature layers \['block3_conv3', 'block4_conv3', 'block5_conv3'\].*Received: feature_layer='block9_conv3'"),
 ])
 def test_bad_input_fails_before_training(collection, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -289,6 +291,29 @@ def test_cli_train_and_repeat(collection, tmp_path, capsys):
     again = json.loads((second[0] / "config.json").read_text())
     assert again["epochs"] == 2 and again["fine_tune_epochs"] == 0 and again["strategy"] == "undersample"
     assert capsys.readouterr().out.count("wrote ") == 2
+
+
+def test_cli_train_with_a_feature_layer(collection, tmp_path, capsys):
+    """--feature-layer: the run's model stops at that layer, Grad-CAM and 'auto' fine-tuning use it."""
+    runs = tmp_path / "runs"
+    code = cli.main(["train", "--data-dir", str(collection), "--backbone", "vgg16", "--feature-layer", "block3_conv3",
+                     "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+                     "--fine-tune-epochs", "1", "--runs-dir", str(runs), "--cache-dir", str(tmp_path / "cache"),
+                     "--verbose", "0"])
+    assert code == 0
+    (run,) = list(runs.iterdir())
+    assert "_vgg16-block3_conv3_class-weight_" in run.name
+    config = json.loads((run / "config.json").read_text())
+    assert config["feature_layer"] == "block3_conv3" and config["resolved"]["gradcam_layer"] == "block3_conv3"
+    assert config["resolved"]["fine_tune_from_layer"] == "block3_conv1"  # 'auto': the feature layer's block
+    model, _ = load_run(run)
+    names = [layer.name for layer in models.backbone_layer(model).layers]
+    assert names[-1] == "block3_conv3" and "block4_conv1" not in names
+    assert TrainConfig.from_json(run).feature_layer == "block3_conv3"
+    assert cli.main(["train", "--data-dir", str(collection), "--backbone", "resnet50", "--feature-layer", "block4_conv3",
+                     "--weights", "none", "--runs-dir", str(tmp_path / "other")]) == 2
+    assert "['conv3_block4_out', 'conv4_block6_out', 'conv5_block3_out']" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 def test_cli_train_bad_backbone(capsys):

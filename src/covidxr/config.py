@@ -19,7 +19,7 @@ from .atomic import write_text
 from .data import FRONTAL_VIEWS, get_task, read_split, split_frame
 from .data.groups import DUPLICATES, GROUP_BY, group_column
 from .images import RESIZES, load_grouped
-from .models import get_backbone
+from .models import check_feature_layer, get_backbone
 from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
@@ -49,8 +49,9 @@ class TrainConfig:
     Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``.
 
     Model: ``backbone``, ``weights`` (``"imagenet"``, ``"hed"`` (VGG16), ``"none"`` or a path:
-    :mod:`covidxr.weights`), ``dropout``,
-    ``pooling``, ``augment``, ``hflip``.
+    :mod:`covidxr.weights`), ``dropout``, ``pooling``, ``feature_layer`` (None: the whole backbone;
+    a layer name of the backbone: the head sits on that layer's pooled output, the layers above are
+    left out; see :func:`covidxr.models.truncate_backbone`), ``augment``, ``hflip``.
 
     Training: ``batch_size``, ``epochs`` (phase 1), ``learning_rate``, ``fine_tune_epochs``
     (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
@@ -94,6 +95,7 @@ class TrainConfig:
     resize: str = "pad"
     dropout: float = 0.2
     pooling: str = "avg"
+    feature_layer: str | None = None
     patience: int = 5
     cache_features: bool = True
     mixed_precision: str | bool | None = None
@@ -186,6 +188,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"Expected an integer image_size of at least {spec.min_size} px for backbone "
             f"{spec.name!r}. Received: image_size={config.image_size!r}"
         )
+    check_feature_layer(spec, config.feature_layer)
     if config.duplicates not in DUPLICATES:
         raise ValueError(f"Unknown duplicates. Expected one of {list(DUPLICATES)}. "
                          f"Received: duplicates={config.duplicates!r}")

@@ -2,8 +2,8 @@
 Must not draw: it returns the maps as arrays (overlays are :func:`covidxr.figures.overlay`).
 
 Grad-CAM weights the feature maps of a convolutional layer (by default the backbone's last
-one, from the registry) by the spatially averaged gradient of the class score, sums them and
-keeps the positive part:
+one, from the registry, or the feature layer of a model cut there) by the spatially averaged
+gradient of the class score, sums them and keeps the positive part:
 
     Selvaraju, R. R., Cogswell, M., Das, A., Vedantam, R., Parikh, D. and Batra, D.
     "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization."
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .models import LAYER_NAMES, backbone_name, backbone_layer, get_backbone, standardize_features
+from .models import LAYER_NAMES, backbone_name, backbone_layer, gradcam_layer, standardize_features
 
 __all__ = ["gradcam", "gradcam_parts"]
 
@@ -34,7 +34,8 @@ def gradcam_parts(model, *, layer=None):
 
     Args:
         model: A model from ``build_model`` (or ``covidxr.inference.load_run``).
-        layer: Layer of the backbone to explain (default: the registry's last conv layer).
+        layer: Layer of the backbone to explain (default: :func:`covidxr.models.gradcam_layer`:
+            the registry's last conv layer, or the feature layer of a model built with one).
 
     Returns:
         ``(front, rest, head)``: ``front`` maps uint8 images (b, S, S, 1) to the layer's
@@ -48,7 +49,7 @@ def gradcam_parts(model, *, layer=None):
     """
     base = backbone_layer(model)
     backbone = backbone_name(model)
-    layer = layer or get_backbone(backbone).last_conv_layer
+    layer = layer or gradcam_layer(model)
     try:
         target = base.get_layer(layer)
     except ValueError as err:
@@ -142,7 +143,8 @@ def gradcam(model, images, *, class_index=None, layer=None, batch_size=16):
         images: uint8 grey images, shape (n, S, S, 1) or (n, S, S) or one (S, S) image.
         class_index: Class to explain: an int, an int array of shape (n,), or None for each
             image's predicted class.
-        layer: Backbone layer to explain (default: the registry's last conv layer).
+        layer: Backbone layer to explain (default: the registry's last conv layer; the feature
+            layer of a model built with ``feature_layer``).
         batch_size: Images per gradient computation.
 
     Returns:

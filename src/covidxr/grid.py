@@ -1,4 +1,4 @@
-"""``covidxr grid``: backbones × imbalance strategies × group-wise folds, and one comparison.
+"""``covidxr grid``: backbones [× feature layers] × imbalance strategies × group-wise folds, and one comparison.
 Must not score or draw by itself: runs come from :mod:`covidxr.train`, figures from
 :mod:`covidxr.evaluation.pooling`, :mod:`covidxr.reports` and :mod:`covidxr.figures`.
 
@@ -8,8 +8,9 @@ writes the comparison::
 
     OUT/grid.json          the grid's options (checked when the grid is started again) and its
                            ``selection``: the configuration chosen on mean validation ROC AUC
-    OUT/runs/...           one run folder per backbone × strategy × fold
-    OUT/comparison.csv     folds pooled: one row per backbone × strategy × level (image, patient)
+    OUT/runs/...           one run folder per backbone × feature layer × strategy × fold
+    OUT/comparison.csv     folds pooled: one row per backbone × feature layer × strategy × level
+                           (image, patient)
     OUT/comparison.md      the configuration chosen on validation with its pooled test figures,
                            then the descriptive pooled and per-run tables
     OUT/comparison.png     the pooled metrics with their intervals
@@ -25,6 +26,10 @@ refused, naming the options that differ; the comparison settings (``n_bootstrap`
 threshold method) may change, since they do not touch the runs. ``views`` is compared in one
 canonical form (``frontal`` and the explicit list of frontal views are the same value), so a
 grid started from the command line can be resumed from the notebook and the reverse.
+
+**Feature layers** (``feature_layers``, ``--feature-layers a,b``) are an axis like backbones: each
+is a layer of every backbone of the grid (``"none"``: the whole backbone); without the axis every
+run uses the base configuration's ``feature_layer`` (default: the whole backbone).
 
 **Pooling folds** and scoring: :mod:`covidxr.evaluation.pooling`.
 """
@@ -48,7 +53,7 @@ from .data.groups import group_column
 from .data.splits import describe_groups
 from .evaluation import grid_comparison, grid_selection
 from .figures import plot_comparison, save_figure
-from .models import BACKBONES
+from .models import BACKBONES, check_feature_layer, get_backbone, normalize_feature_layer
 from .reports import grid_markdown
 from .sampling import STRATEGIES
 from .train import resume, train
@@ -67,7 +72,7 @@ GRID_FILE = "grid.json"
 #: Files a run folder must hold to count as finished.
 RUN_ARTIFACTS = ("config.json", "model.keras", "predictions.csv", "metrics.json")
 #: Options set per combination by the grid (not part of the base configuration).
-VARIED_OPTIONS = ("backbone", "strategy", "fold", "folds")
+VARIED_OPTIONS = ("backbone", "feature_layer", "strategy", "fold", "folds")
 #: Options that change neither the data nor the model: may differ when a grid is resumed.
 IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check")
 
@@ -85,9 +90,37 @@ def _split_names(value, *, name, valid) -> list[str]:
     return items
 
 
-def combinations(backbones, strategies, folds) -> list[dict]:
-    """Every ``{"backbone", "strategy", "fold"}`` of the grid, backbone outermost, fold innermost."""
-    return [{"backbone": b, "strategy": s, "fold": f} for b in backbones for s in strategies for f in range(folds)]
+def combinations(backbones, strategies, folds, feature_layers=(None,)) -> list[dict]:
+    """Every ``{"backbone", "feature_layer", "strategy", "fold"}`` of the grid: backbone outermost, then
+    feature layer and strategy, fold innermost."""
+    return [{"backbone": b, "feature_layer": layer, "strategy": s, "fold": f}
+            for b in backbones for layer in feature_layers for s in strategies for f in range(folds)]
+
+
+def _feature_layers(value, *, backbones, default=None) -> list[str | None]:
+    """The grid's feature-layer axis: ``value`` (a list or a comma-separated string; ``"none"`` = the
+    whole backbone), or ``[default]`` when None; each one checked against every backbone."""
+    if value is None:
+        layers = [normalize_feature_layer(default)]
+    else:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+        layers = [normalize_feature_layer(v) for v in items]
+        if not layers or (isinstance(value, str) and not value.strip()):
+            raise ValueError(f"Expected at least one feature layer (or 'none'). Received: feature_layers={value!r}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"Expected each of feature_layers once. Received: feature_layers={layers}")
+    bad = []
+    for backbone in backbones:
+        for layer in layers:
+            try:
+                check_feature_layer(backbone, layer)
+            except ValueError:
+                bad.append(f"{layer!r} is not a layer of {backbone!r} (its candidates: "
+                           f"{list(get_backbone(backbone).feature_layers)})")
+    if bad:
+        raise ValueError(f"Expected every feature layer to be a layer of every backbone of the grid; "
+                         f"{'; '.join(bad)}. Received: feature_layers={layers}, backbones={list(backbones)}")
+    return layers
 
 
 def _comparable(options: dict) -> dict:
@@ -103,16 +136,17 @@ def _training_options(config: TrainConfig) -> dict:
     return _comparable({k: v for k, v in config.to_dict().items() if k not in (*VARIED_OPTIONS, *IGNORED_OPTIONS)})
 
 
-def _grid_record(config, backbones, strategies, folds) -> dict:
-    return {"backbones": list(backbones), "strategies": list(strategies), "folds": int(folds),
-            "split_version": SPLIT_VERSION, "options": _training_options(config)}
+def _grid_record(config, backbones, strategies, folds, feature_layers=(None,)) -> dict:
+    return {"backbones": list(backbones), "feature_layers": list(feature_layers), "strategies": list(strategies),
+            "folds": int(folds), "split_version": SPLIT_VERSION, "options": _training_options(config)}
 
 
 def _differences(old: dict, new: dict) -> list[str]:
     diffs = []
-    for key in ("backbones", "strategies", "folds"):
-        if old.get(key) != new[key]:
-            diffs.append(f"{key}: {old.get(key)!r} -> {new[key]!r}")
+    for key in ("backbones", "feature_layers", "strategies", "folds"):
+        stored = old.get(key, [None] if key == "feature_layers" else None)  # grids from before the axis
+        if stored != new[key]:
+            diffs.append(f"{key}: {stored!r} -> {new[key]!r}")
     old_opts, new_opts = _comparable(old.get("options", {})), new["options"]
     for key in sorted(set(old_opts) | set(new_opts)):
         if old_opts.get(key, "<unset>") != new_opts.get(key, "<unset>"):
@@ -196,8 +230,9 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
 
 def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "vgg19"),
              strategies=("none", "class-weight", "oversample", "undersample"), folds=5, n_bootstrap=1000,
-             threshold_method="youden", target_sensitivity=None, clear_session=True, progress=True) -> Path:
-    """Train every backbone × strategy × fold into ``out/runs`` and write the comparison.
+             threshold_method="youden", target_sensitivity=None, clear_session=True, progress=True,
+             feature_layers=None) -> Path:
+    """Train every backbone × feature layer × strategy × fold into ``out/runs`` and write the comparison.
 
     One process trains every run (:func:`covidxr.train.train`). Runs that a previous,
     interrupted call with the same ``out`` finished are kept and not trained again, and the
@@ -206,7 +241,8 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     Args:
         base_config: Every other training option (data, image size, epochs, weights ...);
             its ``backbone``, ``strategy``, ``folds``, ``fold``, ``runs_dir`` and
-            ``run_name`` are set by the grid. ``split_file`` must be None.
+            ``run_name`` (and ``feature_layer`` with ``feature_layers``) are set by the grid.
+            ``split_file`` must be None.
         out: The grid folder (made if missing).
         backbones: Backbone names, a list or a comma-separated string.
         strategies: Imbalance strategies (:data:`covidxr.sampling.STRATEGIES`).
@@ -218,20 +254,25 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
         clear_session: Call ``keras.backend.clear_session()`` after each run (frees the
             previous models' graphs and memory).
         progress: Print one line per combination.
+        feature_layers: Feature layers as a grid axis (a list or a comma-separated string;
+            ``"none"``/None in it: the whole backbone), each a layer of every backbone; None: no
+            axis, every run uses ``base_config.feature_layer``.
 
     Returns:
         The grid folder ``out``.
 
     Raises:
-        ValueError: Bad options, too few patients for the folds, or ``out`` holds a grid
-            with other options (the message names them).
+        ValueError: Bad options, a feature layer that is not a layer of some backbone (named),
+            too few patients for the folds, or ``out`` holds a grid with other options (the
+            message names them).
         FileNotFoundError: Missing dataset or weights file.
     """
-    base, configs, backbones, strategies = _grid_configs(base_config, out=out, backbones=backbones,
-                                                         strategies=strategies, folds=folds, n_bootstrap=n_bootstrap)
+    base, configs, backbones, strategies, layers = _grid_configs(
+        base_config, out=out, backbones=backbones, strategies=strategies, folds=folds, n_bootstrap=n_bootstrap,
+        feature_layers=feature_layers)
     out = Path(out).expanduser()
     runs_dir = out / "runs"
-    record = _open_record(out / GRID_FILE, _grid_record(base, backbones, strategies, int(folds)), out=out)
+    record = _open_record(out / GRID_FILE, _grid_record(base, backbones, strategies, int(folds), layers), out=out)
     frame = load_frame(base)
     _check_folds(frame, int(folds), base.task)
     del frame
@@ -244,7 +285,8 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
 
     finished = []
     for k, config in enumerate(configs, start=1):
-        label = f"[{k}/{len(configs)}] {config.backbone} / {config.strategy} / fold {config.fold}"
+        layer = f":{config.feature_layer}" if config.feature_layer else ""
+        label = f"[{k}/{len(configs)}] {config.backbone}{layer} / {config.strategy} / fold {config.fold}"
         finished.append(_run_combination(config, runs_dir=runs_dir, record=record, grid_file=out / GRID_FILE,
                                          label=label, progress=progress, clear_session=clear_session))
 
@@ -260,16 +302,17 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     return out
 
 
-def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap):
+def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap, feature_layers=None):
     """Check the grid's options and every combination's; return the base, one
     :class:`~covidxr.config.TrainConfig` per combination (backbone outermost, fold innermost), and
-    the checked backbone and strategy lists."""
+    the checked backbone, strategy and feature layer lists."""
     if isinstance(base_config, dict):
         base_config = TrainConfig.from_dict(base_config)
     if not isinstance(base_config, TrainConfig):
         raise ValueError(f"Expected a TrainConfig. Received: base_config={type(base_config).__name__}")
     backbones = _split_names(backbones, name="backbones", valid=sorted(BACKBONES))
     strategies = _split_names(strategies, name="strategies", valid=list(STRATEGIES))
+    layers = _feature_layers(feature_layers, backbones=backbones, default=base_config.feature_layer)
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
         raise ValueError(f"Expected folds to be an integer >= 2. Received: folds={folds!r}")
     if base_config.split_file:
@@ -279,11 +322,11 @@ def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap
         raise ValueError(f"Expected n_bootstrap >= 0. Received: n_bootstrap={n_bootstrap!r}")
     runs_dir = Path(out).expanduser() / "runs"
     base = dataclasses.replace(base_config, runs_dir=str(runs_dir), run_name=None, folds=int(folds), fold=0,
-                               backbone=backbones[0], strategy=strategies[0])
-    configs = [dataclasses.replace(base, **combo) for combo in combinations(backbones, strategies, int(folds))]
+                               backbone=backbones[0], strategy=strategies[0], feature_layer=layers[0])
+    configs = [dataclasses.replace(base, **combo) for combo in combinations(backbones, strategies, int(folds), layers)]
     for config in configs:  # every option checked before anything is trained
         check_config(config)
-    return base, configs, backbones, strategies
+    return base, configs, backbones, strategies, layers
 
 
 def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:
@@ -331,7 +374,8 @@ def _run_combination(config, *, runs_dir, record, grid_file, label, progress, cl
     else:
         run = train(config)
     seconds = time.perf_counter() - start
-    record.setdefault("timings", []).append({"backbone": config.backbone, "strategy": config.strategy,
+    record.setdefault("timings", []).append({"backbone": config.backbone, "feature_layer": config.feature_layer,
+                                             "strategy": config.strategy,
                                              "fold": config.fold, "run": Path(run).name,
                                              "seconds": round(seconds, 1)})
     write_json(grid_file, record)

@@ -178,13 +178,13 @@ def _selection_lines(selection: dict, pooled: pd.DataFrame) -> list[str]:
     def auc(v):
         return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
-    chosen = pooled[(pooled["backbone"] == selection["backbone"]) & (pooled["strategy"] == selection["strategy"])]
+    chosen = pooled[pooled["run"] == selection["run"]]  # one name per backbone × feature layer × strategy
     lines = ["## Chosen on validation", "",
              f"**{selection['run']}**: mean validation ROC AUC {auc(selection['val_roc_auc_mean'])} (minimum "
              f"{auc(selection['val_roc_auc_min'])}; per fold {selection['val_roc_aucs']}; image level, each fold's "
              f"own validation part). Rule: {selection.get('rule', SELECTION_RULE)}.", "",
              "| configuration | mean validation ROC AUC | minimum | per fold |", "|---|---|---|---|"]
-    configs = pooled.drop_duplicates(["backbone", "strategy"]).set_index("run")
+    configs = pooled.drop_duplicates(["run"]).set_index("run")
     for entry in selection["ranking"]:
         per_fold = configs.loc[entry["run"], "val_roc_aucs"] if entry["run"] in configs.index else ""
         lines.append(f"| {entry['run']} | {auc(entry['val_roc_auc_mean'])} | {auc(entry['val_roc_auc_min'])} | "
@@ -192,6 +192,14 @@ def _selection_lines(selection: dict, pooled: pd.DataFrame) -> list[str]:
     lines += ["", f"Pooled test figures of the chosen configuration ({selection['run']}), the grid's result:", "",
               comparison_markdown(chosen, note=False), ""]
     return lines
+
+
+def _feature_layers_text(record: dict) -> str:
+    """``"feature layers: a, b; "`` for a grid with a feature-layer axis, else ``""``."""
+    layers = [layer for layer in record.get("feature_layers") or [] if layer]
+    if not layers:
+        return ""
+    return f"feature layers: {', '.join(str(layer) if layer else 'none' for layer in record['feature_layers'])}; "
 
 
 def grid_markdown(pooled: pd.DataFrame, per_run: pd.DataFrame, *, record=None) -> str:
@@ -211,11 +219,13 @@ def grid_markdown(pooled: pd.DataFrame, per_run: pd.DataFrame, *, record=None) -
                                                      "batch_size", "seed") if k in opts)
     lines = [
         "# Grid comparison", "", f"*{RESEARCH_ONLY}*", "",
-        f"- Backbones: {', '.join(record.get('backbones', sorted(set(pooled['backbone']))))}; strategies: "
+        f"- Backbones: {', '.join(record.get('backbones', sorted(set(pooled['backbone']))))}; "
+        f"{_feature_layers_text(record)}strategies: "
         f"{', '.join(record.get('strategies', sorted(set(pooled['strategy']))))}; "
         f"{record.get('folds', '?')} patient-grouped folds.",
         f"- Settings: {settings}." if settings else "- Settings: see grid.json.",
-        "- Folds pooled: the test predictions of all folds of one backbone × strategy are scored together; "
+        "- Folds pooled: the test predictions of all folds of one configuration (backbone [× feature layer] × "
+        "strategy) are scored together; "
         "each image is decided at the threshold its own fold chose on its validation images, each patient at "
         f"the one chosen on its validation patients' mean probabilities ({comp.get('threshold_method', 'youden')}); "
         "ROC AUC, PR AUC, Brier and ECE use the pooled probabilities.",
@@ -232,7 +242,7 @@ def grid_markdown(pooled: pd.DataFrame, per_run: pd.DataFrame, *, record=None) -
         "These pooled test figures describe every configuration; picking the best of them would tune on the "
         "test data (the choice above uses validation data only)." if has_val else
         "These pooled test figures describe every configuration; do not choose a configuration on them.", "",
-        "### Folds pooled (per backbone × strategy)", "", comparison_markdown(pooled, note=False), "",
+        "### Folds pooled (per configuration)", "", comparison_markdown(pooled, note=False), "",
         "Thresholds per fold (image; patient):", "",
     ]
     for run_name, block in pooled.groupby("run", sort=False):

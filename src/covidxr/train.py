@@ -32,11 +32,8 @@ is saved as ``model.keras``; ``metrics.json`` has ``phase1_train_auc`` (the head
 from __future__ import annotations
 
 import json
-import logging
 import platform
-import secrets
 import shutil
-import string
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,78 +51,15 @@ from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .inference import load_run, predict_images
-from .models import backbone_layer, build_model, get_backbone, resolve_fine_tune_from, set_trainable_from
+from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
 from .reports import run_report
+from .runfolder import class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .training import CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase
 from .training.checkpoint import set_arrays
 
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
-#: The run's logger: its records also go to the run folder's ``train.log``.
-logger = logging.getLogger("covidxr.train")
-
-
-def run_name(config: TrainConfig, *, now=None) -> str:
-    """``<YYYY-mm-ddTHH-MM-SS>_<task>_<backbone>_<strategy>[_f<K>]_<4 random chars>``."""
-    now = now or datetime.now()
-    alphabet = string.ascii_lowercase + string.digits
-    tag = "".join(secrets.choice(alphabet) for _ in range(4))  # not from the seeded RNGs
-    fold = f"_f{int(config.fold)}" if config.folds else ""
-    return f"{now:%Y-%m-%dT%H-%M-%S}_{config.task}_{get_backbone(config.backbone).name}_{config.strategy}{fold}_{tag}"
-
-
-def _refuse_existing(path: Path) -> None:
-    if path.exists():
-        raise FileExistsError(
-            f"Expected a new run folder; this one exists and runs are never overwritten. "
-            f"Received: run_dir={str(path)!r}"
-        )
-
-
-def make_run_dir(config: TrainConfig) -> Path:
-    """Create the run folder (never an existing one) and its ``figures/`` subfolder."""
-    root = Path(config.runs_dir).expanduser()
-    if config.run_name:
-        path = root / config.run_name
-        _refuse_existing(path)
-        path.mkdir(parents=True)
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        for _ in range(20):
-            path = root / run_name(config)
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
-        else:  # pragma: no cover - 20 collisions of 4 random characters
-            raise FileExistsError(f"Could not make a new run folder. Received: runs_dir={str(root)!r}")
-    (path / "figures").mkdir()
-    return path
-
-
-def _setup_logging(run_dir: Path):
-    """Log the run to ``RUN/train.log`` and the console; return the handlers to remove later."""
-    logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    stream = logging.StreamHandler()
-    stream.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.addHandler(stream)
-    logger.propagate = False
-    return [handler, stream]
-
-
-def _class_counts(split: pd.DataFrame, classes) -> dict:
-    """Images per class and patients, per part."""
-    table = {}
-    for part in ("train", "val", "test"):
-        sub = split[split["part"] == part]
-        table[part] = {c: int((sub["label"] == c).sum()) for c in classes}
-        table[part]["patients"] = int(sub["patient"].nunique())
-    return table
 
 
 def train(config: TrainConfig) -> Path:
@@ -154,7 +88,7 @@ def train(config: TrainConfig) -> Path:
         config = TrainConfig.from_dict(config)
     check_config(config)
     if config.run_name:  # refused now, before hours of loading and training; made after the checks
-        _refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
+        refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
     return _run(config)
 
 
@@ -267,7 +201,7 @@ def _build(state: RunState) -> None:
     state.model = build_model(config.backbone, num_classes=len(state.classes), image_size=config.image_size,
                               weights=config.weights, dropout=config.dropout,
                               augmentation=({"hflip": bool(config.hflip)} if config.augment else None),
-                              pooling=config.pooling, seed=int(config.seed))
+                              pooling=config.pooling, seed=int(config.seed), feature_layer=config.feature_layer)
     state.fine_tune_index = (resolve_fine_tune_from(state.model, config.fine_tune_from)
                              if config.fine_tune_epochs else None)
 
@@ -296,7 +230,7 @@ def _prepare_data(state: RunState) -> dict | None:
         # the options first, so that a run killed while building its cache can be resumed
         write_json(state.run_dir / "config.json", {**config.to_dict(), "run_dir": str(state.run_dir),
                                                    "started": state.started.isoformat(timespec="seconds")})
-    state.handlers += _setup_logging(state.run_dir)
+    state.handlers += setup_logging(state.run_dir)
     logger.info("%s run folder %s", "resuming" if state.resuming else "new", state.run_dir)
     logger.info("%s", RESEARCH_ONLY)
     logger.info("split sizes (fractions of images, of groups): %s, %s; %d merged groups",
@@ -321,7 +255,7 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
     check_parts(split, classes)
     write_split(split, state.run_dir / "split.csv")
     state.split, state.cache = split, cache
-    logger.info("images per part and class: %s", _class_counts(split, classes))
+    logger.info("images per part and class: %s", class_counts(split, classes))
     lookup = {c: i for i, c in enumerate(classes)}
     for part in ("train", "val", "test"):
         rows = split[split["part"] == part].reset_index(drop=True)
@@ -356,6 +290,7 @@ def _write_record(state: RunState, memory) -> None:
             "fine_tune_learning_rate": config.resolved_fine_tune_learning_rate,
             "fine_tune_from_index": index,
             "fine_tune_from_layer": backbone_layer(state.model).layers[index].name if index is not None else None,
+            "gradcam_layer": gradcam_layer(state.model),
         },
         "preprocessing": {
             "input": "uint8 grey, shape (image_size, image_size, 1); the model adds three "
@@ -366,7 +301,7 @@ def _write_record(state: RunState, memory) -> None:
         },
         "cache": {"key": cache.key, "path": str(cache.path), "settings": cache.settings,
                   "skipped": list(cache.skipped)},
-        "class_counts": _class_counts(state.split, classes),
+        "class_counts": class_counts(state.split, classes),
         "run_dir": str(state.run_dir),
         "started": (state.previous or {}).get("started") or state.started.isoformat(timespec="seconds"),
     }

@@ -338,7 +338,7 @@ def _run_train(args):
 def _add_grid(sub):
     p = sub.add_parser(
         "grid", help="train backbones x strategies x patient-grouped folds, then one comparison",
-        description="Trains every backbone x imbalance strategy x fold (patient-grouped, stratified "
+        description="Trains every backbone [x feature layer] x imbalance strategy x fold (patient-grouped, stratified "
                     "k-fold) in one process into OUT/runs/, then writes OUT/comparison.csv/.md/.png "
                     "(test predictions of all folds pooled per backbone x strategy, each fold deciding "
                     "at its own validation threshold, patient-bootstrap CIs) and OUT/runs.csv. Started "
@@ -348,6 +348,9 @@ def _add_grid(sub):
     g = p.add_argument_group("grid")
     g.add_argument("--backbones", default="resnet50,vgg16,vgg19",
                    help="comma-separated backbones (default: resnet50,vgg16,vgg19)")
+    g.add_argument("--feature-layers", default=None, metavar="A,B",
+                   help="comma-separated feature layers as a grid axis (see train --feature-layer; 'none' = the "
+                        "whole backbone); each must be a layer of every backbone (default: no axis, whole backbones)")
     g.add_argument("--strategies", default="none,class-weight,oversample,undersample",
                    help="comma-separated imbalance strategies (default: all four)")
     g.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default: 5)")
@@ -364,8 +367,9 @@ def _run_grid(args):
     from ..config import TrainConfig
 
     values = _config_values(args, leave_out={"backbone", "strategy", "folds", "fold", "split_file", "runs_dir",
-                                             "run_name"})
+                                             "run_name", "feature_layer"})
     out = grid.run_grid(TrainConfig(**values), out=args.out, backbones=args.backbones, strategies=args.strategies,
+                        feature_layers=args.feature_layers,
                         folds=args.folds, n_bootstrap=args.n_bootstrap, threshold_method=args.threshold_method,
                         target_sensitivity=args.target_sensitivity)
     print(f"wrote {out}")

@@ -56,7 +56,7 @@ def grouping_options(args) -> dict:
 
 def add_train_options(p, *, grid=False):
     """The ``train`` command's options; ``grid=True`` leaves out those a grid sets per run
-    (backbone, strategy, test size, folds, fold, split file, runs dir, config)."""
+    (backbone, feature layer, strategy, test size, folds, fold, split file, runs dir, config)."""
     add_data_options(p)
     m = p.add_argument_group("model")
     if not grid:
@@ -66,6 +66,11 @@ def add_train_options(p, *, grid=False):
                         "package), 'none' (random) or a weights file PATH (see `covidxr weights list`)")
     m.add_argument("--image-size", type=int, default=224, help="input side in pixels (default: 224)")
     m.add_argument("--dropout", type=float, default=0.2)
+    if not grid:
+        m.add_argument("--feature-layer", default=None, metavar="NAME",
+                       help="truncated transfer: the head sits on the pooled output of this backbone layer and "
+                            "the layers above it are left out, e.g. block4_conv3 (vgg16), conv4_block6_out "
+                            "(resnet50); any layer name of the backbone (default: the whole backbone)")
     m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random rotation/zoom/shift/contrast in phase 2 (default: on)")
     m.add_argument("--hflip", action="store_true", help="also flip left-right at random (off: heart side)")

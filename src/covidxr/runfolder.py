@@ -1,0 +1,85 @@
+"""The run folder of ``covidxr train``: its name, its creation (never over an existing folder), its
+log and the per-part counts it records.
+Must not train or score: it makes the folder and its ``train.log`` handlers for :mod:`covidxr.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from .config import TrainConfig
+from .models import get_backbone, normalize_feature_layer
+
+__all__ = ["class_counts", "logger", "make_run_dir", "refuse_existing", "run_name", "setup_logging"]
+
+#: The run's logger: its records also go to the run folder's ``train.log``.
+logger = logging.getLogger("covidxr.train")
+
+
+def run_name(config: TrainConfig, *, now=None) -> str:
+    """``<YYYY-mm-ddTHH-MM-SS>_<task>_<backbone>[-<feature layer>]_<strategy>[_f<K>]_<4 random chars>``."""
+    now = now or datetime.now()
+    alphabet = string.ascii_lowercase + string.digits
+    tag = "".join(secrets.choice(alphabet) for _ in range(4))  # not from the seeded RNGs
+    fold = f"_f{int(config.fold)}" if config.folds else ""
+    layer = f"-{config.feature_layer}" if normalize_feature_layer(config.feature_layer) else ""
+    return f"{now:%Y-%m-%dT%H-%M-%S}_{config.task}_{get_backbone(config.backbone).name}{layer}_{config.strategy}{fold}_{tag}"
+
+
+def refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise FileExistsError(
+            f"Expected a new run folder; this one exists and runs are never overwritten. "
+            f"Received: run_dir={str(path)!r}"
+        )
+
+
+def make_run_dir(config: TrainConfig) -> Path:
+    """Create the run folder (never an existing one) and its ``figures/`` subfolder."""
+    root = Path(config.runs_dir).expanduser()
+    if config.run_name:
+        path = root / config.run_name
+        refuse_existing(path)
+        path.mkdir(parents=True)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            path = root / run_name(config)
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 20 collisions of 4 random characters
+            raise FileExistsError(f"Could not make a new run folder. Received: runs_dir={str(root)!r}")
+    (path / "figures").mkdir()
+    return path
+
+
+def setup_logging(run_dir: Path):
+    """Log the run to ``RUN/train.log`` and the console; return the handlers to remove later."""
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.addHandler(stream)
+    logger.propagate = False
+    return [handler, stream]
+
+
+def class_counts(split: pd.DataFrame, classes) -> dict:
+    """Images per class and patients, per part."""
+    table = {}
+    for part in ("train", "val", "test"):
+        sub = split[split["part"] == part]
+        table[part] = {c: int((sub["label"] == c).sum()) for c in classes}
+        table[part]["patients"] = int(sub["patient"].nunique())
+    return table
