@@ -147,7 +147,7 @@ def check_weights(backbone, weights) -> str:
                 f"Expected 'imagenet', 'none' or the path of a weights file (or 'hed' for vgg16) for "
                 f"{name!r}; no such file. Received: weights={str(weights)!r}")
         return "file"
-    if name not in SOURCE_BACKBONES[source]:
+    if source != "none" and name not in SOURCE_BACKBONES[source]:  # random weights fit any architecture
         raise ValueError(f"Expected a weights source that fits backbone {name!r}; {_fits(name)}. "
                          f"Received: backbone={name!r}, weights={source!r}")
     if source == "hed":
