@@ -352,11 +352,11 @@ def plot(table, path):
 
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(table) + 1.2))
     ypos = np.arange(len(table))[::-1]
-    colours = table["weights"].map({"hed": "tab:blue", "none": "tab:grey", "floor": "tab:red"})
-    ax.errorbar(table["test_roc_auc"], ypos, xerr=[table["test_roc_auc"] - table["test_ci_low"],
-                                                   table["test_ci_high"] - table["test_roc_auc"]],
-                fmt="none", ecolor=list(colours), capsize=2)
-    ax.scatter(table["test_roc_auc"], ypos, c=list(colours), zorder=3)
+    colours = table["weights"].map({"hed": "tab:blue", "none": "tab:grey", "floor": "tab:red"}).tolist()
+    for y, (_, row), colour in zip(ypos, table.iterrows(), colours):
+        ax.errorbar([row["test_roc_auc"]], [y], xerr=[[row["test_roc_auc"] - row["test_ci_low"]],
+                                                      [row["test_ci_high"] - row["test_roc_auc"]]],
+                    fmt="o", color=colour, ecolor=colour, capsize=2)
     ax.axvline(0.5, color="k", lw=0.8, ls=":")
     ax.set_yticks(ypos, [("▶ " if c else "") + n for n, c in zip(table["config"], table["chosen"])], fontsize=7)
     ax.set_xlabel("pooled test ROC AUC (95% CI); ▶ chosen on validation")
