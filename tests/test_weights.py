@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import h5py
@@ -263,3 +264,25 @@ def test_config_json_records_weights_source_and_sha256(source, collection, tmp_p
     else:
         assert record["weights_sha256"] == weights.sha256_file(keras_home / weights.HED_CONVERTED)
         assert TrainConfig.from_json(run / "config.json").weights == "hed"
+
+
+# --------------------------------------------------------------------------- real data
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_data_hed_beats_random_weights(real_data, hed_package, tmp_path, keras_home):
+    """Phase 1 on the snapshot at 64 px, cut at block4_conv3, one fixed split (seed 0): the HED trunk's
+    head beats the same head on random weights by at least 0.10 test ROC AUC and also on validation
+    (measured when written: HED val 0.651 / test 0.631, random val 0.597 / test 0.311)."""
+    figures = {}
+    for source in ("hed", "none"):
+        config = TrainConfig(data_dir=str(real_data), backbone="vgg16", weights=source, image_size=64,
+                             feature_layer="block4_conv3", epochs=15, fine_tune_epochs=0, augment=False, seed=0,
+                             runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), verbose=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = train(config)
+        metrics = json.loads((run / "metrics.json").read_text())
+        figures[source] = (metrics["val"]["roc_auc"], metrics["test"]["roc_auc"])
+    assert figures["hed"][0] > figures["none"][0], figures
+    assert figures["hed"][1] >= figures["none"][1] + 0.10, figures
