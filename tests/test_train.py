@@ -407,3 +407,19 @@ def test_mixed_precision_run(precision, policy, collection, tmp_path):
     assert predictions["prob_covid"].between(0, 1).all()
     model, _ = load_run(run)
     assert model.outputs[0].dtype == "float32"
+
+
+def test_wrong_data_dir_is_reported_before_the_model_is_built(tmp_path, monkeypatch):
+    """Order of checks: the data folder is checked before any model is built or weights fetched."""
+    import covidxr.train as T
+
+    def no_build(*args, **kwargs):
+        raise RuntimeError("build_model must not be reached")
+
+    monkeypatch.setattr(T, "build_model", no_build)
+    for layout in ("auto", "metadata"):
+        config = TrainConfig(data_dir=str(tmp_path / "missing"), layout=layout, backbone="vgg16", weights="none",
+                             image_size=32, runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
+        with pytest.raises(FileNotFoundError, match=r"Expected a dataset.*Received: data_dir=.*missing"):
+            train(config)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()

@@ -6,7 +6,8 @@ images from papers and websites, normal ones from an older archive. The file for
 mode, size and bit depth then differ between classes, and a network can learn the source
 instead of the disease. This module trains a trivial classifier (scikit-learn) on those file
 properties only -- no pixel is decoded -- with patient-grouped cross-validation (by split group:
-patients that share an image stay in one fold), and reports its out-of-fold AUROC with a patient-bootstrap confidence interval. An AUROC well above 0.5
+patients that share an image stay in one fold), and reports its out-of-fold AUROC with a
+group-bootstrap confidence interval. An AUROC well above 0.5
 (default warning level: 0.6) means the label can be guessed from where the file came from,
 and that a model's good score may be a shortcut.
 """
@@ -123,7 +124,8 @@ def _audited_rows(frame: pd.DataFrame, *, classes, model, n_splits):
     per_class = frame.groupby("label")[group_column(frame)].nunique().reindex(classes, fill_value=0)
     if per_class.min() < 2:
         raise ValueError(
-            "Expected at least 2 patients in every class for a patient-grouped cross-validation (patients sharing an image count once). "
+            "Expected at least 2 patients in every class for a patient-grouped cross-validation "
+            "(patients sharing an image count once). "
             f"Received: patients_per_class={per_class.to_dict()}"
         )
     if int(n_splits) < 2:
@@ -175,7 +177,8 @@ def audit_dataset(frame: pd.DataFrame, *, classes=None, model="gradient-boosting
     boot = B.bootstrap_metrics(y, probs, groups, classes=classes, threshold=None if len(classes) > 2 else 0.5,
                                n_bootstrap=n_bootstrap, seed=seed, level=level)
     auroc = boot["metrics"]["roc_auc" if len(classes) == 2 else "roc_auc[macro]"]
-    labelled = props.assign(label=frame["label"].astype(str).to_numpy(), patient=frame["patient"].astype(str).to_numpy(),
+    labelled = props.assign(label=frame["label"].astype(str).to_numpy(),
+                            patient=frame["patient"].astype(str).to_numpy(),
                             group=groups,
                             image=frame["image"].to_numpy() if "image" in frame.columns else frame["path"].to_numpy())
     for i, column in enumerate(prob_columns(classes)):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_text
-from .data import FRONTAL_VIEWS, get_task, read_split, split_frame
+from .data import FRONTAL_VIEWS, detect_layout, get_task, read_split, split_frame
 from .data.groups import DUPLICATES, GROUP_BY, group_column
 from .images import RESIZES, load_grouped
 from .models import check_feature_layer, get_backbone
@@ -24,8 +24,8 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "TrainConfig", "check_config", "load_frame", "make_split",
-           "split_from_file"]
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "TrainConfig", "check_config", "check_data_dir", "load_frame",
+           "make_split", "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
@@ -215,6 +215,20 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.split_file is not None and not Path(config.split_file).is_file():
         raise FileNotFoundError(f"Expected a split CSV file. Received: split_file={config.split_file!r}")
     return config
+
+
+def check_data_dir(config: TrainConfig):
+    """The cheap data check a run makes before it builds a model or fetches weights: the data
+    folder (or manifest) exists and its layout is known; return ``(root, layout)``.
+
+    Raises:
+        FileNotFoundError: Nothing at the data folder.
+    """
+    root, layout = detect_layout(config.data_dir, layout=config.layout)
+    if not root.exists():
+        raise FileNotFoundError(f"Expected a dataset ({layout} layout) at the data folder; nothing is there. "
+                                f"Received: data_dir={str(root)!r}")
+    return root, layout
 
 
 def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=False, hash_index=None) -> pd.DataFrame:

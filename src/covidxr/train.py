@@ -45,7 +45,7 @@ import pandas as pd
 
 from . import RESEARCH_ONLY, __version__
 from .atomic import atomic_path, remove_stale, write_json, write_text
-from .config import TrainConfig, check_config, load_frame, make_split, split_from_file
+from .config import TrainConfig, check_config, check_data_dir, load_frame, make_split, split_from_file
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
@@ -87,6 +87,7 @@ def train(config: TrainConfig) -> Path:
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     check_config(config)
+    check_data_dir(config)  # a wrong --data-dir is reported before any model is built or weights fetched
     if config.run_name:  # refused now, before hours of loading and training; made after the checks
         refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
     return _run(config)

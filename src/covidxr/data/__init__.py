@@ -28,6 +28,8 @@ The package holds five modules, each importing only the ones before it:
 
 from .readers import (
     DEFAULT_DATA_DIR,
+    LAYOUTS,
+    detect_layout,
     load_dataset,
     read_csv,
     read_folders,
@@ -62,6 +64,7 @@ from .tasks import (
 __all__ = [
     "CATEGORIES",
     "DEFAULT_DATA_DIR",
+    "LAYOUTS",
     "FRAME_COLUMNS",
     "FRONTAL_VIEWS",
     "IMAGE_EXTENSIONS",
@@ -76,6 +79,7 @@ __all__ = [
     "Task",
     "alias_category",
     "check_parts",
+    "detect_layout",
     "drop_mixed_patients",
     "finding_category",
     "get_task",

@@ -36,6 +36,8 @@ from .tasks import (
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "LAYOUTS",
+    "detect_layout",
     "load_dataset",
     "read_csv",
     "read_folders",
@@ -410,6 +412,38 @@ def read_manifest(
     return out
 
 
+#: The dataset layouts :func:`load_dataset` reads (``auto`` detects them).
+LAYOUTS = ("auto", "metadata", "folders", "manifest")
+
+
+def detect_layout(data_dir=None, *, layout="auto") -> tuple[Path, str]:
+    """``(root, layout)`` of a dataset without reading it: a file is a manifest, a folder with
+    ``metadata.csv`` the collection, another folder class folders (cheap: ``train`` checks it
+    before building a model or downloading weights).
+
+    Raises:
+        ValueError: An unknown ``layout``.
+        FileNotFoundError: ``layout="auto"`` and nothing at ``data_dir`` (an explicit layout's reader
+            says what it misses).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout. Expected one of {list(LAYOUTS)}. Received: layout={layout!r}")
+    root = resolve_data_dir(data_dir)
+    if layout == "auto":
+        if root.is_file():
+            layout = "manifest"
+        elif (root / "metadata.csv").is_file():
+            layout = "metadata"
+        elif root.is_dir():
+            layout = "folders"
+    if layout == "auto":
+        raise FileNotFoundError(
+            "Expected a dataset folder (metadata.csv + images/, or one folder per class) or a "
+            f"CSV manifest; run `covidxr download` or pass --data-dir. Received: data_dir={str(root)!r}"
+        )
+    return root, layout
+
+
 def load_dataset(
     data_dir=None, *, task="covid-vs-rest", layout="auto", modality="X-ray",
     views=FRONTAL_VIEWS, image_col="path", label_col="label", patient_col="patient",
@@ -429,23 +463,8 @@ def load_dataset(
     Returns:
         A frame with :data:`FRAME_COLUMNS`, one row per usable image.
     """
-    layouts = ("auto", "metadata", "folders", "manifest")
-    if layout not in layouts:
-        raise ValueError(f"Unknown layout. Expected one of {list(layouts)}. Received: layout={layout!r}")
     modality, patient_col = none_if_blank(modality), none_if_blank(patient_col)
-    root = resolve_data_dir(data_dir)
-    if layout == "auto":
-        if root.is_file():
-            layout = "manifest"
-        elif (root / "metadata.csv").is_file():
-            layout = "metadata"
-        elif root.is_dir():
-            layout = "folders"
-        else:
-            raise FileNotFoundError(
-                "Expected a dataset folder (metadata.csv + images/, or one folder per class) or a "
-                f"CSV manifest; run `covidxr download` or pass --data-dir. Received: data_dir={str(root)!r}"
-            )
+    root, layout = detect_layout(data_dir, layout=layout)
     if layout == "metadata":
         return read_metadata(root, task=task, modality=modality, views=views)
     if layout == "folders":
