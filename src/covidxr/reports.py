@@ -291,8 +291,14 @@ def paired_statement(result: dict, *, level="image", digits=3) -> str:
     d = block["difference"]
     return (f"{block['metric']} per {level}: A − B = {d['value']:.{digits}f} [{d['ci_low']:.{digits}f}, "
             f"{d['ci_high']:.{digits}f}] ({block['level']:.0%} paired bootstrap over split groups, "
-            f"{block['n_bootstrap']} resamples; p = {block['p_value']:.3g}; A = {result['runs']['a']}, "
+            f"{block['n_bootstrap']} resamples; p {_p_text(block)}; A = {result['runs']['a']}, "
             f"B = {result['runs']['b']})")
+
+
+def _p_text(block) -> str:
+    """``= 0.004``, or ``< 1/n`` when no resample crossed 0 (a bootstrap p-value is never 0)."""
+    p, n = block["p_value"], int(block.get("n_bootstrap") or 0)
+    return f"< {1 / n:.2g}" if p == 0 and n else f"= {p:.3g}"
 
 
 def paired_markdown(result: dict, *, digits=3) -> str:
@@ -305,7 +311,7 @@ def paired_markdown(result: dict, *, digits=3) -> str:
     for level in ("image", "patient"):
         block = result[level]
         lines.append(f"| {level} | {_fmt(block['a'], digits)} | {_fmt(block['b'], digits)} | "
-                     f"**{_fmt(block['difference'], digits)}** | {block['p_value']:.3g} | {block['n_images']} | "
+                     f"**{_fmt(block['difference'], digits)}** | {_p_text(block).removeprefix('= ')} | {block['n_images']} | "
                      f"{block['n_groups']} |")
     first = result["image"]
     lines += ["", *(f"- {paired_statement(result, level=lvl, digits=digits)}" for lvl in ("image", "patient")),
