@@ -26,8 +26,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_DISTANCE", "UnionFind", "assign_groups", "drop_mixed_patients",
-           "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_distances",
+__all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_BITS", "NEAR_DISTANCE", "UnionFind", "assign_groups",
+           "drop_mixed_patients", "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_distances",
            "usable_hashes"]
 
 #: What to do with images found twice: ``merge`` their patients into one group (default), ``drop``
@@ -79,14 +79,15 @@ def group_column(frame: pd.DataFrame) -> str:
     return "group" if "group" in frame.columns else "patient"
 
 
-_NEAR_BITS = 256
+#: Bits of a near (perceptual) hash: 64 hex digits.
+NEAR_BITS = 256
 
 
 def near_bits(near) -> np.ndarray:
     """64-hex-digit near hashes (n,) to a (n, 256) int32 array of bits; blanks to all zeros."""
-    out = np.zeros((len(near), _NEAR_BITS), dtype=np.int32)
+    out = np.zeros((len(near), NEAR_BITS), dtype=np.int32)
     for i, text in enumerate(near):
-        if isinstance(text, str) and len(text) == _NEAR_BITS // 4:
+        if isinstance(text, str) and len(text) == NEAR_BITS // 4:
             out[i] = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
     return out
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import resolve_data_dir
-from ..data.groups import NEAR_DISTANCE, near_bits, near_distances, usable_hashes
+from ..data import read_csv, require_columns, resolve_data_dir
+from ..data.groups import NEAR_BITS, NEAR_DISTANCE, near_bits, near_distances, usable_hashes
 from ..images import image_hashes
 
 __all__ = ["FIT_PARTS", "OVERLAP_KINDS", "flag_overlap", "overlap_summary", "run_reference"]
@@ -34,7 +34,6 @@ __all__ = ["FIT_PARTS", "OVERLAP_KINDS", "flag_overlap", "overlap_summary", "run
 OVERLAP_KINDS = ("exact", "near", "path", "patient")
 #: The parts of a run that tuned its model (training) or its checkpoint and threshold (validation).
 FIT_PARTS = ("train", "val")
-_BITS = 256
 
 
 def _data_root(data_dir) -> Path:
@@ -44,14 +43,13 @@ def _data_root(data_dir) -> Path:
 
 
 def _read_split(path: Path) -> pd.DataFrame:
-    split = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in ("image", "patient", "part") if c not in split.columns]
-    if missing:
-        raise ValueError(f"Expected {str(path)!r} with columns image, patient, part. Received: missing={missing}")
+    """A run's ``split.csv`` as strings, as written (old files without ``group``/``hash`` too)."""
+    split = read_csv(path)
+    require_columns(split, ["image", "patient", "part"], source=str(path))
     return split
 
 
-def _rehash(split: pd.DataFrame, config: dict, cache_dir):
+def _rehash(split: pd.DataFrame, config: dict, cache_dir, index):
     """The split's rows with exact and near hashes from the run's dataset, or the reason it cannot be read."""
     from ..config import TrainConfig, load_frame   # here: covidxr.config imports Keras (the model registry)
 
@@ -60,22 +58,24 @@ def _rehash(split: pd.DataFrame, config: dict, cache_dir):
                                          else config.get("cache_dir")})
         with warnings.catch_warnings():   # the run's own dataset: its loader warnings were shown at training
             warnings.simplefilter("ignore")
-            frame = load_frame(options)
+            frame = load_frame(options, hash_index=index)
             frame = frame[frame["image"].isin(set(split["image"]))]
-            hashes = image_hashes(frame, cache_dir=options.cache_dir)
+            hashes = image_hashes(frame, cache_dir=options.cache_dir, index=index)
     except (ValueError, FileNotFoundError, TypeError, OSError) as err:
         return None, f"{type(err).__name__}: {err}"[:300]
     found = pd.concat([frame[["image", "path"]], hashes], axis=1)
     return found.drop_duplicates("image").set_index("image"), None
 
 
-def run_reference(run_dir, config: dict, *, cache_dir=None) -> dict | None:
+def run_reference(run_dir, config: dict, *, cache_dir=None, index=None) -> dict | None:
     """The run's split rows and their content hashes, to check a dataset against.
 
     Args:
         run_dir: The run folder (its ``split.csv``).
         config: Its ``config.json`` (data folder, loading options, cache folder).
         cache_dir: The hash index folder (default: the run's ``cache_dir``).
+        index: A :class:`covidxr.images.HashIndex` of that folder to use and leave unsaved (the
+            caller's, read once for the whole evaluation); None reads and saves the folder's own.
 
     Returns:
         None (with a warning) when the run has no ``split.csv``; else a dict: ``rows`` (columns
@@ -91,7 +91,7 @@ def run_reference(run_dir, config: dict, *, cache_dir=None) -> dict | None:
     split = _read_split(run / "split.csv")
     data_dir = config.get("data_dir")
     root = _data_root(data_dir)
-    found, reason = _rehash(split, config, cache_dir) if root.exists() else (None, f"{root} does not exist")
+    found, reason = _rehash(split, config, cache_dir, index) if root.exists() else (None, f"{root} does not exist")
     rows = split[["image", "patient", "part"]].copy()
     rows["path"], rows["near"], rows["std"] = "", "", np.nan
     rows["exact"] = split["hash"] if "hash" in split.columns else ""
@@ -121,7 +121,7 @@ def run_reference(run_dir, config: dict, *, cache_dir=None) -> dict | None:
 def _closest(near, ref_near) -> tuple[np.ndarray, np.ndarray]:
     """For each near hash (n,): the position of the closest of ``ref_near`` (m,) and the distance in bits."""
     a, b = near_bits(near), near_bits(ref_near)
-    best, dist = np.full(len(a), -1), np.full(len(a), _BITS + 1)
+    best, dist = np.full(len(a), -1), np.full(len(a), NEAR_BITS + 1)
     if len(a) and len(b):
         for start in range(0, len(a), 512):   # blocks of 512 rows bound the distance matrix
             d = near_distances(a[start:start + 512], b)
@@ -135,7 +135,7 @@ def _matches(frame, hashes, ref: pd.DataFrame, *, same_folder, max_distance) -> 
     exact = {}
     for h, image in zip(ref["exact"][ref_ok], ref["image"][ref_ok]):
         exact.setdefault(h, image)
-    near_ref = ref[ref_ok & (ref["near"].astype(str).str.len() == _BITS // 4)]
+    near_ref = ref[ref_ok & (ref["near"].astype(str).str.len() == NEAR_BITS // 4)]
     best, dist = _closest(hashes["near"].to_numpy(), near_ref["near"].to_numpy())
     paths = {p: i for p, i in zip(ref["path"], ref["image"]) if p}
     patients = dict(zip(ref["patient"].astype(str)[::-1], ref["image"][::-1]))

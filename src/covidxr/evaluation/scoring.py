@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..data import get_task
 from ..data.groups import group_column
-from ..images import image_hashes, load_grouped, load_image
+from ..images import HashIndex, image_hashes, load_grouped, load_image
 from . import bootstrap as B
 from . import metrics as M
 from .overlap import flag_overlap, overlap_summary, run_reference
@@ -193,10 +193,10 @@ def _labelled(frame: pd.DataFrame, config: dict) -> pd.DataFrame:
     return frame
 
 
-def _without_overlap(frame, run_dir, config, *, data_dir, cache_dir, allow_overlap):
+def _without_overlap(frame, run_dir, config, *, data_dir, cache_dir, allow_overlap, index):
     """The rows to score, flagged (``in_run_test``, ``overlap``), and the ``overlap`` block."""
-    reference = run_reference(run_dir, config, cache_dir=cache_dir)
-    flags = flag_overlap(frame, image_hashes(frame, cache_dir=cache_dir), reference, data_dir=data_dir)
+    reference = run_reference(run_dir, config, cache_dir=cache_dir, index=index)
+    flags = flag_overlap(frame, image_hashes(frame, index=index), reference, data_dir=data_dir)
     summary = overlap_summary(frame, flags, reference, data_dir=data_dir, allow_overlap=allow_overlap)
     frame = frame.assign(in_run_test=flags["in_run_test"].to_numpy(), overlap=flags["overlap"].to_numpy())
     if not allow_overlap:
@@ -235,9 +235,11 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options,
     """
     classes = list(config["classes"])
     cache_dir = cache_dir if cache_dir is not None else config.get("cache_dir")
-    frame = load_grouped(data_dir, task=None, cache_dir=cache_dir, **data_options)
+    index = HashIndex(cache_dir)  # read once: the dataset's hashes, then the run's own for the overlap check
+    frame = load_grouped(data_dir, task=None, cache_dir=cache_dir, index=index, **data_options)
     frame = _labelled(frame, config)
-    bad = unreadable_images(frame)
+    # hashing decoded every image once: only those it could not hash can be unreadable
+    bad = unreadable_images(frame[frame["hash"] == ""])
     if bad:
         warnings.warn(f"{len(bad)} of {len(frame)} images cannot be read and are left out: "
                       + ", ".join(b["image"] for b in bad[:5]) + (" ..." if len(bad) > 5 else ""),
@@ -245,8 +247,11 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options,
         frame = frame[~frame["image"].isin({b["image"] for b in bad})].reset_index(drop=True)
     if frame.empty:
         raise ValueError(f"Expected readable images in the dataset. Received: data_dir={str(data_dir)!r}")
-    frame, overlap = _without_overlap(frame, run_dir, config, data_dir=data_dir, cache_dir=cache_dir,
-                                      allow_overlap=allow_overlap)
+    try:
+        frame, overlap = _without_overlap(frame, run_dir, config, data_dir=data_dir, cache_dir=cache_dir,
+                                          allow_overlap=allow_overlap, index=index)
+    finally:
+        index.save()
     from .. import inference  # Keras: only when a model scores new images
 
     probs = np.asarray(inference.predict_frame(run_dir, frame, batch_size=batch_size), dtype=float)
