@@ -161,31 +161,31 @@ def _patients(n_patients=30, per_patient=3, seed=0):
     return y, np.c_[1 - score, score], groups
 
 
+def _spy_counts(monkeypatch):
+    """Every count matrix (resamples x rows) the bootstrap scores, as a list."""
+    seen = []
+    real = M.bootstrap.resampled_metrics
+
+    def spy(counts, *args, **kw):
+        seen.append(np.asarray(counts).copy())
+        return real(counts, *args, **kw)
+
+    monkeypatch.setattr(M.bootstrap, "resampled_metrics", spy)
+    return seen
+
+
 def test_bootstrap_resamples_whole_patients(monkeypatch):
     y, probs, groups = _patients()
-    # Tag every row with a unique id in the first probability column so resamples can be traced.
-    tagged = probs.copy()
-    tagged[:, 0] = np.arange(len(y))
-    seen = []
-    real = M.compute_metrics
-
-    def spy(y_true, p, **kw):
-        seen.append(p[:, 0].astype(int).copy())
-        return real(y_true, p, **kw)
-
-    monkeypatch.setattr(M.bootstrap, "compute_metrics", spy)
-    M.bootstrap_metrics(y, tagged, groups, classes=["a", "b"], threshold=0.5, n_bootstrap=20, seed=1)
-    assert len(seen) == 21  # point estimate + 20 resamples
-    for rows in seen[1:]:
-        counts = pd.Series(groups[rows]).value_counts()
-        per_row = pd.Series(rows).value_counts()
+    seen = _spy_counts(monkeypatch)
+    M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], threshold=0.5, n_bootstrap=20, seed=1)
+    counts = np.concatenate(seen)
+    assert counts.shape == (20, len(y))
+    for row in counts:
         # every drawn patient brings all 3 of its images, the same number of times each
-        for patient, count in counts.items():
-            members = np.flatnonzero(groups == patient)
-            assert count % len(members) == 0
-            assert set(per_row[per_row.index.isin(members)].index) == set(members)
-            assert per_row[members].nunique() == 1
-        assert len(rows) == len(y)  # 30 patients drawn, 3 images each
+        per_patient = pd.DataFrame({"patient": groups, "count": row}).groupby("patient")["count"]
+        assert (per_patient.nunique() == 1).all()
+        assert row.sum() == len(y)  # 30 patients drawn, 3 images each
+    assert (counts >= 2).any()  # with replacement
 
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
@@ -237,16 +237,9 @@ def test_bootstrap_is_stratified_and_skips_undefined_resamples():
 
 def test_stratified_resamples_keep_each_class_count(monkeypatch):
     y, probs, groups = _patients(n_patients=9, per_patient=1)      # 5 negatives, 4 positives
-    seen = []
-    real = M.compute_metrics
-
-    def spy(y_true, p, **kw):
-        seen.append(np.bincount(y_true, minlength=2).tolist())
-        return real(y_true, p, **kw)
-
-    monkeypatch.setattr(M.bootstrap, "compute_metrics", spy)
+    seen = _spy_counts(monkeypatch)
     M.bootstrap_metrics(y, probs, groups, classes=["a", "b"], n_bootstrap=30, seed=2)
-    assert all(counts == [5, 4] for counts in seen)
+    assert (np.concatenate(seen) @ np.eye(2)[y] == [5, 4]).all()
     a = M.patient_bootstrap(lambda idx: {"m": float(len(set(idx)))}, groups, labels=y, n_bootstrap=30, seed=2)
     b = M.patient_bootstrap(lambda idx: {"m": float(len(set(idx)))}, groups, labels=y, n_bootstrap=30, seed=2)
     assert a == b

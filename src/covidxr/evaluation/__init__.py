@@ -9,8 +9,8 @@ examples (:mod:`covidxr.evaluation.examples`) are loaded on first use, and scori
 dataset or measuring Grad-CAM mass inside the lungs loads the model then.
 """
 
-from . import bootstrap, metrics
-from .bootstrap import BootstrapWarning, bootstrap_metrics, metrics_table, patient_bootstrap
+from . import bootstrap, metrics, resampled
+from .bootstrap import BootstrapWarning, bootstrap_metrics, metrics_table, patient_bootstrap, resampled_bootstrap
 from .intervals import PROPORTION_METRICS, clopper_pearson, design_effect, proportion_intervals, wilson_interval
 from .metrics import (BINARY_METRICS, ECE_BINS, MULTICLASS_METRICS, PER_CLASS_METRICS, THRESHOLD_METHODS,
                       binary_metrics, choose_threshold, class_probabilities, classes_from_frame, compute_metrics,
@@ -26,6 +26,7 @@ from .scoring import (compare_runs, evaluate_predictions, external_predictions, 
 
 __all__ = [
     "BootstrapWarning", "bootstrap", "bootstrap_metrics", "metrics_table", "patient_bootstrap",
+    "resampled", "resampled_bootstrap",
     "PROPORTION_METRICS", "clopper_pearson", "design_effect", "proportion_intervals", "wilson_interval",
     "BINARY_METRICS", "ECE_BINS", "MULTICLASS_METRICS", "PER_CLASS_METRICS", "THRESHOLD_METHODS", "binary_metrics",
     "choose_threshold", "class_probabilities", "classes_from_frame", "compute_metrics", "decide",

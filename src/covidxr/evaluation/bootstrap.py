@@ -28,8 +28,10 @@ import pandas as pd
 
 from .intervals import proportion_intervals
 from .metrics import compute_metrics, decide
+from .resampled import resample_counts, resampled_metrics
 
-__all__ = ["BootstrapWarning", "MIN_USED_SHARE", "bootstrap_metrics", "metrics_table", "patient_bootstrap"]
+__all__ = ["BootstrapWarning", "MIN_USED_SHARE", "bootstrap_metrics", "metrics_table", "patient_bootstrap",
+           "resampled_bootstrap"]
 
 #: A metric whose interval rests on fewer than this share of the resamples is named in a warning.
 MIN_USED_SHARE = 0.9
@@ -63,7 +65,8 @@ def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_boots
     Each of ``n_bootstrap`` resamples draws, within each class stratum, as many groups as the
     stratum has, with replacement, and keeps all of each drawn group's rows (a group drawn twice
     counts twice). Proportions get a Wilson interval on the effective sample size (groups as
-    clusters); the other figures their percentile bootstrap interval.
+    clusters); the other figures their percentile bootstrap interval. The resamples are scored
+    all at once (:mod:`.resampled`); the point figures are :func:`compute_metrics`'.
 
     Args:
         y_true: Class indices of shape (n,).
@@ -95,11 +98,10 @@ def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_boots
             f"Received: lengths={(len(y_true), len(probs), len(groups))}"
         )
     threshold = _row_thresholds(threshold, len(y_true))
-    row_threshold = (lambda idx: threshold) if threshold is None or np.ndim(threshold) == 0 else (
-        lambda idx: threshold[idx])
-    result = patient_bootstrap(
-        lambda idx: compute_metrics(y_true[idx], probs[idx], classes=classes, threshold=row_threshold(idx)),
-        groups, labels=y_true, n_bootstrap=n_bootstrap, seed=seed, level=level,
+    point = compute_metrics(y_true, probs, classes=classes, threshold=threshold)
+    result = resampled_bootstrap(
+        lambda counts: resampled_metrics(counts, y_true, probs, classes=classes, threshold=threshold),
+        groups, point=point, labels=y_true, n_bootstrap=n_bootstrap, seed=seed, level=level, stacklevel=3,
     )
     if len(y_true):
         two = len(classes) == 2
@@ -111,24 +113,42 @@ def bootstrap_metrics(y_true, probs, groups, *, classes, threshold=None, n_boots
     return result
 
 
-def _strata_members(groups, labels):
-    """The rows of each group, and the groups of each stratum (a group's most common label)."""
-    codes, uniques = pd.factorize(groups, sort=True)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-    members = [order[starts[g]:starts[g + 1]] for g in range(len(uniques))]
-    if labels is None:
-        return members, [np.arange(len(uniques))]
-    labels = np.asarray(labels)
-    if len(labels) != len(groups):
-        raise ValueError(f"Expected one label per row ({len(groups)}). Received: len(labels)={len(labels)}")
-    lab_codes, _ = pd.factorize(labels, sort=True)
-    stratum = np.array([np.bincount(lab_codes[m]).argmax() for m in members], dtype=int)
-    return members, [np.flatnonzero(stratum == s) for s in np.unique(stratum)]
+def resampled_bootstrap(score, groups, *, point, labels=None, n_bootstrap=1000, seed=0, level=0.95,
+                        stacklevel=2) -> dict:
+    """Percentile bootstrap over groups, stratified by class, of figures scored for many
+    resamples at once.
+
+    Args:
+        score: ``counts (r, n) -> {name: (r,) array}``: the figures of ``r`` resamples, each
+            given as how many times each row is in it (:func:`.resampled.resample_counts`);
+            NaN where a figure is undefined.
+        groups: Group (patient) id per row, shape (n,).
+        point: The figures of the data itself, ``{name: float}`` (plus an optional
+            ``"confusion_matrix"``); its names are the ones reported.
+        labels, n_bootstrap, seed, level: As in :func:`patient_bootstrap` (the same resamples).
+        stacklevel: Of the :class:`BootstrapWarning`, as :func:`warnings.warn` takes it here (2: the
+            caller).
+
+    Returns:
+        As :func:`patient_bootstrap`.
+    """
+    groups = np.asarray(groups).astype(str)
+    names = list(_flat(point))
+    chunks = {name: [] for name in names}
+    for counts in resample_counts(groups, labels=labels, n_bootstrap=n_bootstrap, seed=seed):
+        figs = score(counts)
+        for name in names:
+            chunks[name].append(np.asarray(figs[name], dtype=float))
+    samples = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in chunks.items()}
+    return _summarise(point, samples, groups, labels=labels, n_bootstrap=n_bootstrap, seed=seed, level=level,
+                      stacklevel=stacklevel + 2)
 
 
 def patient_bootstrap(score, groups, *, labels=None, n_bootstrap=1000, seed=0, level=0.95) -> dict:
     """Percentile bootstrap over groups (patients) of any set of figures, stratified by class.
+
+    Scores one resample at a time (any figure); :func:`resampled_bootstrap` scores them all at
+    once, from the same resamples.
 
     Args:
         score: ``row indices (m,) -> dict`` of float figures (plus an optional
@@ -148,29 +168,30 @@ def patient_bootstrap(score, groups, *, labels=None, n_bootstrap=1000, seed=0, l
     groups = np.asarray(groups).astype(str)
     point = score(np.arange(len(groups)))
     names = list(_flat(point))
-    members, strata = _strata_members(groups, labels)
-    rng = np.random.default_rng(seed)
+    rows = np.arange(len(groups))
     samples = {name: [] for name in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in range(int(n_bootstrap)):
-            drawn = np.concatenate([rng.choice(s, size=len(s), replace=True) for s in strata if len(s)]
-                                   or [np.zeros(0, int)])
-            idx = np.concatenate([members[g] for g in drawn]) if len(drawn) else np.zeros(0, int)
-            figs = score(idx)
-            for name in names:
-                value = figs[name]
-                if not np.isnan(value):
-                    samples[name].append(value)
+        for counts in resample_counts(groups, labels=labels, n_bootstrap=n_bootstrap, seed=seed):
+            for drawn in counts.astype(int):
+                figs = score(np.repeat(rows, drawn))
+                for name in names:
+                    samples[name].append(figs[name])
+    return _summarise(point, {name: np.asarray(v, dtype=float) for name, v in samples.items()}, groups,
+                      labels=labels, n_bootstrap=n_bootstrap, seed=seed, level=level, stacklevel=4)
+
+
+def _summarise(point, samples, groups, *, labels, n_bootstrap, seed, level, stacklevel) -> dict:
+    """Percentile intervals of each figure's defined resamples, in a result dict."""
     alpha = (1.0 - float(level)) / 2.0
     out = {}
-    for name in names:
-        values = np.asarray(samples[name], dtype=float)
+    for name in _flat(point):
+        values = samples[name][~np.isnan(samples[name])]
         low, high = np.quantile(values, [alpha, 1.0 - alpha]) if values.size else (float("nan"), float("nan"))
         out[name] = {"value": float(point[name]), "ci_low": float(low), "ci_high": float(high),
                      "n_used": int(values.size), "interval": "bootstrap", "boot_low": float(low),
                      "boot_high": float(high), "n_eff": None}
-    _warn_few_used(out, int(n_bootstrap))
+    _warn_few_used(out, int(n_bootstrap), stacklevel=stacklevel)
     return {
         "metrics": out,
         "confusion_matrix": point.get("confusion_matrix"),
@@ -178,12 +199,12 @@ def patient_bootstrap(score, groups, *, labels=None, n_bootstrap=1000, seed=0, l
         "seed": int(seed),
         "level": float(level),
         "n_rows": int(len(groups)),
-        "n_groups": int(len(members)),
+        "n_groups": int(len(np.unique(groups))),
         "stratified": labels is not None,
     }
 
 
-def _warn_few_used(figures: dict, n_bootstrap: int) -> None:
+def _warn_few_used(figures: dict, n_bootstrap: int, *, stacklevel: int) -> None:
     """One :class:`BootstrapWarning` naming the metrics (defined on the data) with few resamples."""
     if n_bootstrap <= 0:
         return
@@ -194,7 +215,7 @@ def _warn_few_used(figures: dict, n_bootstrap: int) -> None:
             f"Bootstrap intervals of {len(few)} metric(s) rest on fewer than {MIN_USED_SHARE:.0%} of the resamples "
             "(the metric was undefined in the others, e.g. no predicted positive drawn), so they are unreliable: "
             + ", ".join(few) + f". Received: n_bootstrap={n_bootstrap}",
-            BootstrapWarning, stacklevel=3)
+            BootstrapWarning, stacklevel=stacklevel)
 
 
 def metrics_table(result: dict) -> pd.DataFrame:

@@ -6,7 +6,8 @@ Two runs' intervals that overlap say little about their difference, because both
 on the same images: an image that is hard for one model is often hard for the other. The paired
 bootstrap keeps that pairing: each resample draws split groups (stratified by class, as
 :func:`covidxr.evaluation.patient_bootstrap` does) and the **same** drawn rows score both runs,
-so the interval is that of the difference itself.
+so the interval is that of the difference itself. The resamples are scored all at once
+(:func:`covidxr.evaluation.resampled_bootstrap`).
 
 The p-value is the bootstrap's two-sided one: twice the smaller of the shares of resamples with
 a difference <= 0 and >= 0, capped at 1. It is coarse (no finer than 2 / resamples) and, like
@@ -23,7 +24,8 @@ from sklearn import metrics as skm
 
 from ..data.groups import UnionFind, group_column
 from . import metrics as M
-from .bootstrap import patient_bootstrap
+from .bootstrap import resampled_bootstrap
+from .resampled import resampled_metrics
 from .runs import held_out_test, read_run
 from .scoring import latest_evaluation
 
@@ -84,15 +86,18 @@ def paired_bootstrap(y_true, probs_a, probs_b, groups, *, classes, metric="roc_a
     if not (probs_a.shape == probs_b.shape == (len(y_true), len(classes)) and len(groups) == len(y_true)):
         raise ValueError(f"Expected y_true (n,), groups (n,) and probabilities (n, {len(classes)}) of both runs. "
                          f"Received: shapes={(y_true.shape, np.shape(groups), probs_a.shape, probs_b.shape)}")
-    differences = []
+    fa, fb = _figure(name, y_true, probs_a, classes), _figure(name, y_true, probs_b, classes)
+    drawn = []
 
-    def score(idx):
-        fa, fb = _figure(name, y_true[idx], probs_a[idx], classes), _figure(name, y_true[idx], probs_b[idx], classes)
-        differences.append(fa - fb)  # the first call is the point estimate, then one per resample
-        return {"a": fa, "b": fb, "difference": fa - fb}
+    def score(counts):
+        ra = resampled_metrics(counts, y_true, probs_a, classes=classes)[name]
+        rb = resampled_metrics(counts, y_true, probs_b, classes=classes)[name]
+        drawn.append(ra - rb)
+        return {"a": ra, "b": rb, "difference": ra - rb}
 
-    boot = patient_bootstrap(score, groups, labels=y_true, n_bootstrap=n_bootstrap, seed=seed, level=level)
-    drawn = np.asarray(differences[1:], dtype=float)
+    boot = resampled_bootstrap(score, groups, point={"a": fa, "b": fb, "difference": fa - fb}, labels=y_true,
+                               n_bootstrap=n_bootstrap, seed=seed, level=level)
+    drawn = np.concatenate(drawn)
     drawn = drawn[~np.isnan(drawn)]
     p_value = float("nan")
     if drawn.size:
