@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from covidxr.atomic import atomic_path, fault_point, load_arrays, remove_stale, save_arrays, write_json, write_text
+from covidxr.atomic import (atomic_path, fault_point, json_text, load_arrays, plain_json, remove_stale, save_arrays,
+                            write_json, write_text)
 from covidxr.training.checkpoint import read_state, set_arrays
 
 
@@ -29,6 +30,27 @@ def test_write_replaces_whole_file_and_failure_keeps_the_old_one(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]
     write_text(path, "{}\n")
     assert path.read_text() == "{}\n"
+
+
+def _refuse(constant):
+    raise ValueError(f"Expected strict JSON. Received: constant={constant!r}")
+
+
+def test_json_is_strict_undefined_figures_are_null(tmp_path):
+    """NaN and infinities, also inside NumPy scalars and arrays and nested dicts/lists, become null."""
+    value = {"auc": float("nan"), "loss": np.float32("inf"), "best": -np.inf, "n": np.int64(3), "ok": np.bool_(True),
+             "history": [{"val_auc": np.float64("nan"), "loss": 0.25}], "cm": np.array([[1.0, np.nan], [2, 3]]),
+             "pair": (np.float16(0.5), float("-inf")), np.int64(7): "key", "path": tmp_path}
+    path = write_json(tmp_path / "m.json", value)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text and text.endswith("}\n")
+    assert json.loads(text, parse_constant=_refuse) == {
+        "auc": None, "loss": None, "best": None, "n": 3, "ok": True, "history": [{"val_auc": None, "loss": 0.25}],
+        "cm": [[1.0, None], [2.0, 3.0]], "pair": [0.5, None], "7": "key", "path": str(tmp_path)}
+    assert plain_json([np.float32(1.5), {"x": np.nan}]) == [1.5, {"x": None}]
+    assert json_text({"a": 1}, indent=None) == '{"a": 1}'
+    with pytest.raises(ValueError, match=r"Received: constant='NaN'"):
+        json.loads(json.dumps(float("nan")), parse_constant=_refuse)
 
 
 def test_arrays_round_trip_in_order(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -321,14 +322,121 @@ def test_external_unreadable_images_are_reported_and_left_out(tmp_path, external
     assert "could not be read" in (out / "report.md").read_text()
 
 
-def test_external_labels_the_model_does_not_know(tmp_path, external, monkeypatch):
+@pytest.mark.parametrize("layout", ["metadata", "folders", "manifest"])
+def test_external_evaluation_drops_findings_the_task_leaves_out(tmp_path, external, layout, monkeypatch):
+    """A covid-vs-normal run scores an external dataset's COVID and normal images; the other pneumonias
+    are dropped with a count, exactly the rows training keeps (load_dataset with the task)."""
+    from covidxr import inference
+    from covidxr.data import load_dataset
+
+    monkeypatch.setattr(inference, "predict_frame", _stub_predict, raising=False)
+    run = make_run(tmp_path / "run", ["normal", "covid"], task="covid-vs-normal")
+    with pytest.warns(UserWarning, match=r"8 of 24 images are of findings task 'covid-vs-normal' leaves out "
+                                         r"\(category \['other'\].*left out, as in training"):
+        out = E.evaluate_run(run, data_dir=external[layout], n_bootstrap=0, figures=False)
+    result = json.loads((out / "metrics.json").read_text())
+    finding = {"metadata": "Streptococcus", "folders": "pneumonia", "manifest": "pneumonia"}[layout]
+    assert result["left_out_by_task"] == {"task": "covid-vs-normal", "kept_categories": ["covid", "normal"],
+                                          "n_images": 8, "categories": {"other": 8}, "findings": {finding: 8}}
+    assert result["n_images"] == 16 and result["class_counts"]["normal"]["images"] == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained_on = load_dataset(external[layout], task="covid-vs-normal")
+    scored = pd.read_csv(out / "predictions.csv")
+    assert sorted(scored["image"]) == sorted(trained_on["image"])        # the rows training would keep
+    assert dict(zip(scored["image"], scored["label"])) == dict(zip(trained_on["image"], trained_on["label"]))
+    assert "8 images of findings task `covid-vs-normal` leaves out were left out" in (out / "report.md").read_text()
+
+
+def test_external_labels_of_no_category_and_nothing_left_are_errors(tmp_path, external, monkeypatch):
     from covidxr import inference
 
     monkeypatch.setattr(inference, "predict_frame", _stub_predict, raising=False)
     run = make_run(tmp_path / "run", ["normal", "covid"], task="covid-vs-normal")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"not trained on.*Received: unknown_labels=\['pneumonia'\]"):
-        E.evaluate_run(run, data_dir=external["folders"], n_bootstrap=0)
-    assert not (run / "evaluations").exists() or not any((run / "evaluations").iterdir())
+    manifest = external["manifest"]
+    table = pd.read_csv(manifest)
+    table.loc[0, "label"] = "banana"
+    table.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"Unknown label\(s\) in column 'label'.*Received: labels=\['banana'\]"):
+        E.evaluate_run(run, data_dir=manifest, n_bootstrap=0)
+    only_other = tmp_path / "only-other"
+    shutil.copytree(external["folders"] / "pneumonia", only_other / "pneumonia")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"categories task 'covid-vs-normal' keeps "
+                                                                    r"\(\['covid', 'normal'\]\).*Received: categories="
+                                                                    r"\{'other': 8\}"):
+        E.evaluate_run(run, data_dir=only_other, n_bootstrap=0)
+    untasked = make_run(tmp_path / "untasked", ["normal", "covid"], task=None)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"not trained on.*no task.*Received: "
+                                                                    r"unknown_labels=\['pneumonia'\]"):
+        E.evaluate_run(untasked, data_dir=external["folders"], n_bootstrap=0)
+    assert not any((run / "evaluations").glob("*/metrics.json"))
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN, Infinity and -Infinity (not JSON, though Python writes them)."""
+    def refuse(constant):
+        raise ValueError(f"Expected strict JSON. Received: constant={constant!r}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_strict_json_parser_refuses_nan():
+    with pytest.raises(ValueError, match=r"Received: constant='NaN'"):
+        strict_json(json.dumps({"auc": float("nan")}))
+
+
+def test_undefined_metrics_are_written_as_null_and_read_back_as_nan(tmp_path, capsys):
+    def only_covid_in_test(preds):   # one class in the test part: ROC AUC and specificity are undefined
+        return preds[(preds["part"] != "test") | (preds["label"] == "covid")].reset_index(drop=True)
+
+    run = make_run(tmp_path / "run", extra=only_covid_in_test)
+    with pytest.warns(UserWarning, match=r"No images of class\(es\) \['non-covid'\]"):
+        out = E.evaluate_run(run, name="one-class", n_bootstrap=20, figures=False)
+    text = (out / "metrics.json").read_text()
+    result = strict_json(text)
+    for level in ("image", "patient"):
+        assert result[level]["metrics"]["roc_auc"]["value"] is None
+        assert result[level]["metrics"]["specificity"]["value"] is None
+        assert result[level]["metrics"]["sensitivity"]["value"] is not None
+    table = M.compare_runs([run], evaluation="one-class")   # the reader turns null back into NaN
+    assert table["roc_auc"].dtype == float and table["roc_auc"].isna().all()
+    assert table["sensitivity"].notna().all()
+    E.write_comparison(table, tmp_path / "cmp")
+    assert "| nan" not in (tmp_path / "cmp" / "comparison.md").read_text().lower()
+    from covidxr.cli import main   # the command prints the figures it reads back from metrics.json
+
+    assert main(["evaluate", "--run", str(run), "--name", "cli", "--n-bootstrap", "0", "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "| roc_auc | n/a | n/a |" in printed and re.search(r"\| brier \| 0\.\d{3} \| 0\.\d{3} \|", printed)
+
+
+@pytest.mark.jax
+def test_every_json_of_a_run_and_its_evaluations_is_strict(tiny_run, collection, tmp_path):
+    """A tiny trained run, its test-part evaluation and an external one of its COVID test images only
+    (specificity and ROC AUC undefined): every JSON file parses strictly."""
+    run = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    E.evaluate_run(run, n_bootstrap=20)
+    split = pd.read_csv(run / "split.csv")
+    covid = split[(split["part"] == "test") & (split["label"] == "covid")]
+    (tmp_path / "ext").mkdir()
+    for image in covid["image"]:
+        shutil.copy(collection / image, tmp_path / "ext" / Path(image).name)
+    pd.DataFrame({"path": [Path(i).name for i in covid["image"]], "label": "covid",
+                  "patient": covid["patient"]}).to_csv(tmp_path / "ext" / "manifest.csv", index=False)
+    with pytest.warns(UserWarning, match=r"No images of class\(es\) \['non-covid'\]"):
+        out = E.evaluate_run(run, data_dir=tmp_path / "ext" / "manifest.csv", name="covid-only", n_bootstrap=20,
+                             figures=False, cache_dir=tmp_path / "cache")
+    assert strict_json((out / "metrics.json").read_text())["image"]["metrics"]["roc_auc"]["value"] is None
+    files = sorted(run.rglob("*.json")) + sorted((tiny_run.parents[1] / "cache").rglob("*.json"))
+    # the run's config and metrics, two evaluations' metrics, the image cache's record (a finished run
+    # keeps no checkpoint/state.json: tests/test_atomic.py checks write_json, which writes it)
+    assert sorted(p.name for p in files) == ["cache.json", "config.json", "metrics.json", "metrics.json",
+                                             "metrics.json"]
+    for path in files:
+        strict_json(path.read_text())
 
 
 # --------------------------------------------------------------------------- comparison

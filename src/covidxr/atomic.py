@@ -3,7 +3,8 @@ Must not import Keras or any other covidxr module: every layer above writes thro
 
 Every writer here writes under a temporary name in the target's folder, flushes the bytes to
 disk and renames the file into place with :func:`os.replace` (atomic on POSIX and Windows
-within one file system). The run folder (:mod:`covidxr.train`), the training checkpoint
+within one file system). Every JSON file is strict (:func:`json_text`: an undefined figure, NaN or
+infinite, is ``null``; ``allow_nan=False``). The run folder (:mod:`covidxr.train`), the training checkpoint
 (:mod:`covidxr.training.checkpoint`), split files, grid records and figures all go through it.
 No Keras import here: the data and plotting modules use it too.
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "fault_point", "load_arrays", "remove_stale", "save_arrays", "write_json", "write_text"]
+__all__ = ["atomic_path", "fault_point", "json_text", "load_arrays", "plain_json", "remove_stale", "save_arrays",
+           "write_json", "write_text"]
 
 #: Environment variable of the kill-and-resume tests: a fault point name (see :func:`fault_point`).
 FAULT_ENV = "COVIDXR_FAULT"
@@ -84,9 +86,44 @@ def write_text(path, text: str) -> Path:
     return Path(path)
 
 
-def write_json(path, value) -> Path:
-    """Write ``value`` as indented JSON to ``path`` atomically (non-JSON values via ``str``)."""
-    return write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+def _plain_key(key):
+    if isinstance(key, np.generic):
+        key = key.item()
+    return key if key is None or isinstance(key, (str, int, float, bool)) else str(key)
+
+
+def plain_json(value):
+    """``value`` made fit for strict JSON: every float that is not finite (NaN, infinity: an
+    undefined figure) becomes None, NumPy scalars and arrays become Python numbers and lists,
+    tuples become lists; dicts and lists are converted all the way down. Other values are kept.
+
+    Example::
+
+        plain_json({"auc": np.float32("nan"), "cm": np.eye(2, dtype=int)})
+        # {'auc': None, 'cm': [[1, 0], [0, 1]]}
+    """
+    if isinstance(value, dict):
+        return {_plain_key(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def json_text(value, *, indent=2) -> str:
+    """``value`` as strict JSON text (:func:`plain_json`, then ``allow_nan=False``; other
+    non-JSON values, a ``Path`` say, via ``str``), without a final newline."""
+    return json.dumps(plain_json(value), indent=indent, allow_nan=False, default=str)
+
+
+def write_json(path, value, *, indent=2) -> Path:
+    """Write ``value`` as indented, strict JSON (:func:`json_text`) to ``path`` atomically."""
+    return write_text(path, json_text(value, indent=indent) + "\n")
 
 
 def save_arrays(path, arrays) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_text
+from .atomic import json_text, write_text
 from .data import FRONTAL_VIEWS, detect_layout, get_task, read_split, split_frame
 from .data.groups import DUPLICATES, GROUP_BY, group_column
 from .images import RESIZES, load_grouped
@@ -119,7 +119,7 @@ class TrainConfig:
 
     def to_json(self, path=None) -> str:
         """The options as JSON text; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2)
+        text = json_text(self.to_dict())
         if path is not None:
             write_text(path, text + "\n")
         return text

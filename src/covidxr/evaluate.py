@@ -14,18 +14,16 @@ Must not compute figures itself: scoring is :mod:`covidxr.evaluation`'s, drawing
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import __version__
-from .atomic import write_text
+from .atomic import json_text, write_json, write_text
 from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, find_lung_masks, held_out_test,
                          lung_mass, read_run, run_thresholds, with_decisions)
 from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
@@ -65,14 +63,14 @@ def _new_folder(run: Path, name: str, now) -> Path:
 
 
 def _scored_rows(run, config, preds, *, data_dir, options, batch_size, cache_dir, allow_overlap):
-    """``(scored rows, source, unreadable, overlap)``: the run's test part, or another dataset
-    predicted with the run's model (:func:`covidxr.evaluation.external_predictions`)."""
+    """``(scored rows, source, unreadable, overlap, left_out_by_task)``: the run's test part, or another
+    dataset predicted with the run's model (:func:`covidxr.evaluation.external_predictions`)."""
     if data_dir is None:
-        return held_out_test(preds), "the run's test part (predictions.csv)", [], None
-    scored, unreadable, overlap = external_predictions(run, config, data_dir=data_dir, batch_size=batch_size,
-                                                        data_options=options, cache_dir=cache_dir,
-                                                        allow_overlap=allow_overlap)
-    return scored, str(data_dir), unreadable, overlap
+        return held_out_test(preds), "the run's test part (predictions.csv)", [], None, None
+    scored, unreadable, overlap, left_out = external_predictions(run, config, data_dir=data_dir,
+                                                                  batch_size=batch_size, data_options=options,
+                                                                  cache_dir=cache_dir, allow_overlap=allow_overlap)
+    return scored, str(data_dir), unreadable, overlap, left_out
 
 
 def _check_lung_masks(lung_masks, data_dir) -> None:
@@ -103,9 +101,9 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         run_dir: A run folder (``config.json``, ``predictions.csv``; ``model.keras`` for
             external data).
         data_dir: None: score the run's test part (from ``predictions.csv``). Otherwise a
-            dataset in any layout :func:`covidxr.data.load_dataset` reads; its labels are
-            mapped with the run's task and scored with the run's model
-            (:func:`covidxr.inference.predict_frame`).
+            dataset in any layout :func:`covidxr.data.load_dataset` reads, labelled by the run's task as
+            in training (findings it leaves out dropped, counted in ``left_out_by_task``), scored with the
+            run's model (:func:`covidxr.inference.predict_frame`).
         name: Evaluation name (default ``test``, or the dataset folder's name).
         layout, modality, views, image_col, label_col, patient_col: How to read ``data_dir``.
         threshold_method: ``youden``, ``sensitivity`` or ``fixed`` (see
@@ -128,7 +126,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     Raises:
         FileNotFoundError: Missing run files or dataset.
         FileExistsError: The evaluation folder exists already (nothing is overwritten).
-        ValueError: Bad options, labels the model was not trained on, no test rows.
+        ValueError: Bad options, labels that map to no finding category, no test rows.
     """
     run = Path(run_dir)
     _check_lung_masks(lung_masks, data_dir)
@@ -140,9 +138,9 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                                  target_sensitivity=target_sensitivity, threshold=threshold)
     options = {"layout": layout, "modality": modality, "views": views, "image_col": image_col,
                "label_col": label_col, "patient_col": patient_col}
-    scored, source, unreadable, overlap = _scored_rows(run, config, preds, data_dir=data_dir, options=options,
-                                                       batch_size=batch_size, cache_dir=cache_dir,
-                                                       allow_overlap=allow_overlap)
+    scored, source, unreadable, overlap, left_out = _scored_rows(run, config, preds, data_dir=data_dir, options=options,
+                                                                 batch_size=batch_size, cache_dir=cache_dir,
+                                                                 allow_overlap=allow_overlap)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
                                   patient_threshold=None if pinfo is None else pinfo["threshold"],
                                   n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
@@ -153,8 +151,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         "run_dir": str(run.resolve()),
         "task": config.get("task"),
         "data": source,
-        "unreadable": unreadable,
-        "overlap": overlap,
+        "unreadable": unreadable, "overlap": overlap, "left_out_by_task": left_out,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
         "covidxr_version": __version__,
         "config": {k: config.get(k) for k in RUN_KEYS if k in config},
@@ -174,7 +171,7 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=False)
     try:
-        (tmp / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+        (tmp / "metrics.json").write_text(json_text(result) + "\n")   # strict: an undefined figure is null
         table.to_csv(tmp / "predictions.csv", index=False)
         written = []
         if figures:
@@ -192,14 +189,6 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def write_comparison(table: pd.DataFrame, out_dir, *, metrics=None) -> list[Path]:
@@ -235,6 +224,6 @@ def write_paired(result: dict, out_dir) -> list[Path]:
     if existing:
         raise FileExistsError(f"Expected a folder without a paired comparison, but {existing} exist and are kept. "
                               f"Received: out={str(out)!r}")
-    write_text(targets[0], json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_json(targets[0], result)
     write_text(targets[1], "# Paired comparison of two runs\n\n" + paired_markdown(result) + "\n")
     return targets

@@ -12,8 +12,8 @@ from . import RESEARCH_ONLY
 from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
-__all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "grid_markdown", "lung_mass_markdown",
-           "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
+__all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "figure_text", "grid_markdown",
+           "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -25,11 +25,18 @@ INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s
 _METHODS = {"wilson-deff": "Wilson (deff)", "bootstrap": "bootstrap"}
 
 
-def _fmt(fig: dict, digits=3) -> str:
-    value, low, high = fig["value"], fig["ci_low"], fig["ci_high"]
-    if value is None or np.isnan(value):
+def _undefined(value) -> bool:
+    """NaN in memory, ``null`` once read back from a strict JSON file."""
+    return value is None or bool(np.isnan(value))
+
+
+def figure_text(fig: dict, digits=3) -> str:
+    """``value [low, high]`` of a figure dict, ``value`` without an interval, ``n/a`` when undefined
+    (NaN, or ``null`` as read from ``metrics.json``)."""
+    value, low, high = fig["value"], fig.get("ci_low"), fig.get("ci_high")
+    if _undefined(value):
         return "n/a"
-    if np.isnan(low):
+    if _undefined(low) or _undefined(high):
         return f"{value:.{digits}f}"
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
@@ -43,7 +50,7 @@ def metrics_markdown(result: dict) -> str:
         pat = result["patient"]["metrics"].get(name, {"value": float("nan"), "ci_low": float("nan"),
                                                       "ci_high": float("nan"), "n_used": 0})
         method = _METHODS.get(fig.get("interval", "bootstrap"), str(fig.get("interval")))
-        lines.append(f"| {name} | {_fmt(fig)} | {_fmt(pat)} | {method} | {fig['n_used']} / {pat['n_used']} |")
+        lines.append(f"| {name} | {figure_text(fig)} | {figure_text(pat)} | {method} | {fig['n_used']} / {pat['n_used']} |")
     return "\n".join(lines)
 
 
@@ -96,6 +103,11 @@ def evaluation_report(result: dict, *, figures=()) -> str:
         "names each figure's method.",
         "- Per patient: a patient's probability is the mean over their images.",
     ]
+    left_out = result.get("left_out_by_task") or {}
+    if left_out.get("n_images"):
+        lines.append(f"- {left_out['n_images']} images of findings task `{result['task']}` leaves out were left out, "
+                     "as in training: " + ", ".join(f"{k} {v}" for k, v in left_out["categories"].items())
+                     + " (" + ", ".join(f"{k}: {v}" for k, v in left_out["findings"].items()) + ")")
     if result.get("unreadable"):
         lines.append(f"- {len(result['unreadable'])} images could not be read and were left out: "
                      + ", ".join(f"`{b['image']}`" for b in result["unreadable"][:20]))
@@ -129,7 +141,7 @@ def comparison_markdown(table: pd.DataFrame, *, digits=3, note=True) -> str:
             cells.append(f"{v:.4f}" if k in ("threshold", "val_roc_auc") and isinstance(v, float) and not np.isnan(v) else
                          ("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)))
         for m in names:
-            cells.append(_fmt({"value": row[m], "ci_low": row[f"{m}_ci_low"], "ci_high": row[f"{m}_ci_high"]},
+            cells.append(figure_text({"value": row[m], "ci_low": row[f"{m}_ci_low"], "ci_high": row[f"{m}_ci_high"]},
                               digits))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + (["", INTERVALS_NOTE] if note else []))
@@ -310,8 +322,8 @@ def paired_markdown(result: dict, *, digits=3) -> str:
              "|---|---|---|---|---|---|---|"]
     for level in ("image", "patient"):
         block = result[level]
-        lines.append(f"| {level} | {_fmt(block['a'], digits)} | {_fmt(block['b'], digits)} | "
-                     f"**{_fmt(block['difference'], digits)}** | {_p_text(block).removeprefix('= ')} | {block['n_images']} | "
+        lines.append(f"| {level} | {figure_text(block['a'], digits)} | {figure_text(block['b'], digits)} | "
+                     f"**{figure_text(block['difference'], digits)}** | {_p_text(block).removeprefix('= ')} | {block['n_images']} | "
                      f"{block['n_groups']} |")
     first = result["image"]
     lines += ["", *(f"- {paired_statement(result, level=lvl, digits=digits)}" for lvl in ("image", "patient")),
@@ -337,9 +349,9 @@ def lung_mass_markdown(result: dict) -> str:
              f"Grad-CAM of class **{block['class']}** ({block['layer']}) on the preprocessed image; the mask goes "
              "through the same resizing and padding or cropping, binarised after resizing.", "",
              f"| figure (mean over images) | value [{level:.0%} CI] |", "|---|---|",
-             f"| share of Grad-CAM mass inside the lungs | {_fmt(block['mass_inside'])} |",
-             f"| lung area share (a uniform map) | {_fmt(block['mask_area'])} |",
-             f"| excess (mass share − area share) | {_fmt(block['excess'])} |", "",
+             f"| share of Grad-CAM mass inside the lungs | {figure_text(block['mass_inside'])} |",
+             f"| lung area share (a uniform map) | {figure_text(block['mask_area'])} |",
+             f"| excess (mass share − area share) | {figure_text(block['excess'])} |", "",
              f"Intervals: percentile bootstrap over split groups, stratified by class, "
              f"{block['bootstrap']['n_bootstrap']} resamples, seed {block['bootstrap']['seed']}. A map that ignores "
              "the lungs has an excess near 0 (or below): most of its evidence lies where a shortcut (markers, "

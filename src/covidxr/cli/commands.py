@@ -188,7 +188,7 @@ def _add_evaluate(sub):
 
 def _run_evaluate(args):
     from ..evaluate import evaluate_run
-    from ..reports import metrics_markdown
+    from ..reports import figure_text, metrics_markdown
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -215,9 +215,9 @@ def _run_evaluate(args):
     if result.get("lung_mass"):
         lungs = result["lung_mass"]
         inside = lungs["mass_inside"]
-        print(f"Grad-CAM mass inside the lungs: {inside['value']:.3f} [{inside['ci_low']:.3f}, {inside['ci_high']:.3f}]"
+        print(f"Grad-CAM mass inside the lungs: {figure_text(inside)}"   # metrics.json: undefined is null
               f" over {lungs['n_measured']} test images with a mask (lung area alone "
-              f"{lungs['mask_area']['value']:.3f}; {lungs['n_no_mask']} without a mask)")
+              f"{figure_text({'value': lungs['mask_area']['value']})}; {lungs['n_no_mask']} without a mask)")
     print(f"wrote {out}")
     return 0
 

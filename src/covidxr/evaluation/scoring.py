@@ -170,27 +170,43 @@ def unreadable_images(frame: pd.DataFrame) -> list[dict]:
     return bad
 
 
-def _labelled(frame: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """The dataset's rows labelled with the run's task (an error naming labels it does not know)."""
+def _labelled(frame: pd.DataFrame, config: dict) -> tuple[pd.DataFrame, dict]:
+    """The dataset's rows labelled with the run's task, and the ``left_out_by_task`` block.
+
+    Rows of a finding category the task leaves out (other pneumonias for ``covid-vs-normal``)
+    are dropped, as training drops them (:func:`covidxr.data.load_dataset` with a task), with a
+    warning and a count. Labels that map to no category are the readers' error; a run without
+    a task must have its categories as class names (an error naming the others).
+    """
     task_name = config.get("task")
     classes = list(config["classes"])
     task = get_task(task_name) if task_name else None
     # no task in the config: categories must be the class names themselves
     mapping = task.mapping if task is not None else {c: c for c in classes}
     known = frame["category"].isin(list(mapping))
-    if not known.all():
-        names = sorted(set(frame.loc[~known, "finding"].astype(str)))
-        cats = sorted(set(frame.loc[~known, "category"].astype(str)))
+    left = frame.loc[~known]
+    categories, findings = left["category"].astype(str), left["finding"].astype(str)
+    if task is None and len(left):
         raise ValueError(
-            f"The dataset has labels the model was not trained on (task {task_name!r}, classes "
-            f"{classes}; category {cats} is not in the task); remove those images or evaluate a model "
-            f"of another task. Received: unknown_labels={names[:10]}"
+            f"The dataset has labels the model was not trained on (no task in the run's config, classes "
+            f"{classes}; category {sorted(set(categories))} is not a class); remove those images or evaluate a "
+            f"model of another task. Received: unknown_labels={sorted(set(findings))[:10]}"
         )
-    frame = frame.assign(label=frame["category"].map(mapping)).reset_index(drop=True)
+    block = {"task": task_name, "kept_categories": sorted(mapping), "n_images": int(len(left)),
+             "categories": {str(k): int(v) for k, v in categories.value_counts().sort_index().items()},
+             "findings": {str(k): int(v) for k, v in findings.value_counts().head(20).items()}}
+    if len(left):
+        warnings.warn(f"{len(left)} of {len(frame)} images are of findings task {task_name!r} leaves out (category "
+                      f"{list(block['categories'])}: {', '.join(list(block['findings'])[:5])}); they are left out, "
+                      "as in training.", stacklevel=3)
+    if not known.any():
+        raise ValueError(f"Expected images of the categories task {task_name!r} keeps ({sorted(mapping)}); all "
+                         f"{len(frame)} are of categories it leaves out. Received: categories={block['categories']}")
+    frame = frame[known].assign(label=frame.loc[known, "category"].map(mapping)).reset_index(drop=True)
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
         raise ValueError(f"Expected labels among the model's classes {classes}. Received: labels={unknown}")
-    return frame
+    return frame, block
 
 
 def _without_overlap(frame, run_dir, config, *, data_dir, cache_dir, allow_overlap, index):
@@ -210,10 +226,10 @@ def _without_overlap(frame, run_dir, config, *, data_dir, cache_dir, allow_overl
 
 
 def external_predictions(run_dir, config, *, data_dir, batch_size, data_options, cache_dir=None,
-                         allow_overlap=False) -> tuple[pd.DataFrame, list, dict]:
-    """Predict another dataset with a run's model: rows labelled with the run's task, checked for
-    overlap with the run's own rows (:mod:`covidxr.evaluation.overlap`), scored by
-    :func:`covidxr.inference.predict_frame`.
+                         allow_overlap=False) -> tuple[pd.DataFrame, list, dict, dict]:
+    """Predict another dataset with a run's model: rows labelled with the run's task (findings it
+    leaves out dropped and counted, as in training), checked for overlap with the run's own rows
+    (:mod:`covidxr.evaluation.overlap`), scored by :func:`covidxr.inference.predict_frame`.
 
     Rows the run was trained or validated on (same content, or within the run's own dataset
     folder the same path or patient) are left out before predicting, unless ``allow_overlap``;
@@ -228,16 +244,18 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options,
         allow_overlap: Keep (and score) the overlapping rows, with a loud warning.
 
     Returns:
-        ``(predictions, unreadable, overlap)``: columns ``image, patient, label, part``
+        ``(predictions, unreadable, overlap, left_out)``: columns ``image, patient, label, part``
         (``external``), ``prob_<class>`` per class, then ``group``, ``hash``, ``in_run_test``
         and ``overlap`` (the kinds a kept row overlaps by, blank for none); the images left
-        out as unreadable; the ``overlap`` block (:func:`~covidxr.evaluation.overlap.overlap_summary`).
+        out as unreadable; the ``overlap`` block (:func:`~covidxr.evaluation.overlap.overlap_summary`);
+        the ``left_out_by_task`` block (``task``, ``kept_categories``, ``n_images``, ``categories``
+        and ``findings`` with their image counts).
     """
     classes = list(config["classes"])
     cache_dir = cache_dir if cache_dir is not None else config.get("cache_dir")
     index = HashIndex(cache_dir)  # read once: the dataset's hashes, then the run's own for the overlap check
     frame = load_grouped(data_dir, task=None, cache_dir=cache_dir, index=index, **data_options)
-    frame = _labelled(frame, config)
+    frame, left_out = _labelled(frame, config)
     # hashing decoded every image once: only those it could not hash can be unreadable
     bad = unreadable_images(frame[frame["hash"] == ""])
     if bad:
@@ -271,7 +289,7 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options,
         preds[col] = probs[:, i]
     for col in ("group", "hash", "in_run_test", "overlap"):
         preds[col] = frame[col].to_numpy()
-    return preds, bad, overlap
+    return preds, bad, overlap, left_out
 
 
 def latest_evaluation(run: Path, name: str) -> Path:
@@ -283,6 +301,11 @@ def latest_evaluation(run: Path, name: str) -> Path:
             f"--name {name}` first). Received: evaluation={name!r}"
         )
     return found[-1]
+
+
+def _number(value) -> float:
+    """A figure read from ``metrics.json`` as a float: ``null`` (undefined) is NaN."""
+    return float("nan") if value is None else float(value)
 
 
 def _level_threshold(result: dict, level: str):
@@ -328,9 +351,9 @@ def compare_runs(run_dirs, *, evaluation=None, n_bootstrap=1000, seed=0, level=0
             row.update({k: config.get(k) for k in RUN_KEYS})
             row.update({"data": data, "level": level_name, "n_images": result["n_images"],
                         "n_patients": result["n_patients"], "threshold": _level_threshold(result, level_name)})
-            for metric, fig in result[level_name]["metrics"].items():
-                row[metric] = fig["value"]
-                row[f"{metric}_ci_low"] = fig["ci_low"]
-                row[f"{metric}_ci_high"] = fig["ci_high"]
+            for metric, fig in result[level_name]["metrics"].items():   # null in metrics.json: undefined, NaN
+                row[metric] = _number(fig["value"])
+                row[f"{metric}_ci_low"] = _number(fig["ci_low"])
+                row[f"{metric}_ci_high"] = _number(fig["ci_high"])
             rows.append(row)
     return pd.DataFrame(rows)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import json_text
 from . import decode
 from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
 
@@ -418,7 +419,7 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
             "settings": {"image_size": size, "resize": resize, "contrast": contrast},
             "decoder_version": decode.DECODER_VERSION, "n_images": len(kept), "skipped": skipped, "dtypes": dtypes,
             "checksums": checksums, "files": files}
-    (tmp / _META).write_text(json.dumps(meta, indent=1))
+    (tmp / _META).write_text(json_text(meta, indent=1))
 
 
 def _folder_bytes(path: Path) -> int:

@@ -5,6 +5,9 @@ Must not write files or keep state: a file in, an array out.
   1, CMYK, I;16, I, F; EXIF orientation applied) and DICOM files (``pydicom``: modality LUT
   or rescale slope/intercept, the file's window or VOI LUT, MONOCHROME1 inverted), by one
   fixed rule (:data:`DECODING_RULE`): the same stored value gives the same grey in every file.
+  DICOM transfer syntaxes: uncompressed and deflated, RLE (pydicom itself), JPEG baseline and
+  JPEG 2000 (Pillow, through pydicom); JPEG lossless, JPEG-LS, 12-bit JPEG and HTJ2K need a
+  pydicom pixel plugin (pylibjpeg): without one, an ImportError names the syntax and the pip command.
 * :func:`preprocess` enhances contrast (optional: CLAHE or histogram equalisation from
   scikit-image) and makes the image square, keeping its aspect ratio (pad or centre-crop).
 * :func:`check_settings` checks the ``image_size``, ``resize`` and ``contrast`` options.
@@ -214,8 +217,45 @@ def _dicom_pixels(ds):
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
         raise ValueError(f"the DICOM header claims {pixels} pixels, more than the decompression-bomb "
                          f"limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)")
-    array = ds.pixel_array
+    try:
+        array = ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - pydicom's pixel plugins raise RuntimeError, ValueError ...
+        raise _undecodable(ds, err) from err
     return array[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else array
+
+
+def _install_hint(missing) -> str:
+    """A pip command from pydicom's list of missing plugin dependencies (``"pylibjpeg - requires
+    pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"``, ...); pylibjpeg's when it is one of them."""
+    options = []
+    for entry in missing:
+        plugin, _, needs = str(entry).partition(" - requires ")
+        packages = [p.strip() for p in needs.split(" and ") if p.strip() and p.strip() != "numpy"]
+        if packages:
+            options.append((plugin.strip() != "pylibjpeg", " ".join(f"'{p}'" for p in packages)))
+    if not options:
+        return "no pixel-data plugin pydicom knows decodes it"
+    return f"pip install {sorted(options)[0][1]}"
+
+
+def _undecodable(ds, err) -> Exception:
+    """The error for pixel data pydicom cannot decode, naming the transfer syntax: ImportError
+    when no plugin for it is installed (with the pip command), else ValueError."""
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    syntax = f"'{uid.name}' ({uid})" if uid else "(none in the file meta)"
+    detail = " ".join(str(err).split())[:300]
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        decoder = get_decoder(uid)
+    except Exception:  # noqa: BLE001 - no decoder for this syntax (or pydicom 2.x)
+        return ValueError(f"the DICOM pixel data of transfer syntax {syntax} cannot be decoded ({detail})")
+    install = _install_hint(decoder.missing_dependencies)
+    if not decoder.is_available:
+        return ImportError(f"Expected a pixel-data plugin for the DICOM transfer syntax {syntax}; none is installed "
+                           f"({install}). Received: transfer_syntax='{uid}', path='{getattr(ds, 'filename', None)}'")
+    return ValueError(f"the DICOM pixel data of transfer syntax {syntax} cannot be decoded by the installed plugins "
+                      f"({detail}); if the file is sound, another plugin may read it: {install}")
 
 
 def _load_dicom(path: Path) -> np.ndarray:
@@ -290,6 +330,9 @@ def load_image(path, *, strict=True) -> np.ndarray | None:
         FileNotFoundError: ``path`` does not exist (``strict=True``).
         ValueError: the file cannot be decoded as an image, or ``path`` is not a regular
             file (``strict=True``).
+        ImportError: a DICOM file needs a package that is not installed (pydicom, or a pixel
+            plugin for its transfer syntax: the message names the syntax and the pip command),
+            whatever ``strict``.
     """
     path = Path(path)
     if not path.is_file():
