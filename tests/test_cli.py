@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -171,3 +173,131 @@ def test_eda_and_the_figures_load_no_keras(collection):
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+# --------------------------------------------------------------------------- failures: one line, exit 2
+
+def _error_line(err, command):
+    """The one line an anticipated failure prints (nothing else on stderr but one-line warnings)."""
+    lines = [line for line in err.strip().splitlines() if line and not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"covidxr {command}: error: "), err
+    return lines[0]
+
+
+def test_os_errors_are_one_line(collection, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["split", "--data-dir", str(collection), "--out", str(tmp_path / "file" / "split.csv")]) == 2
+    assert re.search(r"Expected a path covidxr can use; .*\(\w+Error, errno \d+\)\. Received: path='.*file'$",
+                     _error_line(capsys.readouterr().err, "split"))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/split.csv")
+
+    monkeypatch.setattr(data, "write_split", denied)
+    assert cli.main(["split", "--data-dir", str(collection), "--out", str(tmp_path / "s.csv")]) == 2
+    assert _error_line(capsys.readouterr().err, "split").endswith(
+        "error: Expected a path covidxr can use; permission denied (PermissionError, errno 13). "
+        "Received: path='/data/split.csv'")
+
+
+def test_debug_shows_the_traceback(collection, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    out.write_text("x")
+    for argv in (["--debug", "split", "--data-dir", str(collection), "--out", str(out)],
+                 ["split", "--data-dir", str(collection), "--out", str(out), "--debug"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "\nTraceback (most recent call last)" in err and "FileExistsError" in err
+        assert err.strip().splitlines()[-1].startswith("covidxr split: error: Expected a new file")
+
+
+def test_read_only_runs_folder(collection, tmp_path, capsys, monkeypatch):
+    from covidxr import runfolder
+
+    monkeypatch.setattr(runfolder.os, "access", lambda path, mode: False)  # as a read-only folder answers
+    assert cli.main(["train", "--data-dir", str(collection), "--backbone", "vgg16", "--weights", "none",
+                     "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert re.search(r"Expected a runs_dir folder this user may write to; '.*' is read-only\. "
+                     r"Received: runs_dir='.*runs'$", _error_line(capsys.readouterr().err, "train"))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_runs_folder_for_real(collection, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    runs.chmod(0o500)
+    try:
+        assert cli.main(["train", "--data-dir", str(collection), "--backbone", "vgg16", "--weights", "none",
+                         "--runs-dir", str(runs)]) == 2
+    finally:
+        runs.chmod(0o700)
+    assert "is read-only. Received: runs_dir=" in _error_line(capsys.readouterr().err, "train")
+
+
+def test_damaged_model_file(tiny_run, collection, tmp_path, capsys):
+    image = collection / "images" / "p000_0.jpg"
+    for name, damage in (("cut", lambda b: b[: len(b) // 3]), ("not-keras", None)):
+        run = tmp_path / name
+        shutil.copytree(tiny_run, run)
+        model = run / "model.keras"
+        if damage is None:
+            model.unlink()
+            with zipfile.ZipFile(model, "w") as zf:
+                zf.writestr("notes.txt", "a zip, but no Keras model")
+        else:
+            model.write_bytes(damage(model.read_bytes()))
+        assert cli.main(["predict", str(image), "--run", str(run)]) == 2
+        line = _error_line(capsys.readouterr().err, "predict")
+        assert "not a Keras model file" in line and "File not found" not in line
+        assert line.endswith(f"Received: path='{model}'")
+
+
+def test_damaged_download_is_one_line(tmp_path, capsys, monkeypatch):
+    import keras
+
+    archive = tmp_path / "cut.zip"
+    archive.write_bytes(b"PK\x03\x04 cut short")
+    monkeypatch.setattr(keras.utils, "get_file", lambda **kw: str(archive))
+    assert cli.main(["download", "--data-dir", str(tmp_path / "ds"), "--ref", "abc"]) == 2
+    assert "the download is damaged and was removed" in _error_line(capsys.readouterr().err, "download")
+    assert not (tmp_path / "ds").exists() and not archive.exists()
+
+
+def test_train_reports_a_wrong_data_dir_before_weights(tmp_path, capsys, monkeypatch):
+    import keras
+
+    from covidxr import train
+
+    monkeypatch.setattr(keras.utils, "get_file", lambda **kw: pytest.fail("weights fetched"))
+    monkeypatch.setattr(train, "build_model", lambda *a, **kw: pytest.fail("model built"))
+    assert cli.main(["train", "--data-dir", str(tmp_path / "nowhere"), "--weights", "imagenet",
+                     "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert re.search(r"error: Expected a dataset folder .*Received: data_dir='.*nowhere'$",
+                     _error_line(capsys.readouterr().err, "train"))
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- download --force
+
+def test_download_force_replaces_only_a_previous_download(collection, tmp_path, capsys, monkeypatch):
+    import keras
+
+    archive = _zip_collection(collection, tmp_path / "a.zip")
+    monkeypatch.setattr(keras.utils, "get_file", lambda **kw: str(archive))
+    ds = tmp_path / "ds"
+    download.download(ds, ref="abc")
+    marker = json.loads((ds / download.MARKER).read_text())
+    assert marker["ref"] == "abc" and marker["url"].endswith("/abc.zip")
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match=r"with --force one that holds a previous download \(metadata\.csv "
+                                              r"or \.covidxr-download\.json\); this one does not, so nothing is "
+                                              r"removed\. Received: dest="):
+        download.download(other, ref="abc", force=True)
+    assert cli.main(["download", "--data-dir", str(other), "--force"]) == 2
+    assert "nothing is removed" in _error_line(capsys.readouterr().err, "download")
+    assert sorted(p.name for p in other.iterdir()) == ["chapter1.tex"]
+    (ds / "metadata.csv").unlink()  # a previous download, damaged: its marker says it is ours
+    download.download(ds, ref="abc", force=True)
+    assert (ds / "metadata.csv").is_file() and (ds / download.MARKER).is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +25,15 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "TrainConfig", "check_config", "check_data_dir", "load_frame",
-           "make_split", "split_from_file"]
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
+           "load_frame", "make_split", "resolve_verbose", "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
 #: Values of the ``jit_compile`` option (Keras ``compile``; "auto" lets Keras decide).
 JIT_COMPILE = ("auto", True, False)
+#: Values of the ``verbose`` option (see :func:`resolve_verbose`).
+VERBOSE = ("auto", 0, 1, 2)
 
 
 @dataclass
@@ -62,7 +65,8 @@ class TrainConfig:
     Keras' ``compile(jit_compile=...)``; XLA), ``data_parallel`` (spread every batch over all
     GPUs, or all CPU devices: :func:`covidxr.runtime.data_parallel_scope`), ``memory_check``
     (refuse before training a run whose estimated memory exceeds what is available:
-    :func:`covidxr.runtime.check_memory`), ``verbose`` (Keras progress: 0, 1, 2 or "auto").
+    :func:`covidxr.runtime.check_memory`), ``verbose`` (Keras progress: 0, 1, 2 or "auto":
+    see :func:`resolve_verbose`).
 
     Output: ``runs_dir``, ``run_name`` (default: made from the time, task, backbone,
     strategy, fold and 4 random characters; an existing folder is an error).
@@ -112,7 +116,7 @@ class TrainConfig:
     cache_dir: str | None = None
     runs_dir: str = "runs"
     run_name: str | None = None
-    verbose: int | str = 1
+    verbose: int | str = "auto"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,6 +209,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.jit_compile not in JIT_COMPILE:
         raise ValueError(f"Unknown jit_compile. Expected one of {list(JIT_COMPILE)}. "
                          f"Received: jit_compile={config.jit_compile!r}")
+    if isinstance(config.verbose, bool) or config.verbose not in VERBOSE:
+        raise ValueError(f"Unknown verbose. Expected one of {list(VERBOSE)}. Received: verbose={config.verbose!r}")
     if config.fine_tune_learning_rate is not None:
         _positive_float("fine_tune_learning_rate", config.fine_tune_learning_rate)
     check_weights(spec.name, config.weights)
@@ -215,6 +221,26 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.split_file is not None and not Path(config.split_file).is_file():
         raise FileNotFoundError(f"Expected a split CSV file. Received: split_file={config.split_file!r}")
     return config
+
+
+def resolve_verbose(verbose, *, stream=None) -> int:
+    """Keras' ``fit`` verbosity for a ``verbose`` option; ``config.json`` keeps the option as given.
+
+    ``"auto"``: 1 (progress bars) when ``stream`` (default ``sys.stdout``) is a terminal or the
+    process is a Jupyter kernel; else 0, so that redirected output holds only the run's own line
+    per epoch (its log on stderr and in ``train.log``) instead of bars redrawn in a file (Keras
+    draws them as if on a terminal on every POSIX system) or a second Keras line per epoch.
+
+    Raises:
+        ValueError: Not one of :data:`VERBOSE`.
+    """
+    if isinstance(verbose, bool) or verbose not in VERBOSE:
+        raise ValueError(f"Unknown verbose. Expected one of {list(VERBOSE)}. Received: verbose={verbose!r}")
+    if verbose != "auto":
+        return int(verbose)
+    stream = sys.stdout if stream is None else stream
+    terminal = bool(getattr(stream, "isatty", None) and stream.isatty())
+    return 1 if terminal or "ipykernel" in sys.modules else 0
 
 
 def check_data_dir(config: TrainConfig):

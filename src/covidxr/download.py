@@ -14,7 +14,10 @@ import shutil
 import tempfile
 import warnings
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
+
+from .atomic import write_json
 
 REPOSITORY = "https://github.com/ieee8023/covid-chestxray-dataset"
 #: A pinned upstream commit (mid-2020 README, flat findings), so that a download is repeatable.
@@ -26,6 +29,17 @@ MANUAL_STEPS = (
     "`git clone {repo}`), copy the folder holding metadata.csv and images/ to {dest}, or point "
     "covidxr at it with --data-dir / COVIDXR_DATA_DIR."
 )
+
+
+#: The file a download writes into the dataset folder (which ``--force`` may then replace).
+MARKER = ".covidxr-download.json"
+
+
+def looks_downloaded(folder) -> bool:
+    """Whether ``folder`` holds a previous download (covidxr's :data:`MARKER`) or a collection
+    (``metadata.csv``): the only folders ``force`` replaces."""
+    folder = Path(folder)
+    return (folder / MARKER).is_file() or (folder / "metadata.csv").is_file()
 
 
 def archive_url(ref: str) -> str:
@@ -87,7 +101,8 @@ def download(dest, *, ref: str = DEFAULT_REF, force: bool = False) -> str:
     Args:
         dest: Target folder (must not exist unless ``force``).
         ref: Upstream commit, tag or branch.
-        force: Replace an existing folder. Without it, a folder that already holds
+        force: Download again and replace an existing folder, but only one that holds a
+            previous download (:func:`looks_downloaded`). Without it, a folder that already holds
             ``metadata.csv`` is only verified (no download), and any other non-empty folder is
             an error.
 
@@ -95,7 +110,9 @@ def download(dest, *, ref: str = DEFAULT_REF, force: bool = False) -> str:
         The verification summary (see :func:`verify`).
 
     Raises:
-        FileExistsError: ``dest`` is non-empty without ``metadata.csv`` and ``force`` is False.
+        FileExistsError: ``dest`` is non-empty without ``metadata.csv`` and ``force`` is False,
+            or (also with ``force``) it does not look like a previous download.
+        NotADirectoryError: ``dest`` is a file.
         ConnectionError: The archive could not be fetched (offline); the message says how to
             place the data by hand.
     """
@@ -103,9 +120,13 @@ def download(dest, *, ref: str = DEFAULT_REF, force: bool = False) -> str:
     if (dest / "metadata.csv").is_file() and not force:
         # Already downloaded or placed by hand: check it and say so (offline machines too).
         return f"{dest} already holds the collection (pass --force to download again).\n" + verify(dest)
-    if dest.exists() and any(dest.iterdir()) and not force:
+    if dest.exists() and not dest.is_dir():
+        raise NotADirectoryError(f"Expected a folder for the dataset; a file is in the way. Received: dest={str(dest)!r}")
+    if dest.exists() and any(dest.iterdir()) and not (force and looks_downloaded(dest)):
         raise FileExistsError(
-            f"Expected a new or empty folder; pass --force to replace it. Received: dest={str(dest)!r}"
+            "Expected a new or empty folder, or with --force one that holds a previous download (metadata.csv "
+            f"or {MARKER}); " + ("this one does not, so nothing is removed" if force else "pass --force to replace it")
+            + f". Received: dest={str(dest)!r}"
         )
     url = archive_url(ref)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +152,8 @@ def download(dest, *, ref: str = DEFAULT_REF, force: bool = False) -> str:
             raise ValueError(f"Expected a zip archive; the download is damaged and was removed. "
                              f"Received: archive={archive!r}") from err
         summary = verify(top)
+        write_json(top / MARKER, {"url": url, "ref": ref,
+                                  "downloaded": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(top, dest)

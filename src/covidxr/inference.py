@@ -6,6 +6,7 @@ the evaluation, figures and application layers.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import keras
@@ -71,8 +72,14 @@ def load_run(run_dir, *, config=None):
         if not config_path.is_file():
             raise FileNotFoundError(f"Expected a run folder with config.json. Received: run_dir={str(run_dir)!r}")
         config = json.loads(config_path.read_text())
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise ValueError(f"Expected model.keras to be a Keras model file (a zip archive); this one is not a Keras "
+                         f"model file (damaged or cut short?). Received: path={str(path)!r}")
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (zipfile.BadZipFile, KeyError, EOFError) as err:  # a zip, damaged inside or not Keras'
+        raise ValueError(f"Expected model.keras to be a Keras model file; this one is not a Keras model file "
+                         f"(damaged inside: {err}). Received: path={str(path)!r}") from err
     except ValueError as err:
         if "safe_mode" in str(err) or "lambda" in str(err).lower():
             raise ValueError(

@@ -6,6 +6,7 @@ Must not train or score: it makes the folder and its ``train.log`` handlers for 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import string
 from datetime import datetime
@@ -16,7 +17,8 @@ import pandas as pd
 from .config import TrainConfig
 from .models import get_backbone, normalize_feature_layer
 
-__all__ = ["class_counts", "logger", "make_run_dir", "refuse_existing", "run_name", "setup_logging"]
+__all__ = ["check_writable", "class_counts", "logger", "make_run_dir", "refuse_existing", "run_name",
+           "setup_logging"]
 
 #: The run's logger: its records also go to the run folder's ``train.log``.
 logger = logging.getLogger("covidxr.train")
@@ -38,6 +40,25 @@ def refuse_existing(path: Path) -> None:
             f"Expected a new run folder; this one exists and runs are never overwritten. "
             f"Received: run_dir={str(path)!r}"
         )
+
+
+def check_writable(folder, *, what="runs_dir") -> Path:
+    """Check, before any work, that ``folder`` (or, when it does not exist yet, the nearest folder
+    above it that does) is a folder this process may create files in; return ``folder``.
+
+    Raises:
+        PermissionError: It is read-only for this user.
+        NotADirectoryError: A file is in the way.
+    """
+    folder = Path(folder).expanduser()
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"Expected a folder for {what}; a file is in the way. "
+                                 f"Received: {what}={str(folder)!r}")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"Expected a {what} folder this user may write to; {str(existing)!r} is read-only. "
+                              f"Received: {what}={str(folder)!r}")
+    return folder
 
 
 def make_run_dir(config: TrainConfig) -> Path:

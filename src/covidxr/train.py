@@ -45,7 +45,8 @@ import pandas as pd
 
 from . import RESEARCH_ONLY, __version__
 from .atomic import atomic_path, remove_stale, write_json, write_text
-from .config import TrainConfig, check_config, check_data_dir, load_frame, make_split, split_from_file
+from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
+                     split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
@@ -53,7 +54,7 @@ from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .inference import load_run, predict_images
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
 from .reports import run_report
-from .runfolder import class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
+from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .training import CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase
 from .training.checkpoint import set_arrays
@@ -81,6 +82,7 @@ def train(config: TrainConfig) -> Path:
             backbone's minimum; unknown fine-tuning layer; weights file of another
             architecture ...).
         FileNotFoundError: Missing weights file, split file or dataset.
+        PermissionError: A read-only runs folder.
         FileExistsError: ``run_name`` names an existing folder.
         ConnectionError: ImageNet weights requested but they cannot be downloaded.
     """
@@ -88,6 +90,7 @@ def train(config: TrainConfig) -> Path:
         config = TrainConfig.from_dict(config)
     check_config(config)
     check_data_dir(config)  # a wrong --data-dir is reported before any model is built or weights fetched
+    check_writable(config.runs_dir)  # a read-only runs folder too
     if config.run_name:  # refused now, before hours of loading and training; made after the checks
         refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
     return _run(config)
@@ -131,6 +134,8 @@ def resume(run_dir, *, verbose=None) -> Path:
     if verbose is not None:
         config.verbose = verbose
     check_config(config)
+    check_data_dir(config)
+    check_writable(run_dir, what="run_dir")
     return _run(config, run_dir=run_dir, previous=record)
 
 
@@ -247,7 +252,7 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
     start = time.perf_counter()
     cache = build_cache(split, image_size=int(config.image_size), resize=config.resize,
                         contrast=config.contrast, cache_dir=config.cache_dir, strict=False,
-                        progress=bool(config.verbose))
+                        progress=resolve_verbose(config.verbose) != 0)
     state.timing["cache_seconds"] = round(time.perf_counter() - start, 2)
     kept = set(cache.rows["image"])
     if len(kept) < len(split):
@@ -323,7 +328,7 @@ def _train_phases(state: RunState) -> SaveBest:
     restore_best(saver, committed, folder)
     (_, x_train, y_train), (_, x_val, y_val) = state.data["train"], state.data["val"]
     common = dict(num_classes=len(state.classes), batch_size=state.batch_size,
-                  strategy=config.strategy, seed=config.seed, verbose=config.verbose,
+                  strategy=config.strategy, seed=config.seed, verbose=resolve_verbose(config.verbose),
                   jit_compile=config.jit_compile, runtime=state.runtime)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer)
     logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",

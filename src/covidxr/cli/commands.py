@@ -16,21 +16,27 @@ from .. import RESEARCH_ONLY
 from ..atomic import write_text
 from ..data import FRONTAL_VIEWS, resolve_data_dir
 from .options import add_data_options, add_train_options, data_options, grouping_options
+from .quiet import show_warning
 
 
 def _print_warnings(caught) -> None:
     """The user warnings a command caught, one ``warning: ...`` line each on stderr."""
     for w in caught:
         if issubclass(w.category, UserWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
+            show_warning(w.message, w.category, w.filename, w.lineno)
 
 
 def _config_values(args, *, leave_out=()) -> dict:
-    """The ``TrainConfig`` fields that ``args`` has options for, less ``leave_out``."""
+    """The ``TrainConfig`` fields given on the command line (their options are in ``args`` only
+    when given: :func:`covidxr.cli.options.config_option`), less ``leave_out``."""
     from ..config import TrainConfig
 
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
             if f.name not in leave_out and hasattr(args, f.name)}
+
+
+def _flags(names) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
 # --------------------------------------------------------------------------- download
@@ -43,7 +49,9 @@ def _add_download(sub):
                    help="where to put it (default: $COVIDXR_DATA_DIR, else data/raw/covid-chestxray-dataset)")
     p.add_argument("--ref", default=DEFAULT_REF,
                    help="git commit, tag or branch of the upstream repository (default: a pinned commit)")
-    p.add_argument("--force", action="store_true", help="replace an existing copy")
+    p.add_argument("--force", action="store_true",
+                   help="download again and replace an existing copy (only a folder that holds a previous "
+                        "download: metadata.csv or covidxr's download marker)")
 
 
 def _run_download(args):
@@ -61,7 +69,7 @@ def _add_eda(sub):
     add_data_options(p)
     p.add_argument("--out", default=None, help="folder for the figures (omit to print counts only)")
     p.add_argument("--samples", type=int, default=4, help="sample images per class in the grid")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample images")
 
 
 def _run_eda(args):
@@ -85,11 +93,12 @@ def _add_split(sub):
     p = sub.add_parser("split", help="write a group-level (patients merged by shared images) split as CSV")
     add_data_options(p)
     p.add_argument("--out", required=True, help="CSV file to write")
-    p.add_argument("--val-size", type=float, default=0.15)
-    p.add_argument("--test-size", type=float, default=0.15)
-    p.add_argument("--folds", type=int, default=None, help="k-fold mode: number of folds")
+    p.add_argument("--val-size", type=float, default=0.15, help="validation share of the patients (groups)")
+    p.add_argument("--test-size", type=float, default=0.15, help="test share of the patients (groups)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="k-fold mode: number of folds (default: none, one train / val / test split)")
     p.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split")
     p.add_argument("--allow-small-validation", action="store_true",
                    help="accept a validation part with fewer than 2 patients (groups) in a class")
 
@@ -161,7 +170,8 @@ def _add_evaluate(sub):
     p.add_argument("--name", default=None,
                    help="evaluation name (default: 'test', or the dataset folder's name); the results go "
                         "to RUN/evaluations/<name>-<timestamp>/")
-    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"])
+    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
+                   help="layout of --data-dir (default: auto, detect)")
     p.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="views to keep (metadata layout)")
     p.add_argument("--modality", default="X-ray", help="modality to keep (metadata layout)")
     p.add_argument("--image-col", default="path", help="manifest: image path column")
@@ -170,11 +180,11 @@ def _add_evaluate(sub):
     p.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity", "fixed"],
                    help="how the threshold is chosen on the run's validation part (default: youden)")
     p.add_argument("--target-sensitivity", type=float, default=None,
-                   help="with --threshold-method sensitivity: the validation sensitivity to reach")
-    p.add_argument("--threshold", type=float, default=None, help="with --threshold-method fixed")
-    p.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+                   help="with --threshold-method sensitivity: the validation sensitivity to reach (default: none)")
+    p.add_argument("--threshold", type=float, default=None, help="with --threshold-method fixed (default: none)")
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap")
+    p.add_argument("--batch-size", type=int, default=32, help="prediction batch size")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--cache-dir", default=None, help="hash index folder for --data-dir (default: the run's)")
     p.add_argument("--allow-overlap", action="store_true",
@@ -225,11 +235,12 @@ def _run_evaluate(args):
 def _add_audit(sub):
     p = sub.add_parser("audit", help="can file properties alone (format, mode, size, bit depth) predict the label?")
     add_data_options(p)
-    p.add_argument("--model", default="gradient-boosting", choices=["gradient-boosting", "logistic-regression"])
+    p.add_argument("--model", default="gradient-boosting", choices=["gradient-boosting", "logistic-regression"],
+                   help="the classifier of the file properties")
     p.add_argument("--folds", type=int, default=5, help="patient-grouped cross-validation folds")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--warn-above", type=float, default=0.6, help="AUROC above which to warn (default 0.6)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples")
+    p.add_argument("--warn-above", type=float, default=0.6, help="AUROC above which to warn")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the folds and the bootstrap")
 
 
 def _run_audit(args):
@@ -253,8 +264,8 @@ def _add_compare(sub):
                    help="folder for comparison.csv/.md/.png (omit to print the table only)")
     p.add_argument("--evaluation", default=None,
                    help="compare each run's latest evaluation of this name instead of its test part")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap")
     p.add_argument("--paired", action="store_true",
                    help="exactly two runs scored on the same images: A - B of --metric per image and per "
                         "patient with a paired group-bootstrap interval (--out: paired.json, paired.md)")
@@ -308,27 +319,30 @@ def _add_train(sub):
     add_train_options(p)
 
 
-def _run_train(args):
+def train_config(args):
+    """The ``TrainConfig`` of a ``train`` command line: ``--config``'s options (a new run name)
+    with every option given on the command line in their place, whatever its value; without
+    ``--config``, the options given and ``TrainConfig``'s defaults."""
     from ..config import TrainConfig
+
+    given = _config_values(args)
+    if args.config:
+        return dataclasses.replace(TrainConfig.from_json(args.config), run_name=None, **given)
+    return TrainConfig(**given)
+
+
+def _run_train(args):
     from ..train import resume, train
 
-    defaults = TrainConfig()
-    values = _config_values(args)
     if args.resume:
-        changed = sorted(k for k, v in values.items() if v != getattr(defaults, k) and k != "verbose")
-        if changed or args.config:
+        others = sorted(k for k in _config_values(args) if k != "verbose") + (["config"] if args.config else [])
+        if others:
             raise ValueError("Expected no other options with --resume: a run continues with its own options "
-                             f"(only --verbose may be given). Received: {', '.join(changed or ['config'])}")
-        run_dir = resume(args.resume, verbose=args.verbose if args.verbose != defaults.verbose else None)
+                             f"(only --verbose may be given). Received: {_flags(others)}")
+        run_dir = resume(args.resume, verbose=getattr(args, "verbose", None))
         print(f"finished {run_dir}")
         return 0
-    if args.config:
-        config = TrainConfig.from_json(args.config)
-        changed = {k: v for k, v in values.items() if v != getattr(defaults, k)}
-        config = dataclasses.replace(config, run_name=None, **changed)
-    else:
-        config = TrainConfig(**values)
-    run_dir = train(config)
+    run_dir = train(train_config(args))
     print(f"wrote {run_dir}")
     return 0
 
@@ -355,10 +369,11 @@ def _add_grid(sub):
                    help="comma-separated imbalance strategies (default: all four)")
     g.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default: 5)")
     g.add_argument("--out", required=True, help="grid folder (runs/, grid.json, comparison files)")
-    g.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
+    g.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples")
     g.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity"],
                    help="how each fold's threshold is chosen on its validation part (default: youden)")
-    g.add_argument("--target-sensitivity", type=float, default=None)
+    g.add_argument("--target-sensitivity", type=float, default=None,
+                   help="with --threshold-method sensitivity: the validation sensitivity to reach (default: none)")
     add_train_options(p, grid=True)
 
 
@@ -386,8 +401,9 @@ def _add_predict(sub):
     p.add_argument("--csv", default=None, help="also write the table to this CSV file (must not exist)")
     p.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity"],
                    help="how the run's validation part chooses the threshold (default: youden)")
-    p.add_argument("--target-sensitivity", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--target-sensitivity", type=float, default=None,
+                   help="with --threshold-method sensitivity: the validation sensitivity to reach (default: none)")
+    p.add_argument("--batch-size", type=int, default=16, help="prediction batch size")
 
 
 def _run_predict(args):
