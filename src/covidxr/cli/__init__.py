@@ -24,8 +24,9 @@ from .options import Parser
 __all__ = ["ANTICIPATED", "COMMANDS", "build_parser", "describe_error", "main"]
 
 #: The failures reported as one line and exit status 2 (OSError covers missing, unreadable and
-#: read-only paths, damaged image files and no network; ValueError every bad option or content).
-ANTICIPATED = (ValueError, OSError, zipfile.BadZipFile)
+#: read-only paths, damaged image files and no network; ValueError every bad option or content;
+#: ImportError an optional package that is not installed, e.g. a DICOM decoder plugin or Ray).
+ANTICIPATED = (ValueError, OSError, ImportError, zipfile.BadZipFile)
 
 
 def build_parser() -> argparse.ArgumentParser:
