@@ -200,6 +200,16 @@ def test_os_errors_are_one_line(collection, tmp_path, capsys, monkeypatch):
         "Received: path='/data/split.csv'")
 
 
+def test_a_missing_optional_package_is_one_line(collection, tmp_path, capsys, monkeypatch):
+    def missing(*args, **kwargs):
+        raise ImportError("Expected a decoder for JPEG-LS Lossless (1.2.840.10008.1.2.4.80); install it with "
+                          "pip install pylibjpeg. Received: path='x.dcm'")
+
+    monkeypatch.setattr(data, "write_split", missing)
+    assert cli.main(["split", "--data-dir", str(collection), "--out", str(tmp_path / "s.csv")]) == 2
+    assert _error_line(capsys.readouterr().err, "split").endswith("pip install pylibjpeg. Received: path='x.dcm'")
+
+
 def test_debug_shows_the_traceback(collection, tmp_path, capsys):
     out = tmp_path / "s.csv"
     out.write_text("x")
