@@ -96,6 +96,7 @@ class GridRunsFailed(RuntimeError):
         super().__init__(f"{len(self.failures)} run(s) of the grid failed ({listed}); {tables}; run the same "
                          f"command again to retry them (finished runs are kept)")
 
+
 def _split_names(value, *, name, valid) -> list[str]:
     if isinstance(value, str):
         value = [v for v in (s.strip() for s in value.split(",")) if v]
