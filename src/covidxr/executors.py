@@ -286,14 +286,17 @@ def _probe_nodes(ray, nodes, *, out: Path, paths: dict) -> None:
     probe = out / PROBE_FILE
     probe.write_text(token)
     remote = ray.remote(probe_paths)
-    refs = {n["NodeManagerAddress"]: remote.options(
+    refs = [(n["NodeManagerAddress"], remote.options(
         num_cpus=0, runtime_env=_runtime_env(),
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-        probe=str(probe), token=token, **paths) for n in nodes}
+        probe=str(probe), token=token, **paths)) for n in nodes]
     problems = []
     try:
-        for node, ref in refs.items():
-            problems += [f"node {node} {p}" for p in ray.get(ref, timeout=300)]
+        for node, ref in refs:
+            try:
+                problems += [f"node {node} {p}" for p in ray.get(ref, timeout=300)]
+            except ray.exceptions.RayError as err:  # no worker could start there, or it timed out
+                problems.append(f"node {node} did not answer the probe ({_ray_error(ray, err)})")
     finally:
         probe.unlink(missing_ok=True)
     if problems:
