@@ -2,9 +2,9 @@
 Must not score or draw by itself: runs come from :mod:`covidxr.train`, figures from
 :mod:`covidxr.evaluation.pooling`, :mod:`covidxr.reports` and :mod:`covidxr.figures`.
 
-:func:`run_grid` trains every combination in one process (``covidxr.train.train`` per run,
-``keras.backend.clear_session()`` between runs), all run folders under ``OUT/runs/``, then
-writes the comparison::
+:func:`run_grid` trains every combination by :func:`run_combination` (``covidxr.train.train`` per
+run, ``keras.backend.clear_session()`` after each), in one process or one Ray task per run
+(:mod:`covidxr.executors`), all run folders under ``OUT/runs/``, then writes the comparison::
 
     OUT/grid.json          the grid's options (checked when the grid is started again) and its
                            ``selection``: the configuration chosen on mean validation ROC AUC

@@ -339,7 +339,8 @@ def _add_grid(sub):
     p = sub.add_parser(
         "grid", help="train backbones x strategies x patient-grouped folds, then one comparison",
         description="Trains every backbone [x feature layer] x imbalance strategy x fold (patient-grouped, stratified "
-                    "k-fold) in one process into OUT/runs/, then writes OUT/comparison.csv/.md/.png "
+                    "k-fold) in one process (--executor ray: one Ray task per run) into OUT/runs/, then writes "
+                    "OUT/comparison.csv/.md/.png "
                     "(test predictions of all folds pooled per backbone x strategy, each fold deciding "
                     "at its own validation threshold, patient-bootstrap CIs) and OUT/runs.csv. Started "
                     "again with the same --out and options, it continues where it stopped. Every class "
