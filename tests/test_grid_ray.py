@@ -134,6 +134,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(collection, request, tm
     error = _error_line(captured.err)
     assert error.startswith("covidxr grid: error: 1 run(s) of the grid failed (vgg16 / none / fold 0: ")
     assert "the comparison covers the 1 finished run(s)" in error
+    assert "fold 0: ValueError: Expected the dataset to hold every image of the run's split.csv" in error
     assert any(x.endswith("(1/2 done, 0 running, 1 failed)") for x in captured.out.splitlines())
     record = json.loads((out / "grid.json").read_text())
     assert len(record["runs"]) == 1 and [f["fold"] for f in record["failures"]] == [0]
