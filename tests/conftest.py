@@ -168,3 +168,29 @@ def tiny_run(collection, tmp_path_factory):
                          epochs=2, fine_tune_epochs=0, strategy="oversample", learning_rate=1e-2,
                          runs_dir=str(root / "runs"), cache_dir=str(root / "cache"), verbose=0)
     return train(config)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One local Ray instance with 2 CPUs for the whole session (workers are reused across tests).
+
+    Its workers carry a fault that fires once: while the file ``marker`` exists, the second commit of
+    a training checkpoint (after epoch 1) kills the worker that reaches it and removes the file.
+    Skips without Ray only when ``CI`` is unset.
+    """
+    if os.environ.get("CI"):
+        import ray
+    else:
+        ray = pytest.importorskip("ray")
+    marker = tmp_path_factory.mktemp("ray-fault") / "armed"
+    env = {"COVIDXR_FAULT": "after-state@2", "COVIDXR_FAULT_ONCE": str(marker)}
+    for attempt in (1, 2):  # on a loaded machine the raylet may miss Ray's 30 s start-up window once
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": env})
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    yield {"ray": ray, "marker": marker}
+    ray.shutdown()

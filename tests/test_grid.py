@@ -25,7 +25,7 @@ def _base(collection, cache_dir, **kwargs):
     return TrainConfig(**options)
 
 
-class Interrupted(RuntimeError):
+class Interrupted(KeyboardInterrupt):  # a user interrupt stops the grid (a run's own error does not)
     pass
 
 

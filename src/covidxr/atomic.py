@@ -26,6 +26,9 @@ __all__ = ["atomic_path", "fault_point", "json_text", "load_arrays", "plain_json
 
 #: Environment variable of the kill-and-resume tests: a fault point name (see :func:`fault_point`).
 FAULT_ENV = "COVIDXR_FAULT"
+#: With it, a fault point fires only while the file it names exists, and removes it first: a fault
+#: that fires once in a pool of reused processes (the Ray grid tests), so that a retry does not die again.
+FAULT_ONCE_ENV = "COVIDXR_FAULT_ONCE"
 
 
 _FAULT_COUNTS: dict[str, int] = {}
@@ -37,6 +40,8 @@ def fault_point(name: str) -> None:
     ``COVIDXR_FAULT=NAME`` kills at the first time the point is reached, ``NAME@K`` at the
     K-th. Only the interruption tests set the variable; it lets them stop a training
     subprocess at an exact moment (between writing a temporary file and renaming it, say).
+    With ``$COVIDXR_FAULT_ONCE=FILE`` the point counts and fires only while ``FILE`` exists, and
+    the process that fires removes it first (one fault in a pool of processes).
     """
     wanted = os.environ.get(FAULT_ENV)
     if not wanted or not wanted.startswith(name):
@@ -44,8 +49,16 @@ def fault_point(name: str) -> None:
     point, _, count = wanted.partition("@")
     if point != name:
         return
+    marker = os.environ.get(FAULT_ONCE_ENV)
+    if marker and not os.path.exists(marker):
+        return
     _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
     if _FAULT_COUNTS[name] == int(count or 1):
+        if marker:
+            try:
+                os.remove(marker)
+            except FileNotFoundError:  # another process fired it
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -2,9 +2,9 @@
 Must not score or draw by itself: runs come from :mod:`covidxr.train`, figures from
 :mod:`covidxr.evaluation.pooling`, :mod:`covidxr.reports` and :mod:`covidxr.figures`.
 
-:func:`run_grid` trains every combination in one process (``covidxr.train.train`` per run,
-``keras.backend.clear_session()`` between runs), all run folders under ``OUT/runs/``, then
-writes the comparison::
+:func:`run_grid` trains every combination by :func:`run_combination` (``covidxr.train.train`` per
+run, ``keras.backend.clear_session()`` after each), in one process or one Ray task per run
+(:mod:`covidxr.executors`), all run folders under ``OUT/runs/``, then writes the comparison::
 
     OUT/grid.json          the grid's options (checked when the grid is started again) and its
                            ``selection``: the configuration chosen on mean validation ROC AUC
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,21 +49,26 @@ import pandas as pd
 from . import __version__
 from .atomic import write_json, write_text
 from .config import TrainConfig, check_config, load_frame
-from .data import SPLIT_VERSION, views_key
+from .data import SPLIT_VERSION, resolve_data_dir, views_key
 from .data.groups import group_column
 from .data.splits import describe_groups
 from .evaluation import grid_comparison, grid_selection
+from .executors import check_executor, limit_threads, run_jobs, run_threads
 from .figures import plot_comparison, save_figure
+from .images import resolve_cache_dir
 from .models import BACKBONES, check_feature_layer, get_backbone, normalize_feature_layer
 from .reports import grid_markdown
 from .sampling import STRATEGIES
 from .train import resume, train
+from .weights import SOURCES
 
 __all__ = [
     "GRID_FILE",
     "IGNORED_OPTIONS",
+    "GridRunsFailed",
     "combinations",
     "find_runs",
+    "run_combination",
     "run_grid",
     "write_grid_comparison",
 ]
@@ -75,6 +81,21 @@ RUN_ARTIFACTS = ("config.json", "model.keras", "predictions.csv", "metrics.json"
 VARIED_OPTIONS = ("backbone", "feature_layer", "strategy", "fold", "folds")
 #: Options that change neither the data nor the model: may differ when a grid is resumed.
 IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check")
+
+
+class GridRunsFailed(RuntimeError):
+    """Some runs of a grid failed; the comparison covers the others. ``failures``: one dict per failed
+    combination (``backbone``, ``feature_layer``, ``strategy``, ``fold``, ``error``)."""
+
+    def __init__(self, out, failures, finished):
+        self.out, self.failures = Path(out), list(failures)
+        listed = "; ".join(f"{f['backbone']}{':' + f['feature_layer'] if f['feature_layer'] else ''} / "
+                           f"{f['strategy']} / fold {f['fold']}: {f['error']}" for f in self.failures)
+        tables = (f"the comparison covers the {finished} finished run(s): {self.out / 'comparison.md'}" if finished
+                  else "no run finished, no comparison written")
+        super().__init__(f"{len(self.failures)} run(s) of the grid failed ({listed}); {tables}; run the same "
+                         f"command again to retry them (finished runs are kept)")
+
 
 def _split_names(value, *, name, valid) -> list[str]:
     if isinstance(value, str):
@@ -125,10 +146,17 @@ def _feature_layers(value, *, backbones, default=None) -> list[str | None]:
 
 def _comparable(options: dict) -> dict:
     """Options as the grid compares them: ``views`` in one canonical form, so that "frontal" and
-    the explicit list of frontal views (the notebook's and the command line's defaults) agree."""
-    if options.get("views") is None:
-        return dict(options)
-    return {**options, "views": views_key(options["views"])}
+    the explicit list of frontal views (the notebook's and the command line's defaults) agree; the
+    data folder and a weights file as absolute paths (a grid from before keeps its relative ones)."""
+    options = dict(options)
+    if options.get("views") is not None:
+        options["views"] = views_key(options["views"])
+    if "data_dir" in options:
+        options["data_dir"] = os.path.abspath(resolve_data_dir(options["data_dir"]))
+    weights = options.get("weights")
+    if weights is not None and str(weights).strip().lower() not in SOURCES:
+        options["weights"] = os.path.abspath(os.path.expanduser(str(weights)))
+    return options
 
 
 def _training_options(config: TrainConfig) -> dict:
@@ -231,12 +259,15 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
 def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "vgg19"),
              strategies=("none", "class-weight", "oversample", "undersample"), folds=5, n_bootstrap=1000,
              threshold_method="youden", target_sensitivity=None, clear_session=True, progress=True,
-             feature_layers=None) -> Path:
+             feature_layers=None, executor="local", ray_address=None, cpus_per_run=None, gpus_per_run=None,
+             max_retries=3) -> Path:
     """Train every backbone × feature layer × strategy × fold into ``out/runs`` and write the comparison.
 
-    One process trains every run (:func:`covidxr.train.train`). Runs that a previous,
-    interrupted call with the same ``out`` finished are kept and not trained again, and the
-    run it was in the middle of is continued (see the module docstring).
+    Every combination is one call of :func:`run_combination`: one after the other in this process
+    (``executor="local"``) or one Ray task each (``"ray"``, :mod:`covidxr.executors`). Runs that a
+    previous, interrupted call with the same ``out`` finished are kept and not trained again, and
+    interrupted ones are continued (see the module docstring). A run that fails is reported and
+    the others go on; the comparison covers the finished runs, then :class:`GridRunsFailed` is raised.
 
     Args:
         base_config: Every other training option (data, image size, epochs, weights ...);
@@ -253,53 +284,84 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
             validation part.
         clear_session: Call ``keras.backend.clear_session()`` after each run (frees the
             previous models' graphs and memory).
-        progress: Print one line per combination.
+        progress: Print one line per finished run and the count of done, running and failed runs.
         feature_layers: Feature layers as a grid axis (a list or a comma-separated string;
             ``"none"``/None in it: the whole backbone), each a layer of every backbone; None: no
             axis, every run uses ``base_config.feature_layer``.
+        executor, ray_address, cpus_per_run, gpus_per_run, max_retries: Where the runs go
+            (:func:`covidxr.executors.check_executor`); not part of the options a resumed grid
+            must match.
 
     Returns:
         The grid folder ``out``.
 
     Raises:
         ValueError: Bad options, a feature layer that is not a layer of some backbone (named),
-            too few patients for the folds, or ``out`` holds a grid with other options (the
-            message names them).
+            too few patients for the folds, ``out`` holds a grid with other options (the
+            message names them), or Ray missing, unreachable, too small or not sharing ``out``.
         FileNotFoundError: Missing dataset or weights file.
+        GridRunsFailed: Some runs failed (after the comparison of the others was written).
     """
+    options = check_executor(executor, ray_address=ray_address, cpus_per_run=cpus_per_run,
+                             gpus_per_run=gpus_per_run, max_retries=max_retries)
     base, configs, backbones, strategies, layers = _grid_configs(
         base_config, out=out, backbones=backbones, strategies=strategies, folds=folds, n_bootstrap=n_bootstrap,
         feature_layers=feature_layers)
-    out = Path(out).expanduser()
-    runs_dir = out / "runs"
+    out = Path(base.runs_dir).parent
     record = _open_record(out / GRID_FILE, _grid_record(base, backbones, strategies, int(folds), layers), out=out)
-    frame = load_frame(base)
-    _check_folds(frame, int(folds), base.task)
-    del frame
-
+    _check_folds(load_frame(base), int(folds), base.task)
     record["covidxr_version"] = __version__
     record["comparison"] = {"n_bootstrap": int(n_bootstrap), "seed": int(base.seed), "level": 0.95,
                             "threshold_method": threshold_method, "target_sensitivity": target_sensitivity}
+    record["executor"] = options
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / GRID_FILE, record)
 
-    finished = []
-    for k, config in enumerate(configs, start=1):
-        layer = f":{config.feature_layer}" if config.feature_layer else ""
-        label = f"[{k}/{len(configs)}] {config.backbone}{layer} / {config.strategy} / fold {config.fold}"
-        finished.append(_run_combination(config, runs_dir=runs_dir, record=record, grid_file=out / GRID_FILE,
-                                         label=label, progress=progress, clear_session=clear_session))
-
+    finished, failures = _run_all(configs, record=record, out=out, options=options, progress=progress,
+                                  clear_session=clear_session)
     record["runs"] = [p.name for p in finished]
-    pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
-                                      threshold_method=threshold_method, target_sensitivity=target_sensitivity)
-    record["selection"] = grid_selection(pooled)
-    write_grid_comparison(pooled, per_run, out, record=record)
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record["failures"] = failures
+    if finished:
+        pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
+                                          threshold_method=threshold_method, target_sensitivity=target_sensitivity)
+        record["selection"] = grid_selection(pooled)
+        write_grid_comparison(pooled, per_run, out, record=record)
+    if not failures:
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(out / GRID_FILE, record)
+    if failures:
+        raise GridRunsFailed(out, failures, len(finished))
     if progress:
         print(f"wrote {out / 'comparison.md'}", flush=True)
     return out
+
+
+def _run_all(configs, *, record, out, options, progress, clear_session) -> tuple[list[Path], list[dict]]:
+    """Every combination through the executor; the finished run folders (in grid order) and the failures.
+    The driver alone writes ``grid.json`` (a timing per run trained or continued)."""
+    labels = []
+    for k, config in enumerate(configs, start=1):
+        layer = f":{config.feature_layer}" if config.feature_layer else ""
+        labels.append(f"[{k}/{len(configs)}] {config.backbone}{layer} / {config.strategy} / fold {config.fold}")
+    jobs = [{"config": config.to_dict(), "threads": run_threads(options), "label": label, "progress": progress,
+             "clear_session": clear_session} for config, label in zip(configs, labels)]
+
+    def on_result(index, outcome):
+        result, config = outcome.result, configs[index]
+        if result is None or result["how"] == "kept":
+            return
+        record.setdefault("timings", []).append({
+            "backbone": config.backbone, "feature_layer": config.feature_layer, "strategy": config.strategy,
+            "fold": config.fold, "run": Path(result["run"]).name, "seconds": result["seconds"]})
+        write_json(out / GRID_FILE, record)
+
+    base = configs[0]
+    outcomes = run_jobs(run_combination, jobs, labels=labels, options=options, out=out, progress=progress,
+                        on_result=on_result, writable=[base.runs_dir, base.cache_dir], readable=[base.data_dir])
+    finished = [Path(o.result["run"]) for o in outcomes if o.result is not None]
+    failures = [{"backbone": c.backbone, "feature_layer": c.feature_layer, "strategy": c.strategy, "fold": c.fold,
+                 "error": o.error} for c, o in zip(configs, outcomes) if o.error is not None]
+    return finished, failures
 
 
 def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap, feature_layers=None):
@@ -320,9 +382,11 @@ def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap
                          f"Received: split_file={base_config.split_file!r}")
     if int(n_bootstrap) < 0:
         raise ValueError(f"Expected n_bootstrap >= 0. Received: n_bootstrap={n_bootstrap!r}")
-    runs_dir = Path(out).expanduser() / "runs"
+    runs_dir = Path(os.path.abspath(Path(out).expanduser())) / "runs"  # every path absolute: runs may go to workers
+    paths = {k: v for k, v in _comparable(base_config.to_dict()).items() if k in ("data_dir", "weights")}
     base = dataclasses.replace(base_config, runs_dir=str(runs_dir), run_name=None, folds=int(folds), fold=0,
-                               backbone=backbones[0], strategy=strategies[0], feature_layer=layers[0])
+                               backbone=backbones[0], strategy=strategies[0], feature_layer=layers[0],
+                               cache_dir=os.path.abspath(resolve_cache_dir(base_config.cache_dir)), **paths)
     configs = [dataclasses.replace(base, **combo) for combo in combinations(backbones, strategies, int(folds), layers)]
     for config in configs:  # every option checked before anything is trained
         check_config(config)
@@ -358,29 +422,48 @@ def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:
     return record
 
 
-def _run_combination(config, *, runs_dir, record, grid_file, label, progress, clear_session) -> Path:
-    """One combination: keep its finished run, continue its interrupted one, or train it."""
+def run_combination(config, *, threads=None, label="", progress=True, clear_session=True) -> dict:
+    """One combination of a grid: keep its finished run, continue its interrupted one, or train it.
+
+    The one code path of both executors (a Ray task calls it in a worker): plain, picklable
+    arguments, and it writes only into its own run folder (``config["runs_dir"]``).
+
+    Args:
+        config: The combination's :class:`~covidxr.config.TrainConfig` (or its dict), every path absolute.
+        threads: CPU threads of the run (:func:`covidxr.executors.limit_threads`; None: the defaults).
+        label: The combination's name in progress lines.
+        progress: Print a line when an interrupted run is continued.
+        clear_session: Call ``keras.backend.clear_session()`` after training.
+
+    Returns:
+        ``{"run": absolute run folder, "how": "kept" | "continued" | "trained", "seconds",
+        "val_auc": the run's validation ROC AUC or None}``.
+    """
+    config = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    runs_dir = Path(config.runs_dir)
     done = find_runs(runs_dir, config)
     if done:
-        if progress:
-            print(f"{label}: done before, kept {done[0].name}", flush=True)
-        return done[0]
+        return {"run": str(done[0]), "how": "kept", "seconds": 0.0, "val_auc": _val_auc(done[0])}
+    limit_threads(threads)
     start = time.perf_counter()
     interrupted = find_runs(runs_dir, config, finished=False)
-    if interrupted:
-        if progress:
-            print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
-        run = resume(interrupted[-1])
-    else:
-        run = train(config)
-    seconds = time.perf_counter() - start
-    record.setdefault("timings", []).append({"backbone": config.backbone, "feature_layer": config.feature_layer,
-                                             "strategy": config.strategy,
-                                             "fold": config.fold, "run": Path(run).name,
-                                             "seconds": round(seconds, 1)})
-    write_json(grid_file, record)
-    if progress:
-        print(f"{label}: trained in {seconds:.1f} s -> {run.name}", flush=True)
-    if clear_session:
-        keras.backend.clear_session()
-    return Path(run)
+    try:
+        if interrupted:
+            if progress:
+                print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
+            run, how = resume(interrupted[-1]), "continued"
+        else:
+            run, how = train(config), "trained"
+    finally:
+        if clear_session:
+            keras.backend.clear_session()
+    return {"run": str(Path(run).absolute()), "how": how, "seconds": round(time.perf_counter() - start, 1),
+            "val_auc": _val_auc(Path(run))}
+
+
+def _val_auc(run: Path) -> float | None:
+    try:
+        auc = json.loads((run / "metrics.json").read_text())["val"]["roc_auc"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(auc) if auc is not None and np.isfinite(auc) else None
