@@ -330,7 +330,8 @@ def _train_phases(state: RunState) -> SaveBest:
     common = dict(num_classes=len(state.classes), batch_size=state.batch_size,
                   strategy=config.strategy, seed=config.seed, verbose=resolve_verbose(config.verbose),
                   jit_compile=config.jit_compile, runtime=state.runtime)
-    phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer)
+    phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
+                 checkpoint_every=config.checkpoint_every)
     logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
                 "cached features" if config.cache_features else "full forward pass",
                 config.epochs, config.learning_rate)
