@@ -169,7 +169,7 @@ def main(argv=None):
         print(f"{mode:>10}: training thread {r['checkpoint']:.2f} s per checkpoint ({r['wait']:.2f} s of it waiting "
               f"for the previous write), its files {r['write']:.2f} s, "
               f"epoch {r['epoch']:.2f} s vs {epoch:.2f} s without: checkpoint / epoch "
-              f"{r['checkpoint'] / epoch:.2f}, epoch time x{r['epoch'] / epoch:.2f}")
+              f"{r['checkpoint'] / epoch:.3f}, epoch time x{r['epoch'] / epoch:.2f}")
     print(f"ratio: {results['sync']['checkpoint'] / epoch:.2f}")
 
 

@@ -292,23 +292,23 @@ def test_checkpoint_every_must_be_a_positive_integer(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_killed_run_with_checkpoint_every_2_resumes_from_the_last_written_epoch(collection, tmp_path):
-    options = {**OPTIONS, "epochs": 3, "fine_tune_epochs": 3, "patience": 3, "checkpoint_every": 2}
+    options = {**OPTIONS, "epochs": 2, "fine_tune_epochs": 3, "patience": 3, "checkpoint_every": 2}
     reference = train(TrainConfig(data_dir=str(collection), runs_dir=str(tmp_path / "ref"),
                                   cache_dir=str(tmp_path / "cache"), **options))
     runs = tmp_path / "runs"
-    args = [*CLI_OPTIONS, "--epochs", "3", "--fine-tune-epochs", "3", "--patience", "3", "--checkpoint-every", "2"]
-    # commits: phase 1 start, epoch 2, epoch 3 (its last), end; phase 2 start, epoch 2 (the 6th) ...
+    args = [*CLI_OPTIONS, "--epochs", "2", "--fine-tune-epochs", "3", "--patience", "3", "--checkpoint-every", "2"]
+    # commits: phase 1 start, epoch 2 (its last), end; phase 2 start, epoch 2 (the 5th), epoch 3, end
     _killed(_covidxr(["train", "--data-dir", str(collection), "--runs-dir", str(runs), "--cache-dir",
-                      str(tmp_path / "cache"), *args], fault="after-state@6"))
+                      str(tmp_path / "cache"), *args], fault="after-state@5"))
     (run,) = list(runs.iterdir())
     state = _state(run)
-    assert (state["phase"], state["next_epoch"], len(state["history"])) == (2, 2, 5)
+    assert (state["phase"], state["next_epoch"], len(state["history"])) == (2, 2, 4)
     _assert_readable(run)
     assert resume(run, verbose=0) == run
     assert "phase 2: continuing after epoch 2" in (run / "train.log").read_text()
     history = pd.read_csv(run / "history.csv").drop(columns="seconds")
     ref_history = pd.read_csv(reference / "history.csv").drop(columns="seconds")
-    assert list(history["phase_epoch"]) == [1, 2, 3, 1, 2, 3]
+    assert list(history["phase_epoch"]) == [1, 2, 1, 2, 3]
     np.testing.assert_allclose(history.to_numpy(float), ref_history.to_numpy(float), atol=1e-6)
     predictions, ref_predictions = pd.read_csv(run / "predictions.csv"), pd.read_csv(reference / "predictions.csv")
     np.testing.assert_allclose(predictions["prob_covid"], ref_predictions["prob_covid"], atol=1e-6)

@@ -68,7 +68,7 @@ def train(config: TrainConfig) -> Path:
 
     Every option is checked, and the model built (which checks the weights and the
     fine-tuning layer), before the run folder is made and before any data is read. After
-    every epoch the run's state is committed to ``RUN/checkpoint/`` (see
+    every epoch (every ``checkpoint_every``-th) the run's state is committed to ``RUN/checkpoint/`` (see
     :mod:`covidxr.training.checkpoint`), so a run that is killed can be continued with :func:`resume`.
 
     Args:
