@@ -1,5 +1,6 @@
 """Interruption and resume: a real training subprocess is killed (SIGKILL) at several points,
-``covidxr train --resume`` continues it, and the result equals an uninterrupted run."""
+``covidxr train --resume`` continues it, and the result equals an uninterrupted run; checkpoints
+every N epochs, written by a background thread."""
 
 from __future__ import annotations
 
@@ -9,16 +10,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 
 from covidxr import cli
+from covidxr.atomic import load_arrays
+from covidxr.config import check_config
 from covidxr.images import list_caches
 from covidxr.train import TrainConfig, resume, train
+from covidxr.training import EpochRecorder, RunCheckpoint, SaveBest, schedules
+from covidxr.training import checkpoint as checkpoint_module
+from covidxr.training.writer import CheckpointWriter
 
 OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, epochs=4, fine_tune_epochs=2,
                fine_tune_from="-4", patience=1, strategy="oversample", learning_rate=1e-2, verbose=0)
@@ -181,3 +189,126 @@ def test_resume_errors(tiny_run, tmp_path, capsys):
     assert "Expected no other options with --resume" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tiny_run)]) == 2
     assert "finished at" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- checkpoint every N epochs
+
+class _Scripted(keras.callbacks.Callback):
+    """First callback: writes a scripted ``val_auc`` into the epoch's logs, keeps a copy of the
+    weights after every epoch, and stops training after ``stop_after`` epochs (if given)."""
+
+    def __init__(self, aucs, stop_after=None):
+        super().__init__()
+        self.aucs, self.stop_after, self.weights = list(aucs), stop_after, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_auc"] = self.aucs[epoch]
+        self.weights[epoch] = [np.array(w) for w in self.model.get_weights()]
+        if self.stop_after == epoch + 1:
+            self.model.stop_training = True
+
+
+def _fit_with_checkpoint(folder, monkeypatch, *, epochs=5, every=2, aucs=(0.5, 0.6, 0.9, 0.7, 0.65),
+                         stop_after=None, **kwargs):
+    """A tiny model fitted under a RunCheckpoint; returns (checkpoint, scripted, commits), each
+    commit a copy of the state with the arrays of its best-model and early-stopping files."""
+    commits = []
+    real = checkpoint_module.write_json
+
+    def spy(path, state):
+        files = {key: load_arrays(Path(path).parent / state[key]["weights"])
+                 for key in ("best", "early_stopping") if (state.get(key) or {}).get("weights")}
+        commits.append({**json.loads(json.dumps(state)), "arrays": files, "thread": threading.current_thread().name})
+        return real(path, state)
+
+    monkeypatch.setattr(checkpoint_module, "write_json", spy)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    early_stopping, reduce_lr = schedules(10)
+    recorder, saver, scripted = EpochRecorder(1), SaveBest(model), _Scripted(aucs, stop_after)
+    checkpoint = RunCheckpoint(folder, phase=1, full_model=model, epochs=epochs, early_stopping=early_stopping,
+                               reduce_lr=reduce_lr, recorder=recorder, saver=saver, every=every, **kwargs)
+    model.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[scripted, early_stopping, reduce_lr, recorder, saver, checkpoint])
+    return checkpoint, scripted, commits
+
+
+@pytest.mark.jax
+def test_checkpoint_every_2_writes_epochs_2_4_and_the_last_with_the_best_weights_of_epoch_3(tmp_path, monkeypatch):
+    checkpoint, scripted, commits = _fit_with_checkpoint(tmp_path / "ckpt", monkeypatch)
+    assert checkpoint.written == [2, 4, 5]
+    assert [c.get("next_epoch") for c in commits] == [0, 2, 4, 5, None] and commits[-1]["done"]
+    assert {c["thread"] for c in commits} == {"covidxr-checkpoint_0"}  # off the training thread
+    assert [len(c["history"]) for c in commits] == [0, 2, 4, 5, 5]
+    # the best epoch (3, val_auc 0.9) was not a checkpoint epoch: its weights come with epoch 4's
+    after4 = commits[2]
+    assert after4["best"] == {"value": 0.9, "epoch": 2, "weights": "best-p1-e4.npz"}
+    # early stopping's best weights are the same arrays (the fitted model is the full one): one file
+    assert after4["early_stopping"]["best_epoch"] == 2 and after4["early_stopping"]["weights"] == "best-p1-e4.npz"
+    for key in ("best", "early_stopping"):
+        for got, want in zip(after4["arrays"][key], scripted.weights[2]):
+            np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(after4["arrays"][key][0], scripted.weights[3][0])
+    assert commits[3]["best"]["weights"] == "best-p1-e4.npz"  # unchanged since: not written again
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best-p1-e4.npz", "end-p1.npz", "state.json"]
+    assert checkpoint.writer.write_seconds > 0
+
+
+def test_checkpoint_every_writes_the_epoch_early_stopping_ends_on(tmp_path, monkeypatch):
+    checkpoint, _, commits = _fit_with_checkpoint(tmp_path / "ckpt", monkeypatch, every=2, stop_after=3,
+                                                  background=False)
+    assert checkpoint.written == [2, 3]
+    assert commits[2]["next_epoch"] == 5 and commits[2]["variables"] == "vars-p1-e3.npz"  # the phase is over
+    assert {c["thread"] for c in commits} == {threading.main_thread().name}
+
+
+def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
+    def full(path, arrays):
+        raise OSError(f"No space left on device: {Path(path).name}")
+
+    monkeypatch.setattr(checkpoint_module, "save_arrays", full)
+    with pytest.raises(OSError, match="No space left on device: base-p1.npz"):
+        _fit_with_checkpoint(tmp_path / "ckpt", monkeypatch, every=1)
+    writer = CheckpointWriter()
+    writer.submit(full, tmp_path / "x.npz", [])
+    with pytest.raises(OSError, match="No space left on device: x.npz"):
+        writer.submit(print, "never")  # the next write waits for the failed one and raises its error
+    writer.submit(full, tmp_path / "y.npz", [])
+    writer.close(quiet=True)  # the caller's own exception wins: nothing raised here
+
+
+def test_checkpoint_every_must_be_a_positive_integer(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"Expected checkpoint_every to be an integer >= 1\. Received: checkpoint_every=0"):
+        check_config(TrainConfig(backbone="vgg16", weights="none", checkpoint_every=0))
+    with pytest.raises(ValueError, match=r"integer >= 1 \(epochs\)\. Received: checkpoint_every=1\.5"):
+        RunCheckpoint(tmp_path, phase=1, full_model=None, epochs=2, early_stopping=None, reduce_lr=None,
+                      recorder=None, saver=None, every=1.5)
+    assert cli.main(["train", "--weights", "none", "--checkpoint-every", "0"]) == 2
+    assert "covidxr train: error: Expected checkpoint_every to be an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_run_with_checkpoint_every_2_resumes_from_the_last_written_epoch(collection, tmp_path):
+    options = {**OPTIONS, "epochs": 2, "fine_tune_epochs": 3, "patience": 3, "checkpoint_every": 2}
+    reference = train(TrainConfig(data_dir=str(collection), runs_dir=str(tmp_path / "ref"),
+                                  cache_dir=str(tmp_path / "cache"), **options))
+    runs = tmp_path / "runs"
+    args = [*CLI_OPTIONS, "--epochs", "2", "--fine-tune-epochs", "3", "--patience", "3", "--checkpoint-every", "2"]
+    # commits: phase 1 start, epoch 2 (its last), end; phase 2 start, epoch 2 (the 5th), epoch 3, end
+    _killed(_covidxr(["train", "--data-dir", str(collection), "--runs-dir", str(runs), "--cache-dir",
+                      str(tmp_path / "cache"), *args], fault="after-state@5"))
+    (run,) = list(runs.iterdir())
+    state = _state(run)
+    assert (state["phase"], state["next_epoch"], len(state["history"])) == (2, 2, 4)
+    _assert_readable(run)
+    assert resume(run, verbose=0) == run
+    assert "phase 2: continuing after epoch 2" in (run / "train.log").read_text()
+    history = pd.read_csv(run / "history.csv").drop(columns="seconds")
+    ref_history = pd.read_csv(reference / "history.csv").drop(columns="seconds")
+    assert list(history["phase_epoch"]) == [1, 2, 1, 2, 3]
+    np.testing.assert_allclose(history.to_numpy(float), ref_history.to_numpy(float), atol=1e-6)
+    predictions, ref_predictions = pd.read_csv(run / "predictions.csv"), pd.read_csv(reference / "predictions.csv")
+    np.testing.assert_allclose(predictions["prob_covid"], ref_predictions["prob_covid"], atol=1e-6)

@@ -59,7 +59,9 @@ class TrainConfig:
     Training: ``batch_size``, ``epochs`` (phase 1), ``learning_rate``, ``fine_tune_epochs``
     (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
     ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
-    (early stopping, epochs), ``cache_features`` (phase 1 on cached features),
+    (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``checkpoint_every``
+    (write the resumable checkpoint after every N-th epoch of a phase, its last epoch and its end;
+    written in a background thread: :mod:`covidxr.training.checkpoint`),
     ``mixed_precision`` (None/False: float32; True or ``"mixed_bfloat16"``; ``"mixed_float16"``:
     see :func:`covidxr.runtime.precision_policy`), ``jit_compile`` (``"auto"``, True, False:
     Keras' ``compile(jit_compile=...)``; XLA), ``data_parallel`` (spread every batch over all
@@ -102,6 +104,7 @@ class TrainConfig:
     feature_layer: str | None = None
     patience: int = 5
     cache_features: bool = True
+    checkpoint_every: int = 1
     mixed_precision: str | bool | None = None
     jit_compile: str | bool = "auto"
     data_parallel: bool = False
@@ -204,6 +207,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     _positive_int("epochs", config.epochs)
     _positive_int("fine_tune_epochs", config.fine_tune_epochs, minimum=0)
     _positive_int("patience", config.patience)
+    _positive_int("checkpoint_every", config.checkpoint_every)
     _positive_float("learning_rate", config.learning_rate)
     precision_policy(config.mixed_precision)
     if config.jit_compile not in JIT_COMPILE:

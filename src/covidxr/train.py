@@ -68,7 +68,7 @@ def train(config: TrainConfig) -> Path:
 
     Every option is checked, and the model built (which checks the weights and the
     fine-tuning layer), before the run folder is made and before any data is read. After
-    every epoch the run's state is committed to ``RUN/checkpoint/`` (see
+    every epoch (every ``checkpoint_every``-th) the run's state is committed to ``RUN/checkpoint/`` (see
     :mod:`covidxr.training.checkpoint`), so a run that is killed can be continued with :func:`resume`.
 
     Args:
@@ -330,7 +330,8 @@ def _train_phases(state: RunState) -> SaveBest:
     common = dict(num_classes=len(state.classes), batch_size=state.batch_size,
                   strategy=config.strategy, seed=config.seed, verbose=resolve_verbose(config.verbose),
                   jit_compile=config.jit_compile, runtime=state.runtime)
-    phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer)
+    phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
+                 checkpoint_every=config.checkpoint_every)
     logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
                 "cached features" if config.cache_features else "full forward pass",
                 config.epochs, config.learning_rate)

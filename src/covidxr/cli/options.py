@@ -211,6 +211,9 @@ def _add_training_options(t, *, grid):
     config_option(t, "--patience", type=int, default=5, help="early stopping patience on validation AUC")
     config_option(t, "--cache-features", default=True, action=argparse.BooleanOptionalAction,
                   help="phase 1 on cached backbone features")
+    config_option(t, "--checkpoint-every", type=int, default=1, metavar="N",
+                  help="write the resumable checkpoint after every N-th epoch of a phase (and always after "
+                       "its last epoch), in a background thread")
     config_option(t, "--seed", type=int, default=0, help="random seed (split, weights, batches)")
     config_option(t, "--verbose", type=_verbose, default="auto", metavar="{auto,0,1,2}",
                   help="Keras progress: auto (progress bars on a terminal; when the output is redirected, "

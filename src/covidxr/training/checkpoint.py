@@ -13,7 +13,8 @@ During training, :class:`RunCheckpoint` keeps ``RUN/checkpoint/``::
     vars-p<P>-e<E>.npz    the variables of the model being fitted after epoch E of phase P
                           (the head alone in a phase 1 on cached features)
     opt-p<P>-e<E>.npz     its optimizer's variables (iteration, learning rate, moments)
-    stop-p<P>-e<E>.npz    early stopping's best weights so far in phase P
+    stop-p<P>-e<E>.npz    early stopping's best weights so far in phase P (none when they are
+                          the best full model's of the same epoch: the state names that file)
     best-p<P>-e<E>.npz    the full model's weights at the best validation AUC of the run
     end-p<P>.npz          every variable of the full model when phase P ended
 
@@ -21,8 +22,15 @@ Array files carry the epoch in their name and are never rewritten; ``state.json`
 replaced last, and files it no longer names are deleted afterwards. A run killed at any
 point therefore leaves a state that names complete files only, and
 ``covidxr train --resume RUN_DIR`` (:func:`covidxr.train.resume`) continues from the last
-finished epoch: random states (augmentation, dropout, the batch order) included, so the
+written epoch: random states (augmentation, dropout, the batch order) included, so the
 resumed run ends with the same epochs, and on CPU the same predictions, as an uninterrupted one.
+
+``every=N`` (``--checkpoint-every N``) writes after every N-th epoch of a phase, after its
+last epoch (early stopping included) and at its end; the best weights of an epoch in between
+stay in memory and are written with the next checkpoint. The training thread only copies the
+variables to host arrays; the files and ``state.json`` are written by one background
+:class:`~covidxr.training.writer.CheckpointWriter` (one write in flight, the next one waits for
+it, the phase's end waits for all; a failed write raises on the training thread).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import keras
 import numpy as np
 
 from ..atomic import fault_point, load_arrays, save_arrays, write_json
+from .writer import CheckpointWriter
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -94,12 +103,17 @@ def restore_best(saver, state, folder) -> None:
 
 
 def variable_arrays(variables) -> list[np.ndarray]:
-    """The values of Keras variables as numpy arrays, in order."""
-    return [keras.ops.convert_to_numpy(v) for v in variables]
+    """The values of Keras variables as numpy arrays that own their memory, in order: a
+    snapshot that later training steps (or a backend reusing the device buffers) never change."""
+    arrays = []
+    for variable in variables:
+        array = keras.ops.convert_to_numpy(variable)
+        arrays.append(array if array.flags.owndata else np.array(array))
+    return arrays
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """Commit the state of one training phase after every epoch; restore it on resume.
+    """Commit the state of one training phase after every ``every``-th epoch; restore it on resume.
 
     Put it *last* in the callback list: Keras calls callbacks in order, so at the end of an
     epoch it sees what early stopping, the learning-rate schedule, the history recorder and the
@@ -119,11 +133,25 @@ class RunCheckpoint(keras.callbacks.Callback):
             starts the phase. (The caller restores the full model, the best-model keeper and the
             batch order before ``fit``: see :func:`restore_best`.)
         base: Name of the file holding the full model at the start of the phase (None: write one).
+        every: Write after epochs N, 2N, ... of the phase (and always after its last epoch and
+            at its end).
+        background: Write the files in a background thread (False: on the training thread).
+
+    Attributes:
+        seconds: Time the training thread spent on checkpoints (snapshots, and waiting for the
+            writer; with ``background=False`` the writes too).
+        written: The phase epochs (1-based) whose state was handed to the writer.
+        writer: The :class:`~covidxr.training.writer.CheckpointWriter` (``write_seconds``).
+
+    Raises:
+        ValueError: ``every`` is not an integer >= 1.
     """
 
     def __init__(self, folder, *, phase, full_model, epochs, early_stopping, reduce_lr, recorder, saver,
-                 history=(), state=None, base=None):
+                 history=(), state=None, base=None, every=1, background=True):
         super().__init__()
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"Expected checkpoint_every to be an integer >= 1 (epochs). Received: checkpoint_every={every!r}")
         self.folder = Path(folder)
         self.phase = int(phase)
         self.full_model = full_model
@@ -135,8 +163,11 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.history = list(history)
         self.state = state
         self.base = base
+        self.every = int(every)
+        self.writer = CheckpointWriter(background=background)
         self.seconds = 0.0
-        self._stop_file = None
+        self.written: list[int] = []
+        self._stop_file = self._stop_epoch = None
 
     # ------------------------------------------------------------------ helpers
     def _commit(self, state: dict) -> None:
@@ -147,14 +178,35 @@ class RunCheckpoint(keras.callbacks.Callback):
             if path.name not in keep and path.is_file():
                 path.unlink(missing_ok=True)
 
-    def _saver_state(self, tag) -> dict:
+    def _write(self, arrays: dict, state: dict, mid: bool = False) -> None:
+        """The writer's job: the array files, then ``state.json`` (the commit point)."""
+        for name, values in arrays.items():
+            save_arrays(self.folder / name, values)
+        if mid:
+            fault_point("mid-checkpoint")
+        self._commit(state)
+
+    def _saver_state(self, tag, arrays: dict) -> dict:
         saver = self.saver
-        if saver.best_weights is not None and saver.changed:
+        if saver.best_weights is not None and saver.changed:  # possibly from an epoch not written
             saver.file = f"best-{tag}.npz"
-            save_arrays(self.folder / saver.file, saver.best_weights)
+            arrays[saver.file] = saver.best_weights
             saver.changed = False
         return {"value": None if not np.isfinite(saver.best) else float(saver.best),
                 "epoch": saver.best_epoch, "weights": saver.file}
+
+    def _due(self, epoch) -> bool:
+        return ((epoch + 1) % self.every == 0 or epoch + 1 >= self.epochs
+                or bool(getattr(self.model, "stop_training", False)))
+
+    def close(self, *, quiet=False) -> None:
+        """Wait for the write in flight and stop the writer (``quiet``: keep its exception to
+        itself, when the caller is raising another one)."""
+        start = time.perf_counter()
+        try:
+            self.writer.close(quiet=quiet)
+        finally:
+            self.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ callback hooks
     def on_train_begin(self, logs=None):
@@ -162,11 +214,13 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         state = self.state
         if state is None or state.get("next_epoch", 0) == 0 and state.get("variables") is None:
+            arrays = {}
             if self.base is None:
                 self.base = f"base-p{self.phase}.npz"
-                save_arrays(self.folder / self.base, variable_arrays(self.full_model.variables))
-            self._commit({"phase": self.phase, "done": False, "next_epoch": 0, "base": self.base,
-                          "history": self.history, "best": self._saver_state(f"p{self.phase}-start")})
+                arrays[self.base] = variable_arrays(self.full_model.variables)
+            begin = {"phase": self.phase, "done": False, "next_epoch": 0, "base": self.base,
+                     "history": self.history, "best": self._saver_state(f"p{self.phase}-start", arrays)}
+            self.writer.submit(self._write, arrays, begin)
         else:
             self._restore(state)
         self.seconds += time.perf_counter() - start
@@ -182,7 +236,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.early_stopping.best = es["best"]
         self.early_stopping.best_epoch = es["best_epoch"]
         if es.get("weights"):
-            self._stop_file = es["weights"]
+            self._stop_file, self._stop_epoch = es["weights"], es["best_epoch"]
             self.early_stopping.best_weights = load_arrays(self.folder / es["weights"])
         lr = state["reduce_lr"]
         self.reduce_lr.wait = lr["wait"]
@@ -194,14 +248,25 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         start = time.perf_counter()
+        self.writer.check()  # a failed write stops training at once
+        if self._due(epoch):
+            self._checkpoint(epoch)
+        self.seconds += time.perf_counter() - start
+
+    def _checkpoint(self, epoch):
+        """Snapshot the state after ``epoch`` (0-based) on this thread and hand it to the writer."""
         tag = f"p{self.phase}-e{epoch + 1}"
-        es = self.early_stopping
-        if es.best_weights is not None and es.best_epoch == epoch:
-            self._stop_file = f"stop-{tag}.npz"
-            save_arrays(self.folder / self._stop_file, es.best_weights)
-        save_arrays(self.folder / f"vars-{tag}.npz", variable_arrays(self.model.variables))
-        save_arrays(self.folder / f"opt-{tag}.npz", variable_arrays(self.model.optimizer.variables))
-        fault_point("mid-checkpoint")
+        es, arrays = self.early_stopping, {}
+        best = self._saver_state(tag, arrays)
+        if es.best_weights is not None and es.best_epoch != self._stop_epoch:  # improved since the last write
+            self._stop_epoch = es.best_epoch
+            if self.model is self.full_model and best["weights"] in arrays and best["epoch"] == es.best_epoch:
+                self._stop_file = best["weights"]  # the same weights, of the same epoch: one file for both
+            else:
+                self._stop_file = f"stop-{tag}.npz"
+                arrays[self._stop_file] = list(es.best_weights)
+        arrays[f"vars-{tag}.npz"] = variable_arrays(self.model.variables)
+        arrays[f"opt-{tag}.npz"] = variable_arrays(self.model.optimizer.variables)
         stopping = bool(getattr(self.model, "stop_training", False))
         state = {
             "phase": self.phase, "done": False,
@@ -212,21 +277,22 @@ class RunCheckpoint(keras.callbacks.Callback):
                                "weights": self._stop_file},
             "reduce_lr": {"wait": int(self.reduce_lr.wait), "best": _plain(self.reduce_lr.best),
                           "cooldown_counter": int(self.reduce_lr.cooldown_counter)},
-            "best": self._saver_state(tag),
-            "history": self.history + list(self.recorder.rows),
+            "best": best,
+            "history": self.history + [dict(row) for row in self.recorder.rows],
         }
-        self._commit(state)
-        self.seconds += time.perf_counter() - start
+        self.written.append(epoch + 1)
+        self.writer.submit(self._write, arrays, state, True)
 
     def on_train_end(self, logs=None):
         start = time.perf_counter()
         end = f"end-p{self.phase}.npz"
-        save_arrays(self.folder / end, variable_arrays(self.full_model.variables))
-        self._commit({"phase": self.phase, "done": True, "variables": end,
-                      "best": self._saver_state(f"p{self.phase}-end"),
-                      "history": self.history + list(self.recorder.rows)})
+        arrays = {end: variable_arrays(self.full_model.variables)}
+        state = {"phase": self.phase, "done": True, "variables": end,
+                 "best": self._saver_state(f"p{self.phase}-end", arrays),
+                 "history": self.history + [dict(row) for row in self.recorder.rows]}
+        self.writer.submit(self._write, arrays, state)
         self.seconds += time.perf_counter() - start
-
+        self.close()  # the phase is committed when fit returns
 
 def _plain(value):
     if value is None:

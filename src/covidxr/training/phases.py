@@ -210,11 +210,13 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
 
 
-def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, timer, history):
+def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, timer, history, checkpoint_every=1):
     """Run (or skip, or continue) one phase under a :class:`~covidxr.training.checkpoint.RunCheckpoint`.
 
-    ``state`` is the last committed checkpoint state (None for a new run). Returns the
-    phase's history rows and the fit's info dict (None when the phase had finished before).
+    ``state`` is the last committed checkpoint state (None for a new run); ``checkpoint_every``
+    the checkpoint's ``every``. Returns the phase's history rows and the fit's info dict (None
+    when the phase had finished before), with ``checkpoint_seconds`` (the training thread's) and
+    ``checkpoint_write_seconds`` (the background writer's).
     """
     if state is not None and (state["phase"] > phase or (state["phase"] == phase and state["done"])):
         if state["phase"] == phase:  # finished before: continue from its end
@@ -233,8 +235,12 @@ def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, time
     recorder = EpochRecorder(phase, offset=len(history))
     checkpoint = RunCheckpoint(folder, phase=phase, full_model=model, epochs=epochs, early_stopping=early_stopping,
                                reduce_lr=reduce_lr, recorder=recorder, saver=saver, history=history,
-                               state=resume_state, base=base)
-    _, info = fit(callbacks=[early_stopping, reduce_lr, recorder, saver, timer, checkpoint], initial_epoch=initial)
-    info["checkpoint_seconds"] = checkpoint.seconds
+                               state=resume_state, base=base, every=checkpoint_every)
+    try:
+        _, info = fit(callbacks=[early_stopping, reduce_lr, recorder, saver, timer, checkpoint], initial_epoch=initial)
+    except BaseException:  # interrupted: let the write in flight finish before the error leaves the phase
+        checkpoint.close(quiet=True)
+        raise
+    info.update(checkpoint_seconds=checkpoint.seconds, checkpoint_write_seconds=checkpoint.writer.write_seconds)
     return list(recorder.rows), info
 
