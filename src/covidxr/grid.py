@@ -56,6 +56,7 @@ from .figures import plot_comparison, save_figure
 from .models import BACKBONES, check_feature_layer, get_backbone, normalize_feature_layer
 from .reports import grid_markdown
 from .sampling import STRATEGIES
+from .tracking import child_tracking, log_grid_end, open_grid_tracking
 from .train import resume, train
 
 __all__ = [
@@ -74,7 +75,7 @@ RUN_ARTIFACTS = ("config.json", "model.keras", "predictions.csv", "metrics.json"
 #: Options set per combination by the grid (not part of the base configuration).
 VARIED_OPTIONS = ("backbone", "feature_layer", "strategy", "fold", "folds")
 #: Options that change neither the data nor the model: may differ when a grid is resumed.
-IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check")
+IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check", "tensorboard")
 
 def _split_names(value, *, name, valid) -> list[str]:
     if isinstance(value, str):
@@ -231,7 +232,7 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
 def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "vgg19"),
              strategies=("none", "class-weight", "oversample", "undersample"), folds=5, n_bootstrap=1000,
              threshold_method="youden", target_sensitivity=None, clear_session=True, progress=True,
-             feature_layers=None) -> Path:
+             feature_layers=None, mlflow=None) -> Path:
     """Train every backbone × feature layer × strategy × fold into ``out/runs`` and write the comparison.
 
     One process trains every run (:func:`covidxr.train.train`). Runs that a previous,
@@ -257,6 +258,9 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
         feature_layers: Feature layers as a grid axis (a list or a comma-separated string;
             ``"none"``/None in it: the whole backbone), each a layer of every backbone; None: no
             axis, every run uses ``base_config.feature_layer``.
+        mlflow: A tracking URI: the grid is an MLflow parent run (``grid.json["mlflow"]``) with one
+            child run per combination, each started inside its combination's training call
+            (:mod:`covidxr.tracking`). A grid tracked before is continued in its parent run.
 
     Returns:
         The grid folder ``out``.
@@ -281,22 +285,21 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     record["comparison"] = {"n_bootstrap": int(n_bootstrap), "seed": int(base.seed), "level": 0.95,
                             "threshold_method": threshold_method, "target_sensitivity": target_sensitivity}
     out.mkdir(parents=True, exist_ok=True)
+    parent = open_grid_tracking(mlflow, record=record, out=out)
+    if parent is not None:
+        record["mlflow"] = parent.record
     write_json(out / GRID_FILE, record)
 
-    finished = []
-    for k, config in enumerate(configs, start=1):
-        layer = f":{config.feature_layer}" if config.feature_layer else ""
-        label = f"[{k}/{len(configs)}] {config.backbone}{layer} / {config.strategy} / fold {config.fold}"
-        finished.append(_run_combination(config, runs_dir=runs_dir, record=record, grid_file=out / GRID_FILE,
-                                         label=label, progress=progress, clear_session=clear_session))
-
+    finished = _run_combinations(configs, runs_dir=runs_dir, record=record, grid_file=out / GRID_FILE,
+                                 progress=progress, clear_session=clear_session, parent=parent)
     record["runs"] = [p.name for p in finished]
     pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
                                       threshold_method=threshold_method, target_sensitivity=target_sensitivity)
     record["selection"] = grid_selection(pooled)
-    write_grid_comparison(pooled, per_run, out, record=record)
+    written = write_grid_comparison(pooled, per_run, out, record=record)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(out / GRID_FILE, record)
+    log_grid_end(parent, record=record, files=[*written, out / GRID_FILE])
     if progress:
         print(f"wrote {out / 'comparison.md'}", flush=True)
     return out
@@ -355,11 +358,33 @@ def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:
         )
     record["created"] = old.get("created")
     record["timings"] = old.get("timings") or []
+    if old.get("mlflow"):
+        record["mlflow"] = old["mlflow"]
     return record
 
 
-def _run_combination(config, *, runs_dir, record, grid_file, label, progress, clear_session) -> Path:
-    """One combination: keep its finished run, continue its interrupted one, or train it."""
+def _run_combinations(configs, *, runs_dir, record, grid_file, progress, clear_session, parent) -> list[Path]:
+    """Every combination in turn (:func:`_run_combination`); the finished run folders. ``parent`` (the
+    grid's MLflow run, or None) is marked failed when one raises (a rerun continues it)."""
+    finished = []
+    for k, config in enumerate(configs, start=1):
+        layer = f":{config.feature_layer}" if config.feature_layer else ""
+        label = f"[{k}/{len(configs)}] {config.backbone}{layer} / {config.strategy} / fold {config.fold}"
+        try:
+            finished.append(_run_combination(config, runs_dir=runs_dir, record=record, grid_file=grid_file,
+                                             label=label, progress=progress, clear_session=clear_session,
+                                             tracking=child_tracking(parent)))
+        except BaseException:
+            if parent is not None:
+                parent.set_status("FAILED")
+            raise
+    return finished
+
+
+def _run_combination(config, *, runs_dir, record, grid_file, label, progress, clear_session, tracking=None) -> Path:
+    """One combination: keep its finished run, continue its interrupted one, or train it; ``tracking``
+    (a picklable :class:`covidxr.tracking.Tracking` with the grid's parent run id) makes its MLflow
+    child run here, in the process that trains it."""
     done = find_runs(runs_dir, config)
     if done:
         if progress:
@@ -370,9 +395,9 @@ def _run_combination(config, *, runs_dir, record, grid_file, label, progress, cl
     if interrupted:
         if progress:
             print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
-        run = resume(interrupted[-1])
+        run = resume(interrupted[-1], mlflow=tracking)
     else:
-        run = train(config)
+        run = train(config, mlflow=tracking)
     seconds = time.perf_counter() - start
     record.setdefault("timings", []).append({"backbone": config.backbone, "feature_layer": config.feature_layer,
                                              "strategy": config.strategy,

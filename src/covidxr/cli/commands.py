@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import RESEARCH_ONLY
 from ..atomic import write_text
 from ..data import FRONTAL_VIEWS, resolve_data_dir
-from .options import add_data_options, add_train_options, data_options, grouping_options
+from .options import add_data_options, add_mlflow_option, add_train_options, data_options, grouping_options
 
 
 def _print_warnings(caught) -> None:
@@ -23,6 +23,15 @@ def _print_warnings(caught) -> None:
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
+
+
+def _mlflow(args):
+    """The tracking URI of ``--mlflow [URI]`` (None when the flag is absent)."""
+    if getattr(args, "mlflow", None) is None:
+        return None
+    from ..tracking import tracking_uri
+
+    return tracking_uri(args.mlflow or None)
 
 
 def _config_values(args, *, leave_out=()) -> dict:
@@ -184,12 +193,14 @@ def _add_evaluate(sub):
                    help="folder of lung masks (<image stem>_mask.png, e.g. the collection's "
                         "annotations/lungVAE-masks): also measure the share of Grad-CAM mass inside the lungs "
                         "on the test images that have one (lung_mass.csv, figures/lung_mass.png)")
+    add_mlflow_option(p, what="the evaluation (into the run's MLflow run, config.json's mlflow run id)")
 
 
 def _run_evaluate(args):
     from ..evaluate import evaluate_run
     from ..reports import metrics_markdown
 
+    mlflow = _mlflow(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = evaluate_run(
@@ -197,7 +208,7 @@ def _run_evaluate(args):
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
             batch_size=args.batch_size, figures=not args.no_figures, allow_overlap=args.allow_overlap,
-            cache_dir=args.cache_dir, lung_masks=args.lung_masks)
+            cache_dir=args.cache_dir, lung_masks=args.lung_masks, mlflow=mlflow)
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
@@ -314,12 +325,13 @@ def _run_train(args):
 
     defaults = TrainConfig()
     values = _config_values(args)
+    mlflow = _mlflow(args)
     if args.resume:
         changed = sorted(k for k, v in values.items() if v != getattr(defaults, k) and k != "verbose")
         if changed or args.config:
             raise ValueError("Expected no other options with --resume: a run continues with its own options "
                              f"(only --verbose may be given). Received: {', '.join(changed or ['config'])}")
-        run_dir = resume(args.resume, verbose=args.verbose if args.verbose != defaults.verbose else None)
+        run_dir = resume(args.resume, verbose=args.verbose if args.verbose != defaults.verbose else None, mlflow=mlflow)
         print(f"finished {run_dir}")
         return 0
     if args.config:
@@ -328,7 +340,7 @@ def _run_train(args):
         config = dataclasses.replace(config, run_name=None, **changed)
     else:
         config = TrainConfig(**values)
-    run_dir = train(config)
+    run_dir = train(config, mlflow=mlflow)
     print(f"wrote {run_dir}")
     return 0
 
@@ -371,7 +383,7 @@ def _run_grid(args):
     out = grid.run_grid(TrainConfig(**values), out=args.out, backbones=args.backbones, strategies=args.strategies,
                         feature_layers=args.feature_layers,
                         folds=args.folds, n_bootstrap=args.n_bootstrap, threshold_method=args.threshold_method,
-                        target_sensitivity=args.target_sensitivity)
+                        target_sensitivity=args.target_sensitivity, mlflow=_mlflow(args))
     print(f"wrote {out}")
     return 0
 

@@ -9,7 +9,7 @@ import argparse
 from ..data import FRONTAL_VIEWS, TASKS
 from ..data.groups import DUPLICATES, GROUP_BY
 
-__all__ = ["add_data_options", "add_train_options", "data_options", "grouping_options"]
+__all__ = ["add_data_options", "add_mlflow_option", "add_train_options", "data_options", "grouping_options"]
 
 
 def add_data_options(parser, *, task_default="covid-vs-rest"):
@@ -52,6 +52,14 @@ def grouping_options(args) -> dict:
     """The grouping options of ``args`` as :func:`covidxr.images.load_grouped` keywords."""
     return {"duplicates": args.duplicates, "group_by": args.group_by,
             "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir}
+
+
+def add_mlflow_option(parser, *, what="the run"):
+    """``--mlflow [TRACKING_URI]``: the only switch of MLflow tracking (None when absent, "" when given
+    without a URI: ``$MLFLOW_TRACKING_URI``)."""
+    parser.add_argument("--mlflow", nargs="?", const="", default=None, metavar="TRACKING_URI",
+                        help=f"track {what} in MLflow at TRACKING_URI (given alone: $MLFLOW_TRACKING_URI; "
+                             f"experiment $MLFLOW_EXPERIMENT_NAME, default covidxr) (default: off)")
 
 
 def add_train_options(p, *, grid=False):
@@ -106,6 +114,9 @@ def add_train_options(p, *, grid=False):
                    help="estimate memory before training and stop with a message when it cannot fit (default: on)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
+    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="write RUN/tensorboard/ event files (per-epoch losses, metrics, learning rate; needs "
+                        "TensorFlow; view with `tensorboard --logdir runs`) (default: on)")
     s = p.add_argument_group("split and output")
     s.add_argument("--val-size", type=float, default=0.15)
     s.add_argument("--allow-small-validation", action="store_true",
@@ -122,6 +133,7 @@ def add_train_options(p, *, grid=False):
         s.add_argument("--resume", default=None, metavar="RUN_DIR",
                        help="continue an interrupted run from its last finished epoch, with the run's own "
                             "options (only --verbose may be given with it)")
+    add_mlflow_option(s, what="the grid (a parent run, a child run per combination)" if grid else "the run")
     return p
 
 
