@@ -266,3 +266,18 @@ def mlflow_server():
         yield _MlflowServer.wait()
     finally:
         _MlflowServer.stop()
+
+
+def event_points(log_dir) -> dict:
+    """How often each ``(part, tag, step)`` occurs in the TensorBoard event files under ``log_dir``, read
+    record by record (no de-duplication): a step written twice counts 2."""
+    from collections import Counter
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    counts = Counter()
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                counts[(path.parent.name, value.tag, int(event.step))] += 1
+    return dict(counts)

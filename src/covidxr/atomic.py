@@ -5,6 +5,9 @@ Every writer here writes under a temporary name in the target's folder, flushes 
 disk and renames the file into place with :func:`os.replace` (atomic on POSIX and Windows
 within one file system). The run folder (:mod:`covidxr.train`), the training checkpoint
 (:mod:`covidxr.training.checkpoint`), split files, grid records and figures all go through it.
+The one exception: TensorBoard's event files (``RUN/tensorboard/``,
+:mod:`covidxr.training.tensorboard`) are appended to by design, as TensorBoard reads them while
+they grow; they hold committed epochs only and a resumed run writes no step twice.
 No Keras import here: the data and plotting modules use it too.
 """
 
