@@ -391,13 +391,14 @@ def _run_combination(config, *, runs_dir, record, grid_file, label, progress, cl
             print(f"{label}: done before, kept {done[0].name}", flush=True)
         return done[0]
     start = time.perf_counter()
+    tracked = {} if tracking is None else {"mlflow": tracking}
     interrupted = find_runs(runs_dir, config, finished=False)
     if interrupted:
         if progress:
             print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
-        run = resume(interrupted[-1], mlflow=tracking)
+        run = resume(interrupted[-1], **tracked)
     else:
-        run = train(config, mlflow=tracking)
+        run = train(config, **tracked)
     seconds = time.perf_counter() - start
     record.setdefault("timings", []).append({"backbone": config.backbone, "feature_layer": config.feature_layer,
                                              "strategy": config.strategy,

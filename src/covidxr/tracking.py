@@ -136,17 +136,22 @@ class MlflowRun:
     @classmethod
     def start(cls, target: Tracking, *, name, params=None, tags=None) -> "MlflowRun":
         """Create a run (a child of ``target.parent_run_id`` when set) with params and tags."""
+        from mlflow.exceptions import MlflowException
+
         client = _client(target.uri)
         experiment = target.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
         all_tags = {"mlflow.runName": str(name), **(tags or {})}
         if target.parent_run_id:
             all_tags["mlflow.parentRunId"] = target.parent_run_id
-        run = client.create_run(experiment_id, tags=all_tags, run_name=str(name))
+        try:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+            run = client.create_run(experiment_id, tags=all_tags, run_name=str(name))
+        except MlflowException as err:
+            raise ConnectionError(f"Expected to start an MLflow run in experiment {experiment!r} ({err}). "
+                                  f"Received: tracking_uri={target.uri!r}") from err
         tracked = cls(target.uri, run.info.run_id, parent_run_id=target.parent_run_id)
         tracked.log_params(params or {})
-        logger.info("MLflow run %s (experiment %r, %s)", tracked.run_id, experiment, target.uri)
         return tracked
 
     @classmethod
@@ -156,6 +161,7 @@ class MlflowRun:
 
         Raises:
             ValueError: No block, or the tracking server does not know the run.
+            ConnectionError: The tracking server fails otherwise.
         """
         block = (record or {}).get("mlflow") or {}
         if not block.get("run_id"):
@@ -168,6 +174,9 @@ class MlflowRun:
         try:
             tracked.client.get_run(tracked.run_id)
         except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise ConnectionError(f"Expected to read the {what}'s MLflow run {tracked.run_id} ({err}). "
+                                      f"Received: tracking_uri={uri!r}") from err
             raise ValueError(f"Expected the {what}'s MLflow run {tracked.run_id} on this tracking server; it is not "
                              f"there (the {what} was logged to {block.get('tracking_uri')!r}). Received: "
                              f"tracking_uri={uri!r}") from err
@@ -296,7 +305,8 @@ def evaluation_metrics(result: dict) -> dict:
             out[f"{prefix}{metric}"] = figure.get("value")
             out[f"{prefix}{metric}_low"] = figure.get("ci_low")
             out[f"{prefix}{metric}_high"] = figure.get("ci_high")
-    out.update({f"{name}_threshold": result.get("threshold"), f"{name}_patient_threshold": result.get("patient_threshold"),
+    out.update({f"{name}_threshold": result.get("threshold"),
+                f"{name}_patient_threshold": result.get("patient_threshold"),
                 f"{name}_n_images": result.get("n_images"), f"{name}_n_patients": result.get("n_patients")})
     return out
 

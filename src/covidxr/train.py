@@ -26,9 +26,9 @@ is saved as ``model.keras``; ``metrics.json`` has ``phase1_train_auc`` (the head
     figures/training_curves.png  train.log  report.md  tensorboard/
 
 ``tensorboard/`` holds TensorBoard event files, one point per epoch of both phases
-(:mod:`covidxr.training.tensorboard`; ``tensorboard=False`` or no TensorFlow: none). With ``mlflow``
-(a tracking URI) the run is also an MLflow run (:mod:`covidxr.tracking`), whose id
-``config.json["mlflow"]`` records.
+(:mod:`covidxr.training.tensorboard`; none with ``tensorboard=False`` or without the ``tensorboard``
+package). With ``mlflow`` (a tracking URI) the run is also an MLflow run (:mod:`covidxr.tracking`),
+whose id ``config.json["mlflow"]`` records.
 
 ``covidxr train --config RUN/config.json`` repeats a run into a new folder;
 :func:`covidxr.inference.load_run` and :func:`covidxr.inference.predict_frame` use a finished one.
@@ -266,6 +266,8 @@ def _prepare_data(state: RunState) -> dict | None:
                                                    "started": state.started.isoformat(timespec="seconds")})
     state.handlers += setup_logging(state.run_dir)
     logger.info("%s run folder %s", "resuming" if state.resuming else "new", state.run_dir)
+    if state.tracked is not None:
+        logger.info("MLflow run %s at %s", state.tracked.run_id, state.tracked.uri)
     logger.info("%s", RESEARCH_ONLY)
     logger.info("split sizes (fractions of images, of groups): %s, %s; %d merged groups",
                 state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])

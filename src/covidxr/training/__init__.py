@@ -4,7 +4,8 @@ Must not read datasets, make run folders or draw: numbers, the ``RUN/checkpoint/
 """
 
 from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches, val_batches
-from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, SaveBest, StepTimer, exact_scores, schedules, validation_logs
+from .callbacks import (EpochRecorder, ExactValidation, HistoryWriters, SaveBest, StepTimer, exact_scores, schedules,
+                        validation_logs)
 from .checkpoint import CHECKPOINT_DIR, RunCheckpoint, read_state, restore_best, set_arrays, variable_arrays
 from .phases import UNDERFIT_AUC, adapt_feature_norm, compile_model, fine_tune, fit_head, run_phase
 from .tensorboard import TENSORBOARD_DIR, TensorBoardWriter, event_scalars, tensorboard_writer
