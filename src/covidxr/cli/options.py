@@ -115,8 +115,8 @@ def add_train_options(p, *, grid=False):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
     t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="write RUN/tensorboard/ event files (per-epoch losses, metrics, learning rate; needs "
-                        "TensorFlow; view with `tensorboard --logdir runs`) (default: on)")
+                   help="write RUN/tensorboard/ event files (per-epoch losses, metrics, learning rate; needs the "
+                        "tensorboard package, not TensorFlow; view with `tensorboard --logdir runs`) (default: on)")
     s = p.add_argument_group("split and output")
     s.add_argument("--val-size", type=float, default=0.15)
     s.add_argument("--allow-small-validation", action="store_true",
