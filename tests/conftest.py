@@ -194,3 +194,116 @@ def ray_cluster(tmp_path_factory):
                 raise
     yield {"ray": ray, "marker": marker}
     ray.shutdown()
+
+
+# --------------------------------------------------------------------------- a real MLflow tracking server
+
+class _MlflowServer:
+    """One ``mlflow server`` process per test session: SQLite backend store, artefacts served from a
+    temporary folder, on 127.0.0.1 at a free port. Started as soon as the collected tests need it
+    (:func:`pytest_collection_modifyitems`), so its start-up overlaps the first tests; waited for on use."""
+
+    process = None
+    uri = None
+    root = None
+
+    @classmethod
+    def start(cls):
+        import socket
+        import subprocess
+        import sys
+
+        if cls.process is not None:
+            return
+        cls.root = Path(tempfile.mkdtemp(prefix="covidxr-mlflow-"))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        cls.uri = f"http://127.0.0.1:{port}"
+        log = open(cls.root / "server.log", "wb")  # noqa: SIM115 - kept open for the process
+        cls.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{cls.root / 'mlflow.db'}",
+             "--artifacts-destination", str(cls.root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cls.root))
+
+    @classmethod
+    def wait(cls, timeout=180.0) -> str:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cls.process.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(cls.uri + "/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return cls.uri
+            except OSError:
+                time.sleep(0.2)
+        tail = (cls.root / "server.log").read_text(errors="replace")[-3000:]
+        pytest.fail(f"the MLflow tracking server did not start ({cls.uri}):\n{tail}", pytrace=False)
+
+    @classmethod
+    def stop(cls):
+        import signal
+
+        if cls.process is None:
+            return
+        import subprocess
+
+        try:
+            os.killpg(cls.process.pid, signal.SIGTERM)  # uvicorn and its worker
+            cls.process.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # still closing connections: nothing there needs keeping
+            os.killpg(cls.process.pid, signal.SIGKILL)
+            cls.process.wait(timeout=10)
+        except (ProcessLookupError, OSError):
+            pass
+        cls.process = None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is not None and any(
+            "mlflow_server" in getattr(item, "fixturenames", ()) for item in items):
+        _MlflowServer.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _MlflowServer.stop()  # also when no test used it after all (deselected)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """The URI of a real MLflow tracking server (SQLite backend store, artefacts in a temporary folder)
+    on 127.0.0.1, started once per session and stopped at its end. Read what was logged with
+    ``mlflow.tracking.MlflowClient(uri)``."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        if os.environ.get("CI"):
+            pytest.fail("mlflow is not installed (requirements.txt)", pytrace=False)
+        pytest.skip("mlflow is not installed")
+    _MlflowServer.start()
+    try:
+        yield _MlflowServer.wait()
+    finally:
+        _MlflowServer.stop()
+
+
+def event_points(log_dir) -> dict:
+    """How often each ``(part, tag, step)`` occurs in the TensorBoard event files under ``log_dir``, read
+    record by record (no de-duplication): a step written twice counts 2."""
+    from collections import Counter
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    counts = Counter()
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                counts[(path.parent.name, value.tag, int(event.step))] += 1
+    return dict(counts)

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import event_points
 
 from covidxr import cli
 from covidxr.atomic import load_arrays
@@ -141,6 +142,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(collection, tmp_path):
     np.testing.assert_allclose(predictions["prob_covid"], ref_predictions["prob_covid"], atol=1e-6)
     ref_metrics = json.loads((reference / "metrics.json").read_text())
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == ref_metrics["epochs_run"]
+    # TensorBoard's event files, appended by six processes: every epoch, none twice
+    points = event_points(run / "tensorboard")
+    assert set(points.values()) == {1} and {step for (_, _, step) in points} == set(history["epoch"])
 
 
 @pytest.mark.jax

@@ -6,6 +6,9 @@ disk and renames the file into place with :func:`os.replace` (atomic on POSIX an
 within one file system). Every JSON file is strict (:func:`json_text`: an undefined figure, NaN or
 infinite, is ``null``; ``allow_nan=False``). The run folder (:mod:`covidxr.train`), the training checkpoint
 (:mod:`covidxr.training.checkpoint`), split files, grid records and figures all go through it.
+The one exception: TensorBoard's event files (``RUN/tensorboard/``,
+:mod:`covidxr.training.tensorboard`) are appended to by design, as TensorBoard reads them while
+they grow; they hold committed epochs only and a resumed run writes no step twice.
 No Keras import here: the data and plotting modules use it too.
 """
 

@@ -71,7 +71,9 @@ class TrainConfig:
     see :func:`resolve_verbose`).
 
     Output: ``runs_dir``, ``run_name`` (default: made from the time, task, backbone,
-    strategy, fold and 4 random characters; an existing folder is an error).
+    strategy, fold and 4 random characters; an existing folder is an error), ``tensorboard``
+    (write ``RUN/tensorboard/`` event files where TensorFlow can be imported:
+    :mod:`covidxr.training.tensorboard`).
     """
 
     data_dir: str | None = None
@@ -119,6 +121,7 @@ class TrainConfig:
     cache_dir: str | None = None
     runs_dir: str = "runs"
     run_name: str | None = None
+    tensorboard: bool = True
     verbose: int | str = "auto"
 
     def to_dict(self) -> dict:
@@ -218,6 +221,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.fine_tune_learning_rate is not None:
         _positive_float("fine_tune_learning_rate", config.fine_tune_learning_rate)
     check_weights(spec.name, config.weights)
+    if not isinstance(config.tensorboard, (bool, np.bool_)):
+        raise ValueError(f"Expected tensorboard to be True or False. Received: tensorboard={config.tensorboard!r}")
     if config.folds is not None:
         _positive_int("folds", config.folds, minimum=2)
         if not 0 <= int(config.fold) < int(config.folds):

@@ -28,6 +28,7 @@ from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, f
                          lung_mass, read_run, run_thresholds, with_decisions)
 from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
 from .reports import comparison_markdown, evaluation_report, paired_markdown
+from .tracking import MlflowRun, check_server, evaluation_metrics
 
 __all__ = ["evaluate_run", "write_comparison", "write_paired"]
 
@@ -86,7 +87,8 @@ def _check_lung_masks(lung_masks, data_dir) -> None:
 def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="X-ray", views="frontal",
                  image_col="path", label_col="label", patient_col="patient", threshold_method="youden",
                  target_sensitivity=None, threshold=None, n_bootstrap=1000, seed=0, level=0.95,
-                 batch_size=32, figures=True, now=None, allow_overlap=False, cache_dir=None, lung_masks=None) -> Path:
+                 batch_size=32, figures=True, now=None, allow_overlap=False, cache_dir=None, lung_masks=None,
+                 mlflow=None) -> Path:
     """Evaluate a run folder on its test part or on another dataset; write an evaluation folder.
 
     The decision thresholds (two classes; one per image, one on patient means) always come
@@ -119,6 +121,8 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         cache_dir: The hash index folder for ``data_dir`` (default: the run's ``cache_dir``).
         lung_masks: Lung masks folder (own test part only): :func:`covidxr.evaluation.lung_mass`, written
             as ``lung_mass.csv``, ``metrics.json["lung_mass"]``, a report section, ``figures/lung_mass.png``.
+        mlflow: A tracking URI: log the figures with their interval bounds and the folder into the run's
+            MLflow run (:func:`_open_tracking`). None: no tracking.
 
     Returns:
         The evaluation folder ``RUN_DIR/evaluations/<name>-<timestamp>/``.
@@ -131,6 +135,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     run = Path(run_dir)
     _check_lung_masks(lung_masks, data_dir)
     config, preds = read_run(run, need_model=data_dir is not None or lung_masks is not None)
+    tracked = _open_tracking(config, mlflow)  # before any work
     classes = [str(c) for c in config["classes"]]
     name = _check_name(name if name is not None else _default_name(data_dir))
     out = _new_folder(run, name, now)
@@ -145,23 +150,31 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                                   patient_threshold=None if pinfo is None else pinfo["threshold"],
                                   n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
                                   patient_threshold_info=pinfo)
-    result.update({
-        "name": name,
-        "run": run.name,
-        "run_dir": str(run.resolve()),
-        "task": config.get("task"),
-        "data": source,
-        "unreadable": unreadable, "overlap": overlap, "left_out_by_task": left_out,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
-        "covidxr_version": __version__,
-        "config": {k: config.get(k) for k in RUN_KEYS if k in config},
-    })
+    result.update({"name": name, "run": run.name, "run_dir": str(run.resolve()), "task": config.get("task"),
+                   "data": source, "unreadable": unreadable, "overlap": overlap, "left_out_by_task": left_out,
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
+                   "covidxr_version": __version__, "config": {k: config.get(k) for k in RUN_KEYS if k in config}})
     lungs = None
     if lung_masks is not None:
         result["lung_mass"], *lungs = lung_mass(run, lung_masks, batch_size=batch_size, n_bootstrap=n_bootstrap,
                                                 seed=seed, level=level)
     _write_folder(out, result, with_decisions(scored, result), figures=figures, name=name, lungs=lungs)
+    if tracked is not None:
+        tracked.log_metrics(evaluation_metrics(result))
+        tracked.log_artifacts(out, f"evaluations/{out.name}")
     return out
+
+
+def _open_tracking(config: dict, mlflow):
+    """The run's MLflow run (``config.json["mlflow"]``) on the tracking server ``mlflow`` (checked to
+    answer and to know the run), or None without ``mlflow``. The evaluation logs its figures with their
+    interval bounds into it (``<name>_roc_auc``, ``<name>_roc_auc_low``, ``<name>_roc_auc_high``; per
+    patient ``<name>_patient_...``: :func:`covidxr.tracking.evaluation_metrics`) and its folder as
+    artefacts ``evaluations/<folder>``."""
+    if mlflow is None:
+        return None
+    check_server(mlflow)
+    return MlflowRun.reopen(config, uri=mlflow)
 
 
 def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str, lungs=None) -> None:

@@ -59,6 +59,7 @@ from .images import resolve_cache_dir
 from .models import BACKBONES, check_feature_layer, get_backbone, normalize_feature_layer
 from .reports import grid_markdown
 from .sampling import STRATEGIES
+from .tracking import child_tracking, log_grid_end, open_grid_tracking
 from .train import resume, train
 from .weights import SOURCES
 
@@ -80,7 +81,8 @@ RUN_ARTIFACTS = ("config.json", "model.keras", "predictions.csv", "metrics.json"
 #: Options set per combination by the grid (not part of the base configuration).
 VARIED_OPTIONS = ("backbone", "feature_layer", "strategy", "fold", "folds")
 #: Options that change neither the data nor the model: may differ when a grid is resumed.
-IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check", "checkpoint_every")
+IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check", "checkpoint_every",
+                   "tensorboard")
 
 
 class GridRunsFailed(RuntimeError):
@@ -260,7 +262,7 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
              strategies=("none", "class-weight", "oversample", "undersample"), folds=5, n_bootstrap=1000,
              threshold_method="youden", target_sensitivity=None, clear_session=True, progress=True,
              feature_layers=None, executor="local", ray_address=None, cpus_per_run=None, gpus_per_run=None,
-             max_retries=3) -> Path:
+             max_retries=3, mlflow=None) -> Path:
     """Train every backbone × feature layer × strategy × fold into ``out/runs`` and write the comparison.
 
     Every combination is one call of :func:`run_combination`: one after the other in this process
@@ -291,6 +293,9 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
         executor, ray_address, cpus_per_run, gpus_per_run, max_retries: Where the runs go
             (:func:`covidxr.executors.check_executor`); not part of the options a resumed grid
             must match.
+        mlflow: A tracking URI: the grid is an MLflow parent run (``grid.json["mlflow"]``) with one
+            child run per combination, each started inside its combination's training call
+            (:mod:`covidxr.tracking`). A grid tracked before is continued in its parent run.
 
     Returns:
         The grid folder ``out``.
@@ -315,36 +320,44 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
                             "threshold_method": threshold_method, "target_sensitivity": target_sensitivity}
     record["executor"] = options
     out.mkdir(parents=True, exist_ok=True)
+    parent = open_grid_tracking(mlflow, record=record, out=out)
+    if parent is not None:
+        record["mlflow"] = parent.record
     write_json(out / GRID_FILE, record)
 
     finished, failures = _run_all(configs, record=record, out=out, options=options, progress=progress,
-                                  clear_session=clear_session)
+                                  clear_session=clear_session, tracking=child_tracking(parent))
     record["runs"] = [p.name for p in finished]
     record["failures"] = failures
+    written = []
     if finished:
         pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
                                           threshold_method=threshold_method, target_sensitivity=target_sensitivity)
         record["selection"] = grid_selection(pooled)
-        write_grid_comparison(pooled, per_run, out, record=record)
+        written = write_grid_comparison(pooled, per_run, out, record=record)
     if not failures:
         record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(out / GRID_FILE, record)
     if failures:
+        if parent is not None:
+            parent.set_status("FAILED")  # a rerun continues it
         raise GridRunsFailed(out, failures, len(finished))
+    log_grid_end(parent, record=record, files=[*written, out / GRID_FILE])
     if progress:
         print(f"wrote {out / 'comparison.md'}", flush=True)
     return out
 
 
-def _run_all(configs, *, record, out, options, progress, clear_session) -> tuple[list[Path], list[dict]]:
+def _run_all(configs, *, record, out, options, progress, clear_session, tracking=None) -> tuple[list[Path], list[dict]]:
     """Every combination through the executor; the finished run folders (in grid order) and the failures.
-    The driver alone writes ``grid.json`` (a timing per run trained or continued)."""
+    The driver alone writes ``grid.json`` (a timing per run trained or continued); ``tracking`` (the
+    grid's MLflow parent, picklable) goes to every combination."""
     labels = []
     for k, config in enumerate(configs, start=1):
         layer = f":{config.feature_layer}" if config.feature_layer else ""
         labels.append(f"[{k}/{len(configs)}] {config.backbone}{layer} / {config.strategy} / fold {config.fold}")
     jobs = [{"config": config.to_dict(), "threads": run_threads(options), "label": label, "progress": progress,
-             "clear_session": clear_session} for config, label in zip(configs, labels)]
+             "clear_session": clear_session, "tracking": tracking} for config, label in zip(configs, labels)]
 
     def on_result(index, outcome):
         result, config = outcome.result, configs[index]
@@ -419,10 +432,12 @@ def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:
         )
     record["created"] = old.get("created")
     record["timings"] = old.get("timings") or []
+    if old.get("mlflow"):
+        record["mlflow"] = old["mlflow"]
     return record
 
 
-def run_combination(config, *, threads=None, label="", progress=True, clear_session=True) -> dict:
+def run_combination(config, *, threads=None, label="", progress=True, clear_session=True, tracking=None) -> dict:
     """One combination of a grid: keep its finished run, continue its interrupted one, or train it.
 
     The one code path of both executors (a Ray task calls it in a worker): plain, picklable
@@ -434,6 +449,8 @@ def run_combination(config, *, threads=None, label="", progress=True, clear_sess
         label: The combination's name in progress lines.
         progress: Print a line when an interrupted run is continued.
         clear_session: Call ``keras.backend.clear_session()`` after training.
+        tracking: A picklable :class:`covidxr.tracking.Tracking` with the grid's parent run id: the
+            combination's MLflow child run is made here, in the process that trains it (None: untracked).
 
     Returns:
         ``{"run": absolute run folder, "how": "kept" | "continued" | "trained", "seconds",
@@ -446,14 +463,15 @@ def run_combination(config, *, threads=None, label="", progress=True, clear_sess
         return {"run": str(done[0]), "how": "kept", "seconds": 0.0, "val_auc": _val_auc(done[0])}
     limit_threads(threads)
     start = time.perf_counter()
+    tracked = {} if tracking is None else {"mlflow": tracking}
     interrupted = find_runs(runs_dir, config, finished=False)
     try:
         if interrupted:
             if progress:
                 print(f"{label}: continuing the interrupted run {interrupted[-1].name}", flush=True)
-            run, how = resume(interrupted[-1]), "continued"
+            run, how = resume(interrupted[-1], **tracked), "continued"
         else:
-            run, how = train(config), "trained"
+            run, how = train(config, **tracked), "trained"
     finally:
         if clear_session:
             keras.backend.clear_session()

@@ -23,7 +23,12 @@ is saved as ``model.keras``; ``metrics.json`` has ``phase1_train_auc`` (the head
 (see :func:`make_run_dir`)::
 
     config.json  split.csv  history.csv  model.keras  predictions.csv  metrics.json
-    figures/training_curves.png  train.log  report.md
+    figures/training_curves.png  train.log  report.md  tensorboard/
+
+``tensorboard/`` holds TensorBoard event files, one point per epoch of both phases
+(:mod:`covidxr.training.tensorboard`; none with ``tensorboard=False`` or without the ``tensorboard``
+package). With ``mlflow`` (a tracking URI) the run is also an MLflow run (:mod:`covidxr.tracking`),
+whose id ``config.json["mlflow"]`` records.
 
 ``covidxr train --config RUN/config.json`` repeats a run into a new folder;
 :func:`covidxr.inference.load_run` and :func:`covidxr.inference.predict_frame` use a finished one.
@@ -56,14 +61,16 @@ from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tun
 from .reports import run_report
 from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
-from .training import CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase
+from .tracking import EpochMetrics, Tracking, check_server, log_run_end, open_run_tracking
+from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
+                       tensorboard_writer)
 from .training.checkpoint import set_arrays
 
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, *, mlflow=None) -> Path:
     """Run one two-phase training and write its run folder.
 
     Every option is checked, and the model built (which checks the weights and the
@@ -73,6 +80,8 @@ def train(config: TrainConfig) -> Path:
 
     Args:
         config: The run's :class:`TrainConfig`.
+        mlflow: Track the run in MLflow: a tracking URI, or a :class:`covidxr.tracking.Tracking`
+            (a grid's child run); None: no tracking.
 
     Returns:
         The run folder.
@@ -84,7 +93,8 @@ def train(config: TrainConfig) -> Path:
         FileNotFoundError: Missing weights file, split file or dataset.
         PermissionError: A read-only runs folder.
         FileExistsError: ``run_name`` names an existing folder.
-        ConnectionError: ImageNet weights requested but they cannot be downloaded.
+        ConnectionError: ImageNet weights requested but they cannot be downloaded, or the MLflow
+            tracking server does not answer.
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
@@ -93,10 +103,13 @@ def train(config: TrainConfig) -> Path:
     check_writable(config.runs_dir)  # a read-only runs folder too
     if config.run_name:  # refused now, before hours of loading and training; made after the checks
         refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
-    return _run(config)
+    target = Tracking.of(mlflow)
+    if target is not None:
+        check_server(target.uri)
+    return _run(config, tracking=target)
 
 
-def resume(run_dir, *, verbose=None) -> Path:
+def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
     """Continue a run that was interrupted (killed, out of time, machine restarted).
 
     The run's own ``config.json`` gives every option; its ``split.csv`` (when written) the
@@ -108,6 +121,9 @@ def resume(run_dir, *, verbose=None) -> Path:
     Args:
         run_dir: The interrupted run folder.
         verbose: Keras progress (None: the run's own setting).
+        mlflow: A tracking URI: where the run's MLflow run is (default: the one ``config.json``
+            records), or where to start one for a run that had none. A run tracked before is
+            always continued in its MLflow run.
 
     Returns:
         The run folder, now finished.
@@ -136,7 +152,11 @@ def resume(run_dir, *, verbose=None) -> Path:
     check_config(config)
     check_data_dir(config)
     check_writable(run_dir, what="run_dir")
-    return _run(config, run_dir=run_dir, previous=record)
+    target = Tracking.of(mlflow)
+    uri = target.uri if target is not None else (record.get("mlflow") or {}).get("tracking_uri")
+    if uri:
+        check_server(uri)
+    return _run(config, run_dir=run_dir, previous=record, tracking=target)
 
 
 # --------------------------------------------------------------------------- the run, step by step
@@ -161,6 +181,9 @@ class RunState:
     history: pd.DataFrame | None = None
     record: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
+    target: object = None  # covidxr.tracking.Tracking asked for
+    tracked: object = None  # its open covidxr.tracking.MlflowRun
+    writers: list = field(default_factory=list)  # per-epoch writers (TensorBoard, MLflow)
 
     @property
     def classes(self) -> list:
@@ -176,7 +199,7 @@ class RunState:
         return self.runtime.batch_size(self.config.batch_size)
 
 
-def _run(config: TrainConfig, *, run_dir=None, previous=None) -> Path:
+def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> Path:
     """Set the precision and devices, run the steps, and restore the global state afterwards."""
     previous_policy = keras.config.dtype_policy()
     started = datetime.now(timezone.utc)
@@ -186,14 +209,20 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None) -> Path:
     state = None
     try:
         with data_parallel_scope(enabled=bool(config.data_parallel)) as runtime:
-            state = RunState(config, run_dir, previous, runtime, started, wall, compilation_cache)
+            state = RunState(config, run_dir, previous, runtime, started, wall, compilation_cache, target=tracking)
             _build(state)
             memory = _prepare_data(state)
             _write_record(state, memory)
             saver = _train_phases(state)
             _write_artifacts(state, saver)
             return state.run_dir
+    except BaseException as err:
+        if state is not None and state.tracked is not None:  # resumable: --resume sets it running again
+            state.tracked.set_status("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
+        for writer in (state.writers if state is not None else []):
+            getattr(writer, "close", lambda: None)()
         for handler in (state.handlers if state is not None else []):
             logger.removeHandler(handler)
             handler.close()
@@ -233,11 +262,17 @@ def _prepare_data(state: RunState) -> dict | None:
     hash_index.save()
     if not state.resuming:
         state.run_dir = make_run_dir(config)
+    state.tracked = open_run_tracking(state.target, run_dir=state.run_dir, config=config.to_dict(),
+                                      previous=state.previous)
+    if not state.resuming:
         # the options first, so that a run killed while building its cache can be resumed
-        write_json(state.run_dir / "config.json", {**config.to_dict(), "run_dir": str(state.run_dir),
+        write_json(state.run_dir / "config.json", {**config.to_dict(), **_mlflow_block(state),
+                                                   "run_dir": str(state.run_dir),
                                                    "started": state.started.isoformat(timespec="seconds")})
     state.handlers += setup_logging(state.run_dir)
     logger.info("%s run folder %s", "resuming" if state.resuming else "new", state.run_dir)
+    if state.tracked is not None:
+        logger.info("MLflow run %s at %s", state.tracked.run_id, state.tracked.uri)
     logger.info("%s", RESEARCH_ONLY)
     logger.info("split sizes (fractions of images, of groups): %s, %s; %d merged groups",
                 state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
@@ -308,6 +343,7 @@ def _write_record(state: RunState, memory) -> None:
         "cache": {"key": cache.key, "path": str(cache.path), "settings": cache.settings,
                   "skipped": list(cache.skipped)},
         "class_counts": class_counts(state.split, classes),
+        **_mlflow_block(state),
         "run_dir": str(state.run_dir),
         "started": (state.previous or {}).get("started") or state.started.isoformat(timespec="seconds"),
     }
@@ -316,6 +352,23 @@ def _write_record(state: RunState, memory) -> None:
                              + [state.started.isoformat(timespec="seconds")])
     write_json(state.run_dir / "config.json", record)
     state.record = record
+
+
+def _mlflow_block(state: RunState) -> dict:
+    """``{"mlflow": {tracking_uri, run_id, parent_run_id}}`` of a tracked run, else ``{}``."""
+    return {"mlflow": state.tracked.record} if state.tracked is not None else {}
+
+
+def _epoch_writers(state: RunState) -> list:
+    """The writers of committed history rows: TensorBoard (``config.tensorboard``, where TensorFlow
+    imports) and MLflow (a tracked run)."""
+    writers = []
+    if state.config.tensorboard:
+        writer = tensorboard_writer(state.run_dir)
+        writers += [writer] if writer is not None else []
+    if state.tracked is not None:
+        writers.append(EpochMetrics(state.tracked))
+    return writers
 
 
 def _train_phases(state: RunState) -> SaveBest:
@@ -330,8 +383,9 @@ def _train_phases(state: RunState) -> SaveBest:
     common = dict(num_classes=len(state.classes), batch_size=state.batch_size,
                   strategy=config.strategy, seed=config.seed, verbose=resolve_verbose(config.verbose),
                   jit_compile=config.jit_compile, runtime=state.runtime)
+    state.writers = _epoch_writers(state)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
-                 checkpoint_every=config.checkpoint_every)
+                 checkpoint_every=config.checkpoint_every, writers=state.writers)
     logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
                 "cached features" if config.cache_features else "full forward pass",
                 config.epochs, config.learning_rate)
@@ -377,6 +431,8 @@ def _train_phases(state: RunState) -> SaveBest:
                   train_steps=timer.steps, validation_seconds=round(timer.validation + validation_seconds, 2),
                   checkpoint_seconds=round(checkpoint_seconds, 2))
     state.history = pd.DataFrame(rows)
+    for writer in state.writers:  # epochs of a phase that had finished before a resume
+        writer.sync(rows)
     return saver
 
 
@@ -405,6 +461,7 @@ def _write_artifacts(state: RunState, saver: SaveBest) -> None:
     state.record.update({"timing": timing, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     write_json(run_dir / "config.json", state.record)  # "finished" is written last: the run is complete
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    log_run_end(state.tracked, run_dir=run_dir, metrics=metrics)
     logger.info("val %s | test %s", metrics["val"], metrics["test"])
     logger.info("done in %.1f s: %s", timing["wall_seconds"], run_dir)
 

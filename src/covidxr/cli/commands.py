@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import RESEARCH_ONLY
 from ..atomic import write_text
 from ..data import FRONTAL_VIEWS, resolve_data_dir
-from .options import add_data_options, add_train_options, data_options, grouping_options
+from .options import add_data_options, add_mlflow_option, add_train_options, data_options, grouping_options
 from .quiet import show_warning
 
 
@@ -24,6 +24,15 @@ def _print_warnings(caught) -> None:
     for w in caught:
         if issubclass(w.category, UserWarning):
             show_warning(w.message, w.category, w.filename, w.lineno)
+
+
+def _mlflow(args):
+    """The tracking URI of ``--mlflow [URI]`` (None when the flag is absent)."""
+    if getattr(args, "mlflow", None) is None:
+        return None
+    from ..tracking import tracking_uri
+
+    return tracking_uri(args.mlflow or None)
 
 
 def _config_values(args, *, leave_out=()) -> dict:
@@ -194,12 +203,14 @@ def _add_evaluate(sub):
                    help="folder of lung masks (<image stem>_mask.png, e.g. the collection's "
                         "annotations/lungVAE-masks): also measure the share of Grad-CAM mass inside the lungs "
                         "on the test images that have one (lung_mass.csv, figures/lung_mass.png)")
+    add_mlflow_option(p, what="the evaluation (into the run's MLflow run, config.json's mlflow run id)")
 
 
 def _run_evaluate(args):
     from ..evaluate import evaluate_run
     from ..reports import figure_text, metrics_markdown
 
+    mlflow = _mlflow(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = evaluate_run(
@@ -207,7 +218,7 @@ def _run_evaluate(args):
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
             batch_size=args.batch_size, figures=not args.no_figures, allow_overlap=args.allow_overlap,
-            cache_dir=args.cache_dir, lung_masks=args.lung_masks)
+            cache_dir=args.cache_dir, lung_masks=args.lung_masks, mlflow=mlflow)
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
@@ -334,15 +345,16 @@ def train_config(args):
 def _run_train(args):
     from ..train import resume, train
 
+    mlflow = _mlflow(args)
     if args.resume:
         others = sorted(k for k in _config_values(args) if k != "verbose") + (["config"] if args.config else [])
         if others:
             raise ValueError("Expected no other options with --resume: a run continues with its own options "
-                             f"(only --verbose may be given). Received: {_flags(others)}")
-        run_dir = resume(args.resume, verbose=getattr(args, "verbose", None))
+                             f"(only --verbose and --mlflow may be given). Received: {_flags(others)}")
+        run_dir = resume(args.resume, verbose=getattr(args, "verbose", None), mlflow=mlflow)
         print(f"finished {run_dir}")
         return 0
-    run_dir = train(train_config(args))
+    run_dir = train(train_config(args), mlflow=mlflow)
     print(f"wrote {run_dir}")
     return 0
 
@@ -402,8 +414,8 @@ def _run_grid(args):
         out = grid.run_grid(TrainConfig(**values), out=args.out, backbones=args.backbones,
                             strategies=args.strategies, feature_layers=args.feature_layers, folds=args.folds,
                             n_bootstrap=args.n_bootstrap, threshold_method=args.threshold_method,
-                            target_sensitivity=args.target_sensitivity, executor=args.executor,
-                            ray_address=args.ray_address, cpus_per_run=cpus,
+                            target_sensitivity=args.target_sensitivity, mlflow=_mlflow(args),
+                            executor=args.executor, ray_address=args.ray_address, cpus_per_run=cpus,
                             gpus_per_run=None if args.gpus_per_run is None else _whole(args.gpus_per_run),
                             max_retries=args.max_retries)
     except grid.GridRunsFailed as err:

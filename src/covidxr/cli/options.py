@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ..data import FRONTAL_VIEWS, TASKS
 from ..data.groups import DUPLICATES, GROUP_BY
 
-__all__ = ["CONFIG_DEFAULTS", "HelpFormatter", "LazyChoices", "Parser", "add_data_options", "add_train_options",
+__all__ = ["CONFIG_DEFAULTS", "HelpFormatter", "LazyChoices", "Parser", "add_data_options", "add_mlflow_option", "add_train_options",
            "config_option", "data_options", "grouping_options", "shown_default"]
 
 #: The default each ``config_option`` shows in its help, by field name (``TrainConfig``'s, tested).
@@ -141,6 +141,14 @@ def grouping_options(args) -> dict:
             "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir}
 
 
+def add_mlflow_option(parser, *, what="the run"):
+    """``--mlflow [TRACKING_URI]``: the only switch of MLflow tracking (None when absent, "" when given
+    without a URI: ``$MLFLOW_TRACKING_URI``)."""
+    parser.add_argument("--mlflow", nargs="?", const="", default=None, metavar="TRACKING_URI",
+                        help=f"track {what} in MLflow at TRACKING_URI (given alone: $MLFLOW_TRACKING_URI; "
+                             f"experiment $MLFLOW_EXPERIMENT_NAME, default covidxr) (default: off)")
+
+
 def add_train_options(p, *, grid=False):
     """The ``train`` command's options, all :func:`config_option`; ``grid=True`` leaves out those a
     grid sets per run (backbone, feature layer, strategy, test size, folds, fold, split file, runs
@@ -153,6 +161,7 @@ def add_train_options(p, *, grid=False):
     config_option(s, "--val-size", type=float, default=0.15, help="validation share of the patients (groups)")
     config_option(s, "--allow-small-validation", default=False, action=argparse.BooleanOptionalAction,
                   help="accept a validation part with fewer than 2 patients (groups) in a class")
+    add_mlflow_option(s, what="the grid (a parent run, a child run per combination)" if grid else "the run")
     if grid:
         return p
     config_option(s, "--test-size", type=float, default=0.15, help="test share of the patients (groups)")
@@ -166,7 +175,7 @@ def add_train_options(p, *, grid=False):
                         "(default: none)")
     s.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its last finished epoch, with the run's own "
-                        "options (only --verbose may be given with it) (default: none)")
+                        "options (only --verbose and --mlflow may be given with it) (default: none)")
     return p
 
 
@@ -218,6 +227,9 @@ def _add_training_options(t, *, grid):
     config_option(t, "--verbose", type=_verbose, default="auto", metavar="{auto,0,1,2}",
                   help="Keras progress: auto (progress bars on a terminal; when the output is redirected, "
                        "only the run's one line per epoch), 0 (none), 1 (bars), 2 (a Keras line per epoch)")
+    config_option(t, "--tensorboard", default=True, action=argparse.BooleanOptionalAction,
+                  help="write RUN/tensorboard/ event files (per-epoch losses, metrics, learning rate; needs the "
+                       "tensorboard package, not TensorFlow; view with `tensorboard --logdir runs`)")
 
 
 def _add_hardware_options(r):

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from .batches import predict_batches
 from .checkpoint import variable_arrays
 
-__all__ = ["EpochRecorder", "ExactValidation", "SaveBest", "StepTimer", "exact_scores", "schedules",
+__all__ = ["EpochRecorder", "ExactValidation", "HistoryWriters", "SaveBest", "StepTimer", "exact_scores", "schedules",
            "validation_logs"]
 
 #: Probabilities are clipped to [EPSILON, 1 - EPSILON] in the loss, as Keras' cross-entropies do.
@@ -186,6 +186,39 @@ class EpochRecorder(keras.callbacks.Callback):
                           if k not in ("epoch", "phase", "phase_epoch", "seconds", "learning_rate"))
         logger.info("phase %d epoch %d (%d overall): %s, lr=%.2e, %.1f s", self.phase, epoch + 1,
                     row["epoch"], shown, lr, row["seconds"])
+
+
+class HistoryWriters(keras.callbacks.Callback):
+    """Hand the run's *committed* history rows to writers (TensorBoard, MLflow) at the start of a
+    phase and after every epoch.
+
+    Put it right after :class:`~covidxr.training.checkpoint.RunCheckpoint`: Keras calls callbacks in
+    list order, so the rows are those of the last commit (a resumed phase's restored ones at the start),
+    with the exact validation figures of :class:`ExactValidation` (first in the list). A writer has
+    ``sync(rows)``, which writes the rows it has not written yet: a kill between a commit and a write
+    leaves nothing missing, and a resumed run writes no epoch twice.
+
+    Args:
+        checkpoint: The phase's ``RunCheckpoint`` (its ``history`` of earlier phases and its
+            ``recorder.rows``).
+        writers: Objects with ``sync(rows)``.
+    """
+
+    def __init__(self, checkpoint, writers):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.writers = list(writers)
+
+    def _sync(self):
+        rows = list(self.checkpoint.history) + list(self.checkpoint.recorder.rows)
+        for writer in self.writers:
+            writer.sync(rows)
+
+    def on_train_begin(self, logs=None):
+        self._sync()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._sync()
 
 
 def schedules(patience):

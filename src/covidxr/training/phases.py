@@ -23,7 +23,7 @@ from ..models import (LAYER_NAMES, backbone_layer, feature_model, head_model, re
                       set_trainable_from)
 from ..runtime import padding_masked
 from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches
-from .callbacks import EpochRecorder, ExactValidation, exact_scores, schedules
+from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, exact_scores, schedules
 from .checkpoint import RunCheckpoint, set_arrays
 
 __all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "compile_model", "fine_tune", "fit_head", "run_phase"]
@@ -210,13 +210,16 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
 
 
-def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, timer, history, checkpoint_every=1):
+def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, timer, history, checkpoint_every=1,
+              writers=()):
     """Run (or skip, or continue) one phase under a :class:`~covidxr.training.checkpoint.RunCheckpoint`.
 
     ``state`` is the last committed checkpoint state (None for a new run); ``checkpoint_every``
-    the checkpoint's ``every``. Returns the phase's history rows and the fit's info dict (None
-    when the phase had finished before), with ``checkpoint_seconds`` (the training thread's) and
-    ``checkpoint_write_seconds`` (the background writer's).
+    the checkpoint's ``every``; ``writers`` get the history rows
+    (:class:`~covidxr.training.callbacks.HistoryWriters`: TensorBoard, MLflow). Returns the phase's
+    history rows and the fit's info dict (None when the phase had finished before), with
+    ``checkpoint_seconds`` (the training thread's) and ``checkpoint_write_seconds`` (the background
+    writer's).
     """
     if state is not None and (state["phase"] > phase or (state["phase"] == phase and state["done"])):
         if state["phase"] == phase:  # finished before: continue from its end
@@ -236,8 +239,11 @@ def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, time
     checkpoint = RunCheckpoint(folder, phase=phase, full_model=model, epochs=epochs, early_stopping=early_stopping,
                                reduce_lr=reduce_lr, recorder=recorder, saver=saver, history=history,
                                state=resume_state, base=base, every=checkpoint_every)
+    callbacks = [early_stopping, reduce_lr, recorder, saver, timer, checkpoint]
+    if writers:
+        callbacks.append(HistoryWriters(checkpoint, writers))  # after the checkpoint's turn
     try:
-        _, info = fit(callbacks=[early_stopping, reduce_lr, recorder, saver, timer, checkpoint], initial_epoch=initial)
+        _, info = fit(callbacks=callbacks, initial_epoch=initial)
     except BaseException:  # interrupted: let the write in flight finish before the error leaves the phase
         checkpoint.close(quiet=True)
         raise
