@@ -106,7 +106,7 @@ def test_the_options_left_out_keep_the_config_and_defaults(tmp_path):
     assert commands.train_config(args) == TrainConfig()  # the measurement of the issue: all four given ones win
     args = cli.build_parser().parse_args(["train", "--epochs", "3"])
     assert commands.train_config(args) == TrainConfig(epochs=3)
-    assert commands._config_values(cli.build_parser().parse_args(["grid", "--out", "g"]), leave_out={"folds"}) == {}
+    assert options.config_values(cli.build_parser().parse_args(["grid", "--out", "g"]), leave_out={"folds"}) == {}
 
 
 def test_resume_accepts_verbose_and_refuses_a_config(tmp_path, capsys):

@@ -327,11 +327,21 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
 
     finished, failures = _run_all(configs, record=record, out=out, options=options, progress=progress,
                                   clear_session=clear_session, tracking=child_tracking(parent))
+    _finish(record, finished, failures, out=out, parent=parent, n_bootstrap=n_bootstrap, seed=base.seed,
+            threshold_method=threshold_method, target_sensitivity=target_sensitivity)
+    if progress:
+        print(f"wrote {out / 'comparison.md'}", flush=True)
+    return out
+
+
+def _finish(record, finished, failures, *, out, parent, n_bootstrap, seed, threshold_method, target_sensitivity):
+    """The comparison of the finished runs, the grid record, the MLflow parent's end; raises
+    :class:`GridRunsFailed` when some runs failed (after writing what the others give)."""
     record["runs"] = [p.name for p in finished]
     record["failures"] = failures
     written = []
     if finished:
-        pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=base.seed,
+        pooled, per_run = grid_comparison(finished, n_bootstrap=n_bootstrap, seed=seed,
                                           threshold_method=threshold_method, target_sensitivity=target_sensitivity)
         record["selection"] = grid_selection(pooled)
         written = write_grid_comparison(pooled, per_run, out, record=record)
@@ -343,9 +353,6 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
             parent.set_status("FAILED")  # a rerun continues it
         raise GridRunsFailed(out, failures, len(finished))
     log_grid_end(parent, record=record, files=[*written, out / GRID_FILE])
-    if progress:
-        print(f"wrote {out / 'comparison.md'}", flush=True)
-    return out
 
 
 def _run_all(configs, *, record, out, options, progress, clear_session, tracking=None) -> tuple[list[Path], list[dict]]:

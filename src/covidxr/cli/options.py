@@ -11,13 +11,15 @@ that the help's default is ``TrainConfig``'s).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 from ..data import FRONTAL_VIEWS, TASKS
 from ..data.groups import DUPLICATES, GROUP_BY
 
-__all__ = ["CONFIG_DEFAULTS", "HelpFormatter", "LazyChoices", "Parser", "add_data_options", "add_mlflow_option", "add_train_options",
-           "config_option", "data_options", "grouping_options", "shown_default"]
+__all__ = ["CONFIG_DEFAULTS", "HelpFormatter", "LazyChoices", "Parser", "add_data_options", "add_mlflow_option",
+           "add_train_options", "config_option", "config_values", "data_options", "grouping_options", "mlflow_uri",
+           "shown_default"]
 
 #: The default each ``config_option`` shows in its help, by field name (``TrainConfig``'s, tested).
 CONFIG_DEFAULTS: dict = {}
@@ -139,6 +141,24 @@ def grouping_options(args) -> dict:
     """The grouping options of ``args`` as :func:`covidxr.images.load_grouped` keywords."""
     return {"duplicates": args.duplicates, "group_by": args.group_by,
             "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir}
+
+
+def mlflow_uri(args):
+    """The tracking URI of ``--mlflow [URI]`` (None when the flag is absent)."""
+    if getattr(args, "mlflow", None) is None:
+        return None
+    from ..tracking import tracking_uri
+
+    return tracking_uri(args.mlflow or None)
+
+
+def config_values(args, *, leave_out=()) -> dict:
+    """The ``TrainConfig`` fields given on the command line (their options are in ``args`` only
+    when given: :func:`covidxr.cli.options.config_option`), less ``leave_out``."""
+    from ..config import TrainConfig
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in leave_out and hasattr(args, f.name)}
 
 
 def add_mlflow_option(parser, *, what="the run"):
