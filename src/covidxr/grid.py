@@ -74,7 +74,7 @@ RUN_ARTIFACTS = ("config.json", "model.keras", "predictions.csv", "metrics.json"
 #: Options set per combination by the grid (not part of the base configuration).
 VARIED_OPTIONS = ("backbone", "feature_layer", "strategy", "fold", "folds")
 #: Options that change neither the data nor the model: may differ when a grid is resumed.
-IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check")
+IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check", "feature_store")
 
 def _split_names(value, *, name, valid) -> list[str]:
     if isinstance(value, str):

@@ -92,6 +92,10 @@ def add_train_options(p, *, grid=False):
     t.add_argument("--patience", type=int, default=5, help="early stopping patience on validation AUC")
     t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
                    help="phase 1 on cached backbone features (default: on)")
+    t.add_argument("--feature-store", action=argparse.BooleanOptionalAction, default=True,
+                   help="read phase 1's backbone features from the frozen-feature store beside the image cache, "
+                        "computing only those it lacks, so a grid's strategies and folds and later runs share "
+                        "them (default: on; needs --cache-features)")
     r = p.add_argument_group("hardware")
     r.add_argument("--mixed-precision", nargs="?", const="mixed_bfloat16", default=None,
                    choices=["mixed_bfloat16", "mixed_float16", "bf16", "fp16", "float32"],
