@@ -4,6 +4,7 @@ computes each backbone's features once, keys, damaged files, concurrent writers,
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import pytest
 
 from covidxr import grid
 from covidxr.images import FEATURES_DIR, FeatureStore, decode, feature_key, image_ids
+from covidxr.images.feature_store import STALE_SECONDS
 from covidxr.models import build_model
 from covidxr.train import TrainConfig, train
 from covidxr.training import frozen
@@ -92,6 +94,7 @@ def test_stored_features_are_the_models_own(feature_grid):
 
 # --------------------------------------------------------------------------- the key
 
+@pytest.mark.jax
 def test_no_augmentation_in_phase_one_features():
     """Augmentation layers are phase 2 only: the same backbone with and without them gives the
     same key and the same features, in inference and in training mode alike."""
@@ -183,6 +186,11 @@ def test_ids_follow_pixels_and_subsets_reuse_rows(tmp_path):
     np.testing.assert_array_equal(again[1], first[2])
     np.testing.assert_array_equal(again[1], again[3])
     assert len(list(store.path.glob("part-*.npz"))) == 2 and (store.path / "store.json").is_file()
+    stale = store.path / ".part-0.tmp-1-abcdef.npz"  # left by a writer killed mid-write
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - STALE_SECONDS - 1,) * 2)
+    store.features(image_ids(_images(1, seed=9)), _fake(_images(1, seed=9)))
+    assert not stale.exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "checksum"])

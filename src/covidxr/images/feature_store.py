@@ -44,7 +44,7 @@ import numpy as np
 from ..atomic import atomic_path, write_json
 from .cache import resolve_cache_dir
 
-__all__ = ["FEATURES_DIR", "FEATURE_STORE_FORMAT", "FeatureStore", "feature_key", "image_ids"]
+__all__ = ["FEATURES_DIR", "FEATURE_STORE_FORMAT", "STALE_SECONDS", "FeatureStore", "feature_key", "image_ids"]
 
 logger = logging.getLogger("covidxr.images")
 
@@ -53,6 +53,8 @@ logger = logging.getLogger("covidxr.images")
 FEATURE_STORE_FORMAT = 1
 #: The store's folder under the cache folder.
 FEATURES_DIR = "features"
+#: A writer's temporary file older than this (seconds) was left by a killed process.
+STALE_SECONDS = 600
 _PART_GLOB = "part-*.npz"
 _RECORD = "store.json"
 
@@ -183,6 +185,16 @@ class FeatureStore:
             if handle is not None:
                 handle.close()  # closing releases the lock
 
+    def _remove_stale(self) -> None:
+        """Remove the temporary files of writers killed mid-write (a write takes well under
+        :data:`STALE_SECONDS`; a running one's file is younger)."""
+        for path in self.path.glob(".part-*.tmp-*"):
+            try:
+                if time.time() - path.stat().st_mtime > STALE_SECONDS:
+                    path.unlink()
+            except OSError:  # gone already
+                pass
+
     def _write(self, ids: np.ndarray, features: np.ndarray) -> Path:
         name = f"part-{hashlib.sha256(' '.join(sorted(ids.tolist())).encode()).hexdigest()[:16]}.npz"
         with atomic_path(self.path / name) as tmp:
@@ -206,7 +218,7 @@ class FeatureStore:
             ValueError: ``compute`` returned an array of another shape than (k, F).
         """
         start = time.perf_counter()
-        ids = np.asarray([str(i) for i in ids], dtype="<U32")
+        ids = np.asarray([str(i) for i in ids], dtype=str)
         wanted = set(ids.tolist())
         found, damaged = self._scan(wanted)
         computed, rebuilt = 0, []
@@ -214,6 +226,7 @@ class FeatureStore:
             self.path.mkdir(parents=True, exist_ok=True)
             with self._locked():
                 found, damaged = self._scan(wanted)  # another process may have written them meanwhile
+                self._remove_stale()
                 for path, reason in damaged:
                     warnings.warn(f"Rebuilding a damaged feature store file: {path} ({reason})", stacklevel=2)
                     path.unlink(missing_ok=True)
