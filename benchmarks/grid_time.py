@@ -16,11 +16,23 @@ Usage (the GPU machine: JAX)::
 ``--budget`` (seconds) stops starting new runs when the next one would likely not finish in
 time; the extrapolation then uses the backbones measured. The last line is
 ``full grid estimate: N s``.
+
+**With and without the frozen-feature store** (``--feature-store-compare``): the first backbone
+× every strategy × ``--folds`` folds as a real ``covidxr grid`` (:func:`covidxr.grid.run_grid`),
+twice in one process: ``--no-feature-store`` (every run computes its phase-1 features), then with
+the store (the first run computes them for every cached image, the others read them). Both use a
+fresh cache folder whose image cache is built before the clock starts; ``--subset K`` keeps every
+K-th patient of a metadata-layout dataset (copied to a temporary folder). Prints each grid's wall
+time and its runs' phase-1 feature seconds, and the ratios (without / with) of process CPU-seconds and, last, ``ratio: N.NN`` of wall time::
+
+    python benchmarks/grid_time.py --feature-store-compare --data-dir DATA --backbones resnet50 \
+        --folds 3 --image-size 224 --epochs 3 --fine-tune-epochs 0 --subset 3
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -53,7 +65,12 @@ def main(argv=None) -> int:
     parser.add_argument("--mixed-precision", default=None)
     parser.add_argument("--budget", type=float, default=None, help="seconds; stop starting runs after it")
     parser.add_argument("--json", default=None, help="write every figure to this file")
+    parser.add_argument("--feature-store-compare", action="store_true",
+                        help="time a grid of the first backbone without and with the frozen-feature store")
+    parser.add_argument("--subset", type=int, default=1, help="--feature-store-compare: every K-th patient")
     args = parser.parse_args(argv)
+    if args.feature_store_compare:
+        return compare_store(args)
 
     print(f"backend {keras.backend.backend()}, keras {keras.__version__}", flush=True)
     try:
@@ -125,6 +142,74 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"rows": rows, "estimate_seconds": estimate, "args": vars(args)}, handle, indent=2)
+    return 0
+
+
+def _subset(data_dir, every) -> str:
+    """A copy of every ``every``-th patient of a metadata-layout dataset (rows and images)."""
+    import shutil
+
+    import pandas as pd
+
+    if every <= 1:
+        return data_dir
+    meta = pd.read_csv(os.path.join(data_dir, "metadata.csv"))
+    patients = sorted(meta["patientid"].astype(str).unique())
+    meta = meta[meta["patientid"].astype(str).isin(patients[::every])]
+    out = tempfile.mkdtemp(prefix="grid-time-data-")
+    os.makedirs(os.path.join(out, "images"))
+    for name in meta["filename"]:
+        source = os.path.join(data_dir, "images", str(name))
+        if os.path.isfile(source):
+            shutil.copy(source, os.path.join(out, "images", str(name)))
+    meta.to_csv(os.path.join(out, "metadata.csv"), index=False)
+    return out
+
+
+def compare_store(args) -> int:
+    """One backbone × every strategy × ``--folds`` folds, without and with the feature store."""
+    from covidxr.config import load_frame
+    from covidxr.grid import run_grid
+    from covidxr.images import build_cache
+
+    data_dir = _subset(args.data_dir, args.subset)
+    cache_dir = tempfile.mkdtemp(prefix="grid-time-cache-")
+    root = args.runs_dir or tempfile.mkdtemp(prefix="grid-time-")
+    backbone, strategies = args.backbones.split(",")[0], args.strategies.split(",")
+    base = TrainConfig(data_dir=data_dir, cache_dir=cache_dir, image_size=args.image_size, batch_size=args.batch_size,
+                       epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
+                       patience=args.epochs + args.fine_tune_epochs + 1, weights=args.weights,
+                       mixed_precision=args.mixed_precision, verbose=0)
+    frame = load_frame(base)
+    build_cache(frame, image_size=args.image_size, resize=base.resize, contrast=base.contrast,
+                cache_dir=cache_dir, progress=False)  # the image cache, before the clock starts
+    print(f"{len(frame)} images, {frame['patient'].nunique()} patients; {backbone} x {len(strategies)} strategies x "
+          f"{args.folds} folds at {args.image_size} px, epochs {args.epochs} + {args.fine_tune_epochs}", flush=True)
+    results = {}
+    for store in (False, True):
+        config = dataclasses.replace(base, feature_store=store)
+        start, cpu = time.perf_counter(), time.process_time()
+        out = run_grid(config, out=os.path.join(root, f"store-{'on' if store else 'off'}"), backbones=[backbone],
+                       strategies=strategies, folds=args.folds, n_bootstrap=100, progress=True)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        runs = [json.loads((out / "runs" / name / "config.json").read_text())
+                for name in json.loads((out / "grid.json").read_text())["runs"]]
+        features = sum(r["timing"].get("phase1_feature_seconds", 0.0) for r in runs)
+        results[store] = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+                          "feature_seconds": round(features, 1),
+                          "run_seconds": [r["timing"]["wall_seconds"] for r in runs]}
+        print(f"feature store {'on ' if store else 'off'}: grid {wall:.0f} s ({cpu:.0f} process CPU-s), phase-1 "
+              f"features {features:.0f} s ({features / wall:.0%}) over {len(runs)} runs", flush=True)
+    import shutil
+
+    shutil.rmtree(cache_dir, ignore_errors=True)  # temporary: the image cache and the store
+    if data_dir != args.data_dir:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"results": {str(k): v for k, v in results.items()}, "args": vars(args)}, handle, indent=2)
+    print(f"CPU-seconds ratio: {results[False]['cpu_seconds'] / results[True]['cpu_seconds']:.2f}")
+    print(f"ratio: {results[False]['wall_seconds'] / results[True]['wall_seconds']:.2f}")
     return 0
 
 

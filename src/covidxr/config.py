@@ -59,7 +59,10 @@ class TrainConfig:
     Training: ``batch_size``, ``epochs`` (phase 1), ``learning_rate``, ``fine_tune_epochs``
     (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
     ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
-    (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``checkpoint_every``
+    (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
+    (those features read from, or written to, the frozen-feature store beside the image cache, so
+    the strategies and folds of a grid and later runs with the same key share them:
+    :mod:`covidxr.images.feature_store`; only with ``cache_features``), ``checkpoint_every``
     (write the resumable checkpoint after every N-th epoch of a phase, its last epoch and its end;
     written in a background thread: :mod:`covidxr.training.checkpoint`),
     ``mixed_precision`` (None/False: float32; True or ``"mixed_bfloat16"``; ``"mixed_float16"``:
@@ -106,6 +109,7 @@ class TrainConfig:
     feature_layer: str | None = None
     patience: int = 5
     cache_features: bool = True
+    feature_store: bool = True
     checkpoint_every: int = 1
     mixed_precision: str | bool | None = None
     jit_compile: str | bool = "auto"

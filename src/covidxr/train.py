@@ -9,7 +9,10 @@ Must not hold the training, scoring or drawing itself: it calls the lower layers
    image is computed once and the head is trained on these features: with the backbone
    frozen and no augmentation they never change, so this gives the same head as the full
    forward pass at a fraction of the cost. The head's layers are shared with the full model,
-   so the trained weights are already in place afterwards.
+   so the trained weights are already in place afterwards. With ``feature_store=True`` (the
+   default) those features come from the frozen-feature store beside the image cache
+   (:mod:`covidxr.images.feature_store`): computed once for every image of the cache, then read
+   by every later run with the same backbone, weights and settings (a grid's strategies and folds).
 2. **Phase 2** unfreezes the backbone from a layer (``fine_tune_from``: a layer name, ``-N``
    for the last N layers, ``"auto"`` for the registry's last block or ``"all"``) and trains
    on whole images, with augmentation, at a learning rate about ten times lower. Every
@@ -65,6 +68,7 @@ from .tracking import EpochMetrics, Tracking, check_server, log_run_end, open_ru
 from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
                        tensorboard_writer)
 from .training.checkpoint import set_arrays
+from .training.frozen import stored_features
 
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
@@ -391,9 +395,13 @@ def _train_phases(state: RunState) -> SaveBest:
                 config.epochs, config.learning_rate)
 
     def fit1(callbacks, initial_epoch):
-        return fit_head(model, x_train, y_train, x_val, y_val, epochs=config.epochs,
-                        learning_rate=config.learning_rate, cache_features=config.cache_features,
-                        patience=config.patience, callbacks=callbacks, initial_epoch=initial_epoch, **common)
+        stored = _stored_features(state)  # None: computed in fit_head (no store, or --no-cache-features)
+        history, info = fit_head(model, x_train, y_train, x_val, y_val, epochs=config.epochs,
+                                 learning_rate=config.learning_rate, cache_features=config.cache_features,
+                                 features=stored[:2] if stored else None, patience=config.patience, callbacks=callbacks,
+                                 initial_epoch=initial_epoch, **common)
+        info["feature_seconds"] = stored[2] if stored else info["feature_seconds"]
+        return history, info
 
     rows, info1 = run_phase(1, fit=fit1, state=committed,
                             epochs=config.epochs, history=[], **phase)
@@ -434,6 +442,24 @@ def _train_phases(state: RunState) -> SaveBest:
     for writer in state.writers:  # epochs of a phase that had finished before a resume
         writer.sync(rows)
     return saver
+
+
+def _stored_features(state: RunState):
+    """``(train, val, seconds)``: phase 1's raw pooled features of the run's train and val parts
+    from the frozen-feature store, which computes (once, for every image of the run's cache) those
+    it lacks; recorded in ``config.json["phase1_features"]``. None when the store is off."""
+    config = state.config
+    if not (config.cache_features and config.feature_store):
+        return None
+    features, info = stored_features(state.model, state.cache.images, cache_dir=config.cache_dir,
+                                     resize=config.resize, contrast=config.contrast, seed=config.seed,
+                                     batch_size=state.batch_size)
+    logger.info("feature store %s: %d images read, %d computed in %.1f s", info["key"], info["reused"],
+                info["computed"], info["seconds"])
+    state.record["phase1_features"] = {k: info[k] for k in ("key", "path", "reused", "computed", "damaged")}
+    index = pd.Index(state.cache.rows["image"])
+    train, val = (features[index.get_indexer(state.data[part][0]["image"])] for part in ("train", "val"))
+    return train, val, info["seconds"]
 
 
 def _write_artifacts(state: RunState, saver: SaveBest) -> None:

@@ -240,6 +240,10 @@ def _add_training_options(t, *, grid):
     config_option(t, "--patience", type=int, default=5, help="early stopping patience on validation AUC")
     config_option(t, "--cache-features", default=True, action=argparse.BooleanOptionalAction,
                   help="phase 1 on cached backbone features")
+    config_option(t, "--feature-store", default=True, action=argparse.BooleanOptionalAction,
+                  help="read phase 1's backbone features from the frozen-feature store beside the image cache, "
+                       "computing only those it lacks, so a grid's strategies and folds and later runs share "
+                       "them (needs --cache-features)")
     config_option(t, "--checkpoint-every", type=int, default=1, metavar="N",
                   help="write the resumable checkpoint after every N-th epoch of a phase (and always after "
                        "its last epoch), in a background thread")

@@ -20,7 +20,9 @@ the model (:mod:`covidxr.models`), so the cache is shared by every backbone.
 
 The package holds :mod:`covidxr.images.decode` (decoding and preprocessing),
 :mod:`covidxr.images.cache` (the cache, which uses the former) and :mod:`covidxr.images.hashes`
-(content hashes of every image in a per-file index, and the frame with its split groups). The figures of preprocessing
+(content hashes of every image in a per-file index, and the frame with its split groups) and
+:mod:`covidxr.images.feature_store` (the frozen backbone features of cached images, stored once
+per backbone and settings beside the cache). The figures of preprocessing
 are in :mod:`covidxr.figures`.
 """
 
@@ -46,6 +48,7 @@ from .decode import (
     png_significant_bits,
     preprocess,
 )
+from .feature_store import FEATURE_STORE_FORMAT, FEATURES_DIR, FeatureStore, feature_key, image_ids
 from .hashes import HASH_COLUMNS, HashIndex, group_frame, image_hashes, load_grouped, pixel_hashes
 
 __all__ = [
@@ -53,6 +56,9 @@ __all__ = [
     "CONTRASTS",
     "DECODER_VERSION",
     "DECODING_RULE",
+    "FEATURES_DIR",
+    "FEATURE_STORE_FORMAT",
+    "FeatureStore",
     "HASH_COLUMNS",
     "HashIndex",
     "DEFAULT_CACHE_DIR",
@@ -62,10 +68,12 @@ __all__ = [
     "ImageCache",
     "build_cache",
     "cache_key",
+    "feature_key",
     "check_settings",
     "clear_caches",
     "group_frame",
     "image_hashes",
+    "image_ids",
     "list_caches",
     "load_grouped",
     "load_image",

@@ -19,9 +19,9 @@ import keras
 import numpy as np
 
 from ..atomic import load_arrays
-from ..models import (LAYER_NAMES, backbone_layer, feature_model, head_model, resolve_fine_tune_from,
-                      set_trainable_from)
+from ..models import LAYER_NAMES, backbone_layer, head_model, resolve_fine_tune_from, set_trainable_from
 from ..runtime import padding_masked
+from . import frozen
 from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches
 from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, exact_scores, schedules
 from .checkpoint import RunCheckpoint, set_arrays
@@ -61,11 +61,6 @@ def adapt_feature_norm(model, features) -> None:
         model.get_layer(LAYER_NAMES["feature_norm"]).adapt(np.asarray(features, dtype=np.float32))
 
 
-def _pooled(model, images, labels, *, num_classes, batch_size):
-    sequence = make_sequence(images, labels, num_classes=num_classes, batch_size=batch_size)
-    return np.asarray(predict_batches(feature_model(model), sequence, batch_size=batch_size))
-
-
 def _phase1_features(model, train, val, *, features, cache_features, num_classes, batch_size):
     """``(train features, val features or None, seconds)``: the caller's, or computed once."""
     if features is not None:
@@ -79,8 +74,8 @@ def _phase1_features(model, train, val, *, features, cache_features, num_classes
                              f"(one row per image, the pooled width). Received: shapes={train_f.shape}, {val_f.shape}")
         return train_f, val_f, 0.0
     start = time.perf_counter()
-    train_f = _pooled(model, *train, num_classes=num_classes, batch_size=batch_size)
-    val_f = _pooled(model, *val, num_classes=num_classes, batch_size=batch_size) if cache_features else None
+    train_f = frozen.pooled_features(model, train[0], batch_size=batch_size)
+    val_f = frozen.pooled_features(model, val[0], batch_size=batch_size) if cache_features else None
     return train_f, val_f, time.perf_counter() - start
 
 
@@ -118,8 +113,9 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
             features are computed once, to adapt the standardisation (:func:`adapt_feature_norm`)
             and to measure the head's training ROC AUC at the end.
         features: ``(train, val)`` raw pooled features, (n, F) and (m, F), that the caller
-            computed with :func:`covidxr.models.feature_model` (e.g. once for many folds);
-            None computes them. Needs ``cache_features=True``.
+            computed with :func:`covidxr.training.frozen.pooled_features` or read from the
+            feature store (:func:`covidxr.training.frozen.stored_features`: once for every
+            strategy and fold); None computes them here. Needs ``cache_features=True``.
         patience: Unused here (the caller's callbacks stop early); kept for the callers.
         callbacks: More Keras callbacks; they come after the
             :class:`~covidxr.training.callbacks.ExactValidation` this adds first, so their
