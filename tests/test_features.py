@@ -281,7 +281,7 @@ def test_the_command_line_switches_the_store(monkeypatch, tmp_path):
     from covidxr import cli
 
     seen = []
-    monkeypatch.setattr(covidxr.train, "train", lambda config: seen.append(config) or tmp_path)
+    monkeypatch.setattr(covidxr.train, "train", lambda config, **kwargs: seen.append(config) or tmp_path)
     monkeypatch.setattr(grid, "run_grid", lambda config, **kwargs: seen.append(config) or tmp_path)
     assert cli.main(["train", "--data-dir", str(tmp_path)]) == 0
     assert cli.main(["train", "--data-dir", str(tmp_path), "--no-feature-store"]) == 0

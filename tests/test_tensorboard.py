@@ -124,7 +124,8 @@ def test_no_tensorflow_is_needed(tmp_path):
 
 def test_the_option():
     parser = cli.build_parser()
-    assert parser.parse_args(["train"]).tensorboard is True
+    assert not hasattr(parser.parse_args(["train"]), "tensorboard")  # not given: TrainConfig's default
+    assert TrainConfig().tensorboard is True
     assert parser.parse_args(["train", "--no-tensorboard"]).tensorboard is False
     assert parser.parse_args(["grid", "--out", "g", "--no-tensorboard"]).tensorboard is False
     with pytest.raises(ValueError, match=r"Expected tensorboard to be True or False. Received: tensorboard='yes'"):

@@ -317,8 +317,11 @@ def test_cli_train_with_a_feature_layer(collection, tmp_path, capsys):
 
 
 def test_cli_train_bad_backbone(capsys):
-    assert cli.main(["train", "--backbone", "alexnet", "--weights", "none"]) == 2
-    assert "Received: backbone='alexnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--backbone", "alexnet", "--weights", "none"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("covidxr train: error: argument --backbone: invalid choice: 'alexnet' (choose "
+                                       "from 'resnet50', 'vgg16', 'vgg19') (see covidxr train --help)\n")
 
 
 @pytest.mark.realdata

@@ -49,6 +49,11 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
+    def error(self, message):
+        """A bad command line is one line too (no usage block): ``covidxr <command>: error: ...``,
+        exit status 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
 
 class LazyChoices(Sequence):
     """The names of a registry, read when first needed (checking a value, writing the help), so
