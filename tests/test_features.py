@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from covidxr import grid
-from covidxr.images import FEATURES_DIR, FeatureStore, decode, feature_key, image_ids
+from covidxr.images import FEATURES_DIR, FeatureStore, clear_feature_store, decode, feature_key, image_ids
 from covidxr.images.feature_store import STALE_SECONDS
 from covidxr.models import build_model
 from covidxr.train import TrainConfig, train
@@ -288,3 +288,15 @@ def test_the_command_line_switches_the_store(monkeypatch, tmp_path):
     assert cli.main(["grid", "--data-dir", str(tmp_path), "--out", str(tmp_path), "--no-feature-store"]) == 0
     assert [config.feature_store for config in seen] == [True, False, False]
     assert "feature_store" in grid.IGNORED_OPTIONS  # a grid resumed with the other setting keeps its runs
+
+
+def test_cache_clear_removes_the_store_with_the_caches(tmp_path, capsys):
+    from covidxr import cli
+
+    store = tmp_path / FEATURES_DIR / "k" / "part-0.npz"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"x")
+    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert f"removed {tmp_path / FEATURES_DIR}" in capsys.readouterr().out
+    assert not (tmp_path / FEATURES_DIR).exists()
+    assert clear_feature_store(tmp_path) == []  # nothing left: nothing removed

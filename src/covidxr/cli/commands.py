@@ -129,15 +129,16 @@ def _add_cache(sub):
         q = actions.add_parser(name, help=text)
         q.add_argument("--cache-dir", default=None,
                        help="cache folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
-    q.add_argument("--key", default=None, help="the cache to remove (a unique key prefix will do; default: all)")
+    q.add_argument("--key", default=None,
+                   help="the cache to remove (a unique key prefix will do; default: all, and the frozen-feature store)")
 
 
 def _run_cache(args):
-    from ..images import clear_caches, list_caches, resolve_cache_dir
+    from ..images import clear_caches, clear_feature_store, list_caches, resolve_cache_dir
 
     root = resolve_cache_dir(args.cache_dir)
     if args.cache_action == "clear":
-        removed = clear_caches(root, key=args.key)
+        removed = clear_caches(root, key=args.key) + (clear_feature_store(root) if args.key is None else [])
         for path in removed:
             print(f"removed {path}")
         print(f"removed {len(removed)} folder(s) from {root}")

@@ -48,7 +48,8 @@ from .decode import (
     png_significant_bits,
     preprocess,
 )
-from .feature_store import FEATURE_STORE_FORMAT, FEATURES_DIR, FeatureStore, feature_key, image_ids
+from .feature_store import (FEATURE_STORE_FORMAT, FEATURES_DIR, FeatureStore, clear_feature_store, feature_key,
+                            image_ids)
 from .hashes import HASH_COLUMNS, HashIndex, group_frame, image_hashes, load_grouped, pixel_hashes
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "feature_key",
     "check_settings",
     "clear_caches",
+    "clear_feature_store",
     "group_frame",
     "image_hashes",
     "image_ids",

@@ -44,7 +44,8 @@ import numpy as np
 from ..atomic import atomic_path, write_json
 from .cache import resolve_cache_dir
 
-__all__ = ["FEATURES_DIR", "FEATURE_STORE_FORMAT", "STALE_SECONDS", "FeatureStore", "feature_key", "image_ids"]
+__all__ = ["FEATURES_DIR", "FEATURE_STORE_FORMAT", "STALE_SECONDS", "FeatureStore", "clear_feature_store", "feature_key",
+           "image_ids"]
 
 logger = logging.getLogger("covidxr.images")
 
@@ -91,6 +92,18 @@ def image_ids(images) -> np.ndarray:
         digest.update(np.ascontiguousarray(image).tobytes())
         ids.append(digest.hexdigest())
     return np.asarray(ids, dtype="<U32")
+
+
+def clear_feature_store(cache_dir=None) -> list[Path]:
+    """Remove the frozen-feature store of ``cache_dir`` (every key: the features are computed again
+    when next needed); the removed folder, or nothing when there is none."""
+    import shutil
+
+    folder = resolve_cache_dir(cache_dir) / FEATURES_DIR
+    if not folder.is_dir():
+        return []
+    shutil.rmtree(folder)
+    return [folder]
 
 
 def _checksum(ids: np.ndarray, features: np.ndarray) -> str:
