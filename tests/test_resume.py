@@ -25,7 +25,7 @@ from covidxr.atomic import load_arrays
 from covidxr.config import check_config
 from covidxr.images import list_caches
 from covidxr.train import TrainConfig, resume, train
-from covidxr.training import EpochRecorder, RunCheckpoint, SaveBest, schedules
+from covidxr.training import EpochRecorder, HistoryWriters, RunCheckpoint, SaveBest, schedules
 from covidxr.training import checkpoint as checkpoint_module
 from covidxr.training.writer import CheckpointWriter
 
@@ -213,9 +213,10 @@ class _Scripted(keras.callbacks.Callback):
 
 
 def _fit_with_checkpoint(folder, monkeypatch, *, epochs=5, every=2, aucs=(0.5, 0.6, 0.9, 0.7, 0.65),
-                         stop_after=None, **kwargs):
-    """A tiny model fitted under a RunCheckpoint; returns (checkpoint, scripted, commits), each
-    commit a copy of the state with the arrays of its best-model and early-stopping files."""
+                         stop_after=None, writers=(), **kwargs):
+    """A tiny model fitted under a RunCheckpoint (and ``writers`` under a HistoryWriters right after
+    it, as ``run_phase`` puts them); returns (checkpoint, scripted, commits), each commit a copy of
+    the state with the arrays of its best-model and early-stopping files."""
     commits = []
     real = checkpoint_module.write_json
 
@@ -236,7 +237,8 @@ def _fit_with_checkpoint(folder, monkeypatch, *, epochs=5, every=2, aucs=(0.5, 0
     checkpoint = RunCheckpoint(folder, phase=1, full_model=model, epochs=epochs, early_stopping=early_stopping,
                                reduce_lr=reduce_lr, recorder=recorder, saver=saver, every=every, **kwargs)
     model.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0,
-              callbacks=[scripted, early_stopping, reduce_lr, recorder, saver, checkpoint])
+              callbacks=[scripted, early_stopping, reduce_lr, recorder, saver, checkpoint]
+              + ([HistoryWriters(checkpoint, writers)] if writers else []))
     return checkpoint, scripted, commits
 
 
@@ -259,6 +261,23 @@ def test_checkpoint_every_2_writes_epochs_2_4_and_the_last_with_the_best_weights
     assert commits[3]["best"]["weights"] == "best-p1-e4.npz"  # unchanged since: not written again
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best-p1-e4.npz", "end-p1.npz", "state.json"]
     assert checkpoint.writer.write_seconds > 0
+
+
+class _EpochsSeen:
+    """A ``sync(rows)`` writer that keeps the epochs it was handed at each call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sync(self, rows):
+        self.calls.append([int(row["epoch"]) for row in rows])
+
+
+def test_history_writers_get_the_epochs_of_the_last_checkpoint_only(tmp_path, monkeypatch):
+    seen = _EpochsSeen()
+    _fit_with_checkpoint(tmp_path / "ckpt", monkeypatch, epochs=5, every=2, writers=[seen])
+    # at the start, then after epochs 1..5: epoch 1 waits for epoch 2's checkpoint, 3 for 4's; 5 is the last
+    assert seen.calls == [[], [], [1, 2], [1, 2], [1, 2, 3, 4], [1, 2, 3, 4, 5]]
 
 
 def test_checkpoint_every_writes_the_epoch_early_stopping_ends_on(tmp_path, monkeypatch):

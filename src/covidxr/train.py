@@ -358,8 +358,8 @@ def _mlflow_block(state: RunState) -> dict:
 
 
 def _epoch_writers(state: RunState) -> list:
-    """The writers of committed history rows: TensorBoard (``config.tensorboard``, where TensorFlow
-    imports) and MLflow (a tracked run)."""
+    """The writers of checkpointed history rows: TensorBoard (``config.tensorboard``, where the
+    ``tensorboard`` package imports) and MLflow (a tracked run)."""
     writers = []
     if state.config.tensorboard:
         writer = tensorboard_writer(state.run_dir)

@@ -189,18 +189,20 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 class HistoryWriters(keras.callbacks.Callback):
-    """Hand the run's *committed* history rows to writers (TensorBoard, MLflow) at the start of a
+    """Hand the run's *checkpointed* history rows to writers (TensorBoard, MLflow) at the start of a
     phase and after every epoch.
 
     Put it right after :class:`~covidxr.training.checkpoint.RunCheckpoint`: Keras calls callbacks in
-    list order, so the rows are those of the last commit (a resumed phase's restored ones at the start),
-    with the exact validation figures of :class:`ExactValidation` (first in the list). A writer has
+    list order, so the rows are those of the last checkpoint taken (its ``handed_history``: committed,
+    or being written by the background writer; a resumed phase's restored ones at the start), with
+    the exact validation figures of :class:`ExactValidation` (first in the list). With
+    ``checkpoint_every`` N > 1 the epochs between checkpoints reach the writers with the next one, so
+    an epoch a killed run trains again on resume is written once, by the run that keeps it. A writer has
     ``sync(rows)``, which writes the rows it has not written yet: a kill between a commit and a write
     leaves nothing missing, and a resumed run writes no epoch twice.
 
     Args:
-        checkpoint: The phase's ``RunCheckpoint`` (its ``history`` of earlier phases and its
-            ``recorder.rows``).
+        checkpoint: The phase's ``RunCheckpoint`` (its ``handed_history``).
         writers: Objects with ``sync(rows)``.
     """
 
@@ -210,7 +212,7 @@ class HistoryWriters(keras.callbacks.Callback):
         self.writers = list(writers)
 
     def _sync(self):
-        rows = list(self.checkpoint.history) + list(self.checkpoint.recorder.rows)
+        rows = list(self.checkpoint.handed_history)  # not the epochs since the last checkpoint
         for writer in self.writers:
             writer.sync(rows)
 

@@ -141,6 +141,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         seconds: Time the training thread spent on checkpoints (snapshots, and waiting for the
             writer; with ``background=False`` the writes too).
         written: The phase epochs (1-based) whose state was handed to the writer.
+        handed_history: The history rows (earlier phases' and this one's) of the last state
+            handed to the writer or restored: what a resume would continue from.
         writer: The :class:`~covidxr.training.writer.CheckpointWriter` (``write_seconds``).
 
     Raises:
@@ -167,6 +169,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.writer = CheckpointWriter(background=background)
         self.seconds = 0.0
         self.written: list[int] = []
+        self.handed_history: list[dict] = list(self.history)
         self._stop_file = self._stop_epoch = None
 
     # ------------------------------------------------------------------ helpers
@@ -195,6 +198,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         return {"value": None if not np.isfinite(saver.best) else float(saver.best),
                 "epoch": saver.best_epoch, "weights": saver.file}
 
+    def _submit(self, arrays: dict, state: dict, mid: bool = False) -> None:
+        self.handed_history = [dict(row) for row in state["history"]]
+        self.writer.submit(self._write, arrays, state, mid)
+
     def _due(self, epoch) -> bool:
         return ((epoch + 1) % self.every == 0 or epoch + 1 >= self.epochs
                 or bool(getattr(self.model, "stop_training", False)))
@@ -220,9 +227,10 @@ class RunCheckpoint(keras.callbacks.Callback):
                 arrays[self.base] = variable_arrays(self.full_model.variables)
             begin = {"phase": self.phase, "done": False, "next_epoch": 0, "base": self.base,
                      "history": self.history, "best": self._saver_state(f"p{self.phase}-start", arrays)}
-            self.writer.submit(self._write, arrays, begin)
+            self._submit(arrays, begin)
         else:
             self._restore(state)
+            self.handed_history = [dict(row) for row in state["history"]]
         self.seconds += time.perf_counter() - start
 
     def _restore(self, state):
@@ -281,7 +289,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             "history": self.history + [dict(row) for row in self.recorder.rows],
         }
         self.written.append(epoch + 1)
-        self.writer.submit(self._write, arrays, state, True)
+        self._submit(arrays, state, True)
 
     def on_train_end(self, logs=None):
         start = time.perf_counter()
@@ -290,7 +298,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         state = {"phase": self.phase, "done": True, "variables": end,
                  "best": self._saver_state(f"p{self.phase}-end", arrays),
                  "history": self.history + [dict(row) for row in self.recorder.rows]}
-        self.writer.submit(self._write, arrays, state)
+        self._submit(arrays, state)
         self.seconds += time.perf_counter() - start
         self.close()  # the phase is committed when fit returns
 
