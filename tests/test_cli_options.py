@@ -12,7 +12,7 @@ import pytest
 
 from covidxr import cli
 from covidxr.cli import commands, options
-from covidxr.config import TrainConfig
+from covidxr.config import TrainConfig, check_config
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 #: Fields whose default (None) cannot be spelled on the command line: (config.json's value, the value given).
@@ -201,5 +201,7 @@ def test_verbose_values():
     assert [resolve_verbose(v) for v in (0, 1, 2)] == [0, 1, 2]
     with pytest.raises(ValueError, match=r"Expected one of \['auto', 0, 1, 2\]\. Received: verbose=3"):
         resolve_verbose(3)
+    with pytest.raises(ValueError, match=r"Expected one of \['auto', 0, 1, 2\]\. Received: verbose=True"):
+        check_config(TrainConfig(verbose=True))
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--verbose", "3"])

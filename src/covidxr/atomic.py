@@ -8,7 +8,7 @@ infinite, is ``null``; ``allow_nan=False``). The run folder (:mod:`covidxr.train
 (:mod:`covidxr.training.checkpoint`), split files, grid records and figures all go through it.
 The one exception: TensorBoard's event files (``RUN/tensorboard/``,
 :mod:`covidxr.training.tensorboard`) are appended to by design, as TensorBoard reads them while
-they grow; they hold committed epochs only and a resumed run writes no step twice.
+they grow; they hold checkpointed epochs only and a resumed run writes no step twice.
 No Keras import here: the data and plotting modules use it too.
 """
 

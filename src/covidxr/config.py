@@ -75,7 +75,7 @@ class TrainConfig:
 
     Output: ``runs_dir``, ``run_name`` (default: made from the time, task, backbone,
     strategy, fold and 4 random characters; an existing folder is an error), ``tensorboard``
-    (write ``RUN/tensorboard/`` event files where TensorFlow can be imported:
+    (write ``RUN/tensorboard/`` event files where the ``tensorboard`` package can be imported:
     :mod:`covidxr.training.tensorboard`).
     """
 
@@ -220,8 +220,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.jit_compile not in JIT_COMPILE:
         raise ValueError(f"Unknown jit_compile. Expected one of {list(JIT_COMPILE)}. "
                          f"Received: jit_compile={config.jit_compile!r}")
-    if isinstance(config.verbose, bool) or config.verbose not in VERBOSE:
-        raise ValueError(f"Unknown verbose. Expected one of {list(VERBOSE)}. Received: verbose={config.verbose!r}")
+    resolve_verbose(config.verbose)  # checks the value
     if config.fine_tune_learning_rate is not None:
         _positive_float("fine_tune_learning_rate", config.fine_tune_learning_rate)
     check_weights(spec.name, config.weights)
