@@ -141,7 +141,7 @@ def test_symlink_outside_images(tmp_path):
 def test_empty_class_after_filtering(collection):
     with pytest.raises(ValueError, match=r"none are left for \['normal'\].*Received: class_counts="):
         _read(collection, task="covid-vs-normal", views=["AP Supine"]).pipe(lambda f: f[f.label != "normal"]).pipe(
-            lambda f: readers._finish(f.drop(columns="label"), "covid-vs-normal", dropped_unlabelled=0, source="x"))
+            lambda f: readers.finish_frame(f.drop(columns="label"), "covid-vs-normal", dropped_unlabelled=0, source="x"))
 
 
 def test_nothing_written_into_dataset(collection):

@@ -25,13 +25,15 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
-           "load_frame", "make_split", "resolve_verbose", "split_from_file"]
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "OFFICIAL_SPLIT_LAYOUTS", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
+           "grid_folds", "load_frame", "make_split", "resolve_verbose", "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
 #: Values of the ``jit_compile`` option (Keras ``compile``; "auto" lets Keras decide).
 JIT_COMPILE = ("auto", True, False)
+#: Layouts whose datasets carry their own split (``official_split``).
+OFFICIAL_SPLIT_LAYOUTS = ("covidx", "covid-qu-ex")
 #: Values of the ``verbose`` option (see :func:`resolve_verbose`).
 VERBOSE = ("auto", 0, 1, 2)
 
@@ -43,7 +45,9 @@ class TrainConfig:
     Data: ``data_dir``, ``layout``, ``task``, ``views``, ``modality``, ``image_col``,
     ``label_col``, ``patient_col`` (as :func:`covidxr.data.load_dataset`); ``val_size``,
     ``test_size``, ``folds``/``fold`` (k-fold mode when ``folds`` is set), ``split_file``
-    (a ``split.csv`` to reuse instead of splitting), ``seed``; ``duplicates`` (images found
+    (a ``split.csv`` to reuse instead of splitting), ``official_split`` (the dataset's own split: the
+    covidx and covid-qu-ex layouts' test part, validation drawn from their training part where they
+    have none: :func:`covidxr.data.splits.official_split`), ``seed``; ``duplicates`` (images found
     twice: ``merge`` their patients into one split group, ``drop`` the copies, ``keep``),
     ``group_by`` (``patient`` or ``source``: no source in two parts), ``drop_mixed_patients``
     (leave out patients whose images carry different labels), ``allow_small_validation``
@@ -121,6 +125,7 @@ class TrainConfig:
     folds: int | None = None
     fold: int = 0
     split_file: str | None = None
+    official_split: bool = False
     allow_small_validation: bool = False
     cache_dir: str | None = None
     runs_dir: str = "runs"
@@ -230,6 +235,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
         _positive_int("folds", config.folds, minimum=2)
         if not 0 <= int(config.fold) < int(config.folds):
             raise ValueError(f"Expected 0 <= fold < folds={config.folds}. Received: fold={config.fold!r}")
+    if not isinstance(config.official_split, (bool, np.bool_)):
+        raise ValueError(f"Expected official_split to be True or False. Received: official_split={config.official_split!r}")
+    if config.official_split and (config.folds is not None or config.split_file):
+        raise ValueError("Expected neither folds nor split_file with official_split (the dataset's own split is the "
+                         f"split). Received: folds={config.folds!r}, split_file={config.split_file!r}")
     if config.split_file is not None and not Path(config.split_file).is_file():
         raise FileNotFoundError(f"Expected a split CSV file. Received: split_file={config.split_file!r}")
     return config
@@ -261,11 +271,15 @@ def check_data_dir(config: TrainConfig):
 
     Raises:
         FileNotFoundError: Nothing at the data folder.
+        ValueError: ``official_split`` with a layout that has no split of its own.
     """
     root, layout = detect_layout(config.data_dir, layout=config.layout)
     if not root.exists():
         raise FileNotFoundError(f"Expected a dataset ({layout} layout) at the data folder; nothing is there. "
                                 f"Received: data_dir={str(root)!r}")
+    if config.official_split and layout not in OFFICIAL_SPLIT_LAYOUTS:
+        raise ValueError(f"Expected a layout with its own split ({', '.join(OFFICIAL_SPLIT_LAYOUTS)}) for "
+                         f"official_split (--official-split). Received: layout={layout!r}")
     return root, layout
 
 
@@ -354,10 +368,22 @@ def _check_against_dataset(split: pd.DataFrame, labels: pd.Series, path) -> None
         )
 
 
+def grid_folds(config, folds):
+    """The folds of each grid combination: ``folds`` (None: 5); with ``official_split`` 1 (one run on the
+    dataset's own split), where ``folds`` must be None. ``config``: a :class:`TrainConfig` or its dict."""
+    if not (config.get("official_split") if isinstance(config, dict) else config.official_split):
+        return 5 if folds is None else folds
+    if folds is not None:
+        raise ValueError("Expected no folds with official_split: each combination is one run on the dataset's own "
+                         f"split. Received: folds={folds!r}")
+    return 1
+
+
 def make_split(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
-    """The split a configuration asks for: its ``split_file``, its k-fold fold, or train / val / test."""
+    """The split a configuration asks for: its ``split_file``, the dataset's own split, its k-fold fold, or
+    train / val / test."""
     if config.split_file:
         return split_from_file(frame, config.split_file)
     return split_frame(frame, folds=config.folds, fold=config.fold, val_size=config.val_size,
-                       test_size=config.test_size, seed=config.seed,
+                       test_size=config.test_size, seed=config.seed, official=bool(config.official_split),
                        allow_small_validation=bool(config.allow_small_validation))

@@ -48,7 +48,7 @@ import pandas as pd
 
 from . import __version__
 from .atomic import write_json, write_text
-from .config import TrainConfig, check_config, load_frame
+from .config import TrainConfig, check_config, grid_folds, load_frame
 from .data import SPLIT_VERSION, resolve_data_dir, views_key
 from .data.groups import group_column
 from .data.splits import describe_groups
@@ -259,7 +259,7 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
 
 
 def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "vgg19"),
-             strategies=("none", "class-weight", "oversample", "undersample"), folds=5, n_bootstrap=1000,
+             strategies=("none", "class-weight", "oversample", "undersample"), folds=None, n_bootstrap=1000,
              threshold_method="youden", target_sensitivity=None, clear_session=True, progress=True,
              feature_layers=None, executor="local", ray_address=None, cpus_per_run=None, gpus_per_run=None,
              max_retries=3, mlflow=None) -> Path:
@@ -279,8 +279,8 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
         out: The grid folder (made if missing).
         backbones: Backbone names, a list or a comma-separated string.
         strategies: Imbalance strategies (:data:`covidxr.sampling.STRATEGIES`).
-        folds: Patient-grouped folds (>= 2); every class needs at least ``folds`` patients
-            (task ``covid-vs-normal`` has few normal patients).
+        folds: Patient-grouped folds (>= 2; None: 5; with ``official_split`` None, one run each:
+            :func:`covidxr.config.grid_folds`); every class needs at least ``folds`` patients.
         n_bootstrap: Patient bootstrap resamples of the comparison.
         threshold_method, target_sensitivity: How each run's threshold is chosen on its
             validation part.
@@ -309,6 +309,7 @@ def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "
     """
     options = check_executor(executor, ray_address=ray_address, cpus_per_run=cpus_per_run,
                              gpus_per_run=gpus_per_run, max_retries=max_retries)
+    folds = grid_folds(base_config, folds)
     base, configs, backbones, strategies, layers = _grid_configs(
         base_config, out=out, backbones=backbones, strategies=strategies, folds=folds, n_bootstrap=n_bootstrap,
         feature_layers=feature_layers)
@@ -395,7 +396,8 @@ def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap
     backbones = _split_names(backbones, name="backbones", valid=sorted(BACKBONES))
     strategies = _split_names(strategies, name="strategies", valid=list(STRATEGIES))
     layers = _feature_layers(feature_layers, backbones=backbones, default=base_config.feature_layer)
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+    official = bool(base_config.official_split)
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < (1 if official else 2):
         raise ValueError(f"Expected folds to be an integer >= 2. Received: folds={folds!r}")
     if base_config.split_file:
         raise ValueError("Expected no split_file: a grid makes its own patient-grouped folds. "
@@ -404,7 +406,8 @@ def _grid_configs(base_config, *, out, backbones, strategies, folds, n_bootstrap
         raise ValueError(f"Expected n_bootstrap >= 0. Received: n_bootstrap={n_bootstrap!r}")
     runs_dir = Path(os.path.abspath(Path(out).expanduser())) / "runs"  # every path absolute: runs may go to workers
     paths = {k: v for k, v in _comparable(base_config.to_dict()).items() if k in ("data_dir", "weights")}
-    base = dataclasses.replace(base_config, runs_dir=str(runs_dir), run_name=None, folds=int(folds), fold=0,
+    base = dataclasses.replace(base_config, runs_dir=str(runs_dir), run_name=None,
+                               folds=None if official else int(folds), fold=0,
                                backbone=backbones[0], strategy=strategies[0], feature_layer=layers[0],
                                cache_dir=os.path.abspath(resolve_cache_dir(base_config.cache_dir)), **paths)
     configs = [dataclasses.replace(base, **combo) for combo in combinations(backbones, strategies, int(folds), layers)]

@@ -91,6 +91,9 @@ def _add_split(sub):
     p.add_argument("--folds", type=int, default=None,
                    help="k-fold mode: number of folds (default: none, one train / val / test split)")
     p.add_argument("--fold", type=int, default=0, help="k-fold mode: the test fold")
+    p.add_argument("--official-split", action="store_true",
+                   help="the dataset's own split (layouts covidx, covid-qu-ex): its test part; its validation part, "
+                        "else --val-size of its training groups")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split")
     p.add_argument("--allow-small-validation", action="store_true",
                    help="accept a validation part with fewer than 2 patients (groups) in a class")
@@ -103,7 +106,7 @@ def _run_split(args):
 
     frame = load_grouped(args.data_dir, task=args.task, **data_options(args), **grouping_options(args))
     split = split_frame(frame, folds=args.folds, fold=args.fold, val_size=args.val_size, test_size=args.test_size,
-                        seed=args.seed, allow_small_validation=args.allow_small_validation)
+                        seed=args.seed, allow_small_validation=args.allow_small_validation, official=args.official_split)
     if Path(args.out).exists():
         raise FileExistsError(f"Expected a new file; this one exists. Received: out={args.out!r}")
     write_split(split, args.out)

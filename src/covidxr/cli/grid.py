@@ -29,7 +29,8 @@ def add_grid(sub):
                         "whole backbone); each must be a layer of every backbone (default: no axis, whole backbones)")
     g.add_argument("--strategies", default="none,class-weight,oversample,undersample",
                    help="comma-separated imbalance strategies (default: all four)")
-    g.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default: 5)")
+    g.add_argument("--folds", type=int, default=None,
+                   help="patient-grouped folds (default: 5; none with --official-split: one run per combination)")
     g.add_argument("--out", required=True, help="grid folder (runs/, grid.json, comparison files)")
     g.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples")
     g.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity"],

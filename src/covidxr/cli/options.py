@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from ..data import FRONTAL_VIEWS, TASKS
+from ..data import FRONTAL_VIEWS, LAYOUTS, TASKS
 from ..data.groups import DUPLICATES, GROUP_BY
 
 __all__ = ["CONFIG_DEFAULTS", "HelpFormatter", "LazyChoices", "Parser", "add_data_options", "add_mlflow_option",
@@ -115,8 +115,8 @@ def add_data_options(parser, *, task_default="covid-vs-rest", config=False):
     add = (lambda *a, **k: config_option(group, *a, **k)) if config else (lambda *a, **k: _plain_option(group, *a, **k))
     add("--data-dir", default=None,
         help="dataset folder or CSV manifest (default: $COVIDXR_DATA_DIR, else data/raw/covid-chestxray-dataset)")
-    add("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
-        help="dataset layout (default: auto, detect)")
+    add("--layout", default="auto", choices=list(LAYOUTS),
+        help="dataset layout (default: auto, detect; see docs/datasets.md)")
     add("--task", default=task_default, choices=sorted(TASKS), help="label task")
     add("--views", default=",".join(FRONTAL_VIEWS),
         help="comma-separated views to keep, or 'frontal' / 'all'; add 'unknown' to keep rows without a view")
@@ -186,6 +186,10 @@ def add_train_options(p, *, grid=False):
     config_option(s, "--val-size", type=float, default=0.15, help="validation share of the patients (groups)")
     config_option(s, "--allow-small-validation", default=False, action=argparse.BooleanOptionalAction,
                   help="accept a validation part with fewer than 2 patients (groups) in a class")
+    config_option(s, "--official-split", default=False, action=argparse.BooleanOptionalAction,
+                  help="the dataset's own split (layouts covidx, covid-qu-ex): its test part; its validation "
+                       "part, else --val-size of its training groups" + ("; one run per combination, no folds"
+                                                                            if grid else ""))
     add_mlflow_option(s, what="the grid (a parent run, a child run per combination)" if grid else "the run")
     if grid:
         return p

@@ -1,13 +1,16 @@
 """Dataset readers, label tasks, split groups, frame summaries and group-level splits.
 Must not import Keras, decode pixels or write anything but split files: tables in, tables out.
 
-Three layouts are read into one frame with one row per usable image:
+Five layouts are read into one frame with one row per usable image:
 
 * the COVID-19 image data collection (``metadata.csv`` + ``images/``), flat findings
   ("COVID-19, ARDS") as in the 2020 snapshot or hierarchical ones
   ("Pneumonia/Viral/COVID-19") as upstream writes them now;
 * one folder per class (``root/<class>/*.png``), as most public collections ship;
-* a CSV manifest with an image, a label and (optionally) a patient column.
+* a CSV manifest with an image, a label and (optionally) a patient column;
+* COVIDx (list files ``train.txt``/``test.txt`` and ``train/``, ``test/``) and COVID-QU-Ex
+  (``{Train,Val,Test}/<class>/images`` and ``lung masks``), with their official split in an
+  ``official_part`` column (:mod:`covidxr.data.layouts`).
 
 The frame's columns are :data:`FRAME_COLUMNS`; a blank patient id makes the image its own
 patient. The split unit is the **group** (:mod:`covidxr.data.groups`): patients that share an
@@ -15,11 +18,12 @@ image (by content hash, computed in :mod:`covidxr.images.hashes`) are merged int
 with ``group_by="source"`` every source joins its patients' groups. Splits never put one group
 (so never one patient) in two parts.
 
-The package holds five modules, each importing only the ones before it:
+The package holds six modules, each importing only the ones before it:
 
 * :mod:`covidxr.data.tasks`: label tasks, finding categories, view names (``"unknown"`` for
   rows without a view) and :func:`none_if_blank`;
 * :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`);
+* :mod:`covidxr.data.layouts`: the COVIDx and COVID-QU-Ex readers, registered with the readers;
 * :mod:`covidxr.data.groups`: duplicate pairs, union–find split groups, merged groups and
   mixed-label patients (:func:`mixed_label_patients`, :func:`drop_mixed_patients`);
 * :mod:`covidxr.data.summaries`: per-task counts, source overlap and the ``eda`` text;
@@ -29,6 +33,7 @@ The package holds five modules, each importing only the ones before it:
 from .readers import (
     DEFAULT_DATA_DIR,
     LAYOUTS,
+    OPTIONAL_COLUMNS,
     detect_layout,
     load_dataset,
     read_csv,
@@ -38,6 +43,7 @@ from .readers import (
     require_columns,
     resolve_data_dir,
 )
+from .layouts import read_covid_qu_ex, read_covidx
 from .groups import drop_mixed_patients, merged_groups, mixed_label_patients
 from .summaries import source_overlap, summary_table, task_counts
 from .splits import (SPLIT_COLUMNS, SPLIT_VERSION, SmallValidationWarning, check_parts, kfold_split, read_split,
@@ -65,6 +71,7 @@ __all__ = [
     "CATEGORIES",
     "DEFAULT_DATA_DIR",
     "LAYOUTS",
+    "OPTIONAL_COLUMNS",
     "FRAME_COLUMNS",
     "FRONTAL_VIEWS",
     "IMAGE_EXTENSIONS",
@@ -89,6 +96,8 @@ __all__ = [
     "mixed_label_patients",
     "none_if_blank",
     "parse_views",
+    "read_covid_qu_ex",
+    "read_covidx",
     "read_csv",
     "read_folders",
     "read_manifest",

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_BITS", "NEAR_DISTANCE", "UnionFind", "assign_groups",
-           "drop_mixed_patients", "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_distances",
+           "check_group_by", "drop_mixed_patients", "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_distances",
            "usable_hashes"]
 
 #: What to do with images found twice: ``merge`` their patients into one group (default), ``drop``
@@ -188,6 +188,18 @@ def _image_clusters(n: int, pairs: pd.DataFrame) -> np.ndarray:
     return np.array([first[uf.find(i)] for i in range(n)], dtype=int)
 
 
+def check_group_by(frame: pd.DataFrame, group_by) -> None:
+    """Refuse an unknown ``group_by``, and ``"source"`` for a frame that records no source (class
+    folders, COVID-QU-Ex: every ``source`` cell blank), where it would make one group of everything."""
+    if group_by not in GROUP_BY:
+        raise ValueError(f"Unknown group_by. Expected one of {list(GROUP_BY)}. Received: group_by={group_by!r}")
+    if group_by == "source" and ("source" not in frame.columns or not (
+            frame["source"].notna() & frame["source"].astype(str).str.strip().ne("")).any()):
+        layout = frame.attrs.get("source", "this dataset's")
+        raise ValueError(f"Expected image sources for group_by='source' (--group-by source), but the {layout} layout "
+                         f"records none: use group_by='patient'. Received: group_by='source', layout={layout!r}")
+
+
 def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merge", group_by="patient",
                   max_distance=NEAR_DISTANCE) -> pd.DataFrame:
     """Add the split unit ``group`` and the content hash ``hash`` to a frame.
@@ -207,12 +219,12 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
         ``group, patients, images``, largest first).
 
     Raises:
-        ValueError: An unknown ``duplicates`` or ``group_by``, or ``hashes`` not aligned with ``frame``.
+        ValueError: An unknown ``duplicates`` or ``group_by``, ``group_by="source"`` without sources
+            (:func:`check_group_by`), or ``hashes`` not aligned with ``frame``.
     """
     if duplicates not in DUPLICATES:
         raise ValueError(f"Unknown duplicates. Expected one of {list(DUPLICATES)}. Received: duplicates={duplicates!r}")
-    if group_by not in GROUP_BY:
-        raise ValueError(f"Unknown group_by. Expected one of {list(GROUP_BY)}. Received: group_by={group_by!r}")
+    check_group_by(frame, group_by)
     if len(hashes) != len(frame):
         raise ValueError(f"Expected one hash row per frame row ({len(frame)}). Received: len(hashes)={len(hashes)}")
     attrs = dict(frame.attrs)

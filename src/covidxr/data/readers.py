@@ -5,7 +5,8 @@ Must not decode images or write files; it never writes into the dataset folder.
   ("COVID-19, ARDS") as in the 2020 snapshot or hierarchical ones
   ("Pneumonia/Viral/COVID-19") as upstream writes them now;
 * one folder per class (``root/<class>/*.png``), as most public collections ship;
-* a CSV manifest with an image, a label and (optionally) a patient column.
+* a CSV manifest with an image, a label and (optionally) a patient column;
+* COVIDx and COVID-QU-Ex (:mod:`covidxr.data.layouts`, registered by :func:`register_layout`).
 
 The frame's columns are :data:`~covidxr.data.tasks.FRAME_COLUMNS`. :func:`load_dataset` reads
 any of them (the frame summaries are in :mod:`covidxr.data.summaries`).
@@ -35,16 +36,9 @@ from .tasks import (
 )
 
 __all__ = [
-    "DEFAULT_DATA_DIR",
-    "LAYOUTS",
-    "detect_layout",
-    "load_dataset",
-    "read_csv",
-    "read_folders",
-    "read_manifest",
-    "read_metadata",
-    "require_columns",
-    "resolve_data_dir",
+    "DEFAULT_DATA_DIR", "LAYOUTS", "OPTIONAL_COLUMNS", "detect_layout", "finish_frame", "load_dataset",
+    "patient_ids", "read_csv", "read_folders", "read_manifest", "read_metadata", "register_layout",
+    "require_columns", "resolve_data_dir", "safe_path",
 ]
 
 #: Where the data lives when neither ``--data-dir`` nor ``COVIDXR_DATA_DIR`` says.
@@ -62,7 +56,7 @@ def resolve_data_dir(data_dir=None) -> Path:
     return DEFAULT_DATA_DIR
 
 
-def _safe_path(root: Path, relative: str, *, column: str) -> Path:
+def safe_path(root: Path, relative: str, *, column: str) -> Path:
     """Join ``root`` and a file name from a table, refusing anything that leaves ``root``."""
     text = str(relative).strip()
     if not text or text.lower() == "nan":
@@ -128,14 +122,19 @@ def _source(row) -> str:
     return str(row.get("location", "") or "unknown").strip() or "unknown"
 
 
-def _finish(frame: pd.DataFrame, task, *, dropped_unlabelled: int, source: str) -> pd.DataFrame:
+#: Columns a layout may add after :data:`FRAME_COLUMNS`: its own split part (train/val/test), a lung mask file.
+OPTIONAL_COLUMNS = ("official_part", "mask")
+
+
+def finish_frame(frame: pd.DataFrame, task, *, dropped_unlabelled: int, source: str) -> pd.DataFrame:
     """Apply a task's labels (if any), order the columns and report what was dropped."""
     frame = frame.reset_index(drop=True)
     frame.attrs["dropped_unlabelled"] = int(dropped_unlabelled)
     frame.attrs["source"] = source
+    columns = [*FRAME_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in frame.columns)]
     if task is None:
         frame["label"] = frame["category"]
-        return frame[list(FRAME_COLUMNS)]
+        return frame[columns]
     task = get_task(task)
     frame = frame[frame["category"].isin(list(task.mapping))].copy()
     frame["label"] = frame["category"].map(task.mapping)
@@ -149,7 +148,7 @@ def _finish(frame: pd.DataFrame, task, *, dropped_unlabelled: int, source: str) 
             f"filtering none are left for {empty}. Received: class_counts="
             f"{frame['label'].value_counts().to_dict()}"
         )
-    return frame[list(FRAME_COLUMNS)]
+    return frame[columns]
 
 
 def _filter_rows(raw: pd.DataFrame, *, modality, views):
@@ -189,8 +188,8 @@ def _resolve_files(raw: pd.DataFrame, root: Path, *, strict_files):
     paths, exists = [], []
     for folder, name in zip(raw["folder"], raw["filename"]):
         folder = folder or "images"
-        base = _safe_path(root, folder, column="folder")
-        path = _safe_path(base, name, column="filename")
+        base = safe_path(root, folder, column="folder")
+        path = safe_path(base, name, column="filename")
         paths.append(path)
         exists.append(path.is_file())
     raw = raw.assign(path=[str(p) for p in paths])
@@ -213,7 +212,7 @@ def _resolve_files(raw: pd.DataFrame, root: Path, *, strict_files):
     return raw[~repeated], missing
 
 
-def _patient_ids(patients, images, *, source) -> tuple[np.ndarray, int]:
+def patient_ids(patients, images, *, source) -> tuple[np.ndarray, int]:
     """Patient ids with every blank one (empty or spaces) replaced by ``"image:<image>"``, so
     that each such image is its own patient; and how many were blank (warned about once)."""
     patients = np.asarray([str(p) for p in patients], dtype=object)
@@ -231,7 +230,7 @@ def _patient_ids(patients, images, *, source) -> tuple[np.ndarray, int]:
 def _metadata_frame(raw: pd.DataFrame, root: Path) -> pd.DataFrame:
     """The reader's frame (:data:`FRAME_COLUMNS` but ``label``) of resolved metadata rows."""
     images = [str(Path(p).relative_to(root).as_posix()) for p in raw["path"]]
-    patients, blank = _patient_ids(raw["patientid"], images, source=str(root / "metadata.csv"))
+    patients, blank = patient_ids(raw["patientid"], images, source=str(root / "metadata.csv"))
     frame = pd.DataFrame({
         "image": images,
         "path": raw["path"].to_numpy(),
@@ -290,7 +289,7 @@ def read_metadata(
     raw, missing = _resolve_files(raw, root, strict_files=strict_files)
     frame = _metadata_frame(raw, root)
     blank = frame.attrs["blank_patient_ids"]
-    out = _finish(frame, task, dropped_unlabelled=dropped, source="metadata")
+    out = finish_frame(frame, task, dropped_unlabelled=dropped, source="metadata")
     out.attrs.update(missing_files=missing, blank_patient_ids=blank)
     return out
 
@@ -300,7 +299,8 @@ def read_folders(root, *, task=None) -> pd.DataFrame:
 
     Folder names map to categories through :data:`LABEL_ALIASES`. Such collections carry
     no patient ids, so each image becomes its own patient (with a warning: a
-    patient-level split is then impossible and leakage between parts is likely).
+    patient-level split is then impossible and leakage between parts is likely), and no
+    sources (``source`` is blank: ``group_by="source"`` is refused).
 
     Args:
         root: The folder that holds one sub-folder per class.
@@ -322,7 +322,7 @@ def read_folders(root, *, task=None) -> pd.DataFrame:
             )
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                rel = _safe_path(root, path.relative_to(root).as_posix(), column="file")
+                rel = safe_path(root, path.relative_to(root).as_posix(), column="file")
                 rows.append({"image": path.relative_to(root).as_posix(), "path": str(rel),
                              "finding": folder.name, "category": category})
     if not rows:
@@ -334,10 +334,9 @@ def read_folders(root, *, task=None) -> pd.DataFrame:
     )
     frame = pd.DataFrame(rows)
     frame["patient"] = frame["image"]
-    for column in ("sex", "age", "view", "modality", "license"):
+    for column in ("sex", "age", "view", "modality", "license", "source"):
         frame[column] = np.nan
-    frame["source"] = frame["image"].str.split("/").str[0]
-    return _finish(frame, task, dropped_unlabelled=0, source="folders")
+    return finish_frame(frame, task, dropped_unlabelled=0, source="folders")
 
 
 def read_manifest(
@@ -365,6 +364,10 @@ def read_manifest(
     csv_path = Path(csv_path)
     raw = read_csv(csv_path)
     raw.columns = [c.strip() for c in raw.columns]
+    if {"patientid", "finding", "filename"} <= set(raw.columns) and not {image_col, label_col} <= set(raw.columns):
+        raise ValueError(f"{csv_path} is the COVID-19 image data collection's metadata.csv, not a manifest: pass its "
+                         f"folder as --data-dir ({str(csv_path.parent)!r}, layout metadata). Received: "
+                         f"data_dir={str(csv_path)!r}")
     require_columns(raw, [image_col, label_col], source=str(csv_path))
     root = csv_path.parent
     labels = raw[label_col].map(lambda v: None if str(v).strip().lower() in UNLABELLED else alias_category(v))
@@ -376,7 +379,7 @@ def read_manifest(
         )
     dropped = int(labels.isna().sum())
     raw = raw.assign(category=labels)[labels.notna()]
-    paths = [_safe_path(root, p, column=image_col) for p in raw[image_col]]
+    paths = [safe_path(root, p, column=image_col) for p in raw[image_col]]
     exists = np.array([p.is_file() for p in paths], dtype=bool)
     if (~exists).any():
         warnings.warn(f"{int((~exists).sum())} manifest rows name a missing file; skipped.", stacklevel=2)
@@ -384,7 +387,7 @@ def read_manifest(
     paths = [p for p, e in zip(paths, exists) if e]
     blank = 0
     if patient_col and patient_col in raw.columns:
-        patients, blank = _patient_ids(raw[patient_col], raw[image_col], source=str(csv_path))
+        patients, blank = patient_ids(raw[patient_col], raw[image_col], source=str(csv_path))
     else:
         if patient_col:
             warnings.warn(
@@ -407,39 +410,59 @@ def read_manifest(
         "source": get("source") if "source" in raw.columns else "manifest",
         "license": get("license"),
     })
-    out = _finish(frame, task, dropped_unlabelled=dropped, source="manifest")
+    out = finish_frame(frame, task, dropped_unlabelled=dropped, source="manifest")
     out.attrs["blank_patient_ids"] = blank
     return out
 
 
 #: The dataset layouts :func:`load_dataset` reads (``auto`` detects them).
-LAYOUTS = ("auto", "metadata", "folders", "manifest")
+LAYOUTS = ("auto", "metadata", "folders", "manifest", "covidx", "covid-qu-ex")
+#: Layouts of other modules, ``name: (detect, read)`` (:func:`register_layout`), tried in order by ``auto``.
+_REGISTERED: dict = {}
+
+
+def register_layout(name, *, detect, read) -> None:
+    """Make :func:`load_dataset` read layout ``name`` (one of :data:`LAYOUTS`) with ``read(root, task=...)``;
+    ``auto`` picks it where ``detect(root)`` is true (after ``metadata``, before ``manifest`` and ``folders``)."""
+    if name not in LAYOUTS:
+        raise ValueError(f"Unknown layout. Expected one of {list(LAYOUTS)}. Received: layout={name!r}")
+    _REGISTERED[name] = (detect, read)
+
+
+def _auto_layout(root: Path):
+    """The layout ``auto`` finds at ``root`` (None: nothing there)."""
+    if root.is_file() and root.name.lower() == "metadata.csv":
+        raise ValueError(f"Expected the COVID-19 image data collection's folder, not its metadata.csv: pass "
+                         f"--data-dir {str(root.parent)!r} (or --layout manifest to read this file as a manifest). "
+                         f"Received: data_dir={str(root)!r}")
+    if root.is_dir() and (root / "metadata.csv").is_file():
+        return "metadata"
+    for name, (detect, _) in _REGISTERED.items():
+        if root.exists() and detect(root):
+            return name
+    if root.is_file():
+        return "manifest"
+    return "folders" if root.is_dir() else None
 
 
 def detect_layout(data_dir=None, *, layout="auto") -> tuple[Path, str]:
-    """``(root, layout)`` of a dataset without reading it: a file is a manifest, a folder with
-    ``metadata.csv`` the collection, another folder class folders (cheap: ``train`` checks it
-    before building a model or downloading weights).
+    """``(root, layout)`` of a dataset without reading it: a folder with ``metadata.csv`` is the
+    collection, a COVIDx folder (or list file) or a COVID-QU-Ex tree is that layout, another file a
+    manifest, another folder class folders (cheap: ``train`` checks it before building a model or
+    downloading weights).
 
     Raises:
-        ValueError: An unknown ``layout``.
+        ValueError: An unknown ``layout``; ``auto`` and a ``metadata.csv`` file (pointed at its folder).
         FileNotFoundError: ``layout="auto"`` and nothing at ``data_dir`` (an explicit layout's reader
             says what it misses).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown layout. Expected one of {list(LAYOUTS)}. Received: layout={layout!r}")
     root = resolve_data_dir(data_dir)
-    if layout == "auto":
-        if root.is_file():
-            layout = "manifest"
-        elif (root / "metadata.csv").is_file():
-            layout = "metadata"
-        elif root.is_dir():
-            layout = "folders"
-    if layout == "auto":
+    if layout == "auto" and (layout := _auto_layout(root) or "auto") == "auto":
         raise FileNotFoundError(
-            "Expected a dataset folder (metadata.csv + images/, or one folder per class) or a "
-            f"CSV manifest; run `covidxr download` or pass --data-dir. Received: data_dir={str(root)!r}"
+            "Expected a dataset folder (metadata.csv + images/, COVIDx lists, a COVID-QU-Ex tree, or one folder per "
+            f"class) or a CSV manifest; run `covidxr download` or pass --data-dir. Received: data_dir={str(root)!r}"
         )
     return root, layout
 
@@ -451,17 +474,18 @@ def load_dataset(
     """Read a dataset in any supported layout.
 
     Args:
-        data_dir: A collection folder (with ``metadata.csv``), a folder of class folders,
-            or a CSV manifest file; see :func:`resolve_data_dir` for the default.
+        data_dir: A collection folder (with ``metadata.csv``), a COVIDx folder or list file, a COVID-QU-Ex
+            folder, class folders, or a CSV manifest file; see :func:`resolve_data_dir` for the default.
         task: Task name (see :data:`TASKS`) or None.
-        layout: ``"auto"``, ``"metadata"``, ``"folders"`` or ``"manifest"``.
+        layout: One of :data:`LAYOUTS` (``"auto"`` detects it).
         modality, views: Filters for the metadata layout; a blank, ``"all"`` or ``"none"``
             modality keeps every modality (see :func:`~covidxr.data.tasks.none_if_blank`).
         image_col, label_col, patient_col: Columns for the manifest layout; a blank,
             ``"all"`` or ``"none"`` patient column means there is none.
 
     Returns:
-        A frame with :data:`FRAME_COLUMNS`, one row per usable image.
+        A frame with :data:`FRAME_COLUMNS` (and the layout's :data:`OPTIONAL_COLUMNS`), one row per
+        usable image.
     """
     modality, patient_col = none_if_blank(modality), none_if_blank(patient_col)
     root, layout = detect_layout(data_dir, layout=layout)
@@ -469,5 +493,7 @@ def load_dataset(
         return read_metadata(root, task=task, modality=modality, views=views)
     if layout == "folders":
         return read_folders(root, task=task)
+    if layout in _REGISTERED:
+        return _REGISTERED[layout][1](root, task=task)
     return read_manifest(root, task=task, image_col=image_col, label_col=label_col,
                          patient_col=patient_col)

@@ -11,6 +11,9 @@ group, which mixes classes, by the rarest class of the data that it holds).
   so the parts hold close to the fractions of groups asked; the achieved fractions of images are
   recorded in ``attrs["split_sizes"]`` (:func:`split_sizes`) and a warning says when they differ
   from the request by more than :data:`SIZE_TOLERANCE`.
+* :func:`official_split` follows the dataset's own split (COVIDx lists, COVID-QU-Ex folders: the
+  frame's ``official_part``): its test part is the test part, its validation part (where it has
+  one) the validation part, else validation groups are drawn from its training part as above.
 * :func:`kfold_split` makes one fold of a k-fold split (scikit-learn's ``StratifiedGroupKFold``);
   with source groups it is leave-sources-out cross-validation.
 * :func:`check_parts` refuses a split where a part lacks a class (naming the sources and their
@@ -43,6 +46,7 @@ __all__ = [
     "check_parts",
     "describe_groups",
     "kfold_split",
+    "official_split",
     "read_split",
     "split_frame",
     "split_patients",
@@ -286,11 +290,82 @@ def kfold_split(frame: pd.DataFrame, *, folds=5, fold=0, val_size=0.15, seed=0,
     return out
 
 
+def _official_parts(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The ``official_part`` of each row, checked; a group found in two official parts (a patient, or
+    copies of one image, listed in two parts) keeps only its rows of the later part (test, then val):
+    the published test part stays whole and training loses the leaking rows (``"drop"``)."""
+    if "official_part" not in frame.columns or not frame["official_part"].isin(_PARTS).any():
+        layout = frame.attrs.get("source", "this dataset's")
+        raise ValueError("Expected a dataset with its own split (the covidx or covid-qu-ex layout) for the official "
+                         f"split (--official-split); the {layout} layout has none. Received: layout={layout!r}")
+    part = frame["official_part"].astype(object)
+    bad = sorted(set(part.dropna()) - set(_PARTS))
+    if bad or part.isna().any():
+        raise ValueError(f"Expected official parts train/val/test for every image. Received: parts={bad or ['<blank>']}")
+    rank = part.map({"train": 0, "val": 1, "test": 2})
+    last = rank.groupby(frame[column]).transform("max")
+    leaking = rank < last
+    if leaking.any():
+        warnings.warn(
+            f"{int(leaking.sum())} images of the official training or validation part belong to a group (patient, or "
+            f"copies of one image) that also has images in a later official part; they are left out: "
+            f"{_first(frame.loc[leaking, 'image'])}", stacklevel=3)
+    return part.where(~leaking, "drop")
+
+
+def official_split(frame: pd.DataFrame, *, val_size=0.15, seed=0, allow_small_validation=False) -> pd.DataFrame:
+    """The dataset's own split (its ``official_part`` column): the official test part is the test
+    part; the official validation part, where the dataset has one, is the validation part, else
+    ``round(val_size × n)`` of each class's training groups are drawn with ``seed`` (as
+    :func:`split_patients`). Rows of a group that also lies in a later official part are left out.
+
+    Args:
+        frame: A frame with ``image``, ``patient``, ``label`` and ``official_part`` (and ``group``), shape (n, ...).
+        val_size: Fraction of the training groups for validation when the dataset has no validation part.
+        seed: Seed of that draw.
+        allow_small_validation: Accept a validation class with fewer than 2 groups.
+
+    Returns:
+        A copy of ``frame`` (shape (m, ...), m ≤ n) with a ``part`` column; ``attrs["split_sizes"]`` as
+        :func:`split_sizes`, ``requested`` ``{"official": True, "val": val_size or "official"}``.
+
+    Raises:
+        ValueError: No official split, no official test part, or a part without a class.
+    """
+    if not 0 < float(val_size) < 0.5:
+        raise ValueError(f"Expected val_size in (0, 0.5). Received: val_size={val_size!r}")
+    require_columns(frame, ["image", "patient", "label"], source="frame")
+    frame = frame.reset_index(drop=True)
+    column = group_column(frame)
+    part = _official_parts(frame, column)
+    if not (part == "test").any():
+        raise ValueError("Expected an official test part (COVIDx: test.txt; COVID-QU-Ex: Test/) for the official "
+                         f"split. Received: parts={sorted(set(part))}")
+    keep = (part != "drop").to_numpy()
+    frame, part = frame[keep].reset_index(drop=True), part[keep].reset_index(drop=True)
+    has_val = bool((part == "val").any())
+    if not has_val:
+        train = frame[part == "train"]
+        _require_groups(train, column, 2, what="a validation part drawn from the official training part")
+        drawn = _sample(_group_labels(train, column), {"val": float(val_size)}, seed)
+        part = part.where(part != "train", frame[column].map(drawn).fillna("train"))
+    out = _finish(frame, part.to_numpy(dtype=object), allow_small_validation=allow_small_validation)
+    out.attrs["split_sizes"] = {**split_sizes(out), "requested": {"official": True,
+                                                                   "val": "official" if has_val else float(val_size)}}
+    return out
+
+
 def split_frame(frame: pd.DataFrame, *, folds=None, fold=0, val_size=0.15, test_size=0.15, seed=0,
-                allow_small_validation=False) -> pd.DataFrame:
-    """The split the split options ask for: fold ``fold`` of :func:`kfold_split` when ``folds`` is
-    set, else one :func:`split_patients` train / val / test split (``test_size`` is then unused
-    in k-fold mode: the test part is the fold)."""
+                allow_small_validation=False, official=False) -> pd.DataFrame:
+    """The split the split options ask for: the dataset's own split (:func:`official_split`) with
+    ``official``, fold ``fold`` of :func:`kfold_split` when ``folds`` is set, else one
+    :func:`split_patients` train / val / test split (``test_size`` is then unused in k-fold and
+    official mode: the test part is the fold, or the dataset's)."""
+    if official:
+        if folds:
+            raise ValueError("Expected no folds with the official split (its test part is the dataset's). "
+                             f"Received: folds={folds!r}")
+        return official_split(frame, val_size=val_size, seed=seed, allow_small_validation=allow_small_validation)
     if folds:
         return kfold_split(frame, folds=folds, fold=fold, val_size=val_size, seed=seed,
                            allow_small_validation=allow_small_validation)

@@ -104,6 +104,10 @@ def plot_sources(frame: pd.DataFrame, *, ax=None, top=12):
     """Images per source (URL host) and category: shows how far source and label coincide."""
     ax = new_axes(ax, figsize=(6, 4))
     table = frame.groupby(["source", "category"]).size().unstack(fill_value=0)
+    if table.empty:  # class folders, COVID-QU-Ex: no sources recorded
+        ax.text(0.5, 0.5, "no sources recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title="Images per source", xticks=[], yticks=[])
+        return ax
     table = table.loc[table.sum(axis=1).sort_values(ascending=False).index[:top]]
     table.plot.barh(ax=ax, stacked=True, color=[CATEGORY_COLOURS.get(c) for c in table.columns])
     ax.invert_yaxis()

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..atomic import write_text
 from ..data import load_dataset
-from ..data.groups import NEAR_DISTANCE, assign_groups
+from ..data.groups import NEAR_DISTANCE, assign_groups, check_group_by
 from ..data.groups import drop_mixed_patients as drop_mixed
 from .cache import resolve_cache_dir
 from .decode import DECODER_VERSION, load_image
@@ -161,6 +161,7 @@ def group_frame(frame: pd.DataFrame, *, duplicates="merge", group_by="patient", 
     Returns:
         The frame with ``group`` and ``hash`` columns, shape (m, ...) with m ≤ n.
     """
+    check_group_by(frame, group_by)  # before hashing: a refusal costs nothing
     if drop_mixed_patients:
         frame = drop_mixed(frame)
     hashes = image_hashes(frame, cache_dir=cache_dir, progress=progress, index=index)
