@@ -222,6 +222,9 @@ def test_cli_one_line_errors_and_official_split(covidx, class_folders, collectio
                      "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("covidxr eda: error: Expected image sources for group_by='source'")
+    assert cli.main(["eda", "--data-dir", str(class_folders), "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "records no image sources" in out and "sources that supply only" not in out
     assert cli.main(["eda", "--data-dir", str(collection / "metadata.csv")]) == 2
     assert "not its metadata.csv" in capsys.readouterr().err
     out = tmp_path / "split.csv"

@@ -125,7 +125,10 @@ def summary_table(frame: pd.DataFrame, counts: pd.DataFrame | None = None) -> st
     if extra:
         lines += ["", *extra]
     overlap = source_overlap(frame)
-    if overlap["non_covid_images"] and overlap["covid_images"]:
+    if not frame["source"].notna().any():  # class folders, COVID-QU-Ex
+        lines.append("note: the dataset records no image sources, so whether a source goes with the label cannot be "
+                     "checked here (run `covidxr audit`).")
+    elif overlap["non_covid_images"] and overlap["covid_images"] and overlap["leaning_sources"]:
         lines.append(
             f"warning: {overlap['non_covid_from_leaning']} of {overlap['non_covid_images']} non-COVID "
             f"images come from {len(overlap['leaning_sources'])} sources that supply only "
