@@ -91,7 +91,7 @@ def test_covidx_versions_binary_labels_and_old_lists(tmp_path):
     assert set(binary["finding"]) == {"positive", "negative"}  # "negative" is not "normal" here
     with pytest.raises(ValueError, match=r"positive / negative only \(no normal class\).*Received: task='three-class'"):
         data.load_dataset(root / "train_COVIDx8B.txt", task="three-class")
-    old = _covidx(tmp_path / "old", source=False)  # COVIDx5 and earlier: no source column
+    old = _covidx(tmp_path / "old", source=False)  # older lists (e.g. COVIDx7A): no source column
     frame = data.load_dataset(old, task=None)
     assert frame["source"].isna().all() and frame["patient"].str.startswith(("trCOV", "tepne", "trnor", "tenor",
                                                                               "trpne", "teCOV")).all()

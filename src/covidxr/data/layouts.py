@@ -7,7 +7,7 @@ Must not decode images or write files; it never writes into the dataset folder.
   ``train_COVIDx8A.txt`` / ``test_COVIDx8A.txt``, whose lines are space-separated
   ``patient_id filename label [source]``; the images sit in ``train/``, ``val/`` and ``test/``.
   Labels are ``positive`` / ``negative`` (the "B" files) or ``COVID-19`` / ``pneumonia`` /
-  ``normal`` (the "A" files and COVIDx5 and earlier, which have no source column).
+  ``normal`` (the "A" files, COVIDx5 and earlier); some older lists (e.g. COVIDx7A) have no source column.
 * **COVID-QU-Ex** (Tahir et al. 2021, https://www.kaggle.com/datasets/anasmohammedtahir/covidqu):
   ``{Train,Val,Test}/{COVID-19,Non-COVID,Normal}/images/*.png`` with the lung masks, under the
   same file names, in ``lung masks/`` beside ``images/`` (the ``mask`` column). It has no patient
