@@ -116,6 +116,9 @@ def test_covidx_missing_files_and_bad_lines(tmp_path):
         data.load_dataset(empty, layout="covidx")
     with pytest.raises(ValueError, match=r"Expected a COVIDx train list.*Received: data_dir="):
         data.load_dataset(tmp_path, layout="covidx")
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with pytest.raises(ValueError, match=r"Expected a COVIDx list file .*Received: data_dir='.*labels.csv'"):
+        data.load_dataset(tmp_path / "labels.csv", layout="covidx")
 
 
 def test_official_split_covidx(covidx, tmp_path):
@@ -142,6 +145,24 @@ def test_official_split_drops_training_rows_of_test_patients(covidx, tmp_path):
         split = data.split_frame(frame, official=True, val_size=0.34)
     assert frame.loc[moved[0], "image"] not in set(split["image"])
     assert (split.loc[split["patient"] == test_patient, "part"] == "test").all()
+
+
+def test_official_split_errors():
+    frame = pd.DataFrame({"image": [f"i{k}" for k in range(8)], "patient": [f"p{k}" for k in range(8)],
+                          "label": ["a", "b"] * 4, "official_part": ["train"] * 8})
+    with pytest.raises(ValueError, match=r"Expected an official test part.*Received: parts=\['train'\]"):
+        data.official_split(frame)
+    with pytest.raises(ValueError, match=r"Expected official parts train/val/test.*Received: parts=\['dev'\]"):
+        data.official_split(frame.assign(official_part=["train"] * 6 + ["dev", "test"]))
+    with pytest.raises(ValueError, match=r"Expected official parts train/val/test.*Received: parts=\['<blank>'\]"):
+        data.official_split(frame.assign(official_part=["train"] * 6 + [None, "test"]))
+    with pytest.raises(ValueError, match=r"Expected val_size in \(0, 0.5\). Received: val_size=0.6"):
+        data.official_split(frame, val_size=0.6)
+    few = frame.assign(official_part=["train"] * 3 + ["test"] * 5)  # class b: 1 training patient
+    with pytest.raises(ValueError, match=r"Too few groups.*for a validation part drawn from the official training"):
+        data.official_split(few)
+    with pytest.raises(ValueError, match=r"Unknown layout. Expected one of .*Received: layout='dicomdir'"):
+        data.readers.register_layout("dicomdir", detect=bool, read=print)
 
 
 def test_official_split_refused_without_one(collection, class_folders, tmp_path):

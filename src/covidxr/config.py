@@ -25,8 +25,8 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "OFFICIAL_SPLIT_LAYOUTS", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
-           "grid_folds", "load_frame", "make_split", "resolve_verbose", "split_from_file"]
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "OFFICIAL_SPLIT_LAYOUTS", "VERBOSE", "TrainConfig", "check_config",
+           "check_data_dir", "grid_folds", "load_frame", "make_split", "resolve_verbose", "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
@@ -236,7 +236,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         if not 0 <= int(config.fold) < int(config.folds):
             raise ValueError(f"Expected 0 <= fold < folds={config.folds}. Received: fold={config.fold!r}")
     if not isinstance(config.official_split, (bool, np.bool_)):
-        raise ValueError(f"Expected official_split to be True or False. Received: official_split={config.official_split!r}")
+        raise ValueError("Expected official_split to be True or False. "
+                         f"Received: official_split={config.official_split!r}")
     if config.official_split and (config.folds is not None or config.split_file):
         raise ValueError("Expected neither folds nor split_file with official_split (the dataset's own split is the "
                          f"split). Received: folds={config.folds!r}, split_file={config.split_file!r}")

@@ -106,7 +106,8 @@ def _run_split(args):
 
     frame = load_grouped(args.data_dir, task=args.task, **data_options(args), **grouping_options(args))
     split = split_frame(frame, folds=args.folds, fold=args.fold, val_size=args.val_size, test_size=args.test_size,
-                        seed=args.seed, allow_small_validation=args.allow_small_validation, official=args.official_split)
+                        seed=args.seed, allow_small_validation=args.allow_small_validation,
+                        official=args.official_split)
     if Path(args.out).exists():
         raise FileExistsError(f"Expected a new file; this one exists. Received: out={args.out!r}")
     write_split(split, args.out)

@@ -46,8 +46,8 @@ from .readers import (
 from .layouts import read_covid_qu_ex, read_covidx
 from .groups import drop_mixed_patients, merged_groups, mixed_label_patients
 from .summaries import source_overlap, summary_table, task_counts
-from .splits import (SPLIT_COLUMNS, SPLIT_VERSION, SmallValidationWarning, check_parts, kfold_split, read_split,
-                     split_frame, split_patients, split_sizes, write_split)
+from .splits import (SPLIT_COLUMNS, SPLIT_VERSION, SmallValidationWarning, check_parts, kfold_split, official_split,
+                     read_split, split_frame, split_patients, split_sizes, write_split)
 from .tasks import (
     CATEGORIES,
     FRAME_COLUMNS,
@@ -95,6 +95,7 @@ __all__ = [
     "merged_groups",
     "mixed_label_patients",
     "none_if_blank",
+    "official_split",
     "parse_views",
     "read_covid_qu_ex",
     "read_covidx",

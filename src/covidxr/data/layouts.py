@@ -158,7 +158,8 @@ def read_covidx(path, *, task=None) -> pd.DataFrame:
     rows = _existing(rows, root, rows["official_part"].tolist(), what=names)
     if rows.empty:
         raise ValueError(f"Expected the images of {names} in {str(root)!r} (folders "
-                         f"{', '.join(p + '/' for p in lists)}); none of them is there. Received: data_dir={str(path)!r}")
+                         f"{', '.join(p + '/' for p in lists)}); none of them is there. "
+                         f"Received: data_dir={str(path)!r}")
     labels = rows["finding"].str.lower()
     task = None if task is None else get_task(task).name
     if labels.isin(["positive", "negative"]).all() and task in ("covid-vs-normal", "three-class"):

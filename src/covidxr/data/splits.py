@@ -301,7 +301,8 @@ def _official_parts(frame: pd.DataFrame, column: str) -> pd.Series:
     part = frame["official_part"].astype(object)
     bad = sorted(set(part.dropna()) - set(_PARTS))
     if bad or part.isna().any():
-        raise ValueError(f"Expected official parts train/val/test for every image. Received: parts={bad or ['<blank>']}")
+        raise ValueError("Expected official parts train/val/test for every image. "
+                         f"Received: parts={bad or ['<blank>']}")
     rank = part.map({"train": 0, "val": 1, "test": 2})
     last = rank.groupby(frame[column]).transform("max")
     leaking = rank < last
