@@ -272,3 +272,21 @@ def test_grid_and_train_follow_official_split(covidx, tmp_path):
     split = pd.read_csv(run / "split.csv")
     listed = {f"test/{line.split()[1]}" for line in (covidx / "test.txt").read_text().splitlines() if line}
     assert set(split.loc[split["part"] == "test", "image"]) == listed
+
+
+def test_cli_train_and_grid_take_official_split(covidx, class_folders, tmp_path, monkeypatch, capsys):
+    from covidxr import grid
+
+    seen = {}
+    monkeypatch.setattr(grid, "run_grid", lambda base, **kwargs: seen.update(kwargs, base=base) or tmp_path)
+    assert cli.main(["grid", "--data-dir", str(covidx), "--official-split", "--out", str(tmp_path / "g"),
+                     "--weights", "none"]) == 0
+    assert seen["base"].official_split is True and seen["folds"] is None
+    assert cli.main(["train", "--data-dir", str(covidx), "--official-split", "--folds", "3", "--weights", "none",
+                     "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "covidxr train: error: Expected neither folds nor split_file with official_split")
+    assert cli.main(["train", "--data-dir", str(class_folders), "--official-split", "--weights", "none",
+                     "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "Expected a layout with its own split (covidx, covid-qu-ex)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
