@@ -37,10 +37,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("runtime", ["covidxr.runtime"]),
     ("config", ["covidxr.config"]),
     ("training", ["covidxr.training"]),
-    ("inference", ["covidxr.inference", "covidxr.gradcam"]),
+    ("inference", ["covidxr.inference", "covidxr.gradcam", "covidxr.lungmasks"]),
     ("evaluation", ["covidxr.evaluation", "covidxr.audit"]),
     ("figures and reports", ["covidxr.figures", "covidxr.reports"]),
-    ("application", ["covidxr.tracking", "covidxr.runfolder", "covidxr.artifacts", "covidxr.train", "covidxr.evaluate", "covidxr.executors", "covidxr.grid", "covidxr.predict", "covidxr.download"]),
+    ("application", ["covidxr.tracking", "covidxr.runfolder", "covidxr.artifacts", "covidxr.train", "covidxr.evaluate", "covidxr.executors", "covidxr.grid", "covidxr.predict", "covidxr.download", "covidxr.lungs"]),
     ("cli", ["covidxr.cli"]),
 ]
 

@@ -20,6 +20,7 @@ from .atomic import json_text, write_text
 from .data import FRONTAL_VIEWS, detect_layout, get_task, read_split, split_frame
 from .data.groups import DUPLICATES, GROUP_BY, group_column
 from .images import RESIZES, load_grouped
+from .images.lungs import check_lungs
 from .models import check_feature_layer, get_backbone
 from .runtime import precision_policy
 from .sampling import check_strategy
@@ -53,7 +54,9 @@ class TrainConfig:
     (leave out patients whose images carry different labels), ``allow_small_validation``
     (accept a validation part with fewer than 2 patients in a class).
 
-    Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``.
+    Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``, ``lungs`` (``none``;
+    ``crop``/``mask``: each image cut to its lungs by the bundled segmenter first:
+    :func:`covidxr.images.lungs.apply_lungs`, :mod:`covidxr.lungmasks`).
 
     Model: ``backbone``, ``weights`` (``"imagenet"``, ``"hed"`` (VGG16), ``"none"`` or a path:
     :mod:`covidxr.weights`), ``dropout``, ``pooling``, ``feature_layer`` (None: the whole backbone;
@@ -108,6 +111,7 @@ class TrainConfig:
     hflip: bool = False
     clahe: bool = False
     resize: str = "pad"
+    lungs: str = "none"
     dropout: float = 0.2
     pooling: str = "avg"
     feature_layer: str | None = None
@@ -215,6 +219,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"Unknown group_by. Expected one of {list(GROUP_BY)}. Received: group_by={config.group_by!r}")
     if config.resize not in RESIZES:
         raise ValueError(f"Unknown resize. Expected one of {RESIZES}. Received: resize={config.resize!r}")
+    check_lungs(config.lungs)
     _positive_int("batch_size", config.batch_size)
     _positive_int("epochs", config.epochs)
     _positive_int("fine_tune_epochs", config.fine_tune_epochs, minimum=0)

@@ -27,10 +27,14 @@ from .atomic import json_text, write_json, write_text
 from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, find_lung_masks, held_out_test,
                          lung_mass, read_run, run_thresholds, with_decisions)
 from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
+from .lungs import run_lung_masks
 from .reports import comparison_markdown, evaluation_report, paired_markdown
 from .tracking import MlflowRun, check_server, evaluation_metrics
 
-__all__ = ["evaluate_run", "write_comparison", "write_paired"]
+__all__ = ["PREDICTED", "evaluate_run", "write_comparison", "write_paired"]
+
+#: ``--lung-masks predicted``: masks from the bundled segmenter where the dataset has no mask file.
+PREDICTED = "predicted"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -81,7 +85,8 @@ def _check_lung_masks(lung_masks, data_dir) -> None:
     if data_dir is not None:
         raise ValueError("Expected lung_masks (--lung-masks) with the run's own test part only, not with another "
                          f"dataset. Received: data_dir={str(data_dir)!r}")
-    find_lung_masks(lung_masks)
+    if str(lung_masks) != PREDICTED:
+        find_lung_masks(lung_masks)
 
 
 def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="X-ray", views="frontal",
@@ -121,6 +126,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         cache_dir: The hash index folder for ``data_dir`` (default: the run's ``cache_dir``).
         lung_masks: Lung masks folder (own test part only): :func:`covidxr.evaluation.lung_mass`, written
             as ``lung_mass.csv``, ``metrics.json["lung_mass"]``, a report section, ``figures/lung_mass.png``.
+            ``"predicted"``: a mask for every test image (:func:`covidxr.lungs.run_lung_masks`).
         mlflow: A tracking URI: log the figures with their interval bounds and the folder into the run's
             MLflow run (:func:`_open_tracking`). None: no tracking.
 
@@ -154,10 +160,8 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                    "data": source, "unreadable": unreadable, "overlap": overlap, "left_out_by_task": left_out,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
                    "covidxr_version": __version__, "config": {k: config.get(k) for k in RUN_KEYS if k in config}})
-    lungs = None
-    if lung_masks is not None:
-        result["lung_mass"], *lungs = lung_mass(run, lung_masks, batch_size=batch_size, n_bootstrap=n_bootstrap,
-                                                seed=seed, level=level)
+    lungs = lung_masks and _lung_mass(run, lung_masks, out, result, config=config, preds=preds,
+                                      batch_size=batch_size, n_bootstrap=n_bootstrap, seed=seed, level=level)
     _write_folder(out, result, with_decisions(scored, result), figures=figures, name=name, lungs=lungs)
     if tracked is not None:
         tracked.log_metrics(evaluation_metrics(result))
@@ -177,9 +181,21 @@ def _open_tracking(config: dict, mlflow):
     return MlflowRun.reopen(config, uri=mlflow)
 
 
+def _lung_mass(run, lung_masks, out, result, *, config, preds, **options) -> list:
+    """``result["lung_mass"]`` and ``[table, examples(, predicted masks folder)]`` for :func:`_write_folder`."""
+    sources = None
+    if str(lung_masks) == PREDICTED:  # mask files where they exist, the bundled segmenter elsewhere
+        lung_masks = out.parent / f".{out.name}.lung_masks-{os.getpid()}"  # moved into the folder on writing
+        sources = run_lung_masks(run, lung_masks, config=config, predictions=preds)
+    result["lung_mass"], *lungs = lung_mass(run, lung_masks, **options)
+    result["lung_mass"]["mask_sources"] = sources
+    return lungs + ([lung_masks] if sources is not None else [])
+
+
 def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str, lungs=None) -> None:
     """Write ``metrics.json``, ``predictions.csv``, the figures and ``report.md`` (and with
-    ``lungs`` = [table, examples] ``lung_mass.csv`` and ``figures/lung_mass.png``) into a temporary
+    ``lungs`` = [table, examples(, predicted masks folder)] ``lung_mass.csv``, ``figures/lung_mass.png``
+    (and ``lung_masks/``)) into a temporary
     folder beside ``out`` and rename it to ``out`` (never over an existing folder)."""
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=False)
@@ -191,6 +207,8 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
             written = write_evaluation_figures(table, result, tmp / "figures")
         if lungs is not None:
             lungs[0].to_csv(tmp / "lung_mass.csv", index=False)
+            if len(lungs) > 2:  # the predicted masks (--lung-masks predicted)
+                os.replace(lungs[2], tmp / "lung_masks")
             if figures:
                 written.append(save_figure(plot_lung_mass(lungs[1], result["lung_mass"], run=result["run"]),
                                            tmp / "figures" / "lung_mass.png"))
@@ -202,6 +220,8 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if lungs is not None and len(lungs) > 2 and Path(lungs[2]).exists():
+            shutil.rmtree(lungs[2], ignore_errors=True)
 
 
 def write_comparison(table: pd.DataFrame, out_dir, *, metrics=None) -> list[Path]:

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 
 from . import models  # noqa: F401  (registers the custom layers before any model is loaded)
-from .images import load_image, preprocess
+from .lungmasks import lung_view
 from .training.batches import predict_batches
 
 __all__ = ["load_run", "predict_frame", "predict_images", "prepare_image", "preprocessing_settings"]
 
 
 def preprocessing_settings(config: dict) -> dict:
-    """The preprocessing a run was trained with: ``image_size``, ``resize``, ``contrast``.
+    """The preprocessing a run was trained with: ``image_size``, ``resize``, ``contrast``, ``lungs``.
 
     Args:
         config: A run's ``config.json`` as a dict.
@@ -34,12 +34,14 @@ def preprocessing_settings(config: dict) -> dict:
         "image_size": int(size),
         "resize": prep.get("resize", config.get("resize", "pad")),
         "contrast": prep.get("contrast", "clahe" if config.get("clahe") else None),
+        "lungs": prep.get("lungs", config.get("lungs") or "none"),
     }
 
 
 def prepare_image(path, settings: dict) -> np.ndarray:
     """One image file as a run's model takes it: decoded (:func:`covidxr.images.load_image`,
-    strict) and preprocessed with the run's settings (:func:`preprocessing_settings`).
+    strict), cropped to its lungs for a ``--lungs crop|mask`` run (:func:`covidxr.lungmasks.lung_view`,
+    the bundled segmenter) and preprocessed with the run's settings (:func:`preprocessing_settings`).
 
     This is the one rule for preparing an image at inference time (``predict``, external
     evaluation, Grad-CAM examples).
@@ -50,7 +52,7 @@ def prepare_image(path, settings: dict) -> np.ndarray:
     Raises:
         ValueError, OSError: The file cannot be decoded.
     """
-    return preprocess(load_image(path, strict=True), **settings)
+    return lung_view(path, settings)[0]
 
 
 def load_run(run_dir, *, config=None):

@@ -57,6 +57,7 @@ from .config import (TrainConfig, check_config, check_data_dir, load_frame, make
                      split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
+from .lungmasks import lung_mask_files, segmenter_for
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
 from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
@@ -283,9 +284,13 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
     ``split.csv`` and keep ``(rows, images, labels)`` per part."""
     config, classes = state.config, state.classes
     start = time.perf_counter()
-    cache = build_cache(split, image_size=int(config.image_size), resize=config.resize,
+    framed = split
+    if config.lungs != "none":  # the bundled segmenter's masks, stored once per image beside the caches
+        framed = split.assign(lung_mask=lung_mask_files(split, cache_dir=config.cache_dir).to_numpy())
+        state.record["lungs_segmenter"] = segmenter_for(None)[1]["sha256"]
+    cache = build_cache(framed, image_size=int(config.image_size), resize=config.resize,
                         contrast=config.contrast, cache_dir=config.cache_dir, strict=False,
-                        progress=resolve_verbose(config.verbose) != 0)
+                        progress=resolve_verbose(config.verbose) != 0, lungs=config.lungs)
     state.timing["cache_seconds"] = round(time.perf_counter() - start, 2)
     kept = set(cache.rows["image"])
     if len(kept) < len(split):
@@ -447,7 +452,7 @@ def _stored_features(state: RunState):
         return None
     features, info = stored_features(state.model, state.cache.images, cache_dir=config.cache_dir,
                                      resize=config.resize, contrast=config.contrast, seed=config.seed,
-                                     batch_size=state.batch_size)
+                                     batch_size=state.batch_size, lungs=config.lungs)
     logger.info("feature store %s: %d images read, %d computed in %.1f s", info["key"], info["reused"],
                 info["computed"], info["seconds"])
     state.record["phase1_features"] = {k: info[k] for k in ("key", "path", "reused", "computed", "damaged")}

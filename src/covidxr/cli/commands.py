@@ -16,6 +16,7 @@ from .. import RESEARCH_ONLY
 from ..atomic import write_text
 from ..data import FRONTAL_VIEWS, resolve_data_dir
 from .grid import add_grid, run_grid
+from .lungs import add_lungs, run_lungs
 from .options import (add_data_options, add_mlflow_option, add_train_options, config_values, data_options,
                       grouping_options, mlflow_uri)
 from .quiet import show_warning
@@ -188,10 +189,12 @@ def _add_evaluate(sub):
     p.add_argument("--allow-overlap", action="store_true",
                    help="with --data-dir: keep and score the images the run was trained or validated on "
                         "(left out by default; the figures are then not an external validation)")
-    p.add_argument("--lung-masks", default=None, metavar="DIR",
+    p.add_argument("--lung-masks", default=None, metavar="DIR|predicted",
                    help="folder of lung masks (<image stem>_mask.png, e.g. the collection's "
                         "annotations/lungVAE-masks): also measure the share of Grad-CAM mass inside the lungs "
-                        "on the test images that have one (lung_mass.csv, figures/lung_mass.png)")
+                        "on the test images that have one (lung_mass.csv, figures/lung_mass.png); 'predicted': "
+                        "every test image, the dataset's mask file where it has one and the bundled lung "
+                        "segmenter's mask otherwise")
     add_mlflow_option(p, what="the evaluation (into the run's MLflow run, config.json's mlflow run id)")
 
 
@@ -430,4 +433,5 @@ COMMANDS = {
     "audit": (_add_audit, _run_audit),
     "compare": (_add_compare, _run_compare),
     "predict": (_add_predict, _run_predict),
+    "lungs": (add_lungs, run_lungs),
 }

@@ -231,6 +231,10 @@ def _add_model_options(m, *, grid):
     config_option(m, "--clahe", default=False, action=argparse.BooleanOptionalAction,
                   help="CLAHE contrast enhancement in the cache")
     config_option(m, "--resize", default="pad", choices=["pad", "crop"], help="make images square by padding or cropping")
+    config_option(m, "--lungs", default="none", choices=["none", "crop", "mask"],
+                  help="cut each image to its lungs first (the bundled U-Net segmenter): crop to their bounding "
+                       "box with a margin, or also blank what lies outside them; an empty or tiny mask keeps the "
+                       "whole image (counted in a warning)")
 
 
 def _add_training_options(t, *, grid):

@@ -27,17 +27,15 @@ import pandas as pd
 from PIL import Image
 
 from ..data.groups import group_column
-from ..images import load_image, preprocess
+from ..images.lungs import MAX_ASPECT_GAP, prepare_mask
 from .bootstrap import patient_bootstrap
 from .runs import held_out_test, read_run
 
-__all__ = ["MASK_SUFFIXES", "find_lung_masks", "lung_mass", "lung_mass_summary", "mass_shares", "match_masks",
+__all__ = ["MASK_SUFFIXES", "find_lung_masks", "image_paths", "lung_mass", "lung_mass_summary", "mass_shares", "match_masks",
            "prepare_mask", "typical_rows"]
 
 #: File name endings of a mask, after the image's stem (first one wins when both exist).
 MASK_SUFFIXES = ("_mask.png", "_mask.png.png")
-#: Largest relative difference between a mask's and its image's aspect ratio (on the snapshot: 0.0015).
-MAX_ASPECT_GAP = 0.02
 #: Columns of :func:`lung_mass`'s per-image table.
 TABLE_COLUMNS = ["image", "patient", "group", "label", "mask", "prob", "mass_inside", "mask_area", "excess"]
 _FIGURES = ("mass_inside", "mask_area", "excess")
@@ -91,34 +89,6 @@ def match_masks(images, masks: dict[str, Path]) -> pd.DataFrame:
         status = "no mask" if mask is None else ("ambiguous" if counts[stem] > 1 else "matched")
         rows.append({"image": image, "mask": mask if status == "matched" else None, "status": status})
     return pd.DataFrame(rows, columns=["image", "mask", "status"])
-
-
-def prepare_mask(mask, *, image_shape, image_size, resize="pad") -> np.ndarray:
-    """A lung mask in the geometry of its preprocessed image.
-
-    Args:
-        mask: The mask, a PIL image or an array (h, w) (any size with the image's aspect ratio;
-            non-zero = lung).
-        image_shape: The decoded image's (H, W) (:func:`covidxr.images.load_image`).
-        image_size, resize: The run's preprocessing (:func:`covidxr.inference.preprocessing_settings`).
-
-    Returns:
-        bool (image_size, image_size): resized to (H, W), through
-        :func:`covidxr.images.preprocess` (no contrast step), binarised at 128.
-
-    Raises:
-        ValueError: The mask's aspect ratio differs from the image's by more than
-            :data:`MAX_ASPECT_GAP`.
-    """
-    grey = (mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask).astype(np.uint8))).convert("L")
-    height, width = int(image_shape[0]), int(image_shape[1])
-    gap = abs((grey.width / grey.height) / (width / height) - 1.0)
-    if gap > MAX_ASPECT_GAP:
-        raise ValueError(f"Expected a mask with the image's aspect ratio (within {MAX_ASPECT_GAP:.0%}). "
-                         f"Received: mask_shape={(grey.height, grey.width)}, image_shape={(height, width)}")
-    binary = (np.asarray(grey) > 0).astype(np.uint8) * 255
-    scaled = np.asarray(Image.fromarray(binary).resize((width, height), Image.Resampling.BILINEAR), np.uint8)
-    return preprocess(scaled, image_size=image_size, resize=resize, contrast=None) >= 128
 
 
 def mass_shares(maps, masks) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +154,7 @@ def _positive_index(classes) -> int:
     return 1 if len(classes) == 2 else (classes.index("covid") if "covid" in classes else 1)
 
 
-def _image_paths(config: dict, images, data_dir) -> pd.Series:
+def image_paths(config: dict, images, data_dir=None) -> pd.Series:
     """``image -> path`` of the run's dataset (an error naming images it lacks)."""
     from ..config import TrainConfig, load_frame
 
@@ -197,20 +167,20 @@ def _image_paths(config: dict, images, data_dir) -> pd.Series:
     return paths
 
 
-def _prepared(rows: pd.DataFrame, paths: pd.Series, settings: dict, prepare_image):
-    """The preprocessed images (``prepare_image``: :func:`covidxr.inference.prepare_image`) and
-    masks of the matched rows; the positions of the rows whose mask does not fit."""
+def _prepared(rows: pd.DataFrame, paths: pd.Series, settings: dict):
+    """The preprocessed images (:func:`covidxr.lungmasks.lung_view`: the rule every run's inference
+    follows) and masks of the matched rows; the positions of the rows whose mask does not fit."""
+    from ..lungmasks import lung_view
+
     size = settings["image_size"]
     images = np.zeros((len(rows), size, size), np.uint8)
     masks = np.zeros((len(rows), size, size), bool)
     misfits = []
     for k, (image, mask_path) in enumerate(zip(rows["image"], rows["mask"])):
-        decoded = load_image(paths[image], strict=True)
-        images[k] = prepare_image(paths[image], settings)
+        images[k], shape, box = lung_view(paths[image], settings)
         try:
             with Image.open(mask_path) as mask:
-                masks[k] = prepare_mask(mask, image_shape=decoded.shape[:2], image_size=size,
-                                        resize=settings["resize"])
+                masks[k] = prepare_mask(mask, image_shape=shape, image_size=size, resize=settings["resize"], box=box)
         except ValueError:
             misfits.append(k)
     return images, masks, misfits
@@ -255,11 +225,11 @@ def lung_mass(run_dir, masks_dir, *, data_dir=None, batch_size=16, n_bootstrap=1
                                                                                      "ambiguous")}
     rows = rows.assign(mask=matched["mask"].to_numpy())[matched["status"].to_numpy() == "matched"]
     rows = rows.reset_index(drop=True)
-    from ..inference import load_run, prepare_image, preprocessing_settings  # Keras: only when maps are computed
+    from ..inference import load_run, preprocessing_settings  # Keras: only when maps are computed
 
     settings = preprocessing_settings(config)
-    paths = _image_paths(config, list(rows["image"]), data_dir)
-    images, mask_arrays, misfits = _prepared(rows, paths, settings, prepare_image)
+    paths = image_paths(config, list(rows["image"]), data_dir)
+    images, mask_arrays, misfits = _prepared(rows, paths, settings)
     if misfits:
         warnings.warn(f"{len(misfits)} masks do not have their image's aspect ratio and are left out: "
                       + ", ".join(str(rows.at[k, "image"]) for k in misfits[:5]), stacklevel=2)

@@ -30,6 +30,7 @@ import pandas as pd
 from ..atomic import json_text
 from . import decode
 from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
+from .lungs import cut_by_mask_file, lung_mask_names
 
 __all__ = [
     "CACHE_FORMAT",
@@ -79,15 +80,17 @@ def _sources(frame) -> list:
     return sorted([str(img), *_file_stamp(path)] for img, path in zip(frame["image"], frame["path"]))
 
 
-def _key(files, size, resize, contrast) -> str:
+def _key(files, size, resize, contrast, lungs="none", masks=None) -> str:
     # the decoder's version (read at call time) is part of the key: a change to decoding never reuses a cache
-    payload = json.dumps({"format": CACHE_FORMAT, "decoder": decode.DECODER_VERSION, "image_size": size,
-                          "resize": resize, "contrast": contrast, "files": files}, sort_keys=True)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    return f"{size}-{resize}-{contrast or 'none'}-{digest}"
+    settings = {"format": CACHE_FORMAT, "decoder": decode.DECODER_VERSION, "image_size": size,
+                "resize": resize, "contrast": contrast, "files": files}
+    if lungs != "none":  # the mask files are named by image content and segmenter: they pin both
+        settings.update(lungs=lungs, masks=masks)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{size}-{resize}-{contrast or 'none'}-{digest}" + ("" if lungs == "none" else f"-{lungs}")
 
 
-def cache_key(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None) -> str:
+def cache_key(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None, lungs="none") -> str:
     """The key of the cache ``frame`` and the settings give.
 
     It changes when the settings, the decoder's version
@@ -100,7 +103,7 @@ def cache_key(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None) -
     """
     size = check_settings(image_size, resize, contrast)
     _check_frame(frame)
-    return _key(_sources(frame), size, resize, contrast)
+    return _key(_sources(frame), size, resize, contrast, lungs, lung_mask_names(frame, lungs=lungs))
 
 
 def _sha256(path: Path) -> str:
@@ -245,7 +248,7 @@ def _rows_for(rows_on_disk: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None, cache_dir=None,
-                strict=False, progress=True) -> ImageCache:
+                strict=False, progress=True, lungs="none") -> ImageCache:
     """Decode and preprocess every image of ``frame`` once, into a cache on disk.
 
     A complete cache with the same key (see :func:`cache_key`) is reused once it passes
@@ -269,6 +272,10 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
             :data:`MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
             skipped with a warning naming it, and left out of the cache's rows.
         progress: Show a tqdm progress bar.
+        lungs: ``"none"``, or ``"crop"``/``"mask"``: each image is cut to its lungs first
+            (:func:`covidxr.images.lungs.apply_lungs`) by the mask file in the frame's ``lung_mask``
+            column; an image whose mask is empty or tiny is kept whole, and a warning counts them
+            (``cache.json``'s ``lung_fallbacks``).
 
     Returns:
         The :class:`ImageCache`; its ``rows`` are ``frame``'s rows (in cache order).
@@ -281,7 +288,7 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     size = check_settings(image_size, resize, contrast)
     _check_frame(frame)
     files = _sources(frame)
-    key = _key(files, size, resize, contrast)
+    key = _key(files, size, resize, contrast, lungs, lung_mask_names(frame, lungs=lungs))
     root = resolve_cache_dir(cache_dir)
     final = root / key
     if final.exists():
@@ -301,7 +308,7 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     tmp.mkdir()
     try:
         _write_cache(tmp, frame.reset_index(drop=True), key=key, size=size, resize=resize,
-                     contrast=contrast, strict=strict, progress=progress, files=files)
+                     contrast=contrast, strict=strict, progress=progress, files=files, lungs=lungs)
         try:
             os.replace(tmp, final)   # atomic; fails if a non-empty folder is in the way
         except OSError:
@@ -373,20 +380,24 @@ def _decode_for_cache(path, *, strict):
     return grey
 
 
-def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files):
+def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files, lungs="none"):
     from tqdm.auto import tqdm
 
     n = len(frame)
     if n == 0:
         raise ValueError("Expected a frame with at least one row. Received: frame with 0 rows")
     store = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 1))
-    kept, skipped = [], []
+    kept, skipped, fallbacks = [], [], []
+    masks = frame["lung_mask"] if lungs != "none" else [None] * n
     bar = tqdm(frame["path"], total=n, desc=f"caching {n} images at {size}px", unit="img", disable=not progress)
     for i, path in enumerate(bar):
         grey = _decode_for_cache(path, strict=strict)
         if grey is None:
             skipped.append(str(frame["image"].iloc[i]))
             continue
+        grey, fell_back = cut_by_mask_file(grey, masks[i], lungs=lungs)
+        if fell_back:
+            fallbacks.append(str(frame["image"].iloc[i]))
         store[len(kept), :, :, 0] = preprocess(grey, image_size=size, resize=resize, contrast=contrast)
         kept.append(i)
         if i == n // 2 and os.environ.get("COVIDXR_FAULT"):  # the interruption tests stop here
@@ -415,8 +426,12 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
     dtypes = {c: ("str" if rows[c].dtype == object or pd.api.types.is_string_dtype(rows[c]) else str(rows[c].dtype))
               for c in rows.columns}
     checksums = {name: _sha256(tmp / name) for name in (_IMAGES, _ROWS)}
+    if fallbacks:
+        warnings.warn(f"--lungs {lungs}: {len(fallbacks)} of {len(kept)} images have an empty or tiny lung mask and "
+                      f"are kept whole (e.g. {', '.join(fallbacks[:3])})", stacklevel=3)
     meta = {"format": CACHE_FORMAT, "key": key, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "settings": {"image_size": size, "resize": resize, "contrast": contrast},
+            "settings": {"image_size": size, "resize": resize, "contrast": contrast, "lungs": lungs},
+            "lung_fallbacks": fallbacks,
             "decoder_version": decode.DECODER_VERSION, "n_images": len(kept), "skipped": skipped, "dtypes": dtypes,
             "checksums": checksums, "files": files}
     (tmp / _META).write_text(json_text(meta, indent=1))

@@ -42,7 +42,7 @@ def _weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def feature_parts(model, *, resize, contrast, seed) -> dict:
+def feature_parts(model, *, resize, contrast, seed, lungs="none") -> dict:
     """What the raw pooled features of a :func:`covidxr.models.build_model` model depend on:
     the feature store's key parts.
 
@@ -56,7 +56,8 @@ def feature_parts(model, *, resize, contrast, seed) -> dict:
         loaded; random weights: ``source`` ``"none"``, the ``seed`` and the sha256 of the
         initial weights themselves), ``feature_layer`` (the layer the backbone ends at),
         ``pooling``, ``image_size``, ``resize``, ``contrast``, ``decoder_version``,
-        ``dtype_policy``, ``keras_backend`` and ``keras_version``.
+        ``dtype_policy``, ``keras_backend`` and ``keras_version``; ``lungs`` for a ``--lungs crop|mask``
+        run (absent otherwise, so whole-image keys stay as they were).
     """
     info = dict(getattr(model, "covidxr_weights", None) or {})
     if info.get("sha256"):
@@ -68,22 +69,23 @@ def feature_parts(model, *, resize, contrast, seed) -> dict:
             "pooling": "max" if isinstance(pooling, keras.layers.GlobalMaxPooling2D) else "avg",
             "image_size": int(model.inputs[0].shape[1]), "resize": resize, "contrast": contrast,
             "decoder_version": decode.DECODER_VERSION, "dtype_policy": backbone_layer(model).dtype_policy.name,
-            "keras_backend": keras.backend.backend(), "keras_version": keras.__version__}
+            "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
+            **({} if lungs == "none" else {"lungs": lungs})}
 
 
-def stored_features(model, images, *, cache_dir, resize, contrast, seed, batch_size) -> tuple[np.ndarray, dict]:
+def stored_features(model, images, *, cache_dir, resize, contrast, seed, batch_size, lungs="none") -> tuple[np.ndarray, dict]:
     """The raw pooled features (n, F) of ``images`` from the feature store of ``cache_dir``;
     those it lacks are computed (:func:`pooled_features`) and stored.
 
     Args:
         model: The built model (see :func:`feature_parts`).
         images: uint8 (n, S, S, 1) cached images (e.g. every image of the run's cache).
-        cache_dir: The cache folder the store lives in. resize, contrast, seed: see :func:`feature_parts`.
+        cache_dir: The cache folder the store lives in. resize, contrast, seed, lungs: see :func:`feature_parts`.
         batch_size: Batch size of the forward pass.
 
     Returns:
         ``(features, info)``; info as :meth:`covidxr.images.FeatureStore.features`.
     """
-    store = FeatureStore(feature_parts(model, resize=resize, contrast=contrast, seed=seed), cache_dir=cache_dir)
+    store = FeatureStore(feature_parts(model, resize=resize, contrast=contrast, seed=seed, lungs=lungs), cache_dir=cache_dir)
     images = np.asarray(images)
     return store.features(image_ids(images), lambda rows: pooled_features(model, images[rows], batch_size=batch_size))
