@@ -32,6 +32,7 @@ from .tasks import (
     get_task,
     none_if_blank,
     parse_views,
+    warn_normalised,
 )
 
 __all__ = [
@@ -154,8 +155,8 @@ def _finish(frame: pd.DataFrame, task, *, dropped_unlabelled: int, source: str) 
 
 def _filter_rows(raw: pd.DataFrame, *, modality, views):
     """The metadata rows (deduplicated, optional columns added, cells stripped) of
-    ``modality`` and ``views`` that carry a label, with a ``category`` column; and how many
-    rows were dropped as unlabelled."""
+    ``modality`` and ``views`` that carry a label, with a ``category`` column; and the findings
+    dropped as unlabelled, ``{finding: rows}``."""
     raw = raw.drop_duplicates()
     for column in ("sex", "age", "view", "modality", "folder", "url", "doi", "location", "license"):
         if column not in raw.columns:
@@ -178,8 +179,9 @@ def _filter_rows(raw: pd.DataFrame, *, modality, views):
         raw = raw[keep]
 
     category = raw["finding"].map(finding_category)
-    dropped = int(category.isna().sum())
-    return raw.assign(category=category)[category.notna()], dropped
+    warn_normalised(raw["finding"], source="metadata.csv", stacklevel=5)
+    unlabelled = raw.loc[category.isna(), "finding"].value_counts().to_dict()
+    return raw.assign(category=category)[category.notna()], unlabelled
 
 
 def _resolve_files(raw: pd.DataFrame, root: Path, *, strict_files):
@@ -286,12 +288,13 @@ def read_metadata(
     raw = read_csv(meta)
     raw.columns = [c.strip() for c in raw.columns]
     require_columns(raw, ["patientid", "finding", "filename"], source=str(meta))
-    raw, dropped = _filter_rows(raw, modality=modality, views=views)
+    raw, unlabelled = _filter_rows(raw, modality=modality, views=views)
+    dropped = sum(unlabelled.values())
     raw, missing = _resolve_files(raw, root, strict_files=strict_files)
     frame = _metadata_frame(raw, root)
     blank = frame.attrs["blank_patient_ids"]
     out = _finish(frame, task, dropped_unlabelled=dropped, source="metadata")
-    out.attrs.update(missing_files=missing, blank_patient_ids=blank)
+    out.attrs.update(missing_files=missing, blank_patient_ids=blank, unlabelled_findings=unlabelled)
     return out
 
 
@@ -327,6 +330,7 @@ def read_folders(root, *, task=None) -> pd.DataFrame:
                              "finding": folder.name, "category": category})
     if not rows:
         raise ValueError(f"Expected class folders with image files in {str(root)!r}. Received: root={str(root)!r}")
+    warn_normalised([r["finding"] for r in rows], source=str(root), aliases=True)
     warnings.warn(
         f"{root} has no patient ids: each image is treated as its own patient, so a "
         "patient-level split is impossible and leakage between parts is likely.",
@@ -368,6 +372,7 @@ def read_manifest(
     require_columns(raw, [image_col, label_col], source=str(csv_path))
     root = csv_path.parent
     labels = raw[label_col].map(lambda v: None if str(v).strip().lower() in UNLABELLED else alias_category(v))
+    warn_normalised(raw.loc[labels.notna(), label_col], source=str(csv_path), aliases=True)
     unknown = sorted({v for v, c in zip(raw[label_col], labels) if pd.isna(c) and str(v).strip().lower() not in UNLABELLED})
     if unknown:
         raise ValueError(
@@ -375,6 +380,7 @@ def read_manifest(
             f"or collection findings. Received: labels={unknown[:10]}"
         )
     dropped = int(labels.isna().sum())
+    unlabelled = raw.loc[labels.isna(), label_col].value_counts().to_dict()
     raw = raw.assign(category=labels)[labels.notna()]
     paths = [_safe_path(root, p, column=image_col) for p in raw[image_col]]
     exists = np.array([p.is_file() for p in paths], dtype=bool)
@@ -408,7 +414,7 @@ def read_manifest(
         "license": get("license"),
     })
     out = _finish(frame, task, dropped_unlabelled=dropped, source="manifest")
-    out.attrs["blank_patient_ids"] = blank
+    out.attrs.update(blank_patient_ids=blank, unlabelled_findings=unlabelled)
     return out
 
 
