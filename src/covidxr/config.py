@@ -46,7 +46,9 @@ class TrainConfig:
     (a ``split.csv`` to reuse instead of splitting), ``seed``; ``duplicates`` (images found
     twice: ``merge`` their patients into one split group, ``drop`` the copies, ``keep``),
     ``group_by`` (``patient`` or ``source``: no source in two parts), ``drop_mixed_patients``
-    (leave out patients whose images carry different labels), ``allow_small_validation``
+    (leave out patients whose images carry different labels), ``same_patients`` (``"auto"``, ``"none"``
+    or a CSV of confirmed same-patient pairs merged into one split group:
+    :mod:`covidxr.data.same_patients`), ``allow_small_validation``
     (accept a validation part with fewer than 2 patients in a class).
 
     Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``.
@@ -90,6 +92,7 @@ class TrainConfig:
     duplicates: str = "merge"
     group_by: str = "patient"
     drop_mixed_patients: bool = False
+    same_patients: str | None = "auto"
     backbone: str = "resnet50"
     weights: str | None = "imagenet"
     image_size: int = 224
@@ -230,6 +233,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
         _positive_int("folds", config.folds, minimum=2)
         if not 0 <= int(config.fold) < int(config.folds):
             raise ValueError(f"Expected 0 <= fold < folds={config.folds}. Received: fold={config.fold!r}")
+    if not isinstance(config.same_patients, (str, type(None))) or (
+            str(config.same_patients or "auto").strip().lower() not in ("auto", "none", "")
+            and not Path(str(config.same_patients)).expanduser().is_file()):
+        raise FileNotFoundError(f"Expected 'auto', 'none' or a same-patients CSV file (patient_a,patient_b,reason). "
+                                f"Received: same_patients={config.same_patients!r}")
     if config.split_file is not None and not Path(config.split_file).is_file():
         raise FileNotFoundError(f"Expected a split CSV file. Received: split_file={config.split_file!r}")
     return config
@@ -274,7 +282,7 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
 
     Args:
         config: The run's options (data folder, layout, task, views, modality, columns, duplicates,
-            grouping, cache folder).
+            grouping, same-patient pairs, cache folder).
         data_dir: Read this folder instead of ``config.data_dir`` (a dataset that moved).
         apply_task: False keeps every labelled row with ``label`` = its category.
         progress: Show a progress bar while hashing images not yet in the hash index.
@@ -290,7 +298,7 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
         layout=config.layout, modality=config.modality, views=config.views, image_col=config.image_col,
         label_col=config.label_col, patient_col=config.patient_col, duplicates=config.duplicates,
         group_by=config.group_by, drop_mixed_patients=config.drop_mixed_patients, cache_dir=config.cache_dir,
-        progress=progress, index=hash_index,
+        progress=progress, index=hash_index, same_patients=config.same_patients,
     )
 
 
