@@ -31,8 +31,8 @@ from .groups import duplicate_pairs
 from .readers import detect_layout, read_csv
 from .tasks import none_if_blank
 
-__all__ = ["REVIEW_DISTANCE", "SAME_PATIENT_COLUMNS", "SHIPPED_DIR", "dataset_patients", "read_same_patients",
-           "recognised_file", "resolve_same_patients", "review_pairs"]
+__all__ = ["REVIEW_DISTANCE", "REVIEW_SUFFIX", "SAME_PATIENT_COLUMNS", "SHIPPED_DIR", "dataset_patients",
+           "mark_reviewed", "read_same_patients", "recognised_file", "resolve_same_patients", "review_pairs"]
 
 #: The columns a same-patients file must have.
 SAME_PATIENT_COLUMNS = ("patient_a", "patient_b", "reason")
@@ -166,6 +166,33 @@ def resolve_same_patients(option="auto", *, data_dir=None, layout="auto", patien
     record.update(file=path.name if path.parent == SHIPPED_DIR else str(path), sha256=pairs.attrs["sha256"],
                   pairs=int(len(pairs)))
     return pairs, record
+
+
+def mark_reviewed(pairs: pd.DataFrame, record: dict | None) -> pd.DataFrame:
+    """Candidate pairs (:func:`review_pairs`) with a ``review`` column: the ``decision`` the review
+    file beside the same-patients file in use (``<stem>.review.csv``: ``image_a, image_b, decision,
+    reason``) gives the pair, in either order, or ``""`` for a pair not reviewed yet.
+
+    Args:
+        pairs: :func:`review_pairs`' table.
+        record: ``attrs["same_patients"]`` of the grouped frame (:func:`resolve_same_patients`' record);
+            None or no file: every pair is unreviewed.
+    """
+    out = pairs.assign(review="")
+    name = (record or {}).get("file")
+    if not name or not len(out):
+        return out
+    path = Path(name) if Path(name).is_absolute() or Path(name).parent != Path(".") else SHIPPED_DIR / name
+    review = path.with_name(path.name[:-len(path.suffix)] + REVIEW_SUFFIX)
+    if not review.is_file():
+        return out
+    table = read_csv(review)
+    if not {"image_a", "image_b", "decision"} <= set(table.columns):
+        return out
+    decided = {frozenset((a.strip(), b.strip())): d.strip() for a, b, d in
+               zip(table["image_a"], table["image_b"], table["decision"])}
+    out["review"] = [decided.get(frozenset((a, b)), "") for a, b in zip(out["image_a"], out["image_b"])]
+    return out
 
 
 def review_pairs(frame: pd.DataFrame, hashes: pd.DataFrame, *, max_distance=REVIEW_DISTANCE) -> pd.DataFrame:

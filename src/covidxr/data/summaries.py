@@ -101,10 +101,12 @@ def review_lines(pairs: pd.DataFrame, *, max_distance) -> list[str]:
     count, then a table (distance, images, patients, labels), closest first."""
     if not len(pairs):
         return [f"no pairs of images of different split groups within {max_distance} near-hash bits"]
-    shown = pairs[["distance", "image_a", "patient_a", "label_a", "image_b", "patient_b", "label_b"]]
+    shown = pairs[[c for c in ("distance", "image_a", "patient_a", "label_a", "image_b", "patient_b", "label_b",
+                               "review") if c in pairs.columns]]
+    todo = int((pairs["review"] == "").sum()) if "review" in pairs.columns else len(pairs)
     return [f"{len(pairs)} pairs of images of different split groups are within {max_distance} of 256 near-hash "
-            "bits: review each (eda --out writes side-by-side figures) and list those that show one patient in a "
-            "--same-patients file:", "", shown.to_string(index=False), ""]
+            f"bits, {todo} not reviewed yet: review each (eda --out writes side-by-side figures) and list those "
+            "that show one patient in a --same-patients file:", "", shown.to_string(index=False), ""]
 
 
 def mixed_lines(frame: pd.DataFrame) -> list[str]:

@@ -198,8 +198,8 @@ def write_eda_figures(frame: pd.DataFrame, out_dir, *, samples=4, seed=0) -> lis
 
 
 def plot_review_pair(frame: pd.DataFrame, pair, *, load=None, image_size=512):
-    """Two images of a candidate same-patient pair side by side, each titled with its file, patient,
-    split group, label and size, the near-hash distance above them.
+    """Two images of a candidate same-patient pair side by side, each with its file, patient, split
+    group, label and size underneath, the near-hash distance above them.
 
     Args:
         frame: The grouped frame the pair's row positions ``a`` and ``b`` index (``path``, ``image``).
@@ -220,8 +220,8 @@ def plot_review_pair(frame: pd.DataFrame, pair, *, load=None, image_size=512):
         ax.imshow(np.asarray(thumb), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{row['image']}\npatient {pair['patient_' + side]}, group {str(pair['group_' + side])[:40]}\n"
-                     f"{pair['label_' + side]}, {image.shape[1]}×{image.shape[0]} px", fontsize=8)
+        ax.set_xlabel(f"{row['image']}\npatient {pair['patient_' + side]}, group {str(pair['group_' + side])[:40]}\n"
+                      f"{pair['label_' + side]}, {image.shape[1]}×{image.shape[0]} px", fontsize=8)
     fig.suptitle(f"near-hash distance {int(pair['distance'])} of 256 bits: one patient? (review, then list "
                  "confirmed pairs in a --same-patients file)", fontsize=10)
     fig.supxlabel(DATASET_ATTRIBUTION, fontsize=6)

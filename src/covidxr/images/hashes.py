@@ -32,7 +32,7 @@ from ..atomic import write_text
 from ..data import load_dataset
 from ..data.groups import NEAR_DISTANCE, assign_groups
 from ..data.groups import drop_mixed_patients as drop_mixed
-from ..data.same_patients import REVIEW_DISTANCE, resolve_same_patients, review_pairs
+from ..data.same_patients import REVIEW_DISTANCE, mark_reviewed, resolve_same_patients, review_pairs
 from ..data.tasks import none_if_blank
 from .cache import resolve_cache_dir
 from .decode import DECODER_VERSION, load_image
@@ -197,6 +197,8 @@ def load_grouped(data_dir=None, *, task="covid-vs-rest", duplicates="merge", gro
 
 def candidate_pairs(frame: pd.DataFrame, *, max_distance=REVIEW_DISTANCE, cache_dir=None, index=None) -> pd.DataFrame:
     """Candidate same-patient pairs of a grouped frame (:func:`load_grouped`'s): its images hashed
-    through the index (:func:`image_hashes`), then :func:`covidxr.data.same_patients.review_pairs`."""
+    through the index (:func:`image_hashes`), then :func:`covidxr.data.same_patients.review_pairs`,
+    with the ``review`` decision of the review file beside the same-patients file in use
+    (:func:`covidxr.data.same_patients.mark_reviewed`)."""
     hashes = image_hashes(frame, cache_dir=cache_dir, index=index)
-    return review_pairs(frame, hashes, max_distance=max_distance)
+    return mark_reviewed(review_pairs(frame, hashes, max_distance=max_distance), frame.attrs.get("same_patients"))
