@@ -224,6 +224,9 @@ def test_train_config_checks_and_records_same_patients(tmp_path):
         check_config(TrainConfig(same_patients="nope.csv", weights="none"))
     assert check_config(TrainConfig(same_patients="none", weights="none")).same_patients == "none"
     assert json.loads(TrainConfig().to_json())["same_patients"] == "auto"
+    # a run made before the option was grouped without pairs: resuming or repeating it keeps that
+    assert TrainConfig.from_dict({"run_dir": "runs/old", "seed": 1}).same_patients == "none"
+    assert TrainConfig.from_dict({"seed": 1}).same_patients == "auto"
 
 
 @pytest.mark.realdata

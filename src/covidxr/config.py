@@ -25,8 +25,8 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
-           "load_frame", "make_split", "resolve_verbose", "split_from_file"]
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "LEGACY_DEFAULTS", "VERBOSE", "TrainConfig", "check_config",
+           "check_data_dir", "load_frame", "make_split", "resolve_verbose", "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
@@ -34,6 +34,9 @@ FINE_TUNE_DIVISOR = 10.0
 JIT_COMPILE = ("auto", True, False)
 #: Values of the ``verbose`` option (see :func:`resolve_verbose`).
 VERBOSE = ("auto", 0, 1, 2)
+#: Options added after runs were made, and the value that reproduces a run whose ``config.json``
+#: lacks them (runs split before same-patient pairs existed were grouped without any).
+LEGACY_DEFAULTS = {"same_patients": "none"}
 
 
 @dataclass
@@ -144,8 +147,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """Build from a dict, ignoring keys that are not options (a run's ``config.json``
-        holds more: class order, versions, cache key ...)."""
+        holds more: class order, versions, cache key ...). A run's ``config.json`` (it names its
+        ``run_dir``) made before an option existed gets :data:`LEGACY_DEFAULTS`' value for it,
+        the one that reproduces the run."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "run_dir" in values:
+            values = {**LEGACY_DEFAULTS, **values}
         return cls(**{k: v for k, v in values.items() if k in names})
 
     @classmethod

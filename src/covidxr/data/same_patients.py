@@ -11,8 +11,9 @@ task) merges nothing.
 
 The package ships the confirmed file of the collection's 2020 snapshot
 (``same_patient_pairs/covid-chestxray-dataset-2020.csv``, with the review of every candidate pair
-beside it in ``covid-chestxray-dataset-2020.review.csv``); ``same_patients="auto"`` uses a shipped file when the dataset is the collection it was
-made for: its ``metadata.csv`` lists every image of the file under the file's patient ids.
+beside it in ``covid-chestxray-dataset-2020.review.csv``); ``same_patients="auto"`` uses a shipped
+file when the dataset is the collection it was made for: its ``metadata.csv`` lists every image of
+the file under the file's patient ids.
 
 :func:`review_pairs` lists the candidates: images of different split groups whose near hashes
 are within a review distance (:data:`REVIEW_DISTANCE` bits), too far apart to be merged by the
@@ -72,8 +73,9 @@ def read_same_patients(path) -> pd.DataFrame:
     table = table.apply(lambda column: column.str.strip())
     blank = table.index[(table[list(SAME_PATIENT_COLUMNS)] == "").any(axis=1)]
     if len(blank):
+        rows = [int(i) + 2 for i in blank[:5]]  # line numbers
         raise ValueError(f"Expected a patient_a, a patient_b and a reason on every row of the same-patients file "
-                         f"{path}; {len(blank)} rows have a blank one. Received: rows={[int(i) + 2 for i in blank[:5]]}")
+                         f"{path}; {len(blank)} rows have a blank one. Received: rows={rows}")
     same = table.index[table["patient_a"] == table["patient_b"]]
     if len(same):
         raise ValueError(f"Expected two different patient ids per row of the same-patients file {path}. "
