@@ -60,7 +60,8 @@ def test_resolve_lists_unknown_ids_and_honours_none(collection, tmp_path):
                                          r"dataset .*; 2 are not\. Received: unknown=\['nobody', 'ghost'\]"):
         S.resolve_same_patients(str(path), data_dir=collection)
     assert S.resolve_same_patients("none", data_dir=collection) == (None, {"option": "none", "file": None,
-                                                                           "sha256": None, "pairs": 0})
+                                                                           "shipped": False, "sha256": None,
+                                                                           "pairs": 0})
     # the synthetic collection is not the 2020 snapshot: auto finds no file
     assert S.resolve_same_patients("auto", data_dir=collection)[0] is None
     # ids are checked against metadata.csv, not the filtered frame: 901 is a lateral, 900 unlabelled
@@ -158,10 +159,11 @@ def test_review_pairs_lists_close_images_of_different_groups():
         S.review_pairs(grouped, hashes.iloc[1:])
 
 
-def test_mark_reviewed_reads_the_review_file_beside_the_pairs(tmp_path):
+def test_mark_reviewed_reads_the_review_file_beside_the_pairs(tmp_path, monkeypatch):
     pairs = pd.DataFrame({"image_a": ["x.png", "u.png"], "image_b": ["y.png", "v.png"]})
     _write(tmp_path / "mine.csv", [["1", "2", "r"]])
-    record = {"file": str(tmp_path / "mine.csv")}
+    monkeypatch.chdir(tmp_path)  # a file named relative to the working folder
+    record = {"file": "mine.csv", "shipped": False}
     assert S.mark_reviewed(pairs, record)["review"].tolist() == ["", ""]  # no review file yet
     _write(tmp_path / ("mine" + S.REVIEW_SUFFIX), [["y.png", "x.png", "keep apart"]],
            columns=("image_a", "image_b", "decision"))

@@ -139,15 +139,15 @@ def resolve_same_patients(option="auto", *, data_dir=None, layout="auto", patien
             no table of its own (:func:`dataset_patients` gives None).
 
     Returns:
-        ``(pairs or None, record)``; the record (for ``config.json``) holds ``option``, ``file``,
-        ``sha256`` and ``pairs`` (how many).
+        ``(pairs or None, record)``; the record (for ``config.json``) holds ``option``, ``file`` (the
+        name of a shipped file, else the path given), ``shipped``, ``sha256`` and ``pairs`` (how many).
 
     Raises:
         FileNotFoundError, ValueError: As :func:`read_same_patients`; a patient id of the file that
             the dataset does not hold (all such ids are listed).
     """
     option = "auto" if option is None else str(option)
-    record = {"option": option, "file": None, "sha256": None, "pairs": 0}
+    record = {"option": option, "file": None, "shipped": False, "sha256": None, "pairs": 0}
     if none_if_blank(option) is None:
         return None, record
     root, layout = detect_layout(data_dir, layout=layout)
@@ -165,7 +165,8 @@ def resolve_same_patients(option="auto", *, data_dir=None, layout="auto", patien
     if unknown:
         raise ValueError(f"Expected every patient id of the same-patients file {path} in the dataset {root}; "
                          f"{len(unknown)} are not. Received: unknown={unknown[:20]}")
-    record.update(file=path.name if path.parent == SHIPPED_DIR else str(path), sha256=pairs.attrs["sha256"],
+    shipped = path.resolve().parent == SHIPPED_DIR
+    record.update(file=path.name if shipped else str(path), shipped=shipped, sha256=pairs.attrs["sha256"],
                   pairs=int(len(pairs)))
     return pairs, record
 
@@ -184,7 +185,7 @@ def mark_reviewed(pairs: pd.DataFrame, record: dict | None) -> pd.DataFrame:
     name = (record or {}).get("file")
     if not name or not len(out):
         return out
-    path = Path(name) if Path(name).is_absolute() or Path(name).parent != Path(".") else SHIPPED_DIR / name
+    path = SHIPPED_DIR / name if record.get("shipped") else Path(name)
     review = path.with_name(path.name[:-len(path.suffix)] + REVIEW_SUFFIX)
     if not review.is_file():
         return out
