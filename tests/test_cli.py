@@ -67,7 +67,10 @@ def test_eda_real_snapshot(real_data, capsys, tmp_path):
     assert line.split()[2:] == [str(covid.sum()), str(frontal[covid].patientid.nunique())]
     assert "only 16 patients in its smallest class" in out
     # the merged split groups and the mixed-label patients (9 of the 16 normal patients also have COVID-19 films)
-    assert "3 split groups hold more than one patient (13 images); the largest is 178+97 (2 patients, 9 images)" in out
+    # 192+196: one film under two ids, merged by the shipped same-patients file (--same-patients auto)
+    assert "4 split groups hold more than one patient (19 images); the largest is 178+97 (2 patients, 9 images)" in out
+    assert "same patients: 1 confirmed pairs of patient ids from covid-chestxray-dataset-2020.csv" in out
+    assert "3 pairs of images of different split groups are within 64 of 256 near-hash bits, 0 not reviewed" in out
     assert "9 of 309 patients have images of more than one label (9 of 257 covid, 9 of 16 normal, 0 of 45 other" in out
 
 

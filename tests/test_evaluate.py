@@ -702,3 +702,20 @@ def test_real_data_evaluate_on_the_training_collection(real_data, tmp_path):
     table = pd.read_csv(out / "predictions.csv")
     assert set(table["image"]) == set(test["image"]) and not set(table["image"]) & set(fit["image"])
     assert table["in_run_test"].all() and len(table) == result["n_images"] > 50
+
+
+def test_latest_evaluation_matches_only_name_and_timestamp(tmp_path):
+    """``hospital`` never picks ``hospital-b-<timestamp>`` (another dataset's, even newer); the newest
+    ``hospital-<timestamp>`` wins by its timestamp, and folders without metrics.json are skipped."""
+    from covidxr.evaluation import latest_evaluation
+
+    for name in ("hospital-2026-01-02T10-00-00", "hospital-2026-03-01T09-00-00", "hospital-b-2026-12-31T23-59-59",
+                 "hospital-2026-12-01T00-00-00-copy", "hospital-2027-01-01T00-00-00"):
+        folder = tmp_path / "evaluations" / name
+        folder.mkdir(parents=True)
+        if name != "hospital-2027-01-01T00-00-00":
+            (folder / "metrics.json").write_text("{}")
+    assert latest_evaluation(tmp_path, "hospital").name == "hospital-2026-03-01T09-00-00"
+    assert latest_evaluation(tmp_path, "hospital-b").name == "hospital-b-2026-12-31T23-59-59"
+    with pytest.raises(FileNotFoundError, match=r"Expected an evaluation named 'hosp'.*Received: evaluation='hosp'"):
+        latest_evaluation(tmp_path, "hosp")

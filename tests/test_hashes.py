@@ -176,13 +176,16 @@ def test_real_snapshot_merged_groups(real_data, tmp_path):
         warnings.simplefilter("ignore")
         frame = hashes.load_grouped(real_data, task="covid-vs-rest", cache_dir=tmp_path / "cache")
     table = merged_groups(frame)
-    assert table[["group", "patients", "images"]].values.tolist() == [["178+97", 2, 9], ["137+202", 2, 2],
-                                                                    ["201+78", 2, 2]]
+    # 192+196 (one film under two ids, 44-46 bits apart) by the shipped same-patients file
+    assert table[["group", "patients", "images"]].values.tolist() == [["178+97", 2, 9], ["192+196", 2, 6],
+                                                                    ["137+202", 2, 2], ["201+78", 2, 2]]
+    assert frame.attrs["same_patients"]["file"] == "covid-chestxray-dataset-2020.csv"
     group = frame.groupby("patient")["group"].first()
-    for a, b in (("97", "178"), ("78", "201"), ("137", "202")):
+    for a, b in (("97", "178"), ("78", "201"), ("137", "202"), ("192", "196")):
         assert group[a] == group[b]
     merged = frame["group"] != frame["patient"]
-    assert set(frame.loc[merged, "patient"]) == {"97", "178", "78", "201", "137", "202"}
+    assert set(frame.loc[merged, "patient"]) == {"97", "178", "78", "201", "137", "202", "192", "196"}
+    assert len(merged_groups(hashes.group_frame(frame, cache_dir=tmp_path / "cache"))) == 3  # no pairs given
     # 9 of the 16 "No Finding" patients also have COVID-19 films: --drop-mixed-patients leaves them out
     with pytest.warns(UserWarning, match=r"9 patients have images of more than one label and are left out "
                                          r"\(drop_mixed_patients=True\), \d+ images: \['173', '223', "):

@@ -26,8 +26,9 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "OFFICIAL_SPLIT_LAYOUTS", "VERBOSE", "TrainConfig", "check_config",
-           "check_data_dir", "grid_folds", "load_frame", "make_split", "resolve_verbose", "split_from_file"]
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "LEGACY_DEFAULTS", "OFFICIAL_SPLIT_LAYOUTS", "VERBOSE", "TrainConfig",
+           "check_config", "check_data_dir", "grid_folds", "load_frame", "make_split", "resolve_verbose",
+           "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
@@ -37,6 +38,9 @@ JIT_COMPILE = ("auto", True, False)
 OFFICIAL_SPLIT_LAYOUTS = ("covidx", "covid-qu-ex")
 #: Values of the ``verbose`` option (see :func:`resolve_verbose`).
 VERBOSE = ("auto", 0, 1, 2)
+#: Options added after runs were made, and the value that reproduces a run whose ``config.json``
+#: lacks them (runs split before same-patient pairs existed were grouped without any).
+LEGACY_DEFAULTS = {"same_patients": "none"}
 
 
 @dataclass
@@ -51,7 +55,9 @@ class TrainConfig:
     have none: :func:`covidxr.data.splits.official_split`), ``seed``; ``duplicates`` (images found
     twice: ``merge`` their patients into one split group, ``drop`` the copies, ``keep``),
     ``group_by`` (``patient`` or ``source``: no source in two parts), ``drop_mixed_patients``
-    (leave out patients whose images carry different labels), ``allow_small_validation``
+    (leave out patients whose images carry different labels), ``same_patients`` (``"auto"``, ``"none"``
+    or a CSV of confirmed same-patient pairs merged into one split group:
+    :mod:`covidxr.data.same_patients`), ``allow_small_validation``
     (accept a validation part with fewer than 2 patients in a class).
 
     Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``, ``lungs`` (``none``;
@@ -97,6 +103,7 @@ class TrainConfig:
     duplicates: str = "merge"
     group_by: str = "patient"
     drop_mixed_patients: bool = False
+    same_patients: str | None = "auto"
     backbone: str = "resnet50"
     weights: str | None = "imagenet"
     image_size: int = 224
@@ -150,8 +157,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """Build from a dict, ignoring keys that are not options (a run's ``config.json``
-        holds more: class order, versions, cache key ...)."""
+        holds more: class order, versions, cache key ...). A run's ``config.json`` (it names its
+        ``run_dir``) made before an option existed gets :data:`LEGACY_DEFAULTS`' value for it,
+        the one that reproduces the run."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "run_dir" in values:
+            values = {**LEGACY_DEFAULTS, **values}
         return cls(**{k: v for k, v in values.items() if k in names})
 
     @classmethod
@@ -246,6 +257,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.official_split and (config.folds is not None or config.split_file):
         raise ValueError("Expected neither folds nor split_file with official_split (the dataset's own split is the "
                          f"split). Received: folds={config.folds!r}, split_file={config.split_file!r}")
+    if not isinstance(config.same_patients, (str, type(None))) or (
+            str(config.same_patients or "auto").strip().lower() not in ("auto", "none", "")
+            and not Path(str(config.same_patients)).expanduser().is_file()):
+        raise FileNotFoundError(f"Expected 'auto', 'none' or a same-patients CSV file (patient_a,patient_b,reason). "
+                                f"Received: same_patients={config.same_patients!r}")
     if config.split_file is not None and not Path(config.split_file).is_file():
         raise FileNotFoundError(f"Expected a split CSV file. Received: split_file={config.split_file!r}")
     return config
@@ -294,7 +310,7 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
 
     Args:
         config: The run's options (data folder, layout, task, views, modality, columns, duplicates,
-            grouping, cache folder).
+            grouping, same-patient pairs, cache folder).
         data_dir: Read this folder instead of ``config.data_dir`` (a dataset that moved).
         apply_task: False keeps every labelled row with ``label`` = its category.
         progress: Show a progress bar while hashing images not yet in the hash index.
@@ -310,7 +326,7 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
         layout=config.layout, modality=config.modality, views=config.views, image_col=config.image_col,
         label_col=config.label_col, patient_col=config.patient_col, duplicates=config.duplicates,
         group_by=config.group_by, drop_mixed_patients=config.drop_mixed_patients, cache_dir=config.cache_dir,
-        progress=progress, index=hash_index,
+        progress=progress, index=hash_index, same_patients=config.same_patients,
     )
 
 

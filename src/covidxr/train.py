@@ -253,7 +253,8 @@ def _prepare_data(state: RunState) -> dict | None:
     else:
         split = make_split(config, frame)
     state.record = {"split_version": SPLIT_VERSION, "split_sizes": split.attrs.get("split_sizes") or split_sizes(split),
-                    "merged_groups": len((frame.attrs.get("duplicates") or {}).get("merged_groups") or [])}
+                    "merged_groups": len((frame.attrs.get("duplicates") or {}).get("merged_groups") or []),
+                    "same_patients_used": frame.attrs.get("same_patients")}  # the file --same-patients resolved to
     memory = None
     if config.memory_check:  # before the run folder, the cache and hours of training
         memory = check_memory(state.model, batch_size=state.batch_size, train_images=int((split["part"] == "train").sum()),

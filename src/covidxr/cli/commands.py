@@ -64,18 +64,33 @@ def _add_eda(sub):
     p.add_argument("--out", default=None, help="folder for the figures (omit to print counts only)")
     p.add_argument("--samples", type=int, default=4, help="sample images per class in the grid")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sample images")
+    p.add_argument("--review-distance", type=int, default=64, metavar="BITS",
+                   help="list pairs of images of different split groups whose near hashes are at most BITS of 256 "
+                        "apart, candidates for --same-patients (with --out: review_pairs.csv and one side-by-side "
+                        "figure per pair); 0 turns it off")
 
 
 def _run_eda(args):
     from ..data import summary_table, task_counts
-    from ..figures import write_eda_figures
-    from ..images import load_grouped
+    from ..data.summaries import review_lines
+    from ..figures import write_eda_figures, write_review_figures
+    from ..images import candidate_pairs, load_grouped
 
+    if args.review_distance < 0:
+        raise ValueError(f"Expected --review-distance >= 0 bits. Received: review_distance={args.review_distance}")
     frame = load_grouped(args.data_dir, task=None, **data_options(args), **grouping_options(args))
     counts = task_counts(frame)
     print(summary_table(frame, counts))
+    pairs = candidate_pairs(frame, max_distance=args.review_distance, cache_dir=args.cache_dir) \
+        if args.review_distance else None
+    if pairs is not None:
+        print("\n" + "\n".join(review_lines(pairs, max_distance=args.review_distance)))
     if args.out:
         written = write_eda_figures(frame, args.out, samples=args.samples, seed=args.seed)
+        if pairs is not None:
+            written.append(Path(args.out) / "review_pairs.csv")
+            write_text(written[-1], pairs.drop(columns=["a", "b"]).to_csv(index=False))
+            written += write_review_figures(frame, pairs, Path(args.out) / "review_pairs")
         for path in written:
             print(f"wrote {path}")
     return 0

@@ -131,6 +131,10 @@ def add_data_options(parser, *, task_default="covid-vs-rest", config=False):
         help="split unit: patient (merged by shared images) or source (no source, i.e. URL host, in two parts)")
     add("--drop-mixed-patients", default=False, action=argparse.BooleanOptionalAction,
         help="leave out patients whose images carry different labels")
+    add("--same-patients", default="auto", metavar="FILE",
+        help="CSV of confirmed pairs of patient ids that are one patient (patient_a,patient_b,reason), merged into "
+             "one split group; 'auto': the file shipped for the collection's 2020 snapshot when the data is that "
+             "snapshot; 'none': no pairs (candidates: `covidxr eda --review-distance`)"),
     add("--cache-dir", default=None,
         help="image cache and hash index folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
     return group
@@ -145,7 +149,8 @@ def data_options(args) -> dict:
 def grouping_options(args) -> dict:
     """The grouping options of ``args`` as :func:`covidxr.images.load_grouped` keywords."""
     return {"duplicates": args.duplicates, "group_by": args.group_by,
-            "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir}
+            "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir,
+            "same_patients": args.same_patients}
 
 
 def mlflow_uri(args):

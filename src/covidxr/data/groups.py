@@ -200,8 +200,33 @@ def check_group_by(frame: pd.DataFrame, group_by) -> None:
                          f"records none: use group_by='patient'. Received: group_by='source', layout={layout!r}")
 
 
+def _join_same_patients(patients: np.ndarray, group: np.ndarray, same: pd.DataFrame) -> tuple[np.ndarray, dict]:
+    """Groups (n,) joined by confirmed same-patient pairs (``patient_a``, ``patient_b``): the
+    patients of a group stay together, each pair's two patients join, and a joined group is
+    named after its patients as :func:`_merged` names them. Returns the groups and counts."""
+    uf = UnionFind(patients)
+    for p, g in zip(patients, group):
+        uf.union(("group", g), p)
+    present = set(patients)
+    applied = joined = 0
+    for a, b in zip(same["patient_a"].astype(str), same["patient_b"].astype(str)):
+        if a in present and b in present:
+            applied += 1
+            joined += uf.find(a) != uf.find(b)
+            uf.union(a, b)
+    if not joined:
+        return group, {"pairs": int(len(same)), "applied": applied, "joined": 0}
+    members: dict = {}
+    for p in patients:
+        members.setdefault(uf.find(p), set()).add(p)
+    size = {root: len(m) for root, m in members.items()}
+    names = {g: (_group_name(members[uf.find(p)]) if size[uf.find(p)] > 1 else g) for p, g in zip(patients, group)}
+    return np.array([names[g] for g in group], dtype=object), {"pairs": int(len(same)), "applied": applied,
+                                                               "joined": joined}
+
+
 def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merge", group_by="patient",
-                  max_distance=NEAR_DISTANCE) -> pd.DataFrame:
+                  max_distance=NEAR_DISTANCE, same_patients=None) -> pd.DataFrame:
     """Add the split unit ``group`` and the content hash ``hash`` to a frame.
 
     Args:
@@ -211,11 +236,15 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
         duplicates: One of :data:`DUPLICATES`.
         group_by: One of :data:`GROUP_BY`.
         max_distance: Near-duplicate threshold in bits.
+        same_patients: Confirmed same-patient pairs (columns ``patient_a``, ``patient_b``; see
+            :mod:`covidxr.data.same_patients`) whose patients join one group, whatever
+            ``duplicates``; a pair with a patient not in ``frame`` joins nothing. None: no pairs.
 
     Returns:
         A copy of ``frame`` (rows dropped with ``duplicates="drop"``) with ``group`` and ``hash``
         columns; ``attrs["duplicates"]`` holds ``pairs`` (exact, near), ``cross_patient_pairs``,
-        ``dropped`` and ``merged_groups`` (one dict per group of more than one patient:
+        ``dropped``, ``same_patients`` (``pairs``, ``applied``: both patients present, ``joined``:
+        two groups made one) and ``merged_groups`` (one dict per group of more than one patient:
         ``group, patients, images``, largest first).
 
     Raises:
@@ -254,6 +283,9 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
                           "apart (duplicates='keep'), so a split may put one copy in training and the other in test.",
                           stacklevel=2)
     out["group"] = group.to_numpy()
+    if same_patients is not None and len(same_patients):
+        out["group"], info["same_patients"] = _join_same_patients(out["patient"].astype(str).to_numpy(),
+                                                                  out["group"].to_numpy(), same_patients)
     if group_by == "source":
         out["group"] = _by_source(out, out["group"]).to_numpy()
     sizes = out.groupby("group").agg(patients=("patient", "nunique"), images=("image", "size"))

@@ -21,19 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tasks import (
-    FRAME_COLUMNS,
-    FRONTAL_VIEWS,
-    IMAGE_EXTENSIONS,
-    LABEL_ALIASES,
-    UNKNOWN_VIEW,
-    UNLABELLED,
-    alias_category,
-    finding_category,
-    get_task,
-    none_if_blank,
-    parse_views,
-)
+from .tasks import (FRAME_COLUMNS, FRONTAL_VIEWS, IMAGE_EXTENSIONS, LABEL_ALIASES, UNKNOWN_VIEW, UNLABELLED,
+                    alias_category, finding_category, get_task, none_if_blank, parse_views, warn_normalised)
 
 __all__ = [
     "DEFAULT_DATA_DIR", "LAYOUTS", "OPTIONAL_COLUMNS", "detect_layout", "finish_frame", "load_dataset",
@@ -153,8 +142,8 @@ def finish_frame(frame: pd.DataFrame, task, *, dropped_unlabelled: int, source: 
 
 def _filter_rows(raw: pd.DataFrame, *, modality, views):
     """The metadata rows (deduplicated, optional columns added, cells stripped) of
-    ``modality`` and ``views`` that carry a label, with a ``category`` column; and how many
-    rows were dropped as unlabelled."""
+    ``modality`` and ``views`` that carry a label, with a ``category`` column; and the findings
+    dropped as unlabelled, ``{finding: rows}``."""
     raw = raw.drop_duplicates()
     for column in ("sex", "age", "view", "modality", "folder", "url", "doi", "location", "license"):
         if column not in raw.columns:
@@ -177,8 +166,9 @@ def _filter_rows(raw: pd.DataFrame, *, modality, views):
         raw = raw[keep]
 
     category = raw["finding"].map(finding_category)
-    dropped = int(category.isna().sum())
-    return raw.assign(category=category)[category.notna()], dropped
+    warn_normalised(raw["finding"], source="metadata.csv", stacklevel=5)
+    unlabelled = raw.loc[category.isna(), "finding"].value_counts().to_dict()
+    return raw.assign(category=category)[category.notna()], unlabelled
 
 
 def _resolve_files(raw: pd.DataFrame, root: Path, *, strict_files):
@@ -285,12 +275,13 @@ def read_metadata(
     raw = read_csv(meta)
     raw.columns = [c.strip() for c in raw.columns]
     require_columns(raw, ["patientid", "finding", "filename"], source=str(meta))
-    raw, dropped = _filter_rows(raw, modality=modality, views=views)
+    raw, unlabelled = _filter_rows(raw, modality=modality, views=views)
+    dropped = sum(unlabelled.values())
     raw, missing = _resolve_files(raw, root, strict_files=strict_files)
     frame = _metadata_frame(raw, root)
     blank = frame.attrs["blank_patient_ids"]
     out = finish_frame(frame, task, dropped_unlabelled=dropped, source="metadata")
-    out.attrs.update(missing_files=missing, blank_patient_ids=blank)
+    out.attrs.update(missing_files=missing, blank_patient_ids=blank, unlabelled_findings=unlabelled)
     return out
 
 
@@ -327,6 +318,7 @@ def read_folders(root, *, task=None) -> pd.DataFrame:
                              "finding": folder.name, "category": category})
     if not rows:
         raise ValueError(f"Expected class folders with image files in {str(root)!r}. Received: root={str(root)!r}")
+    warn_normalised([r["finding"] for r in rows], source=str(root), aliases=True)
     warnings.warn(
         f"{root} has no patient ids: each image is treated as its own patient, so a "
         "patient-level split is impossible and leakage between parts is likely.",
@@ -371,6 +363,7 @@ def read_manifest(
     require_columns(raw, [image_col, label_col], source=str(csv_path))
     root = csv_path.parent
     labels = raw[label_col].map(lambda v: None if str(v).strip().lower() in UNLABELLED else alias_category(v))
+    warn_normalised(raw.loc[labels.notna(), label_col], source=str(csv_path), aliases=True)
     unknown = sorted({v for v, c in zip(raw[label_col], labels) if pd.isna(c) and str(v).strip().lower() not in UNLABELLED})
     if unknown:
         raise ValueError(
@@ -378,6 +371,7 @@ def read_manifest(
             f"or collection findings. Received: labels={unknown[:10]}"
         )
     dropped = int(labels.isna().sum())
+    unlabelled = raw.loc[labels.isna(), label_col].value_counts().to_dict()
     raw = raw.assign(category=labels)[labels.notna()]
     paths = [safe_path(root, p, column=image_col) for p in raw[image_col]]
     exists = np.array([p.is_file() for p in paths], dtype=bool)
@@ -411,7 +405,7 @@ def read_manifest(
         "license": get("license"),
     })
     out = finish_frame(frame, task, dropped_unlabelled=dropped, source="manifest")
-    out.attrs["blank_patient_ids"] = blank
+    out.attrs.update(blank_patient_ids=blank, unlabelled_findings=unlabelled)
     return out
 
 

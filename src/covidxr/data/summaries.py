@@ -1,5 +1,6 @@
-"""Frame summaries: per-task counts, how far sources go with the label, merged split groups and
-mixed-label patients, and the text ``covidxr eda`` prints.
+"""Frame summaries: per-task counts, how far sources go with the label, merged split groups,
+same-patient pairs and candidates, unlabelled findings, mixed-label patients, and the text
+``covidxr eda`` prints.
 Must not read files or decode images: it describes a frame the readers (and the hash grouping) made.
 """
 
@@ -10,7 +11,8 @@ import pandas as pd
 from .groups import merged_groups, mixed_label_patients
 from .tasks import TASKS
 
-__all__ = ["group_lines", "mixed_lines", "source_overlap", "summary_table", "task_counts"]
+__all__ = ["group_lines", "mixed_lines", "review_lines", "source_overlap", "summary_table", "task_counts",
+           "unlabelled_lines"]
 
 
 def task_counts(frame: pd.DataFrame) -> pd.DataFrame:
@@ -71,12 +73,40 @@ def group_lines(frame: pd.DataFrame) -> list[str]:
                      f"(at most {info.get('max_distance')} of 256 perceptual-hash bits apart), "
                      f"{info.get('cross_patient_pairs', 0)} of them under different patient ids "
                      f"(duplicates={info.get('mode')!r}, {info.get('dropped', 0)} dropped)")
+    same = frame.attrs.get("same_patients") or {}
+    if same.get("file"):
+        lines.append(f"same patients: {same.get('pairs', 0)} confirmed pairs of patient ids from {same['file']} "
+                     f"(--same-patients {same.get('option')}), {same.get('applied', 0)} with both patients here, "
+                     f"{same.get('joined', 0)} of them joining two split groups")
     if len(groups):
         top = groups.iloc[0]
         lines += [f"{len(groups)} split groups hold more than one patient ({int(groups['images'].sum())} images); "
                   f"the largest is {top['group']} ({top['patients']} patients, {top['images']} images):",
                   "", groups.to_string(index=False), ""]
     return lines
+
+
+def unlabelled_lines(frame: pd.DataFrame) -> list[str]:
+    """One line listing the findings (labels) that map to no class and were left out, with their row
+    counts (``frame.attrs["unlabelled_findings"]``, set by the readers); nothing when there are none."""
+    found = frame.attrs.get("unlabelled_findings") or {}
+    if not found:
+        return []
+    listed = ", ".join(f"{k!r} ({v})" for k, v in sorted(found.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+    return [f"findings that map to no class (left out): {listed}"]
+
+
+def review_lines(pairs: pd.DataFrame, *, max_distance) -> list[str]:
+    """The candidate same-patient pairs (:func:`covidxr.data.same_patients.review_pairs`) as lines: a
+    count, then a table (distance, images, patients, labels), closest first."""
+    if not len(pairs):
+        return [f"no pairs of images of different split groups within {max_distance} near-hash bits"]
+    shown = pairs[[c for c in ("distance", "image_a", "patient_a", "label_a", "image_b", "patient_b", "label_b",
+                               "review") if c in pairs.columns]]
+    todo = int((pairs["review"] == "").sum()) if "review" in pairs.columns else len(pairs)
+    return [f"{len(pairs)} pairs of images of different split groups are within {max_distance} of 256 near-hash "
+            f"bits, {todo} not reviewed yet: review each (eda --out writes side-by-side figures) and list those "
+            "that show one patient in a --same-patients file:", "", shown.to_string(index=False), ""]
 
 
 def mixed_lines(frame: pd.DataFrame) -> list[str]:
@@ -121,7 +151,7 @@ def summary_table(frame: pd.DataFrame, counts: pd.DataFrame | None = None) -> st
         if int(sub["patients"].min()) < 20:
             lines.append(f"note: {task.name}: only {int(sub['patients'].min())} patients in its "
                          f"smallest class; confidence intervals will be wide.")
-    extra = group_lines(frame) + mixed_lines(frame)
+    extra = unlabelled_lines(frame) + group_lines(frame) + mixed_lines(frame)
     if extra:
         lines += ["", *extra]
     overlap = source_overlap(frame)

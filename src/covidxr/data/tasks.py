@@ -5,7 +5,10 @@ Must not read files: names and mapping tables only.
   per task; :func:`get_task` looks a task up by name.
 * :func:`finding_category` maps a collection finding, flat ("COVID-19, ARDS") or hierarchical
   ("Pneumonia/Viral/COVID-19"), to a category; :func:`alias_category` does the same for folder
-  names and manifest labels (:data:`LABEL_ALIASES`).
+  names and manifest labels (:data:`LABEL_ALIASES`). Both read a label through
+  :func:`normalise_label` first (Unicode NFKC, one hyphen, no zero-width characters, ``;`` as ``,``,
+  :data:`LABEL_SYNONYMS`), so that every layout reads a spelling the same way;
+  :func:`warn_normalised` is the one line that says which spellings were read so.
 * :func:`parse_views` turns a ``views`` option into canonical view names (or None for all);
   :func:`views_key` gives a canonical string to compare two such options.
 * :func:`none_if_blank` is the one rule for options where a blank, ``"all"`` or ``"none"``
@@ -14,6 +17,9 @@ Must not read files: names and mapping tables only.
 
 from __future__ import annotations
 
+import re
+import unicodedata
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +31,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "KNOWN_VIEWS",
     "LABEL_ALIASES",
+    "LABEL_SYNONYMS",
     "TASKS",
     "UNKNOWN_VIEW",
     "UNLABELLED",
@@ -32,9 +39,12 @@ __all__ = [
     "alias_category",
     "finding_category",
     "get_task",
+    "label_key",
     "none_if_blank",
+    "normalise_label",
     "parse_views",
     "views_key",
+    "warn_normalised",
 ]
 
 #: The columns of every frame the readers return (``label`` only once a task is applied).
@@ -68,6 +78,78 @@ LABEL_ALIASES = {
 
 #: Findings and labels that mean "not labelled" (compared lower-cased, stripped).
 UNLABELLED = {"", "todo", "unknown", "nan", "none"}
+
+#: Spellings of one finding, by :func:`label_key`, and the name :func:`normalise_label` gives them.
+LABEL_SYNONYMS = {
+    "covid 19": "COVID-19", "covid19": "COVID-19", "sars cov 2": "COVID-19", "sars cov2": "COVID-19",
+    "sarscov2": "COVID-19", "sars cov 2 pneumonia": "COVID-19", "covid 19 pneumonia": "COVID-19",
+    "2019 ncov": "COVID-19", "ncov 2019": "COVID-19", "2019 novel coronavirus": "COVID-19",
+    "no finding": "No Finding", "no findings": "No Finding",
+}
+#: Hyphens and dashes read as ``-`` (NFKC leaves them).
+_HYPHENS = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d"
+#: Invisible characters dropped (zero-width space, joiners, word joiner, BOM, soft hyphen).
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
+_SEPARATORS = re.compile(r"\s*(/|,)\s*")
+
+
+def normalise_label(text) -> str:
+    """A finding or label as every layout reads it.
+
+    Unicode NFKC (full-width letters, non-breaking spaces), zero-width characters dropped, every
+    hyphen or dash as ``-``, ``;`` as ``,``, runs of spaces as one, and each ``,``-separated term of
+    each ``/`` level looked up in :data:`LABEL_SYNONYMS` by :func:`label_key` (``"SARS-CoV-2"``,
+    ``"COVID 19"`` and ``"covid19"`` become ``"COVID-19"``). Case is kept.
+
+    Args:
+        text: A finding, folder name or manifest label (None or NaN: ``""``).
+
+    Returns:
+        The normalised text, e.g. ``"COVID‐19; ARDS"`` → ``"COVID-19, ARDS"``.
+    """
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return ""
+    text = unicodedata.normalize("NFKC", str(text)).translate(_INVISIBLE)
+    text = re.sub(f"[{_HYPHENS}]", "-", text).replace(";", ",")
+    text = _SEPARATORS.sub(lambda m: m.group(1), " ".join(text.split())).strip()
+    return "/".join(", ".join(LABEL_SYNONYMS.get(label_key(term), term) if term else term
+                              for term in level.split(",")) for level in text.split("/"))
+
+
+def label_key(text) -> str:
+    """The key labels are compared by: lower case (casefold), and ``-``, ``_`` and spaces as one
+    space (``"No_Finding"``, ``"no finding"`` and ``"No-Finding"`` share ``"no finding"``)."""
+    return " ".join(re.sub(r"[\s_\-]+", " ", str(text).casefold()).split())
+
+
+def warn_normalised(values, *, source, aliases=False, stacklevel=3) -> dict:
+    """One warning naming the spellings of ``values`` that :func:`normalise_label` changed (other than
+    in case or runs of spaces) and how many rows each, so that no finding changes class silently.
+
+    Args:
+        values: The raw findings or labels, shape (n,).
+        source: What they were read from, for the message (``"metadata.csv"``, a manifest's path ...).
+        aliases: The values are folder names or manifest labels: the names of :data:`LABEL_ALIASES`
+            (``"covid19"``, ``"no_finding"``) are read as they are, without a warning.
+
+    Returns:
+        ``{raw spelling: normalised}`` of those spellings (empty: no warning).
+    """
+    counts: dict = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    changed = {}
+    for value in counts:
+        raw = " ".join(str(value).split()) if isinstance(value, str) else ""
+        new = normalise_label(value)
+        if new.casefold() != raw.casefold() and not (aliases and raw.casefold() in LABEL_ALIASES):
+            changed[value] = new
+    if changed:
+        listed = ", ".join(f"{k!r} -> {v!r} ({counts[k]} rows)" for k, v in sorted(changed.items(), key=str)[:8])
+        warnings.warn(f"{len(changed)} label spellings of {source} were read through label normalisation "
+                      f"(Unicode, hyphens, zero-width characters, synonyms): {listed}"
+                      f"{' ...' if len(changed) > 8 else ''}", stacklevel=stacklevel)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -127,7 +209,8 @@ def get_task(task) -> Task:
 def finding_category(finding) -> str | None:
     """Map a finding, flat or hierarchical, to ``"covid"``, ``"normal"``, ``"other"`` or None.
 
-    ``"COVID-19"``, ``"COVID-19, ARDS"`` and ``"Pneumonia/Viral/COVID-19"`` are covid;
+    The finding is read through :func:`normalise_label` first. ``"COVID-19"``, ``"COVID-19, ARDS"``,
+    ``"COVID-19; ARDS"``, ``"SARS-CoV-2"`` and ``"Pneumonia/Viral/COVID-19"`` are covid;
     ``"No Finding"`` is normal; every other named finding ("Streptococcus",
     ``"Pneumonia/Bacterial/Streptococcus"``, "ARDS", "Pneumonia") is other; blank,
     ``"todo"`` and ``"Unknown"`` are unlabelled (None).
@@ -138,30 +221,34 @@ def finding_category(finding) -> str | None:
     Returns:
         The category, or None for an unlabelled row.
     """
-    if finding is None or (isinstance(finding, float) and np.isnan(finding)):
-        return None
-    text = str(finding).strip()
+    text = normalise_label(finding)
     if text.lower() in UNLABELLED:
         return None
     last = text.replace("\\", "/").rstrip("/").split("/")[-1].strip()
-    tokens = {t.strip().lower() for t in last.split(",")}
-    if "covid-19" in tokens or "covid19" in tokens:
+    tokens = {label_key(t) for t in last.split(",")}
+    if label_key("COVID-19") in tokens:
         return "covid"
     if last.lower() in UNLABELLED:
         return None
-    if last.lower() == "no finding":
+    if label_key(last) == label_key("No Finding"):
         return "normal"
     return "other"
 
 
+#: :data:`LABEL_ALIASES` by :func:`label_key`.
+_ALIASES = {label_key(k): v for k, v in LABEL_ALIASES.items()}
+
+
 def alias_category(name) -> str | None:
-    """Map a folder name or manifest label to a category through :data:`LABEL_ALIASES`,
-    falling back to :func:`finding_category` for findings such as "COVID-19, ARDS"."""
-    key = str(name).strip().lower()
-    if key in LABEL_ALIASES:
-        return LABEL_ALIASES[key]
-    if "/" in key or "," in key:
-        return finding_category(name)
+    """Map a folder name or manifest label to a category through :data:`LABEL_ALIASES` (after
+    :func:`normalise_label`, compared by :func:`label_key`), falling back to
+    :func:`finding_category` for findings such as "COVID-19, ARDS"."""
+    text = normalise_label(name)
+    key = label_key(text)
+    if key in _ALIASES:
+        return _ALIASES[key]
+    if "/" in text or "," in text:
+        return finding_category(text)
     return None
 
 

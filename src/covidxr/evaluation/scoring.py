@@ -7,6 +7,7 @@ Must not write files or draw: it returns dicts and frames; :mod:`covidxr.evaluat
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -292,15 +293,22 @@ def external_predictions(run_dir, config, *, data_dir, batch_size, data_options,
     return preds, bad, overlap, left_out
 
 
+#: The timestamp ``covidxr evaluate`` appends to an evaluation's name (``time.strftime("%Y-%m-%dT%H-%M-%S")``).
+_STAMP = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}"
+
+
 def latest_evaluation(run: Path, name: str) -> Path:
-    """The newest ``RUN/evaluations/<name>-*`` folder with a ``metrics.json``."""
-    found = sorted(p for p in (run / "evaluations").glob(f"{name}-*") if (p / "metrics.json").is_file())
+    """The newest ``RUN/evaluations/<name>-<timestamp>`` folder with a ``metrics.json``: the name must
+    be ``name`` itself (``hospital`` never picks ``hospital-b-<timestamp>``), newest by its timestamp."""
+    pattern = re.compile(re.escape(str(name)) + rf"-({_STAMP})")
+    found = sorted((match.group(1), p) for p in Path(run).joinpath("evaluations").glob("*")
+                   if (match := pattern.fullmatch(p.name)) and (p / "metrics.json").is_file())
     if not found:
         raise FileNotFoundError(
             f"Expected an evaluation named {name!r} in {str(run / 'evaluations')!r} (run `covidxr evaluate "
             f"--name {name}` first). Received: evaluation={name!r}"
         )
-    return found[-1]
+    return found[-1][1]
 
 
 def _number(value) -> float:

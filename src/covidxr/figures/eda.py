@@ -1,10 +1,11 @@
 """Figures of exploratory data analysis: sex, age, class counts per task, views, images per
-patient, sources, and a grid of sample images.
+patient, sources, a grid of sample images, and side-by-side figures of candidate same-patient pairs.
 Must not change or filter the data it is given: every function draws a frame as it is.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,7 +18,8 @@ from ..images import load_image
 from .common import CATEGORY_COLOURS, DATASET_ATTRIBUTION, new_axes, save_figure
 
 __all__ = ["eda_figure", "plot_age_by_sex", "plot_class_counts", "plot_images_per_patient", "plot_sample_grid",
-           "plot_sex_distribution", "plot_sources", "plot_views_modalities", "write_eda_figures"]
+           "plot_review_pair", "plot_sex_distribution", "plot_sources", "plot_views_modalities", "write_eda_figures",
+           "write_review_figures"]
 
 
 def _label_bars(ax, bars):
@@ -196,4 +198,52 @@ def write_eda_figures(frame: pd.DataFrame, out_dir, *, samples=4, seed=0) -> lis
         written.append(save_figure(fig, out / name))
     fig = plot_sample_grid(frame, samples=samples, seed=seed)
     written.append(save_figure(fig, out / "sample_grid.png"))
+    return written
+
+
+def plot_review_pair(frame: pd.DataFrame, pair, *, load=None, image_size=512):
+    """Two images of a candidate same-patient pair side by side, each with its file, patient, split
+    group, label and size underneath, the near-hash distance above them.
+
+    Args:
+        frame: The grouped frame the pair's row positions ``a`` and ``b`` index (``path``, ``image``).
+        pair: A row of :func:`covidxr.data.same_patients.review_pairs` (``a, b, patient_a, ...``).
+        load: ``path -> 2-D uint8 array``; default: :func:`covidxr.images.load_image`.
+        image_size: The longer side each image is shown at, in pixels.
+
+    Returns:
+        The Matplotlib figure.
+    """
+    load = load_image if load is None else load
+    fig, axes = plt.subplots(1, 2, figsize=(11, 6.2), layout="constrained")
+    for ax, side in zip(axes, ("a", "b")):
+        row = frame.iloc[int(pair[side])]
+        image = load(row["path"])
+        thumb = Image.fromarray(image)
+        thumb.thumbnail((image_size, image_size))
+        ax.imshow(np.asarray(thumb), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{row['image']}\npatient {pair['patient_' + side]}, group {str(pair['group_' + side])[:40]}\n"
+                      f"{pair['label_' + side]}, {image.shape[1]}×{image.shape[0]} px", fontsize=8)
+    fig.suptitle(f"near-hash distance {int(pair['distance'])} of 256 bits: one patient? (review, then list "
+                 "confirmed pairs in a --same-patients file)", fontsize=10)
+    fig.supxlabel(DATASET_ATTRIBUTION, fontsize=6)
+    return fig
+
+
+def _slug(text) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")[:40] or "x"
+
+
+def write_review_figures(frame: pd.DataFrame, pairs: pd.DataFrame, out_dir, *, load=None) -> list[Path]:
+    """One :func:`plot_review_pair` PNG per pair, ``out_dir/pair-<nn>_<patient_a>_<patient_b>.png``
+    (closest first, as ``pairs`` is ordered; ``out_dir`` created if needed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = frame.reset_index(drop=True)
+    written = []
+    for i, pair in enumerate(pairs.to_dict("records"), start=1):
+        name = f"pair-{i:02d}_{_slug(pair['patient_a'])}_{_slug(pair['patient_b'])}.png"
+        written.append(save_figure(plot_review_pair(frame, pair, load=load), out / name))
     return written

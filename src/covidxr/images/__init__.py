@@ -50,7 +50,7 @@ from .decode import (
 )
 from .feature_store import (FEATURE_STORE_FORMAT, FEATURES_DIR, FeatureStore, clear_feature_store, feature_key,
                             image_ids)
-from .hashes import HASH_COLUMNS, HashIndex, group_frame, image_hashes, load_grouped, pixel_hashes
+from .hashes import HASH_COLUMNS, HashIndex, candidate_pairs, group_frame, image_hashes, load_grouped, pixel_hashes
 
 __all__ = [
     "CACHE_FORMAT",
@@ -73,6 +73,7 @@ __all__ = [
     "check_settings",
     "clear_caches",
     "clear_feature_store",
+    "candidate_pairs",
     "group_frame",
     "image_hashes",
     "image_ids",

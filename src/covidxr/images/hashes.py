@@ -13,7 +13,8 @@ is stale (a changed size, modification time or decoder version always hashes it 
   dataset decodes nothing.
 * :func:`group_frame` hashes a frame and adds its ``group`` and ``hash`` columns
   (:func:`covidxr.data.groups.assign_groups`): what ``train``, ``split``, ``eda`` and ``audit``
-  all read.
+  all read; :func:`candidate_pairs` lists the pairs of images of different groups that are close
+  enough for a person to review as one patient (``covidxr eda --review-distance``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ from ..atomic import write_text
 from ..data import load_dataset
 from ..data.groups import NEAR_DISTANCE, assign_groups, check_group_by
 from ..data.groups import drop_mixed_patients as drop_mixed
+from ..data.same_patients import REVIEW_DISTANCE, mark_reviewed, resolve_same_patients, review_pairs
+from ..data.tasks import none_if_blank
 from .cache import resolve_cache_dir
 from .decode import DECODER_VERSION, load_image
 
-__all__ = ["HASH_COLUMNS", "HashIndex", "group_frame", "image_hashes", "load_grouped", "pixel_hashes"]
+__all__ = ["HASH_COLUMNS", "HashIndex", "candidate_pairs", "group_frame", "image_hashes", "load_grouped",
+           "pixel_hashes"]
 
 #: Columns of :func:`image_hashes`.
 HASH_COLUMNS = ("exact", "near", "std")
@@ -147,13 +151,15 @@ def image_hashes(frame: pd.DataFrame, *, cache_dir=None, progress=False, index=N
 
 
 def group_frame(frame: pd.DataFrame, *, duplicates="merge", group_by="patient", drop_mixed_patients=False,
-                cache_dir=None, max_distance=NEAR_DISTANCE, progress=False, index=None) -> pd.DataFrame:
+                cache_dir=None, max_distance=NEAR_DISTANCE, progress=False, index=None,
+                same_patients=None) -> pd.DataFrame:
     """``frame`` with its split groups: hashed (:func:`image_hashes`), then
     :func:`covidxr.data.groups.assign_groups`.
 
     Args:
         frame: One row per image, shape (n, ...), as :func:`covidxr.data.load_dataset` returns.
-        duplicates, group_by, max_distance: As :func:`covidxr.data.groups.assign_groups`.
+        duplicates, group_by, max_distance, same_patients: As :func:`covidxr.data.groups.assign_groups`
+            (``same_patients``: a table of confirmed pairs, or None).
         drop_mixed_patients: First leave out the patients whose images carry more than one label
             (:func:`covidxr.data.groups.drop_mixed_patients`, with a warning).
         cache_dir, progress, index: As :func:`image_hashes`.
@@ -165,15 +171,35 @@ def group_frame(frame: pd.DataFrame, *, duplicates="merge", group_by="patient", 
     if drop_mixed_patients:
         frame = drop_mixed(frame)
     hashes = image_hashes(frame, cache_dir=cache_dir, progress=progress, index=index)
-    return assign_groups(frame, hashes, duplicates=duplicates, group_by=group_by, max_distance=max_distance)
+    return assign_groups(frame, hashes, duplicates=duplicates, group_by=group_by, max_distance=max_distance,
+                         same_patients=same_patients)
 
 
 def load_grouped(data_dir=None, *, task="covid-vs-rest", duplicates="merge", group_by="patient",
-                 drop_mixed_patients=False, cache_dir=None, progress=False, index=None,
+                 drop_mixed_patients=False, cache_dir=None, progress=False, index=None, same_patients="auto",
                  **load_options) -> pd.DataFrame:
     """Read a dataset (:func:`covidxr.data.load_dataset`, with ``load_options``) and add its split
     groups (:func:`group_frame`; ``index`` as :func:`image_hashes`): the frame every command splits,
-    counts or trains on."""
+    counts or trains on.
+
+    ``same_patients`` (``"auto"``, ``"none"`` or a CSV file: see
+    :func:`covidxr.data.same_patients.resolve_same_patients`) names confirmed same-patient pairs
+    that join one group; ``attrs["same_patients"]`` records which file was used (for ``config.json``).
+    """
     frame = load_dataset(data_dir, task=task, **load_options)
-    return group_frame(frame, duplicates=duplicates, group_by=group_by, drop_mixed_patients=drop_mixed_patients,
-                       cache_dir=cache_dir, progress=progress, index=index)
+    pairs, record = resolve_same_patients(same_patients, data_dir=data_dir, layout=load_options.get("layout", "auto"),
+                                          patient_col=none_if_blank(load_options.get("patient_col", "patient")),
+                                          patients=frame["patient"])
+    out = group_frame(frame, duplicates=duplicates, group_by=group_by, drop_mixed_patients=drop_mixed_patients,
+                      cache_dir=cache_dir, progress=progress, index=index, same_patients=pairs)
+    out.attrs["same_patients"] = {**record, **((out.attrs.get("duplicates") or {}).get("same_patients") or {})}
+    return out
+
+
+def candidate_pairs(frame: pd.DataFrame, *, max_distance=REVIEW_DISTANCE, cache_dir=None, index=None) -> pd.DataFrame:
+    """Candidate same-patient pairs of a grouped frame (:func:`load_grouped`'s): its images hashed
+    through the index (:func:`image_hashes`), then :func:`covidxr.data.same_patients.review_pairs`,
+    with the ``review`` decision of the review file beside the same-patients file in use
+    (:func:`covidxr.data.same_patients.mark_reviewed`)."""
+    hashes = image_hashes(frame, cache_dir=cache_dir, index=index)
+    return mark_reviewed(review_pairs(frame, hashes, max_distance=max_distance), frame.attrs.get("same_patients"))
