@@ -26,8 +26,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .near import hamming_pairs
+
 __all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_BITS", "NEAR_DISTANCE", "UnionFind", "assign_groups",
-           "drop_mixed_patients", "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_distances",
+           "drop_mixed_patients", "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_codes", "near_distances",
            "usable_hashes"]
 
 #: What to do with images found twice: ``merge`` their patients into one group (default), ``drop``
@@ -92,6 +94,18 @@ def near_bits(near) -> np.ndarray:
     return out
 
 
+def near_codes(near) -> np.ndarray:
+    """64-hex-digit near hashes (n,) to (n, 32) ``uint8`` packed codes (:func:`near_bits`, packed);
+    anything else (blank, another length, not hexadecimal) to all zeros."""
+    text = pd.Series(np.asarray(near, dtype=object), dtype=object)
+    valid = text.map(lambda v: isinstance(v, str)).to_numpy(bool, copy=True)
+    valid[valid] = text[valid].str.fullmatch(f"[0-9a-fA-F]{{{NEAR_BITS // 4}}}").to_numpy(bool)
+    out = np.zeros((len(text), NEAR_BITS // 8), dtype=np.uint8)
+    if valid.any():
+        out[valid] = np.frombuffer(bytes.fromhex("".join(text[valid])), dtype=np.uint8).reshape(-1, NEAR_BITS // 8)
+    return out
+
+
 def near_distances(bits_a: np.ndarray, bits_b: np.ndarray) -> np.ndarray:
     """Hamming distances (n, m) between the rows of two :func:`near_bits` arrays (n, 256) and (m, 256):
     differing bits = ones(a) + ones(b) − 2 × common ones."""
@@ -129,21 +143,19 @@ def duplicate_pairs(hashes: pd.DataFrame, *, max_distance=NEAR_DISTANCE) -> pd.D
         for j in members[1:]:
             rows.append((members[0], j, "exact", 0))
     if max_distance > 0 and len(index) > 1:
-        rows.extend(_near_pairs(near_bits(hashes["near"].to_numpy()[index]), index, exact, int(max_distance)))
+        rows.extend(_near_pairs(near_codes(hashes["near"].to_numpy()[index]), index, exact, int(max_distance)))
     return pd.DataFrame(rows, columns=["a", "b", "kind", "distance"])
 
 
-def _near_pairs(bits: np.ndarray, index: np.ndarray, exact: np.ndarray, max_distance: int, *, chunk=2048):
-    """``(a, b, "near", distance)`` for the rows ``index`` whose bits (n, 256) differ in at most
-    ``max_distance`` places and whose exact hashes differ; ``chunk`` rows at a time, so the
-    distance table never exceeds ``chunk`` × n."""
-    for start in range(0, len(bits), chunk):
-        dist = near_distances(bits[start:start + chunk], bits)
-        a, b = np.nonzero(dist <= max_distance)
-        for i, j in zip(a + start, b):
-            ia, ib = int(index[i]), int(index[j])
-            if i < j and exact[ia] != exact[ib]:
-                yield ia, ib, "near", int(dist[i - start, j])
+def _near_pairs(codes: np.ndarray, index: np.ndarray, exact: np.ndarray, max_distance: int):
+    """``(a, b, "near", distance)`` for the rows ``index`` whose packed codes (n, 32) differ in at
+    most ``max_distance`` bits and whose exact hashes differ: every such pair, found without
+    comparing all pairs (:func:`covidxr.data.near.hamming_pairs`)."""
+    a, b, dist = hamming_pairs(codes, max_distance=max_distance)
+    ia, ib = index[a], index[b]
+    keep = exact[ia] != exact[ib]
+    for i, j, d in zip(ia[keep].tolist(), ib[keep].tolist(), dist[keep].tolist()):
+        yield i, j, "near", d
 
 
 def _group_name(members) -> str:
