@@ -201,7 +201,7 @@ def _image_clusters(n: int, pairs: pd.DataFrame) -> np.ndarray:
 
 
 def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merge", group_by="patient",
-                  max_distance=NEAR_DISTANCE) -> pd.DataFrame:
+                  max_distance=NEAR_DISTANCE, pairs=None) -> pd.DataFrame:
     """Add the split unit ``group`` and the content hash ``hash`` to a frame.
 
     Args:
@@ -211,6 +211,8 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
         duplicates: One of :data:`DUPLICATES`.
         group_by: One of :data:`GROUP_BY`.
         max_distance: Near-duplicate threshold in bits.
+        pairs: ``duplicate_pairs(hashes, max_distance=max_distance)`` when the caller has them
+            (a stored grouping); None finds them.
 
     Returns:
         A copy of ``frame`` (rows dropped with ``duplicates="drop"``) with ``group`` and ``hash``
@@ -230,7 +232,7 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
     attrs = dict(frame.attrs)
     frame = frame.reset_index(drop=True)
     hashes = hashes.reset_index(drop=True)
-    pairs = duplicate_pairs(hashes, max_distance=max_distance)
+    pairs = duplicate_pairs(hashes, max_distance=max_distance) if pairs is None else pairs
     patients = frame["patient"].astype(str).to_numpy()
     cross = pairs[patients[pairs["a"].to_numpy(int)] != patients[pairs["b"].to_numpy(int)]] if len(pairs) else pairs
     info = {"pairs": {"exact": int((pairs["kind"] == "exact").sum()), "near": int((pairs["kind"] == "near").sum())},

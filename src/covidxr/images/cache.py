@@ -245,7 +245,7 @@ def _rows_for(rows_on_disk: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None, cache_dir=None,
-                strict=False, progress=True) -> ImageCache:
+                strict=False, progress=True, workers=None) -> ImageCache:
     """Decode and preprocess every image of ``frame`` once, into a cache on disk.
 
     A complete cache with the same key (see :func:`cache_key`) is reused once it passes
@@ -269,6 +269,9 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
             :data:`MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
             skipped with a warning naming it, and left out of the cache's rows.
         progress: Show a tqdm progress bar.
+        workers: Processes that decode and preprocess (None: all cores; see
+            :func:`covidxr.images.pool.map_chunks`); each writes its images straight into the
+            cache's memmap, and the cache does not depend on their number.
 
     Returns:
         The :class:`ImageCache`; its ``rows`` are ``frame``'s rows (in cache order).
@@ -301,7 +304,7 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     tmp.mkdir()
     try:
         _write_cache(tmp, frame.reset_index(drop=True), key=key, size=size, resize=resize,
-                     contrast=contrast, strict=strict, progress=progress, files=files)
+                     contrast=contrast, strict=strict, progress=progress, files=files, workers=workers)
         try:
             os.replace(tmp, final)   # atomic; fails if a non-empty folder is in the way
         except OSError:
@@ -373,22 +376,32 @@ def _decode_for_cache(path, *, strict):
     return grey
 
 
-def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files):
-    from tqdm.auto import tqdm
+def _cache_one(item, *, file, size, resize, contrast, strict) -> bool:
+    """Decode and preprocess one ``(row, path)`` into row ``row`` of the memmap ``file`` (a pool
+    worker: it writes straight into the cache being built); False when the file is skipped."""
+    row, path = item
+    grey = _decode_for_cache(path, strict=strict)
+    if grey is None:
+        return False
+    store = np.load(file, mmap_mode="r+")
+    store[row, :, :, 0] = preprocess(grey, image_size=size, resize=resize, contrast=contrast)
+    return True
+
+
+def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files, workers=None):
+    from .pool import map_chunks
 
     n = len(frame)
     if n == 0:
         raise ValueError("Expected a frame with at least one row. Received: frame with 0 rows")
     store = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 1))
+    store.flush()
     kept, skipped = [], []
-    bar = tqdm(frame["path"], total=n, desc=f"caching {n} images at {size}px", unit="img", disable=not progress)
-    for i, path in enumerate(bar):
-        grey = _decode_for_cache(path, strict=strict)
-        if grey is None:
-            skipped.append(str(frame["image"].iloc[i]))
-            continue
-        store[len(kept), :, :, 0] = preprocess(grey, image_size=size, resize=resize, contrast=contrast)
-        kept.append(i)
+    done = map_chunks(_cache_one, list(enumerate(map(str, frame["path"]))), workers=workers, progress=progress,
+                      desc=f"caching {n} images at {size}px", file=str(tmp / "all.npy"), size=size, resize=resize,
+                      contrast=contrast, strict=strict)
+    for i, ok in enumerate(done):
+        (kept if ok else skipped).append(i if ok else str(frame["image"].iloc[i]))
         if i == n // 2 and os.environ.get("COVIDXR_FAULT"):  # the interruption tests stop here
             from ..atomic import fault_point
 
@@ -400,8 +413,7 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
         final = np.lib.format.open_memmap(tmp / _IMAGES, mode="w+", dtype=np.uint8,
                                           shape=(len(kept), size, size, 1))
         for start in range(0, len(kept), 1024):
-            stop = min(start + 1024, len(kept))
-            final[start:stop] = store[start:stop]
+            final[start:start + 1024] = store[kept[start:start + 1024]]
         final.flush()
         del final
         del store
