@@ -285,7 +285,7 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
     start = time.perf_counter()
     cache = build_cache(split, image_size=int(config.image_size), resize=config.resize,
                         contrast=config.contrast, cache_dir=config.cache_dir, strict=False,
-                        progress=resolve_verbose(config.verbose) != 0)
+                        progress=resolve_verbose(config.verbose) != 0, workers=config.workers)
     state.timing["cache_seconds"] = round(time.perf_counter() - start, 2)
     kept = set(cache.rows["image"])
     if len(kept) < len(split):

@@ -133,6 +133,9 @@ def add_data_options(parser, *, task_default="covid-vs-rest", config=False):
         help="leave out patients whose images carry different labels")
     add("--cache-dir", default=None,
         help="image cache and hash index folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
+    add("--workers", type=_workers, default=None, metavar="N",
+        help="processes that decode and hash images (hash index, image cache); results do not depend on it "
+             "(default: all cores)")
     return group
 
 
@@ -145,7 +148,7 @@ def data_options(args) -> dict:
 def grouping_options(args) -> dict:
     """The grouping options of ``args`` as :func:`covidxr.images.load_grouped` keywords."""
     return {"duplicates": args.duplicates, "group_by": args.group_by,
-            "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir}
+            "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir, "workers": args.workers}
 
 
 def mlflow_uri(args):
@@ -281,6 +284,12 @@ def _jit_compile(value):
     if value.lower() not in choices:
         raise argparse.ArgumentTypeError(f"expected one of auto, on, off; got {value!r}")
     return choices[value.lower()]
+
+
+def _workers(value):
+    if value.strip().isdigit():
+        return int(value) or None
+    raise argparse.ArgumentTypeError(f"expected a whole number of processes (0: all cores); got {value!r}")
 
 
 def _verbose(value):
