@@ -67,13 +67,14 @@ def _add_eda(sub):
 
 def _run_eda(args):
     from ..data import summary_table, task_counts
-    from ..figures import write_eda_figures
     from ..images import load_grouped
 
     frame = load_grouped(args.data_dir, task=None, **data_options(args), **grouping_options(args))
     counts = task_counts(frame)
     print(summary_table(frame, counts))
     if args.out:
+        from ..figures import write_eda_figures   # matplotlib and the metrics: only when drawing
+
         written = write_eda_figures(frame, args.out, samples=args.samples, seed=args.seed)
         for path in written:
             print(f"wrote {path}")

@@ -298,7 +298,10 @@ def mixed_label_patients(frame: pd.DataFrame, *, by="patient") -> pd.DataFrame:
         raise ValueError(f"Expected a frame with a {by!r} column. Received: columns={list(frame.columns)}")
     other = "group" if by == "patient" else "patient"
     column, rows = _label_column(frame), []
-    for key, part in frame.groupby(frame[by].astype(str), sort=False):
+    keys = frame[by].astype(str)
+    labels = frame[column].astype(str).groupby(keys, sort=False).nunique()   # one pass, not a loop per patient
+    mixed = keys.isin(labels.index[labels > 1])
+    for key, part in frame[mixed].groupby(keys[mixed], sort=False):
         counts = part[column].astype(str).value_counts().sort_index()
         if len(counts) > 1:
             extra = (", ".join(sorted(set(part[other].astype(str)))) if by == "patient"
@@ -340,8 +343,10 @@ def merged_groups(frame: pd.DataFrame) -> pd.DataFrame:
     columns = ["group", "patients", "images", "patient_ids"]
     if "group" not in frame.columns or not len(frame):
         return pd.DataFrame(columns=columns)
-    rows = []
-    for group, part in frame.groupby(frame["group"].astype(str)):
+    rows, groups = [], frame["group"].astype(str)
+    patients = frame["patient"].astype(str).groupby(groups).nunique()   # one pass: loop over merged groups only
+    merged = groups.isin(patients.index[patients > 1])
+    for group, part in frame[merged].groupby(groups[merged]):
         patients = sorted(set(part["patient"].astype(str)), key=_natural)
         if len(patients) > 1:
             rows.append({"group": group, "patients": len(patients), "images": len(part),

@@ -26,6 +26,8 @@ popcount, range search), which is exact too.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 __all__ = ["FLAT_FROM", "FLAT_UNTIL", "hamming_pairs", "mih_plan"]
@@ -115,8 +117,15 @@ def _candidates(keys: np.ndarray, n_bits: int, t: int):
     yield from _range_pairs(order, first, starts[w], starts[w] + counts[w])
 
 
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
 def _popcount_distance(words: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(words[a] ^ words[b]).sum(axis=1, dtype=np.int64)
+    """Hamming distances (k,) between rows ``a`` and ``b`` (k,) of ``words`` (n, d / 64) uint64."""
+    xor = words[a] ^ words[b]
+    if hasattr(np, "bitwise_count"):   # NumPy 2
+        return np.bitwise_count(xor).sum(axis=1, dtype=np.int64)
+    return _POP8[xor.view(np.uint8)].sum(axis=1)
 
 
 def _flat_pairs(packed: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,6 +184,8 @@ def hamming_pairs(packed: np.ndarray, *, max_distance: int, method="auto") -> tu
         return (np.zeros(0, dtype=np.int64),) * 3
     if method == "auto":
         method = "flat" if max_distance >= FLAT_FROM or len(packed) <= FLAT_UNTIL else "mih"
+        if method == "flat" and importlib.util.find_spec("faiss") is None:   # exact too, only slower there
+            method = "mih"
     a, b, d = (_flat_pairs if method == "flat" else _mih_pairs)(packed, int(max_distance))
     order = np.lexsort((b, a))
     return a[order], b[order], d[order]
