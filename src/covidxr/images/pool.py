@@ -6,7 +6,8 @@ Results come back in the items' order whatever the number of workers, so a hash 
 built with ``workers=4`` is the same as one built with ``workers=1``. Warnings raised in a worker
 are raised again in the parent, in order. Memory stays bounded: at most ``2 × workers`` chunks
 are in flight, and each result is small (hashes, or row numbers of images a worker wrote
-straight into the cache's memmap).
+straight into the cache's memmap). A script that calls it with more than one worker must start
+its work under ``if __name__ == "__main__":`` (``spawn`` imports the script again in each worker).
 """
 
 from __future__ import annotations
