@@ -18,8 +18,9 @@ from collections import deque
 
 __all__ = ["MIN_POOL_ITEMS", "map_chunks", "resolve_workers"]
 
-#: Fewer items than this are done in the calling process (starting workers costs about a second).
-MIN_POOL_ITEMS = 64
+#: Fewer items than this are done in the calling process: starting workers costs a second or two,
+#: about what decoding a few hundred small files takes.
+MIN_POOL_ITEMS = 256
 
 
 def resolve_workers(workers=None) -> int:
