@@ -22,7 +22,7 @@ the line ``workers 2/1: R`` (the done-when targets: warm ``eda`` on 16k ≤ 15 s
 Usage::
 
     python benchmarks/scale.py [--sizes 1000,4000,16000,64000] [--work DIR] [--image-px 256]
-        [--image-size 64] [--compare 16000] [--skip-train] [--workers N]
+        [--image-size 64] [--compare 16000] [--skip-train | --train-sizes 1000,4000] [--workers N]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def bench_size(n, work: Path, opts, env) -> dict:
             extra = ["--out", folder / f"split-{state}-{stamp}.csv"] if name == "split" else []
             out[f"{name} {state}"] = timed(_covidxr(name, *data, "--cache-dir", cache, *workers, *extra), env=env)
             print(f"[{n}] {name} {state}: {out[f'{name} {state}'][0]:.1f} s", flush=True)
-    if not opts.skip_train:
+    if not opts.skip_train and (opts.train_sizes is None or n in opts.train_sizes):
         cache = folder / f"cache-eda-{stamp}"
         for state in ("cold", "warm"):
             runs = folder / f"runs-{state}-{stamp}"
@@ -165,7 +165,10 @@ def main(argv=None) -> int:
     p.add_argument("--compare", type=int, default=16000, help="size at which cold hashing is timed with 1 and 2 workers")
     p.add_argument("--workers", type=int, default=None, help="--workers of the timed commands (default: all cores)")
     p.add_argument("--skip-train", action="store_true", help="leave out the cache and phase-1 feature steps")
+    p.add_argument("--train-sizes", default=None, help="comma-separated sizes at which to time them (default: all)")
     opts = p.parse_args(argv)
+    if opts.train_sizes is not None:
+        opts.train_sizes = {int(s) for s in opts.train_sizes.split(",") if s.strip()}
     sizes = [int(s) for s in opts.sizes.split(",") if s.strip()]
     work = Path(opts.work or tempfile.mkdtemp(prefix="covidxr-scale-")).resolve()
     if ROOT in work.parents or work == ROOT:
