@@ -15,11 +15,13 @@ image (by content hash, computed in :mod:`covidxr.images.hashes`) are merged int
 with ``group_by="source"`` every source joins its patients' groups. Splits never put one group
 (so never one patient) in two parts.
 
-The package holds five modules, each importing only the ones before it:
+The package holds six modules, each importing only the ones before it:
 
 * :mod:`covidxr.data.tasks`: label tasks, finding categories, view names (``"unknown"`` for
   rows without a view) and :func:`none_if_blank`;
 * :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`);
+* :mod:`covidxr.data.near`: every pair of perceptual hashes within a Hamming distance, exactly,
+  without comparing all pairs (multi-index hashing);
 * :mod:`covidxr.data.groups`: duplicate pairs, union–find split groups, merged groups and
   mixed-label patients (:func:`mixed_label_patients`, :func:`drop_mixed_patients`);
 * :mod:`covidxr.data.summaries`: per-task counts, source overlap and the ``eda`` text;

@@ -12,7 +12,9 @@ Two images are duplicates when their exact hashes are equal (the same decoded pi
 their near hashes (256-bit DCT perceptual hashes of a 64×64 grey copy) differ in at most
 :data:`NEAR_DISTANCE` bits. Images of very low variance (blank or uniform ones, grey standard
 deviation below :data:`MIN_STD` on that copy) are never merged with anything: all blank images
-share a hash without being one radiograph.
+share a hash without being one radiograph. Near pairs are found by multi-index hashing
+(:func:`covidxr.data.near.hamming_pairs`): exactly the pairs within the distance, without
+comparing all pairs.
 
 :func:`merged_groups` lists the groups of more than one patient and :func:`mixed_label_patients`
 the patients (or groups) whose images carry more than one label; :func:`drop_mixed_patients`
