@@ -206,3 +206,14 @@ def test_real_snapshot_pairs_equal_the_all_pairs_definition(real_data, tmp_path,
     monkeypatch.setattr(near, "FLAT_UNTIL", 0)   # the multi-index search, not the small-set shortcut
     for r in (24, 64):
         assert groups.duplicate_pairs(table, max_distance=r).equals(_old_duplicate_pairs(table, r))
+
+
+def test_a_fifo_is_not_opened_for_its_digest(tmp_path):
+    frame = _images(tmp_path / "data", 2)
+    fifo = tmp_path / "data" / "pipe.png"
+    os.mkfifo(fifo)
+    frame.loc[1, "path"] = str(fifo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = hashes.image_hashes(frame, cache_dir=tmp_path / "cache")   # would block on open()
+    assert out["exact"].iloc[0] != "" and out.iloc[1].tolist() == ["", "", 0.0]

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -83,11 +84,13 @@ def _digest(path, size) -> str:
 
 
 def _stamp(path) -> tuple:
-    """``(resolved path, size, mtime_ns, digest)``; None for the rest when the file cannot be read."""
+    """``(resolved path, size, mtime_ns, digest)``; None for the rest when the file cannot be read.
+    Only a regular file is opened for its digest (a FIFO would block): others get a blank one."""
     real = os.path.realpath(path)
     try:
-        stat = os.stat(real)
-        return real, int(stat.st_size), int(stat.st_mtime_ns), _digest(real, int(stat.st_size))
+        st = os.stat(real)
+        digest = _digest(real, int(st.st_size)) if stat.S_ISREG(st.st_mode) else ""
+        return real, int(st.st_size), int(st.st_mtime_ns), digest
     except OSError:
         return real, None, None, None
 
