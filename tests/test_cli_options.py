@@ -17,7 +17,7 @@ from covidxr.config import TrainConfig, check_config
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 #: Fields whose default (None) cannot be spelled on the command line: (config.json's value, the value given).
 NONE_DEFAULTS = {"data_dir": ("/a", "/b"), "fine_tune_learning_rate": (0.05, 0.01), "folds": (5, 3),
-                 "split_file": ("a.csv", "b.csv"), "cache_dir": ("/c1", "/c2"),
+                 "split_file": ("a.csv", "b.csv"), "cache_dir": ("/c1", "/c2"), "workers": (2, 3),
                  "mixed_precision": ("mixed_float16", "float32"), "feature_layer": ("block4_conv3", "none")}
 
 

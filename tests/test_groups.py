@@ -64,17 +64,6 @@ def test_duplicate_pairs_exact_and_near():
     assert groups.duplicate_pairs(hashes, max_distance=0)["kind"].tolist() == ["exact"]
 
 
-def test_near_pairs_in_chunks_match_one_table():
-    rng = np.random.default_rng(3)
-    base = [_near(rng)[0] for _ in range(7)]
-    near = [np.packbits(_near(rng, flip=rng.choice(256, k, replace=False), base=base[i % 7])[0]).tobytes().hex()
-            for i, k in enumerate(rng.integers(0, 30, 40))]
-    bits = groups.near_bits(np.array(near))
-    exact = np.array([f"x{i}" for i in range(40)])
-    one = sorted(groups._near_pairs(bits, np.arange(40), exact, 24, chunk=4096))
-    assert one and one == sorted(groups._near_pairs(bits, np.arange(40), exact, 24, chunk=3))
-
-
 def test_union_find_merges_patients_sharing_an_exact_and_a_near_copy():
     frame, hashes = _table(SPEC)
     out = groups.assign_groups(frame, hashes)

@@ -21,6 +21,7 @@ from .data import FRONTAL_VIEWS, detect_layout, get_task, read_split, split_fram
 from .data.groups import DUPLICATES, GROUP_BY, group_column
 from .images import RESIZES, load_grouped
 from .images.lungs import check_lungs
+from .images.pool import resolve_workers
 from .models import check_feature_layer, get_backbone
 from .runtime import precision_policy
 from .sampling import check_strategy
@@ -62,7 +63,8 @@ class TrainConfig:
 
     Images: ``image_size``, ``resize`` (pad/crop), ``clahe``, ``cache_dir``, ``lungs`` (``none``;
     ``crop``/``mask``: each image cut to its lungs by the bundled segmenter first:
-    :func:`covidxr.images.lungs.apply_lungs`, :mod:`covidxr.lungmasks`).
+    :func:`covidxr.images.lungs.apply_lungs`, :mod:`covidxr.lungmasks`), ``workers`` (processes that
+    decode and hash images; None: all cores; results do not depend on it).
 
     Model: ``backbone``, ``weights`` (``"imagenet"``, ``"hed"`` (VGG16), ``"none"`` or a path:
     :mod:`covidxr.weights`), ``dropout``, ``pooling``, ``feature_layer`` (None: the whole backbone;
@@ -139,6 +141,7 @@ class TrainConfig:
     official_split: bool = False
     allow_small_validation: bool = False
     cache_dir: str | None = None
+    workers: int | None = None
     runs_dir: str = "runs"
     run_name: str | None = None
     tensorboard: bool = True
@@ -242,6 +245,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"Unknown jit_compile. Expected one of {list(JIT_COMPILE)}. "
                          f"Received: jit_compile={config.jit_compile!r}")
     resolve_verbose(config.verbose)  # checks the value
+    resolve_workers(config.workers)  # checks the value
     if config.fine_tune_learning_rate is not None:
         _positive_float("fine_tune_learning_rate", config.fine_tune_learning_rate)
     check_weights(spec.name, config.weights)
@@ -326,7 +330,7 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
         layout=config.layout, modality=config.modality, views=config.views, image_col=config.image_col,
         label_col=config.label_col, patient_col=config.patient_col, duplicates=config.duplicates,
         group_by=config.group_by, drop_mixed_patients=config.drop_mixed_patients, cache_dir=config.cache_dir,
-        progress=progress, index=hash_index, same_patients=config.same_patients,
+        progress=progress, index=hash_index, same_patients=config.same_patients, workers=config.workers,
     )
 
 

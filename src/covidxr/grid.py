@@ -82,7 +82,7 @@ RUN_ARTIFACTS = ("config.json", "model.keras", "predictions.csv", "metrics.json"
 VARIED_OPTIONS = ("backbone", "feature_layer", "strategy", "fold", "folds")
 #: Options that change neither the data nor the model: may differ when a grid is resumed.
 IGNORED_OPTIONS = ("runs_dir", "run_name", "verbose", "cache_dir", "memory_check", "checkpoint_every",
-                   "tensorboard", "feature_store")
+                   "tensorboard", "feature_store", "workers")
 
 
 class GridRunsFailed(RuntimeError):

@@ -291,7 +291,7 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
         state.record["lungs_segmenter"] = segmenter_for(None)[1]["sha256"]
     cache = build_cache(framed, image_size=int(config.image_size), resize=config.resize,
                         contrast=config.contrast, cache_dir=config.cache_dir, strict=False,
-                        progress=resolve_verbose(config.verbose) != 0, lungs=config.lungs)
+                        progress=resolve_verbose(config.verbose) != 0, lungs=config.lungs, workers=config.workers)
     state.timing["cache_seconds"] = round(time.perf_counter() - start, 2)
     kept = set(cache.rows["image"])
     if len(kept) < len(split):

@@ -86,6 +86,8 @@ def _run_eda(args):
     if pairs is not None:
         print("\n" + "\n".join(review_lines(pairs, max_distance=args.review_distance)))
     if args.out:
+        from ..figures import write_eda_figures   # matplotlib and the metrics: only when drawing
+
         written = write_eda_figures(frame, args.out, samples=args.samples, seed=args.seed)
         if pairs is not None:
             written.append(Path(args.out) / "review_pairs.csv")

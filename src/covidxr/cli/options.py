@@ -137,6 +137,9 @@ def add_data_options(parser, *, task_default="covid-vs-rest", config=False):
              "snapshot; 'none': no pairs (candidates: `covidxr eda --review-distance`)"),
     add("--cache-dir", default=None,
         help="image cache and hash index folder (default: $COVIDXR_CACHE_DIR, else data/interim)")
+    add("--workers", type=_workers, default=None, metavar="N",
+        help="processes that decode and hash images (hash index, image cache); results do not depend on it "
+             "(default: all cores)")
     return group
 
 
@@ -150,7 +153,7 @@ def grouping_options(args) -> dict:
     """The grouping options of ``args`` as :func:`covidxr.images.load_grouped` keywords."""
     return {"duplicates": args.duplicates, "group_by": args.group_by,
             "drop_mixed_patients": args.drop_mixed_patients, "cache_dir": args.cache_dir,
-            "same_patients": args.same_patients}
+            "same_patients": args.same_patients, "workers": args.workers}
 
 
 def mlflow_uri(args):
@@ -294,6 +297,12 @@ def _jit_compile(value):
     if value.lower() not in choices:
         raise argparse.ArgumentTypeError(f"expected one of auto, on, off; got {value!r}")
     return choices[value.lower()]
+
+
+def _workers(value):
+    if value.strip().isdigit():
+        return int(value) or None
+    raise argparse.ArgumentTypeError(f"expected a whole number of processes (0: all cores); got {value!r}")
 
 
 def _verbose(value):

@@ -24,6 +24,8 @@ The package holds six modules, each importing only the ones before it:
   rows without a view) and :func:`none_if_blank`;
 * :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`);
 * :mod:`covidxr.data.layouts`: the COVIDx and COVID-QU-Ex readers, registered with the readers;
+* :mod:`covidxr.data.near`: every pair of perceptual hashes within a Hamming distance, exactly,
+  without comparing all pairs (multi-index hashing);
 * :mod:`covidxr.data.groups`: duplicate pairs, union–find split groups, merged groups and
   mixed-label patients (:func:`mixed_label_patients`, :func:`drop_mixed_patients`);
 * :mod:`covidxr.data.summaries`: per-task counts, source overlap and the ``eda`` text;

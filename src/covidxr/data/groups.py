@@ -12,7 +12,9 @@ Two images are duplicates when their exact hashes are equal (the same decoded pi
 their near hashes (256-bit DCT perceptual hashes of a 64×64 grey copy) differ in at most
 :data:`NEAR_DISTANCE` bits. Images of very low variance (blank or uniform ones, grey standard
 deviation below :data:`MIN_STD` on that copy) are never merged with anything: all blank images
-share a hash without being one radiograph.
+share a hash without being one radiograph. Near pairs are found by multi-index hashing
+(:func:`covidxr.data.near.hamming_pairs`): exactly the pairs within the distance, without
+comparing all pairs.
 
 :func:`merged_groups` lists the groups of more than one patient and :func:`mixed_label_patients`
 the patients (or groups) whose images carry more than one label; :func:`drop_mixed_patients`
@@ -26,8 +28,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .near import hamming_pairs
+
 __all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_BITS", "NEAR_DISTANCE", "UnionFind", "assign_groups",
-           "check_group_by", "drop_mixed_patients", "duplicate_pairs", "group_column", "merged_groups", "mixed_label_patients", "near_bits", "near_distances",
+           "check_group_by", "drop_mixed_patients", "duplicate_pairs", "group_column", "merged_groups",
+           "mixed_label_patients", "near_bits", "near_codes", "near_distances",
            "usable_hashes"]
 
 #: What to do with images found twice: ``merge`` their patients into one group (default), ``drop``
@@ -92,6 +97,18 @@ def near_bits(near) -> np.ndarray:
     return out
 
 
+def near_codes(near) -> np.ndarray:
+    """64-hex-digit near hashes (n,) to (n, 32) ``uint8`` packed codes (:func:`near_bits`, packed);
+    anything else (blank, another length, not hexadecimal) to all zeros."""
+    text = pd.Series(np.asarray(near, dtype=object), dtype=object)
+    valid = text.map(lambda v: isinstance(v, str)).to_numpy(bool, copy=True)
+    valid[valid] = text[valid].str.fullmatch(f"[0-9a-fA-F]{{{NEAR_BITS // 4}}}").to_numpy(bool)
+    out = np.zeros((len(text), NEAR_BITS // 8), dtype=np.uint8)
+    if valid.any():
+        out[valid] = np.frombuffer(bytes.fromhex("".join(text[valid])), dtype=np.uint8).reshape(-1, NEAR_BITS // 8)
+    return out
+
+
 def near_distances(bits_a: np.ndarray, bits_b: np.ndarray) -> np.ndarray:
     """Hamming distances (n, m) between the rows of two :func:`near_bits` arrays (n, 256) and (m, 256):
     differing bits = ones(a) + ones(b) − 2 × common ones."""
@@ -129,21 +146,19 @@ def duplicate_pairs(hashes: pd.DataFrame, *, max_distance=NEAR_DISTANCE) -> pd.D
         for j in members[1:]:
             rows.append((members[0], j, "exact", 0))
     if max_distance > 0 and len(index) > 1:
-        rows.extend(_near_pairs(near_bits(hashes["near"].to_numpy()[index]), index, exact, int(max_distance)))
+        rows.extend(_near_pairs(near_codes(hashes["near"].to_numpy()[index]), index, exact, int(max_distance)))
     return pd.DataFrame(rows, columns=["a", "b", "kind", "distance"])
 
 
-def _near_pairs(bits: np.ndarray, index: np.ndarray, exact: np.ndarray, max_distance: int, *, chunk=2048):
-    """``(a, b, "near", distance)`` for the rows ``index`` whose bits (n, 256) differ in at most
-    ``max_distance`` places and whose exact hashes differ; ``chunk`` rows at a time, so the
-    distance table never exceeds ``chunk`` × n."""
-    for start in range(0, len(bits), chunk):
-        dist = near_distances(bits[start:start + chunk], bits)
-        a, b = np.nonzero(dist <= max_distance)
-        for i, j in zip(a + start, b):
-            ia, ib = int(index[i]), int(index[j])
-            if i < j and exact[ia] != exact[ib]:
-                yield ia, ib, "near", int(dist[i - start, j])
+def _near_pairs(codes: np.ndarray, index: np.ndarray, exact: np.ndarray, max_distance: int):
+    """``(a, b, "near", distance)`` for the rows ``index`` whose packed codes (n, 32) differ in at
+    most ``max_distance`` bits and whose exact hashes differ: every such pair, found without
+    comparing all pairs (:func:`covidxr.data.near.hamming_pairs`)."""
+    a, b, dist = hamming_pairs(codes, max_distance=max_distance)
+    ia, ib = index[a], index[b]
+    keep = exact[ia] != exact[ib]
+    for i, j, d in zip(ia[keep].tolist(), ib[keep].tolist(), dist[keep].tolist()):
+        yield i, j, "near", d
 
 
 def _group_name(members) -> str:
@@ -226,7 +241,7 @@ def _join_same_patients(patients: np.ndarray, group: np.ndarray, same: pd.DataFr
 
 
 def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merge", group_by="patient",
-                  max_distance=NEAR_DISTANCE, same_patients=None) -> pd.DataFrame:
+                  max_distance=NEAR_DISTANCE, same_patients=None, pairs=None) -> pd.DataFrame:
     """Add the split unit ``group`` and the content hash ``hash`` to a frame.
 
     Args:
@@ -239,6 +254,8 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
         same_patients: Confirmed same-patient pairs (columns ``patient_a``, ``patient_b``; see
             :mod:`covidxr.data.same_patients`) whose patients join one group, whatever
             ``duplicates``; a pair with a patient not in ``frame`` joins nothing. None: no pairs.
+        pairs: ``duplicate_pairs(hashes, max_distance=max_distance)`` when the caller has them
+            (a stored grouping); None finds them.
 
     Returns:
         A copy of ``frame`` (rows dropped with ``duplicates="drop"``) with ``group`` and ``hash``
@@ -259,7 +276,7 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
     attrs = dict(frame.attrs)
     frame = frame.reset_index(drop=True)
     hashes = hashes.reset_index(drop=True)
-    pairs = duplicate_pairs(hashes, max_distance=max_distance)
+    pairs = duplicate_pairs(hashes, max_distance=max_distance) if pairs is None else pairs
     patients = frame["patient"].astype(str).to_numpy()
     cross = pairs[patients[pairs["a"].to_numpy(int)] != patients[pairs["b"].to_numpy(int)]] if len(pairs) else pairs
     info = {"pairs": {"exact": int((pairs["kind"] == "exact").sum()), "near": int((pairs["kind"] == "near").sum())},
@@ -328,7 +345,10 @@ def mixed_label_patients(frame: pd.DataFrame, *, by="patient") -> pd.DataFrame:
         raise ValueError(f"Expected a frame with a {by!r} column. Received: columns={list(frame.columns)}")
     other = "group" if by == "patient" else "patient"
     column, rows = _label_column(frame), []
-    for key, part in frame.groupby(frame[by].astype(str), sort=False):
+    keys = frame[by].astype(str)
+    labels = frame[column].astype(str).groupby(keys, sort=False).nunique()   # one pass, not a loop per patient
+    mixed = keys.isin(labels.index[labels > 1])
+    for key, part in frame[mixed].groupby(keys[mixed], sort=False):
         counts = part[column].astype(str).value_counts().sort_index()
         if len(counts) > 1:
             extra = (", ".join(sorted(set(part[other].astype(str)))) if by == "patient"
@@ -370,8 +390,10 @@ def merged_groups(frame: pd.DataFrame) -> pd.DataFrame:
     columns = ["group", "patients", "images", "patient_ids"]
     if "group" not in frame.columns or not len(frame):
         return pd.DataFrame(columns=columns)
-    rows = []
-    for group, part in frame.groupby(frame["group"].astype(str)):
+    rows, groups = [], frame["group"].astype(str)
+    patients = frame["patient"].astype(str).groupby(groups).nunique()   # one pass: loop over merged groups only
+    merged = groups.isin(patients.index[patients > 1])
+    for group, part in frame[merged].groupby(groups[merged]):
         patients = sorted(set(part["patient"].astype(str)), key=_natural)
         if len(patients) > 1:
             rows.append({"group": group, "patients": len(patients), "images": len(part),

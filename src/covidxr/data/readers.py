@@ -14,6 +14,7 @@ any of them (the frame summaries are in :mod:`covidxr.data.summaries`).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -45,6 +46,12 @@ def resolve_data_dir(data_dir=None) -> Path:
     return DEFAULT_DATA_DIR
 
 
+@functools.lru_cache(maxsize=16)
+def _resolved(root: Path) -> Path:
+    """``root.resolve()``, once per dataset folder (not once per row)."""
+    return root.resolve()
+
+
 def safe_path(root: Path, relative: str, *, column: str) -> Path:
     """Join ``root`` and a file name from a table, refusing anything that leaves ``root``."""
     text = str(relative).strip()
@@ -64,7 +71,7 @@ def safe_path(root: Path, relative: str, *, column: str) -> Path:
     path = root / Path(*parts)
     # A symbolic link may still lead out of the folder: compare resolved paths.
     if path.exists():
-        real_root = root.resolve()
+        real_root = _resolved(root)
         real = path.resolve()
         if real != real_root and real_root not in real.parents:
             raise ValueError(

@@ -22,7 +22,8 @@ The package holds :mod:`covidxr.images.decode` (decoding and preprocessing),
 :mod:`covidxr.images.cache` (the cache, which uses the former) and :mod:`covidxr.images.hashes`
 (content hashes of every image in a per-file index, and the frame with its split groups) and
 :mod:`covidxr.images.feature_store` (the frozen backbone features of cached images, stored once
-per backbone and settings beside the cache). The figures of preprocessing
+per backbone and settings beside the cache), with :mod:`covidxr.images.pool` (per-image work on
+all cores, in order, for the cache and the hashes). The figures of preprocessing
 are in :mod:`covidxr.figures`.
 """
 

@@ -32,16 +32,8 @@ from . import decode
 from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
 from .lungs import cut_by_mask_file, lung_mask_names
 
-__all__ = [
-    "CACHE_FORMAT",
-    "DEFAULT_CACHE_DIR",
-    "ImageCache",
-    "build_cache",
-    "cache_key",
-    "clear_caches",
-    "list_caches",
-    "resolve_cache_dir",
-]
+__all__ = ["CACHE_FORMAT", "DEFAULT_CACHE_DIR", "ImageCache", "build_cache", "cache_key", "clear_caches", "list_caches",
+           "resolve_cache_dir"]
 
 #: Where caches go when neither ``cache_dir`` nor ``$COVIDXR_CACHE_DIR`` says.
 DEFAULT_CACHE_DIR = Path("data/interim")
@@ -248,7 +240,7 @@ def _rows_for(rows_on_disk: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None, cache_dir=None,
-                strict=False, progress=True, lungs="none") -> ImageCache:
+                strict=False, progress=True, lungs="none", workers=None) -> ImageCache:
     """Decode and preprocess every image of ``frame`` once, into a cache on disk.
 
     A complete cache with the same key (see :func:`cache_key`) is reused once it passes
@@ -264,18 +256,16 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     Args:
         frame: Rows with ``image`` (key) and ``path`` (file) columns, as
             :func:`covidxr.data.load_dataset` returns; every column is stored with the cache.
-        image_size: Side of the square images in pixels.
-        resize: ``"pad"`` or ``"crop"`` (see :func:`~covidxr.images.decode.preprocess`).
-        contrast: None, ``"clahe"`` or ``"equalize"``.
+        image_size, resize, contrast: As :func:`~covidxr.images.decode.preprocess`.
         cache_dir: Parent folder of caches (see :func:`resolve_cache_dir`).
         strict: If True, a bad image file (missing, undecodable, or with a side below
             :data:`MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
             skipped with a warning naming it, and left out of the cache's rows.
         progress: Show a tqdm progress bar.
-        lungs: ``"none"``, or ``"crop"``/``"mask"``: each image is cut to its lungs first
-            (:func:`covidxr.images.lungs.apply_lungs`) by the mask file in the frame's ``lung_mask``
-            column; an image whose mask is empty or tiny is kept whole, and a warning counts them
-            (``cache.json``'s ``lung_fallbacks``).
+        lungs: ``"crop"``/``"mask"``: each image cut to its lungs first by its ``lung_mask`` file
+            (:func:`covidxr.images.lungs.cut_by_mask_file`; untrusted masks counted in a warning).
+        workers: Processes that decode and preprocess (None: all cores;
+            :func:`covidxr.images.pool.map_chunks`); the cache does not depend on their number.
 
     Returns:
         The :class:`ImageCache`; its ``rows`` are ``frame``'s rows (in cache order).
@@ -308,7 +298,8 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     tmp.mkdir()
     try:
         _write_cache(tmp, frame.reset_index(drop=True), key=key, size=size, resize=resize,
-                     contrast=contrast, strict=strict, progress=progress, files=files, lungs=lungs)
+                     contrast=contrast, strict=strict, progress=progress, files=files, lungs=lungs,
+                     workers=workers)
         try:
             os.replace(tmp, final)   # atomic; fails if a non-empty folder is in the way
         except OSError:
@@ -380,26 +371,38 @@ def _decode_for_cache(path, *, strict):
     return grey
 
 
-def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files, lungs="none"):
-    from tqdm.auto import tqdm
+def _cache_one(item, *, file, size, resize, contrast, strict, lungs) -> str:
+    """Decode and preprocess one ``(row, path, lung mask file)`` (cut to the lungs first for ``lungs``
+    ``crop``/``mask``) into row ``row`` of the memmap ``file`` (a pool worker writes straight into the
+    cache): ``"kept"``, ``"skipped"`` or ``"whole"`` (the lung mask was untrusted: kept whole)."""
+    row, path, mask = item
+    grey = _decode_for_cache(path, strict=strict)
+    if grey is None:
+        return "skipped"
+    grey, fell_back = cut_by_mask_file(grey, mask, lungs=lungs)
+    store = np.load(file, mmap_mode="r+")
+    store[row, :, :, 0] = preprocess(grey, image_size=size, resize=resize, contrast=contrast)
+    return "whole" if fell_back else "kept"
+
+
+def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files, lungs="none",
+                 workers=None):
+    from .pool import map_chunks
 
     n = len(frame)
     if n == 0:
         raise ValueError("Expected a frame with at least one row. Received: frame with 0 rows")
     store = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 1))
+    store.flush()
+    masks = [None if m is None or pd.isna(m) else str(m) for m in frame["lung_mask"]] if lungs != "none" else [None] * n
+    done = map_chunks(_cache_one, list(zip(range(n), map(str, frame["path"]), masks)), workers=workers,
+                      progress=progress, desc=f"caching {n} images at {size}px", file=str(tmp / "all.npy"), size=size,
+                      resize=resize, contrast=contrast, strict=strict, lungs=lungs)
     kept, skipped, fallbacks = [], [], []
-    masks = frame["lung_mask"] if lungs != "none" else [None] * n
-    bar = tqdm(frame["path"], total=n, desc=f"caching {n} images at {size}px", unit="img", disable=not progress)
-    for i, path in enumerate(bar):
-        grey = _decode_for_cache(path, strict=strict)
-        if grey is None:
-            skipped.append(str(frame["image"].iloc[i]))
-            continue
-        grey, fell_back = cut_by_mask_file(grey, masks[i], lungs=lungs)
-        if fell_back:
+    for i, status in enumerate(done):
+        (skipped if status == "skipped" else kept).append(str(frame["image"].iloc[i]) if status == "skipped" else i)
+        if status == "whole":
             fallbacks.append(str(frame["image"].iloc[i]))
-        store[len(kept), :, :, 0] = preprocess(grey, image_size=size, resize=resize, contrast=contrast)
-        kept.append(i)
         if i == n // 2 and os.environ.get("COVIDXR_FAULT"):  # the interruption tests stop here
             from ..atomic import fault_point
 
@@ -411,8 +414,7 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
         final = np.lib.format.open_memmap(tmp / _IMAGES, mode="w+", dtype=np.uint8,
                                           shape=(len(kept), size, size, 1))
         for start in range(0, len(kept), 1024):
-            stop = min(start + 1024, len(kept))
-            final[start:stop] = store[start:stop]
+            final[start:start + 1024] = store[kept[start:start + 1024]]
         final.flush()
         del final
         del store
@@ -430,9 +432,9 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
         warnings.warn(f"--lungs {lungs}: {len(fallbacks)} of {len(kept)} images have an empty or tiny lung mask and "
                       f"are kept whole (e.g. {', '.join(fallbacks[:3])})", stacklevel=3)
     meta = {"format": CACHE_FORMAT, "key": key, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "settings": {"image_size": size, "resize": resize, "contrast": contrast, "lungs": lungs},
-            "lung_fallbacks": fallbacks,
-            "decoder_version": decode.DECODER_VERSION, "n_images": len(kept), "skipped": skipped, "dtypes": dtypes,
+            "settings": {"image_size": size, "resize": resize, "contrast": contrast,
+                         **({} if lungs == "none" else {"lungs": lungs})},
+            "lung_fallbacks": fallbacks, "decoder_version": decode.DECODER_VERSION, "n_images": len(kept), "skipped": skipped, "dtypes": dtypes,
             "checksums": checksums, "files": files}
     (tmp / _META).write_text(json_text(meta, indent=1))
 
