@@ -39,7 +39,6 @@ whose id ``config.json["mlflow"]`` records.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ import pandas as pd
 
 from . import RESEARCH_ONLY, __version__
 from .artifacts import write_artifacts
-from .atomic import remove_stale, write_json
+from .atomic import read_json_object, remove_stale, write_json
 from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
                      split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
@@ -129,7 +128,9 @@ def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
     Raises:
         FileNotFoundError: No such folder, or it has no ``config.json`` (the run was killed
             before it wrote one: start a new run).
-        ValueError: The run has finished already, or its dataset no longer holds its images.
+        ValueError: The run has finished already, or its dataset no longer holds its images;
+            its ``config.json`` is damaged, not an object, lacks an option or holds one of the
+            wrong type (:meth:`TrainConfig.from_dict`, ``strict`` and ``complete``).
     """
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
@@ -140,11 +141,11 @@ def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
             "Expected a run folder with config.json; this run was stopped before it wrote one, so "
             f"there is nothing to continue: start a new run. Received: run_dir={str(run_dir)!r}"
         )
-    record = json.loads(path.read_text())
+    record = read_json_object(path, what="the run's options")
     if record.get("finished"):
         raise ValueError(f"Expected an unfinished run; this one finished at {record['finished']} and is "
                          f"never overwritten. Received: run_dir={str(run_dir)!r}")
-    config = TrainConfig.from_dict(record)
+    config = TrainConfig.from_dict(record, strict=True, complete=True, source=str(path))
     if verbose is not None:
         config.verbose = verbose
     check_config(config)
@@ -217,6 +218,9 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> 
     except BaseException as err:
         if state is not None and state.tracked is not None:  # resumable: --resume sets it running again
             state.tracked.set_status("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if isinstance(err, KeyboardInterrupt) and state is not None and state.run_dir is not None \
+                and (state.run_dir / "config.json").is_file():
+            err.run_dir = state.run_dir  # the command line says `--resume RUN` continues it
         raise
     finally:
         for writer in (state.writers if state is not None else []):

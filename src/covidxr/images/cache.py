@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import json_text
+from ..atomic import json_text, path_error
 from . import decode
 from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
 
@@ -314,9 +314,12 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
                 else:
                     final.unlink()
                 os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        named = path_error(err, tmp)  # a full disk or a file-size limit: say which cache
+        if named is None:
+            raise
+        raise named from err
     cache = ImageCache.open(final)
     cache.rows = _rows_for(cache.rows, frame)
     return cache
