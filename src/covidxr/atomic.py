@@ -20,6 +20,8 @@ import os
 import shutil
 import signal
 import uuid
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -193,9 +195,19 @@ def save_arrays(path, arrays) -> Path:
 
 
 def load_arrays(path) -> list[np.ndarray]:
-    """The arrays :func:`save_arrays` wrote, in order."""
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
+    """The arrays :func:`save_arrays` wrote, in order.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file is damaged (not a zip archive, cut short, a damaged member); the
+            message names it and the cause.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, zlib.error) as err:
+        raise ValueError(f"Expected {Path(path).name} to be a NumPy archive of arrays that covidxr wrote; it is "
+                         f"damaged ({type(err).__name__}: {err}). Received: path={str(path)!r}") from err
 
 
 
