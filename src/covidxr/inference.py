@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import models  # noqa: F401  (registers the custom layers before any model is loaded)
 from .atomic import read_json_object
-from .images import load_image, preprocess
+from .images import load_radiograph, preprocess
 from .training.batches import predict_batches
 
 __all__ = ["load_run", "predict_frame", "predict_images", "prepare_image", "preprocessing_settings"]
@@ -39,8 +39,9 @@ def preprocessing_settings(config: dict) -> dict:
 
 
 def prepare_image(path, settings: dict) -> np.ndarray:
-    """One image file as a run's model takes it: decoded (:func:`covidxr.images.load_image`,
-    strict) and preprocessed with the run's settings (:func:`preprocessing_settings`).
+    """One image file as a run's model takes it: decoded (:func:`covidxr.images.load_radiograph`,
+    strict: at least :data:`covidxr.images.MIN_IMAGE_SIDE` px on each side) and preprocessed with the
+    run's settings (:func:`preprocessing_settings`).
 
     This is the one rule for preparing an image at inference time (``predict``, external
     evaluation, Grad-CAM examples).
@@ -49,9 +50,9 @@ def prepare_image(path, settings: dict) -> np.ndarray:
         uint8 (S, S).
 
     Raises:
-        ValueError, OSError: The file cannot be decoded.
+        ValueError, OSError: The file cannot be decoded, or the image is too small.
     """
-    return preprocess(load_image(path, strict=True), **settings)
+    return preprocess(load_radiograph(path, strict=True), **settings)
 
 
 def load_run(run_dir, *, config=None):

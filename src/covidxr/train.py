@@ -55,7 +55,7 @@ from .atomic import read_json_object, remove_stale, write_json
 from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
                      split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
-from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
+from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache, cache_key, resolve_cache_dir
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
 from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
@@ -257,6 +257,7 @@ def _prepare_data(state: RunState) -> dict | None:
         split = make_split(config, frame)
     state.record = {"split_version": SPLIT_VERSION, "split_sizes": split.attrs.get("split_sizes") or split_sizes(split),
                     "merged_groups": len((frame.attrs.get("duplicates") or {}).get("merged_groups") or [])}
+    _check_cache_folder(config, split)
     memory = None
     if config.memory_check:  # before the run folder, the cache and hours of training
         memory = check_memory(state.model, batch_size=state.batch_size, train_images=int((split["part"] == "train").sum()),
@@ -280,6 +281,20 @@ def _prepare_data(state: RunState) -> dict | None:
                 state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
     _cache_parts(state, split)
     return memory
+
+
+def _check_cache_folder(config: TrainConfig, split: pd.DataFrame) -> None:
+    """What building the cache would refuse, checked before the run folder is made: each image once
+    in the split, and a cache folder this user may write to when the split's cache is not built yet.
+
+    Raises:
+        ValueError: An image is listed twice.
+        PermissionError: The cache is to be built in a read-only folder.
+    """
+    key = cache_key(split, image_size=int(config.image_size), resize=config.resize, contrast=config.contrast)
+    root = resolve_cache_dir(config.cache_dir)
+    if not (root / key).is_dir():
+        check_writable(root, what="cache_dir")
 
 
 def _cache_parts(state: RunState, split: pd.DataFrame) -> None:

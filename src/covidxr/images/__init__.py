@@ -45,6 +45,7 @@ from .decode import (
     RESIZES,
     check_settings,
     load_image,
+    load_radiograph,
     png_significant_bits,
     preprocess,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "list_caches",
     "load_grouped",
     "load_image",
+    "load_radiograph",
     "pixel_hashes",
     "png_significant_bits",
     "preprocess",

@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..atomic import json_text, path_error
 from . import decode
-from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
+from .decode import check_settings, load_radiograph, preprocess
 
 __all__ = [
     "CACHE_FORMAT",
@@ -266,7 +266,7 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
         contrast: None, ``"clahe"`` or ``"equalize"``.
         cache_dir: Parent folder of caches (see :func:`resolve_cache_dir`).
         strict: If True, a bad image file (missing, undecodable, or with a side below
-            :data:`MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
+            :data:`~covidxr.images.decode.MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
             skipped with a warning naming it, and left out of the cache's rows.
         progress: Show a tqdm progress bar.
 
@@ -362,20 +362,6 @@ def _warn_if_dataset_changed(root: Path, files, *, size, resize, contrast):
                       f"(remove the old one with clear_caches).", stacklevel=3)
 
 
-def _decode_for_cache(path, *, strict):
-    """:func:`load_image`, and the :data:`MIN_IMAGE_SIDE` check that a radiograph passes."""
-    grey = load_image(path, strict=strict)
-    if grey is not None and min(grey.shape) < MIN_IMAGE_SIDE:
-        shape = f"{grey.shape[1]}x{grey.shape[0]} px"
-        if strict:
-            raise ValueError(f"Expected an image at least {MIN_IMAGE_SIDE} px on each side (a radiograph); "
-                             f"this one is {shape}. Received: path='{path}'")
-        warnings.warn(f"Skipping a too small image file: {path} ({shape}, under {MIN_IMAGE_SIDE} px)",
-                      stacklevel=3)
-        return None
-    return grey
-
-
 def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progress, files):
     from tqdm.auto import tqdm
 
@@ -386,7 +372,7 @@ def _write_cache(tmp: Path, frame, *, key, size, resize, contrast, strict, progr
     kept, skipped = [], []
     bar = tqdm(frame["path"], total=n, desc=f"caching {n} images at {size}px", unit="img", disable=not progress)
     for i, path in enumerate(bar):
-        grey = _decode_for_cache(path, strict=strict)
+        grey = load_radiograph(path, strict=strict)
         if grey is None:
             skipped.append(str(frame["image"].iloc[i]))
             continue

@@ -32,7 +32,7 @@ from ..data import load_dataset
 from ..data.groups import NEAR_DISTANCE, assign_groups
 from ..data.groups import drop_mixed_patients as drop_mixed
 from .cache import resolve_cache_dir
-from .decode import DECODER_VERSION, load_image
+from .decode import DECODER_VERSION, load_radiograph
 
 __all__ = ["HASH_COLUMNS", "HashIndex", "group_frame", "image_hashes", "load_grouped", "pixel_hashes"]
 
@@ -103,7 +103,7 @@ class HashIndex:
 
             for i in tqdm(todo, desc="hashing images", disable=not progress, leave=False):
                 try:
-                    grey = load_image(frame["path"].iloc[i])
+                    grey = load_radiograph(frame["path"].iloc[i])  # a too small image is never merged
                 except (ValueError, FileNotFoundError):
                     self.entries[keys[i]] = ("", "", 0.0)
                     continue
