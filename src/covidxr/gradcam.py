@@ -139,7 +139,8 @@ def _mixed_to_float32(config):
     """``config`` (a Keras model config) with every mixed-precision dtype policy made float32;
     ``(config, changed)``."""
     if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and str((config.get("config") or {}).get("name", "")).startswith("mixed_"):
+        name = str((config.get("config") or {}).get("name", ""))
+        if config.get("class_name") == "DTypePolicy" and name.startswith("mixed_"):
             return {**config, "config": {**config["config"], "name": "float32"}}, True
         pairs = [(k, *_mixed_to_float32(v)) for k, v in config.items()]
         return {k: v for k, v, _ in pairs}, any(c for _, _, c in pairs)

@@ -6,8 +6,8 @@ commands, so that ``covidxr --version`` and ``covidxr --help`` answer at once.
 Every anticipated failure (a bad option or file, a missing or unreadable path, a damaged file,
 no network) ends in one line ``covidxr <command>: error: ...`` and exit status 2; Ctrl-C in
 one line ``covidxr <command>: interrupted; ...`` (for ``train``: the ``--resume`` command that
-continues the run) and exit status 130; ``--debug`` also prints the traceback. TensorFlow's start-up lines and warnings' source lines are kept off
-the screen (:mod:`covidxr.cli.quiet`).
+continues the run) and exit status 130; ``--debug`` also prints the traceback. TensorFlow's
+start-up lines and warnings' source lines are kept off the screen (:mod:`covidxr.cli.quiet`).
 """
 
 from __future__ import annotations
