@@ -824,3 +824,20 @@ def test_build_cache_writes_only_into_its_folder(collection, tmp_path, monkeypat
     finally:
         for p in [src, *src.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_one_minimum_image_size_for_the_cache_and_the_hash_index(tmp_path):
+    """load_radiograph is the one rule: the cache skips a 1x1 image, the hash index gives it blank hashes
+    (never merged), and strict reading refuses it."""
+    Image.new("L", (1, 1), 0).save(tmp_path / "a.png")
+    Image.new("L", (images.MIN_IMAGE_SIDE - 1, 40), 0).save(tmp_path / "b.png")  # two tiny dark images alike
+    Image.new("L", (40, 40), 90).save(tmp_path / "c.png")
+    frame = pd.DataFrame({"image": [f"{n}.png" for n in "abc"], "path": [str(tmp_path / f"{n}.png") for n in "abc"]})
+    with pytest.raises(ValueError, match=rf"at least {images.MIN_IMAGE_SIDE} px on each side \(a radiograph\); "
+                                         r"this one is 1x1 px\. Received: path='.*a\.png'"):
+        images.load_radiograph(tmp_path / "a.png")
+    hashes = images.HashIndex(tmp_path / "cache").hashes(frame)
+    assert list(hashes["exact"] == "") == [True, True, False]
+    with pytest.warns(UserWarning, match=r"Skipping a too small image file: .*a\.png \(1x1 px"):
+        cache = images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert list(cache.rows["image"]) == ["c.png"]

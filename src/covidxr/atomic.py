@@ -203,6 +203,8 @@ def load_arrays(path) -> list[np.ndarray]:
             message names it and the cause.
     """
     try:
+        if Path(path).is_file() and not zipfile.is_zipfile(path):  # else NumPy takes it for a pickle
+            raise zipfile.BadZipFile("File is not a zip file")
         with np.load(path, allow_pickle=False) as data:
             return [data[f"arr_{i}"] for i in range(len(data.files))]
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError, zlib.error) as err:
