@@ -8,7 +8,8 @@ import warnings
 
 import pytest
 
-from covidxr.config import RECORD_KEYS, TrainConfig
+from covidxr import config as config_module
+from covidxr.config import TrainConfig
 
 
 def test_types_are_checked():
@@ -56,7 +57,7 @@ def test_complete_refuses_a_missing_option():
 
 def test_a_runs_own_config_json_reads_without_warnings(tiny_run):
     record = json.loads((tiny_run / "config.json").read_text())
-    assert set(record) - {f for f in TrainConfig().to_dict()} <= RECORD_KEYS
+    assert set(record) - set(TrainConfig().to_dict()) <= config_module.RECORD_KEYS
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         config = TrainConfig.from_json(tiny_run / "config.json", complete=True)
