@@ -410,7 +410,7 @@ def test_build_cache_every_fixture_mode(frame, tmp_path):
 
 def test_cache_reused_without_decoding(frame, tmp_path, monkeypatch):
     first = images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
-    monkeypatch.setattr(image_cache, "load_image", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(image_cache, "load_radiograph", lambda *a, **k: pytest.fail("decoded again"))
     again = images.build_cache(frame.iloc[::-1], image_size=32, cache_dir=tmp_path, progress=False)
     assert again.path == first.path
     # rows follow the caller's frame (another task's labels), in the cache's order
@@ -664,8 +664,8 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage, name, message):
     del built
     damage(tmp_path / "cache" / images.cache_key(small, image_size=32) / name)
     decoded = []
-    real = images.load_image
-    monkeypatch.setattr(image_cache, "load_image", lambda path, **kw: decoded.append(path) or real(path, **kw))
+    real = images.load_radiograph
+    monkeypatch.setattr(image_cache, "load_radiograph", lambda path, **kw: decoded.append(path) or real(path, **kw))
     with pytest.warns(UserWarning, match=rf"Rebuilding an incomplete or damaged cache: .*32-pad-none-.*{message}"):
         cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
     assert len(decoded) == len(small)                      # really rebuilt, not reused
