@@ -103,3 +103,38 @@ def test_read_state(tmp_path):
     (tmp_path / "checkpoint" / "state.json").write_text("{not json")
     with pytest.raises(ValueError, match="Expected a readable checkpoint state"):
         read_state(tmp_path)
+
+
+def test_damaged_arrays_file_is_named(tmp_path):
+    path = save_arrays(tmp_path / "best-p1.npz", [np.zeros(100), np.ones(3)])
+    data = path.read_bytes()
+    for damaged in (data[: len(data) // 2], b"not a zip"):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"Expected best-p1\.npz to be a NumPy archive of arrays that covidxr "
+                                             r"wrote; it is damaged \(BadZipFile: File is not a zip file\)\. "
+                                             rf"Received: path='{path}'"):
+            load_arrays(path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE is POSIX")
+def test_a_write_over_the_file_size_limit_names_the_file(tmp_path, collection):
+    """``[Errno 27] File too large`` (a file-size limit, ``ulimit -f``) names the file or cache being written."""
+    import errno
+    import resource
+
+    from covidxr.data import load_dataset
+    from covidxr.images import build_cache
+
+    frame = load_dataset(collection).head(8)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ: the write fails instead
+    try:
+        with pytest.raises(OSError) as text_error:
+            write_text(tmp_path / "big.txt", "x" * 10_000)
+        with pytest.raises(OSError) as cache_error:
+            build_cache(frame, image_size=64, cache_dir=tmp_path / "cache", progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert (text_error.value.errno, text_error.value.filename) == (errno.EFBIG, str(tmp_path / "big.txt"))
+    assert cache_error.value.errno == errno.EFBIG and str(tmp_path / "cache" / ".tmp-") in cache_error.value.filename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"] and not any((tmp_path / "cache").iterdir())

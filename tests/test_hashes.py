@@ -107,13 +107,13 @@ def test_drop_mixed_patients_in_group_frame(tmp_path):
 def counted(monkeypatch):
     """Count the files :func:`covidxr.images.hashes.image_hashes` decodes."""
     calls = []
-    real = hashes.load_image
+    real = hashes.load_radiograph
 
     def load(path, **kwargs):
         calls.append(os.path.basename(path))
         return real(path, **kwargs)
 
-    monkeypatch.setattr(hashes, "load_image", load)
+    monkeypatch.setattr(hashes, "load_radiograph", load)
     return calls
 
 

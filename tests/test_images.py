@@ -410,7 +410,7 @@ def test_build_cache_every_fixture_mode(frame, tmp_path):
 
 def test_cache_reused_without_decoding(frame, tmp_path, monkeypatch):
     first = images.build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
-    monkeypatch.setattr(image_cache, "load_image", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(image_cache, "load_radiograph", lambda *a, **k: pytest.fail("decoded again"))
     again = images.build_cache(frame.iloc[::-1], image_size=32, cache_dir=tmp_path, progress=False)
     assert again.path == first.path
     # rows follow the caller's frame (another task's labels), in the cache's order
@@ -664,8 +664,8 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage, name, message):
     del built
     damage(tmp_path / "cache" / images.cache_key(small, image_size=32) / name)
     decoded = []
-    real = images.load_image
-    monkeypatch.setattr(image_cache, "load_image", lambda path, **kw: decoded.append(path) or real(path, **kw))
+    real = images.load_radiograph
+    monkeypatch.setattr(image_cache, "load_radiograph", lambda path, **kw: decoded.append(path) or real(path, **kw))
     with pytest.warns(UserWarning, match=rf"Rebuilding an incomplete or damaged cache: .*32-pad-none-.*{message}"):
         cache = images.build_cache(small, image_size=32, cache_dir=tmp_path / "cache", progress=False)
     assert len(decoded) == len(small)                      # really rebuilt, not reused
@@ -824,3 +824,20 @@ def test_build_cache_writes_only_into_its_folder(collection, tmp_path, monkeypat
     finally:
         for p in [src, *src.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_one_minimum_image_size_for_the_cache_and_the_hash_index(tmp_path):
+    """load_radiograph is the one rule: the cache skips a 1x1 image, the hash index gives it blank hashes
+    (never merged), and strict reading refuses it."""
+    Image.new("L", (1, 1), 0).save(tmp_path / "a.png")
+    Image.new("L", (images.MIN_IMAGE_SIDE - 1, 40), 0).save(tmp_path / "b.png")  # two tiny dark images alike
+    Image.new("L", (40, 40), 90).save(tmp_path / "c.png")
+    frame = pd.DataFrame({"image": [f"{n}.png" for n in "abc"], "path": [str(tmp_path / f"{n}.png") for n in "abc"]})
+    with pytest.raises(ValueError, match=rf"at least {images.MIN_IMAGE_SIDE} px on each side \(a radiograph\); "
+                                         r"this one is 1x1 px\. Received: path='.*a\.png'"):
+        images.load_radiograph(tmp_path / "a.png")
+    hashes = images.HashIndex(tmp_path / "cache").hashes(frame)
+    assert list(hashes["exact"] == "") == [True, True, False]
+    with pytest.warns(UserWarning, match=r"Skipping a too small image file: .*a\.png \(1x1 px"):
+        cache = images.build_cache(frame, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert list(cache.rows["image"]) == ["c.png"]

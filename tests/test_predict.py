@@ -101,3 +101,20 @@ def test_same_seed_same_split_and_predictions(collection, tmp_path):
     pa, pb = (pd.read_csv(r / "predictions.csv") for r in runs)
     assert pa["image"].equals(pb["image"])
     np.testing.assert_allclose(pa["prob_covid"], pb["prob_covid"], atol=1e-6)
+
+
+@pytest.mark.jax
+def test_a_too_small_image_is_refused_and_any_failure_makes_predict_exit_2(tiny_run, collection, tmp_path, capsys):
+    """One minimum size (MIN_IMAGE_SIDE, as the cache) for predict; a partial failure is exit status 2."""
+    from covidxr.images import MIN_IMAGE_SIDE
+
+    small = tmp_path / "dot.png"
+    Image.new("L", (1, 1), 128).save(small)
+    good = sorted((collection / "images").glob("p00*_0.*"))[0]
+    table = predict_files(tiny_run, [good, small])
+    assert list(table["error"] == "") == [True, False] and np.isnan(table.loc[1, "prob_covid"])
+    assert table.loc[1, "error"] == (f"ValueError: Expected an image at least {MIN_IMAGE_SIDE} px on each side "
+                                     f"(a radiograph); this one is 1x1 px. Received: path='{small}'")
+    assert cli.main(["predict", str(good), str(small), "--run", str(tiny_run)]) == 2
+    captured = capsys.readouterr()
+    assert "prob_covid" in captured.out and "1 of 2 files could not be read" in captured.err

@@ -193,3 +193,16 @@ def test_a_head_that_does_not_fit_its_training_data_warns(caplog):
         logger.removeHandler(caplog.handler)
     assert info["train_auc"] < phases.UNDERFIT_AUC
     assert any(r.levelno == logging.WARNING and "did not fit" in r.getMessage() for r in caplog.records)
+
+
+def test_a_diverged_run_says_the_loss_became_nan_with_the_epoch_and_learning_rate():
+    from covidxr.training.callbacks import ExactValidation
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.5), loss="binary_crossentropy")
+    model.set_weights([np.full((4, 1), np.nan, np.float32), np.zeros(1, np.float32)])  # what divergence leaves
+    validator = ExactValidation(np.ones((6, 4), np.float32), np.array([0, 1] * 3), batch_size=4, phase=2)
+    validator.set_model(model)
+    with pytest.raises(ValueError, match=r"Expected training to converge; the loss became NaN in phase 2 epoch 3 at "
+                                         r"learning rate 5\.00e-01 \(training diverged: .*\)\. Received: loss=nan$"):
+        validator.on_epoch_end(2, {"loss": float("nan")})

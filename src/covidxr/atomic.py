@@ -20,12 +20,14 @@ import os
 import shutil
 import signal
 import uuid
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "fault_point", "json_text", "load_arrays", "plain_json", "remove_stale", "save_arrays",
-           "write_json", "write_text"]
+__all__ = ["atomic_path", "fault_point", "json_text", "load_arrays", "path_error", "plain_json", "read_json_object",
+           "remove_stale", "save_arrays", "write_json", "write_text"]
 
 #: Environment variable of the kill-and-resume tests: a fault point name (see :func:`fault_point`).
 FAULT_ENV = "COVIDXR_FAULT"
@@ -87,12 +89,25 @@ def atomic_path(path):
                 os.fsync(handle.fileno())
         fault_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
+    except OSError as err:  # a full disk or a file-size limit names no file: name the one being written
+        named = path_error(err, path)
+        if named is None:
+            raise
+        raise named from err
     finally:
         if tmp.exists():
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+def path_error(err: BaseException, path) -> OSError | None:
+    """The operating-system error ``err`` naming ``path``, when it names no file (a write refused
+    with ``[Errno 27] File too large`` or ``[Errno 28] No space left on device``); else None."""
+    if isinstance(err, OSError) and err.errno is not None and getattr(err, "filename", None) is None:
+        return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
+    return None
 
 
 def write_text(path, text: str) -> Path:
@@ -142,6 +157,35 @@ def write_json(path, value, *, indent=2) -> Path:
     return write_text(path, json_text(value, indent=indent) + "\n")
 
 
+def read_json_object(path, *, what="a JSON object") -> dict:
+    """The JSON object (a dict) in the file ``path``; every failure names the file and the cause.
+
+    Args:
+        path: A JSON file (a run's ``config.json``, ...).
+        what: What the file should hold, for the messages.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Not UTF-8 JSON (damaged or cut short: the message gives the decoder's cause,
+            e.g. ``Unterminated string ...``), or JSON that is not an object (a list, a number).
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"Expected {path.name} to hold {what}; it is not valid JSON ({err}; damaged, cut short "
+                         f"or edited by hand?). Received: path={str(path)!r}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"Expected {path.name} to hold {what}; it holds a JSON {_json_kind(value)}. "
+                         f"Received: path={str(path)!r}")
+    return value
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def save_arrays(path, arrays) -> Path:
     """Save a list of arrays (in order) to an ``.npz`` file atomically."""
     with atomic_path(path) as tmp:
@@ -151,9 +195,21 @@ def save_arrays(path, arrays) -> Path:
 
 
 def load_arrays(path) -> list[np.ndarray]:
-    """The arrays :func:`save_arrays` wrote, in order."""
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
+    """The arrays :func:`save_arrays` wrote, in order.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file is damaged (not a zip archive, cut short, a damaged member); the
+            message names it and the cause.
+    """
+    try:
+        if Path(path).is_file() and not zipfile.is_zipfile(path):  # else NumPy takes it for a pickle
+            raise zipfile.BadZipFile("File is not a zip file")
+        with np.load(path, allow_pickle=False) as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, zlib.error) as err:
+        raise ValueError(f"Expected {Path(path).name} to be a NumPy archive of arrays that covidxr wrote; it is "
+                         f"damaged ({type(err).__name__}: {err}). Received: path={str(path)!r}") from err
 
 
 

@@ -7,16 +7,20 @@ layers).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import sys
+import types
+import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .atomic import json_text, write_text
+from .atomic import json_text, read_json_object, write_text
 from .data import FRONTAL_VIEWS, detect_layout, get_task, read_split, split_frame
 from .data.groups import DUPLICATES, GROUP_BY, group_column
 from .images import RESIZES, load_grouped
@@ -27,8 +31,8 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "LEGACY_DEFAULTS", "OFFICIAL_SPLIT_LAYOUTS", "VERBOSE", "TrainConfig",
-           "check_config", "check_data_dir", "grid_folds", "load_frame", "make_split", "resolve_verbose",
+__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "LEGACY_DEFAULTS", "OFFICIAL_SPLIT_LAYOUTS", "RECORD_KEYS", "VERBOSE",
+           "TrainConfig", "check_config", "check_data_dir", "grid_folds", "load_frame", "make_split", "resolve_verbose",
            "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
@@ -41,7 +45,17 @@ OFFICIAL_SPLIT_LAYOUTS = ("covidx", "covid-qu-ex")
 VERBOSE = ("auto", 0, 1, 2)
 #: Options added after runs were made, and the value that reproduces a run whose ``config.json``
 #: lacks them (runs split before same-patient pairs existed were grouped without any).
-LEGACY_DEFAULTS = {"same_patients": "none"}
+LEGACY_DEFAULTS = {"same_patients": "none", "lungs": "none", "workers": None, "official_split": False}
+#: The keys of a run's ``config.json`` that are not options: what the run recorded about itself
+#: (:mod:`covidxr.train` writes them). :meth:`TrainConfig.from_dict` (``strict``) passes them over
+#: silently and warns about any other key that is not an option.
+RECORD_KEYS = frozenset({
+    "cache", "class_counts", "classes", "covidxr_version", "dtype_policy", "finished", "keras_backend",
+    "keras_version", "merged_groups", "mlflow", "num_classes", "numpy_version", "phase1_features",
+    "phase1_train_auc", "positive_class", "preprocessing", "python_version", "resolved", "resumed", "run_dir",
+    "runtime", "split_sizes", "split_version", "started", "timing", "weights_sha256", "weights_source",
+    "same_patients_used", "lungs_segmenter",
+})
 
 
 @dataclass
@@ -158,35 +172,71 @@ class TrainConfig:
         return text
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict, *, strict=False, complete=False, source="config") -> "TrainConfig":
         """Build from a dict, ignoring keys that are not options (a run's ``config.json``
-        holds more: class order, versions, cache key ...). A run's ``config.json`` (it names its
-        ``run_dir``) made before an option existed gets :data:`LEGACY_DEFAULTS`' value for it,
-        the one that reproduces the run."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        holds more: :data:`RECORD_KEYS`). A run's ``config.json`` (it names its ``run_dir``) made
+        before an option existed gets :data:`LEGACY_DEFAULTS`' value for it, the one that
+        reproduces the run.
+
+        Args:
+            values: Options by field name.
+            strict: Check the type of every option (``"views": 5`` is refused), and warn about
+                a key that is neither an option nor one of :data:`RECORD_KEYS`, naming the
+                closest option (a misspelt option would silently be its default).
+            complete: Every option must be there (a run's own ``config.json`` on ``--resume``:
+                a lost key must not become its default).
+            source: What ``values`` came from, for the messages (a file path).
+
+        Raises:
+            ValueError: ``values`` is not a dict; an option has the wrong type (``strict``); an
+                option is missing (``complete``).
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"Expected a JSON object (a dict) of options in {source}. "
+                             f"Received: type={type(values).__name__!r}")
+        hints = _field_types()
         if "run_dir" in values:
             values = {**LEGACY_DEFAULTS, **values}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        if complete:
+            missing = sorted(set(hints) - set(values))
+            if missing:
+                raise ValueError(
+                    f"Expected every option in {source}; {len(missing)} are missing (lost or edited out? a "
+                    f"default would change the run). Received: missing={missing}")
+        if strict:
+            for key in sorted(set(values) - set(hints) - RECORD_KEYS):
+                close = difflib.get_close_matches(key, list(hints), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "see `covidxr train --help` for the options"
+                warnings.warn(f"Unknown option {key!r} in {source} is ignored; {hint}", UserWarning, stacklevel=2)
+            for key, value in values.items():
+                if key in hints:
+                    _check_type(key, value, hints[key], source)
+        return cls(**{k: v for k, v in values.items() if k in hints})
 
     @classmethod
-    def from_json(cls, path_or_text) -> "TrainConfig":
+    def from_json(cls, path_or_text, *, complete=False) -> "TrainConfig":
         """Read options from a ``config.json`` file (a run's, or one :meth:`to_json` wrote)
-        or from JSON text."""
+        or from JSON text, strictly (see :meth:`from_dict`).
+
+        Raises:
+            FileNotFoundError: No such file.
+            ValueError: Not a JSON object (the message names the file and the cause), or an
+                option of the wrong type or (``complete``) missing.
+        """
         text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
+        if not text.lstrip().startswith(("{", "[")):
             path = Path(text)
             if path.is_dir():
                 path = path / "config.json"
             if not path.is_file():
                 raise FileNotFoundError(f"Expected a config.json file. Received: config={text!r}")
-            text = path.read_text()
+            return cls.from_dict(read_json_object(path, what="a JSON object of options"), strict=True,
+                                 complete=complete, source=str(path))
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"Expected a JSON object of options ({err}). Received: config={str(path_or_text)[:80]!r}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"Expected a JSON object of options. Received: config={type(values).__name__}")
-        return cls.from_dict(values)
+            raise ValueError(f"Expected a JSON object of options ({err}). Received: config={text[:80]!r}") from err
+        return cls.from_dict(values, strict=True, complete=complete, source="the JSON text")
 
     @property
     def contrast(self):
@@ -201,6 +251,29 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- checks
+
+#: What each Python type of a field annotation accepts, and how a message says it.
+_ACCEPTS = {str: ((str,), "a string"), bool: ((bool, np.bool_), "true or false"),
+            int: ((int, np.integer), "an integer"), float: ((int, float, np.integer, np.floating), "a number"),
+            type(None): ((type(None),), "null")}
+
+
+def _field_types() -> dict:
+    """``{field name: tuple of the types its annotation allows}`` of :class:`TrainConfig`."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: typing.get_args(hints[f.name]) if isinstance(hints[f.name], types.UnionType)
+            else (hints[f.name],) for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_type(name, value, allowed, source) -> None:
+    """``value`` is one of the ``allowed`` types (a bool is never a number here)."""
+    for kind in allowed:
+        accepted = _ACCEPTS[kind][0]
+        if isinstance(value, accepted) and not (kind in (int, float) and isinstance(value, (bool, np.bool_))):
+            return
+    wanted = " or ".join(_ACCEPTS[kind][1] for kind in allowed)
+    raise ValueError(f"Expected option {name} in {source} to be {wanted}. Received: {name}={value!r}")
+
 
 def _positive_int(name, value, *, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

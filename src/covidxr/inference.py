@@ -5,7 +5,7 @@ the evaluation, figures and application layers.
 
 from __future__ import annotations
 
-import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import models  # noqa: F401  (registers the custom layers before any model is loaded)
+from .atomic import read_json_object
 from .lungmasks import lung_view
 from .training.batches import predict_batches
 
@@ -39,9 +40,10 @@ def preprocessing_settings(config: dict) -> dict:
 
 
 def prepare_image(path, settings: dict) -> np.ndarray:
-    """One image file as a run's model takes it: decoded (:func:`covidxr.images.load_image`,
-    strict), cropped to its lungs for a ``--lungs crop|mask`` run (:func:`covidxr.lungmasks.lung_view`,
-    the bundled segmenter) and preprocessed with the run's settings (:func:`preprocessing_settings`).
+    """One image file as a run's model takes it: decoded (:func:`covidxr.images.load_radiograph`,
+    strict: at least :data:`covidxr.images.MIN_IMAGE_SIDE` px on each side), cropped to its lungs for a
+    ``--lungs crop|mask`` run (:func:`covidxr.lungmasks.lung_view`, the bundled segmenter) and
+    preprocessed with the run's settings (:func:`preprocessing_settings`).
 
     This is the one rule for preparing an image at inference time (``predict``, external
     evaluation, Grad-CAM examples).
@@ -50,7 +52,7 @@ def prepare_image(path, settings: dict) -> np.ndarray:
         uint8 (S, S).
 
     Raises:
-        ValueError, OSError: The file cannot be decoded.
+        ValueError, OSError: The file cannot be decoded, or the image is too small.
     """
     return lung_view(path, settings)[0]
 
@@ -64,6 +66,12 @@ def load_run(run_dir, *, config=None):
 
     Returns:
         ``(model, config_dict)``.
+
+    Raises:
+        FileNotFoundError: No ``model.keras`` or ``config.json``.
+        ValueError: ``config.json`` is not a JSON object; ``model.keras`` is damaged, not a Keras
+            model file, or holds code (a Lambda layer) or names a class that is neither Keras' nor
+            covidxr's (a module such as ``os``): refused, never run.
     """
     run_dir = Path(run_dir)
     path = run_dir / "model.keras"
@@ -73,7 +81,7 @@ def load_run(run_dir, *, config=None):
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"Expected a run folder with config.json. Received: run_dir={str(run_dir)!r}")
-        config = json.loads(config_path.read_text())
+        config = read_json_object(config_path, what="the run's options")
     if not zipfile.is_zipfile(path):  # Keras would say "File not found"
         raise ValueError(f"Expected model.keras to be a Keras model file (a zip archive); this one is not a Keras "
                          f"model file (damaged or cut short?). Received: path={str(path)!r}")
@@ -90,6 +98,12 @@ def load_run(run_dir, *, config=None):
                 f"and made with covidxr. Received: run_dir={str(run_dir)!r}"
             ) from err
         raise
+    except TypeError as err:  # a class Keras cannot locate: a module such as ``os``, another package's class
+        found = re.search(r"Full object config: {'module': '([^']*)', 'class_name': '([^']*)'", str(err))
+        named = f"class {found[2]!r} of module {found[1]!r}" if found else " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"Refusing to load model.keras: it names a class that is neither Keras' nor covidxr's ({named}); only "
+            f"load models made with covidxr, from sources you trust. Received: path={str(path)!r}") from err
     return model, config
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .images import load_image, preprocess, resolve_cache_dir
+from .images import load_image, load_radiograph, preprocess, resolve_cache_dir
 from .images.lungs import apply_lungs, check_lungs
 
 __all__ = ["LUNG_STORE", "lung_mask_files", "lung_view", "save_mask", "segment", "segmenter_for", "unpad_mask"]
@@ -137,7 +137,7 @@ def lung_view(path, settings: dict, *, segmenter=None):
     """
     settings = dict(settings)
     lungs = check_lungs(settings.pop("lungs", "none"))
-    grey = load_image(path, strict=True)
+    grey = load_radiograph(path, strict=True)
     box = None
     if lungs != "none":
         model, _ = segmenter_for(None if segmenter is None else str(segmenter))

@@ -39,7 +39,6 @@ whose id ``config.json["mlflow"]`` records.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -52,11 +51,11 @@ import pandas as pd
 
 from . import RESEARCH_ONLY, __version__
 from .artifacts import write_artifacts
-from .atomic import remove_stale, write_json
+from .atomic import read_json_object, remove_stale, write_json
 from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
                      split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
-from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
+from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache, cache_key, resolve_cache_dir
 from .lungmasks import lung_mask_files, segmenter_for
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
 from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
@@ -130,7 +129,9 @@ def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
     Raises:
         FileNotFoundError: No such folder, or it has no ``config.json`` (the run was killed
             before it wrote one: start a new run).
-        ValueError: The run has finished already, or its dataset no longer holds its images.
+        ValueError: The run has finished already, or its dataset no longer holds its images;
+            its ``config.json`` is damaged, not an object, lacks an option or holds one of the
+            wrong type (:meth:`TrainConfig.from_dict`, ``strict`` and ``complete``).
     """
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
@@ -141,11 +142,11 @@ def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
             "Expected a run folder with config.json; this run was stopped before it wrote one, so "
             f"there is nothing to continue: start a new run. Received: run_dir={str(run_dir)!r}"
         )
-    record = json.loads(path.read_text())
+    record = read_json_object(path, what="the run's options")
     if record.get("finished"):
         raise ValueError(f"Expected an unfinished run; this one finished at {record['finished']} and is "
                          f"never overwritten. Received: run_dir={str(run_dir)!r}")
-    config = TrainConfig.from_dict(record)
+    config = TrainConfig.from_dict(record, strict=True, complete=True, source=str(path))
     if verbose is not None:
         config.verbose = verbose
     check_config(config)
@@ -218,6 +219,9 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> 
     except BaseException as err:
         if state is not None and state.tracked is not None:  # resumable: --resume sets it running again
             state.tracked.set_status("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if isinstance(err, KeyboardInterrupt) and state is not None and state.run_dir is not None \
+                and (state.run_dir / "config.json").is_file():
+            err.run_dir = state.run_dir  # the command line says `--resume RUN` continues it
         raise
     finally:
         for writer in (state.writers if state is not None else []):
@@ -255,6 +259,7 @@ def _prepare_data(state: RunState) -> dict | None:
     state.record = {"split_version": SPLIT_VERSION, "split_sizes": split.attrs.get("split_sizes") or split_sizes(split),
                     "merged_groups": len((frame.attrs.get("duplicates") or {}).get("merged_groups") or []),
                     "same_patients_used": frame.attrs.get("same_patients")}  # the file --same-patients resolved to
+    _check_cache_folder(config, split)
     memory = None
     if config.memory_check:  # before the run folder, the cache and hours of training
         memory = check_memory(state.model, batch_size=state.batch_size, train_images=int((split["part"] == "train").sum()),
@@ -278,6 +283,20 @@ def _prepare_data(state: RunState) -> dict | None:
                 state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
     _cache_parts(state, split)
     return memory
+
+
+def _check_cache_folder(config: TrainConfig, split: pd.DataFrame) -> None:
+    """What building the cache would refuse, checked before the run folder is made: each image once
+    in the split, and a cache folder this user may write to when the split's cache is not built yet.
+
+    Raises:
+        ValueError: An image is listed twice.
+        PermissionError: The cache is to be built in a read-only folder.
+    """
+    key = cache_key(split, image_size=int(config.image_size), resize=config.resize, contrast=config.contrast)
+    root = resolve_cache_dir(config.cache_dir)
+    if not (root / key).is_dir():
+        check_writable(root, what="cache_dir")
 
 
 def _cache_parts(state: RunState, split: pd.DataFrame) -> None:

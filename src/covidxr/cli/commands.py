@@ -371,7 +371,10 @@ def _run_train(args):
 # --------------------------------------------------------------------------- predict
 
 def _add_predict(sub):
-    p = sub.add_parser("predict", help="probability, decision and optional Grad-CAM for image files")
+    p = sub.add_parser("predict", help="probability, decision and optional Grad-CAM for image files",
+                       description="Scores every readable file; a file that cannot be read (or an image too small "
+                                   "to be a radiograph) gets its reason in the error column, and the command then "
+                                   "exits with status 2 after printing (and writing --csv) the whole table.")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, DICOM, ...)")
     p.add_argument("--run", required=True, help="a run folder made by `covidxr train`")
     p.add_argument("--gradcam", default=None, metavar="OUT_DIR", help="write Grad-CAM overlays here")
@@ -400,7 +403,7 @@ def _run_predict(args):
     if failed:
         print(f"covidxr predict: {failed} of {len(table)} files could not be read (see the error column)",
               file=sys.stderr)
-    return 0 if failed < len(table) else 2
+    return 2 if failed else 0  # any file that failed makes the exit status say so
 
 
 # --------------------------------------------------------------------------- weights

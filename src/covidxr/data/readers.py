@@ -386,6 +386,11 @@ def read_manifest(
         warnings.warn(f"{int((~exists).sum())} manifest rows name a missing file; skipped.", stacklevel=2)
     raw = raw[exists]
     paths = [p for p, e in zip(paths, exists) if e]
+    listed = pd.Series([str(p) for p in paths]).value_counts()
+    if (listed > 1).any():  # which row holds its label and patient? refused before any work is done
+        repeated = {Path(k).name: int(v) for k, v in listed[listed > 1].head(3).items()}
+        raise ValueError(f"Expected each image once in the manifest {csv_path}; {int((listed > 1).sum())} image(s) "
+                         f"listed more than once. Received: times={repeated}")
     blank = 0
     if patient_col and patient_col in raw.columns:
         patients, blank = patient_ids(raw[patient_col], raw[image_col], source=str(csv_path))

@@ -5,12 +5,12 @@ Must not score the data it reads, write anything or load a model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import read_json_object
 from . import metrics as M
 
 __all__ = ["LEVELS", "RUN_KEYS", "held_out_test", "read_run", "validation_threshold"]
@@ -46,7 +46,7 @@ def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
         raise FileNotFoundError(
             f"Expected a run folder with config.json (made by `covidxr train`). Received: run_dir={str(run)!r}"
         )
-    config = json.loads(config_path.read_text())
+    config = read_json_object(config_path, what="the run's options")
     classes = config.get("classes")
     if not classes or len(classes) < 2:
         raise ValueError(f"Expected config.json to list the model's classes. Received: classes={classes!r}")
@@ -68,6 +68,13 @@ def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
         raise ValueError(
             f"Expected {str(pred_path)!r} with columns {required}. Received: missing={missing}"
         )
+    for column in M.prob_columns(classes):
+        numbers = pd.to_numeric(preds[column], errors="coerce")
+        bad = preds[column][numbers.isna() & preds[column].notna()]
+        if len(bad):
+            raise ValueError(f"Expected numbers in column {column} of {str(pred_path)!r} (damaged or edited?); "
+                             f"{len(bad)} rows hold text. Received: {column}={bad.iloc[0]!r}")
+        preds[column] = numbers
     return config, preds
 
 

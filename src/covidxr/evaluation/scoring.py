@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..data import get_task
 from ..data.groups import group_column
-from ..images import HashIndex, image_hashes, load_grouped, load_image
+from ..images import HashIndex, image_hashes, load_grouped, load_radiograph
 from . import bootstrap as B
 from . import metrics as M
 from .overlap import flag_overlap, overlap_summary, run_reference
@@ -161,11 +161,11 @@ def with_decisions(scored: pd.DataFrame, result: dict) -> pd.DataFrame:
 
 
 def unreadable_images(frame: pd.DataFrame) -> list[dict]:
-    """Images that cannot be decoded: ``[{"image", "error"}]``."""
+    """Images that cannot be decoded, or are too small to be a radiograph: ``[{"image", "error"}]``."""
     bad = []
     for image, path in zip(frame["image"], frame["path"]):
         try:
-            load_image(path)
+            load_radiograph(path)  # also too small to be a radiograph
         except Exception as err:  # noqa: BLE001 - any decoding failure leaves the image out
             bad.append({"image": str(image), "error": f"{type(err).__name__}: {err}"[:300]})
     return bad

@@ -46,6 +46,7 @@ from .decode import (
     RESIZES,
     check_settings,
     load_image,
+    load_radiograph,
     png_significant_bits,
     preprocess,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "list_caches",
     "load_grouped",
     "load_image",
+    "load_radiograph",
     "pixel_hashes",
     "png_significant_bits",
     "preprocess",

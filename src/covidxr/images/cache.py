@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import json_text
+from ..atomic import json_text, path_error
 from . import decode
-from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
+from .decode import check_settings, load_radiograph, preprocess
 from .lungs import cut_by_mask_file, lung_mask_names
 
 __all__ = ["CACHE_FORMAT", "DEFAULT_CACHE_DIR", "ImageCache", "build_cache", "cache_key", "clear_caches", "list_caches",
@@ -259,7 +259,7 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
         image_size, resize, contrast: As :func:`~covidxr.images.decode.preprocess`.
         cache_dir: Parent folder of caches (see :func:`resolve_cache_dir`).
         strict: If True, a bad image file (missing, undecodable, or with a side below
-            :data:`MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
+            :data:`~covidxr.images.decode.MIN_IMAGE_SIDE` pixels) raises and nothing is written; if False it is
             skipped with a warning naming it, and left out of the cache's rows.
         progress: Show a tqdm progress bar.
         lungs: ``"crop"``/``"mask"``: each image cut to its lungs first by its ``lung_mask`` file
@@ -312,9 +312,12 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
                 else:
                     final.unlink()
                 os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        named = path_error(err, tmp)  # a full disk or a file-size limit: say which cache
+        if named is None:
+            raise
+        raise named from err
     cache = ImageCache.open(final)
     cache.rows = _rows_for(cache.rows, frame)
     return cache
@@ -357,26 +360,12 @@ def _warn_if_dataset_changed(root: Path, files, *, size, resize, contrast):
                       f"(remove the old one with clear_caches).", stacklevel=3)
 
 
-def _decode_for_cache(path, *, strict):
-    """:func:`load_image`, and the :data:`MIN_IMAGE_SIDE` check that a radiograph passes."""
-    grey = load_image(path, strict=strict)
-    if grey is not None and min(grey.shape) < MIN_IMAGE_SIDE:
-        shape = f"{grey.shape[1]}x{grey.shape[0]} px"
-        if strict:
-            raise ValueError(f"Expected an image at least {MIN_IMAGE_SIDE} px on each side (a radiograph); "
-                             f"this one is {shape}. Received: path='{path}'")
-        warnings.warn(f"Skipping a too small image file: {path} ({shape}, under {MIN_IMAGE_SIDE} px)",
-                      stacklevel=3)
-        return None
-    return grey
-
-
 def _cache_one(item, *, file, size, resize, contrast, strict, lungs) -> str:
     """Decode and preprocess one ``(row, path, lung mask file)`` (cut to the lungs first for ``lungs``
     ``crop``/``mask``) into row ``row`` of the memmap ``file`` (a pool worker writes straight into the
     cache): ``"kept"``, ``"skipped"`` or ``"whole"`` (the lung mask was untrusted: kept whole)."""
     row, path, mask = item
-    grey = _decode_for_cache(path, strict=strict)
+    grey = load_radiograph(path, strict=strict)
     if grey is None:
         return "skipped"
     grey, fell_back = cut_by_mask_file(grey, mask, lungs=lungs)

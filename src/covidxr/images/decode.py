@@ -33,6 +33,7 @@ __all__ = [
     "RESIZES",
     "check_settings",
     "load_image",
+    "load_radiograph",
     "png_significant_bits",
     "preprocess",
 ]
@@ -65,8 +66,9 @@ DECODING_RULE = (
 )
 
 #: Images whose shorter side is below this many pixels (a 1x1 placeholder, a thin strip)
-#: are not radiographs: :func:`~covidxr.images.cache.build_cache` skips them (or raises,
-#: ``strict=True``).
+#: are not radiographs: :func:`load_radiograph`, the one rule of every path that uses an image
+#: (the cache skips them, or raises with ``strict=True``; ``predict`` and an external evaluation
+#: report them; the hash index never merges them).
 MIN_IMAGE_SIDE = 16
 
 
@@ -400,6 +402,34 @@ def _enhance(grey: np.ndarray, contrast) -> np.ndarray:
     else:
         out = exposure.equalize_hist(grey)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_radiograph(path, *, strict=True) -> np.ndarray | None:
+    """:func:`load_image`, and the :data:`MIN_IMAGE_SIDE` check that a radiograph passes.
+
+    Args:
+        path: The file.
+        strict: If True, a bad file or a too small image raises; if False it gives a warning
+            naming the file and None.
+
+    Returns:
+        A ``uint8`` array of shape (H, W), H and W at least :data:`MIN_IMAGE_SIDE`, or None
+        (``strict=False`` only).
+
+    Raises:
+        ValueError: The image is smaller than :data:`MIN_IMAGE_SIDE` on a side (``strict=True``);
+            or as :func:`load_image`.
+    """
+    grey = load_image(path, strict=strict)
+    if grey is not None and min(grey.shape) < MIN_IMAGE_SIDE:
+        shape = f"{grey.shape[1]}x{grey.shape[0]} px"
+        if strict:
+            raise ValueError(f"Expected an image at least {MIN_IMAGE_SIDE} px on each side (a radiograph); "
+                             f"this one is {shape}. Received: path='{path}'")
+        warnings.warn(f"Skipping a too small image file: {path} ({shape}, under {MIN_IMAGE_SIDE} px)",
+                      stacklevel=2)
+        return None
+    return grey
 
 
 def preprocess(image, *, image_size, resize="pad", contrast=None) -> np.ndarray:

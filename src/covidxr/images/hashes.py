@@ -44,7 +44,7 @@ from ..data.groups import drop_mixed_patients as drop_mixed
 from ..data.same_patients import REVIEW_DISTANCE, mark_reviewed, resolve_same_patients, review_pairs
 from ..data.tasks import none_if_blank
 from .cache import resolve_cache_dir
-from .decode import DECODER_VERSION, load_image
+from .decode import DECODER_VERSION, load_radiograph
 from .pool import map_chunks
 
 __all__ = ["HASH_COLUMNS", "HashIndex", "candidate_pairs", "group_frame", "image_hashes", "load_grouped",
@@ -141,9 +141,10 @@ def _write_index(path: Path, index: dict) -> None:
 
 
 def _hash_file(path) -> tuple[str, str, float]:
-    """:func:`pixel_hashes` of one file; blanks and 0 when it cannot be decoded (a pool worker)."""
+    """:func:`pixel_hashes` of one file; blanks and 0 when it cannot be decoded or is too small to
+    be a radiograph (a pool worker; a too small image is never merged)."""
     try:
-        return pixel_hashes(load_image(path))
+        return pixel_hashes(load_radiograph(path))
     except (ValueError, FileNotFoundError):
         return "", "", 0.0
 

@@ -79,13 +79,19 @@ class ExactValidation(keras.callbacks.Callback):
         inputs: What the fitted model takes (cached features (m, F), or images (m, S, S, 1)).
         labels: int class indices (m,).
         batch_size: Prediction batch size (a multiple of the devices under data parallelism).
+        phase: The run's phase (1 or 2), for the message of a diverged run.
+
+    Raises:
+        ValueError: At the end of an epoch whose loss or validation outputs are NaN (diverged):
+            the message gives the phase, the epoch and the learning rate.
     """
 
-    def __init__(self, inputs, labels, *, batch_size):
+    def __init__(self, inputs, labels, *, batch_size, phase=None):
         super().__init__()
         self.inputs = inputs
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size = int(batch_size)
+        self.phase = phase
         self.seconds = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
@@ -93,8 +99,27 @@ class ExactValidation(keras.callbacks.Callback):
             return
         start = time.perf_counter()
         probs = predict_batches(self.model, self.inputs, batch_size=self.batch_size)
+        self._check_finite(epoch, logs.get("loss"), probs)
         logs.update(validation_logs(self.labels, probs))
         self.seconds += time.perf_counter() - start
+
+    def _check_finite(self, epoch, loss, probs) -> None:
+        """Training diverged (a NaN loss, or NaN validation outputs): say so, with the epoch and the
+        learning rate, instead of failing later in the scores.
+
+        Raises:
+            ValueError: The loss or the model's outputs are not finite.
+        """
+        if np.all(np.isfinite(probs)) and (loss is None or np.isfinite(loss)):
+            return
+        try:
+            lr = f"{float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):.2e}"
+        except Exception:  # noqa: BLE001 - a schedule or no optimizer
+            lr = "unknown"
+        where = f"phase {self.phase} epoch {epoch + 1}" if self.phase else f"epoch {epoch + 1}"
+        raise ValueError(
+            f"Expected training to converge; the loss became NaN in {where} at learning rate {lr} (training "
+            f"diverged: lower --learning-rate, or --fine-tune-learning-rate in phase 2). Received: loss={loss!r}")
 
 
 class SaveBest(keras.callbacks.Callback):

@@ -152,7 +152,7 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
         fitted, train_data, val_inputs = head, FeatureSequence(train_seq, train_features), val_features
     else:
         fitted, train_data, val_inputs = model, train_seq, np.asarray(val_images)
-    validator = ExactValidation(val_inputs, val_labels, batch_size=batch_size)
+    validator = ExactValidation(val_inputs, val_labels, batch_size=batch_size, phase=1)
     compile_model(fitted, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile)
     train_data = train_batches(train_data, batch_size=batch_size, class_weight=class_weight)
     start = time.perf_counter()
@@ -193,7 +193,7 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
     train_seq = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed + 1)
     train_seq.set_epoch(initial_epoch)
-    validator = ExactValidation(np.asarray(val_images), val_labels, batch_size=batch_size)
+    validator = ExactValidation(np.asarray(val_images), val_labels, batch_size=batch_size, phase=2)
     compile_model(model, num_classes=num_classes, learning_rate=learning_rate, jit_compile=jit_compile)
     train_data = train_batches(train_seq, batch_size=batch_size, class_weight=class_weight)
     start = time.perf_counter()
