@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import json_text
+from ..locks import LockHeld, acquire
 from . import decode
 from .decode import MIN_IMAGE_SIDE, check_settings, load_image, preprocess
 
@@ -283,6 +284,13 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     files = _sources(frame)
     key = _key(files, size, resize, contrast)
     root = resolve_cache_dir(cache_dir)
+    with acquire(root / f".{key}.lock", what=f"cache build {key}", wait=True):  # one build per key at a time
+        return _build_or_reuse(frame, files=files, key=key, root=root, size=size, resize=resize, contrast=contrast,
+                               strict=strict, progress=progress)
+
+
+def _build_or_reuse(frame, *, files, key, root, size, resize, contrast, strict, progress) -> ImageCache:
+    """:func:`build_cache` once this process holds the key's build lock."""
     final = root / key
     if final.exists():
         try:
@@ -455,7 +463,8 @@ def clear_caches(cache_dir=None, *, key=None) -> list[Path]:
     """Remove caches from ``cache_dir``: the one whose key is (or starts with) ``key``, or all.
 
     Without ``key``, unfinished temporary folders left by interrupted builds go too.
-    Folders that are not caches are never touched.
+    Folders that are not caches are never touched, and a cache another process is building
+    (its build lock is held) is skipped with a warning naming that process.
 
     Returns:
         The removed folders.
@@ -478,6 +487,15 @@ def clear_caches(cache_dir=None, *, key=None) -> list[Path]:
         targets = [Path(p) for p in table["path"]]
         if root.is_dir():
             targets += [f for f in root.iterdir() if f.is_dir() and f.name.startswith(_TMP_PREFIX)]
+    removed = []
     for folder in targets:
-        shutil.rmtree(folder)
-    return targets
+        key_of = folder.name[len(_TMP_PREFIX):-9] if folder.name.startswith(_TMP_PREFIX) else folder.name
+        try:
+            with acquire(root / f".{key_of}.lock", what=f"cache {key_of}", wait=False):
+                shutil.rmtree(folder)
+        except LockHeld as err:
+            warnings.warn(f"Skipping cache {folder}: it is being built by PID {err.holder.get('pid')} on "
+                          f"{err.holder.get('host')}; clear it again once that build is done", stacklevel=2)
+            continue
+        removed.append(folder)
+    return removed
