@@ -45,7 +45,7 @@ def _holder_process(path, what):
 
 def _end(proc):
     proc.stdin.close()
-    proc.wait(timeout=30)
+    proc.wait(timeout=120)
 
 
 def test_a_held_lock_names_its_holder(tmp_path):
@@ -57,10 +57,13 @@ def test_a_held_lock_names_its_holder(tmp_path):
             acquire(path, what="run folder R")
         assert locks.is_held(path)["pid"] == proc.pid
         os.kill(proc.pid, signal.SIGSTOP)  # a stopped holder is named as such
+        deadline = time.monotonic() + 30
+        while locks._state({"pid": proc.pid, "host": socket.gethostname()}) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)  # the signal is delivered asynchronously
         with pytest.raises(LockHeld, match=rf"held by PID {proc.pid} \(stopped\)"):
             acquire(path, what="run folder R")
-        os.kill(proc.pid, signal.SIGCONT)
     finally:
+        os.kill(proc.pid, signal.SIGCONT)
         _end(proc)
     with hold(path, what="run folder R"):
         assert json.loads(path.read_text())["pid"] == os.getpid()

@@ -27,6 +27,10 @@ threshold method) may change, since they do not touch the runs. ``views`` is com
 canonical form (``frontal`` and the explicit list of frontal views are the same value), so a
 grid started from the command line can be resumed from the notebook and the reverse.
 
+**Two grids on one folder** (two terminals, two nodes sharing ``out``) never train a combination twice:
+each combination is held by one process (``OUT/.locks/``, :mod:`covidxr.locks`); a grid skips those another
+process holds and comes back to them after the others, waiting, then keeps the run that process made.
+
 **Feature layers** (``feature_layers``, ``--feature-layers a,b``) are an axis like backbones: each
 is a layer of every backbone of the grid (``"none"``: the whole backbone); without the axis every
 run uses the base configuration's ``feature_layer`` (default: the whole backbone).

@@ -155,7 +155,8 @@ def check_record(folder, names=None, *, what="folder") -> dict | None:
         that its files are read unchecked).
 
     Raises:
-        RecordMismatch: A listed file is missing or differs from both its written and its pending entry.
+        RecordMismatch: A file listed as written is missing, or a file differs from both its written and
+            its pending entry.
     """
     folder = Path(folder)
     record = read_record(folder)
@@ -163,7 +164,7 @@ def check_record(folder, names=None, *, what="folder") -> dict | None:
         if str(folder.resolve()) not in _WARNED:
             _WARNED.add(str(folder.resolve()))
             warnings.warn(f"{folder} has no {RECORD_FILE} (a {what} made before covidxr recorded its files): "
-                          "its files are read unchecked", UserWarning, stacklevel=2)
+                          "its files are read unchecked", UserWarning, stacklevel=3)
         return None
     files, pending = record["files"], record["pending"]
     for name in (names if names is not None else sorted(set(files) | set(pending))):
@@ -171,6 +172,8 @@ def check_record(folder, names=None, *, what="folder") -> dict | None:
         if not accepted:
             continue
         path = folder / name
+        if not path.is_file() and name not in files:  # only pending: killed before its first rename
+            continue
         if not path.is_file():
             raise RecordMismatch(f"Expected {name} in the {what}: its {RECORD_FILE} lists it, but it is gone "
                                  f"(removed or moved). Received: path={str(path)!r}")

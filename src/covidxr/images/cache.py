@@ -493,9 +493,8 @@ def clear_caches(cache_dir=None, *, key=None) -> list[Path]:
         try:
             with acquire(root / f".{key_of}.lock", what=f"cache {key_of}", wait=False):
                 shutil.rmtree(folder)
+            removed.append(folder)
         except LockHeld as err:
             warnings.warn(f"Skipping cache {folder}: it is being built by PID {err.holder.get('pid')} on "
                           f"{err.holder.get('host')}; clear it again once that build is done", stacklevel=2)
-            continue
-        removed.append(folder)
     return removed
