@@ -52,11 +52,11 @@ import pandas as pd
 
 from . import __version__
 from .atomic import write_json
-from .evaluate import write_grid_comparison
 from .config import TrainConfig, check_config, load_frame
 from .data import SPLIT_VERSION, resolve_data_dir, views_key
 from .data.groups import group_column
 from .data.splits import describe_groups
+from .evaluate import write_grid_comparison
 from .evaluation import grid_comparison, grid_selection
 from .executors import check_executor, limit_threads, run_jobs, run_threads
 from .images import resolve_cache_dir

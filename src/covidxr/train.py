@@ -53,13 +53,13 @@ import pandas as pd
 from . import RESEARCH_ONLY, __version__
 from .artifacts import write_artifacts
 from .atomic import remove_stale
-from .records import check_record, recorded_path, write_recorded_json
 from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
                      split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .locks import LOCK_NAME, acquire
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
+from .records import check_record, recorded_path, write_recorded_json
 from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
