@@ -25,8 +25,9 @@ TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--bat
 #: several times), the decode-once cache, and the checkpoint.
 TRAIN_POINTS = (["mid-cache", "before-rename:split.csv", "before-rename:model.keras", "before-rename:history.csv",
                  "before-rename:predictions.csv", "before-rename:metrics.json", "after-state@1", "after-state@2"]
-                + [f"before-rename:config.json@{k}" for k in range(1, 5)]
-                + [f"before-rename:record.json@{k}" for k in range(1, 16)])
+                + [f"before-rename:config.json@{k}" for k in range(1, 5)])
+#: ... and every write of its record (two per recorded file: pending, then written).
+RECORD_POINTS = [f"before-rename:record.json@{k}" for k in range(1, 19)]
 #: Where an evaluation can die: writing its record, the last file of its folder before the rename.
 EVALUATE_POINTS = ["before-rename:record.json"]
 #: Where a grid of two folds can die: anywhere in its second run, or writing its own record.
@@ -34,12 +35,12 @@ GRID_POINTS = ([f"before-rename:record.json@{k}" for k in range(16, 30)]
                + ["before-rename:predictions.csv@2", "before-rename:grid.json@2", "before-rename:comparison.csv"])
 
 
-def _later(args, capsys) -> int:
-    """A later command, in this process: exit 0, or exit 2 with one line and no traceback."""
+def _later(args, capsys, *, expect=None) -> int:
+    """A later command, in this process: exit 0, or exit 2 with one line and no traceback (``expect``: that one)."""
     capsys.readouterr()
     code = cli.main([str(a) for a in args])
     err = capsys.readouterr().err
-    assert code in (0, 2), err
+    assert code in (0, 2) and code == (code if expect is None else expect), err
     if code == 2:
         lines = [line for line in err.splitlines() if line.startswith("covidxr ")]
         assert len(lines) == 1 and "Traceback" not in err, err
@@ -62,7 +63,7 @@ def _metrics(folder) -> dict:
 @pytest.mark.slow
 def test_killed_commands_recover_or_end_in_one_line(collection, tiny_run, tmp_path, capsys):
     rng = random.Random(SEED)
-    points = {"train": rng.sample(TRAIN_POINTS, 2), "evaluate": rng.choice(EVALUATE_POINTS),
+    points = {"train": [rng.choice(TRAIN_POINTS), rng.choice(RECORD_POINTS)], "evaluate": rng.choice(EVALUATE_POINTS),
               "grid": rng.choice(GRID_POINTS)}
     print("kill points:", points)
     data = ["--data-dir", str(collection), "--cache-dir", str(tmp_path / "cache")]
@@ -70,7 +71,7 @@ def test_killed_commands_recover_or_end_in_one_line(collection, tiny_run, tmp_pa
     # train, killed at two points, each then resumed (or refused in one line), then evaluated
     reference_eval = tmp_path / "reference"
     shutil.copytree(tiny_run, reference_eval)
-    assert _later(["evaluate", "--run", reference_eval, "--n-bootstrap", "20", "--no-figures"], capsys) == 0
+    _later(["evaluate", "--run", reference_eval, "--n-bootstrap", "20", "--no-figures"], capsys, expect=0)
     (expected,) = (reference_eval / "evaluations").iterdir()
     for k, point in enumerate(points["train"]):
         runs = tmp_path / f"runs{k}"
@@ -85,7 +86,7 @@ def test_killed_commands_recover_or_end_in_one_line(collection, tiny_run, tmp_pa
             if not (run / "predictions.csv").is_file():
                 continue
             _same_predictions(run, tiny_run)
-            assert _later(["evaluate", "--run", run, "--n-bootstrap", "20", "--no-figures"], capsys) == 0
+            _later(["evaluate", "--run", run, "--n-bootstrap", "20", "--no-figures"], capsys, expect=0)
             (evaluation,) = (run / "evaluations").iterdir()
             assert _metrics(evaluation) == _metrics(expected)
 
@@ -94,19 +95,19 @@ def test_killed_commands_recover_or_end_in_one_line(collection, tiny_run, tmp_pa
     shutil.copytree(tiny_run, run)
     result = _covidxr(["evaluate", "--run", str(run), "--n-bootstrap", "20", "--no-figures"], fault=points["evaluate"])
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    assert _later(["compare", run, "--evaluation", "test", "--n-bootstrap", "0"], capsys) == 2
-    assert _later(["evaluate", "--run", run, "--n-bootstrap", "20", "--no-figures"], capsys) == 0
+    _later(["compare", run, "--evaluation", "test", "--n-bootstrap", "0"], capsys, expect=2)
+    _later(["evaluate", "--run", run, "--n-bootstrap", "20", "--no-figures"], capsys, expect=0)
     (evaluation,) = (p for p in (run / "evaluations").iterdir() if not p.name.startswith("."))
     assert _metrics(evaluation) == _metrics(expected)
-    assert _later(["compare", run, "--evaluation", "test", "--n-bootstrap", "0"], capsys) == 0
+    _later(["compare", run, "--evaluation", "test", "--n-bootstrap", "0"], capsys, expect=0)
 
     # grid of two folds, killed; the same command again gives the uninterrupted grid's comparison
-    grid = ["grid", *data, "--backbones", "vgg16", "--strategies", "oversample", "--folds", "2",
+    grid = ["grid", *data, "--backbones", "vgg16", "--strategies", "oversample", "--folds", "2", "--val-size", "0.3",
             "--n-bootstrap", "20", *[o for o in TINY if o not in ("--strategy", "oversample")]]
-    assert _later([*grid, "--out", tmp_path / "grid-reference"], capsys) == 0
+    _later([*grid, "--out", tmp_path / "grid-reference"], capsys, expect=0)
     result = _covidxr([*grid, "--out", str(tmp_path / "grid")], fault=points["grid"])
     assert result.returncode in (0, -signal.SIGKILL), result.stderr[-3000:]
-    assert _later([*grid, "--out", tmp_path / "grid"], capsys) == 0
+    _later([*grid, "--out", tmp_path / "grid"], capsys, expect=0)
     ours = pd.read_csv(tmp_path / "grid" / "comparison.csv")
     theirs = pd.read_csv(tmp_path / "grid-reference" / "comparison.csv")
     numeric = [c for c in theirs.columns if pd.api.types.is_float_dtype(theirs[c])]
