@@ -259,6 +259,10 @@ def test_damaged_model_file(tiny_run, collection, tmp_path, capsys):
                 zf.writestr("notes.txt", "a zip, but no Keras model")
         else:
             model.write_bytes(damage(model.read_bytes()))
+        assert cli.main(["predict", str(image), "--run", str(run)]) == 2  # the run's record knows
+        line = _error_line(capsys.readouterr().err, "predict")
+        assert "Expected model.keras as covidxr wrote it" in line and line.endswith(f"Received: path='{model}'")
+        (run / "record.json").unlink()  # a run made before records: the loader says what is wrong
         assert cli.main(["predict", str(image), "--run", str(run)]) == 2
         line = _error_line(capsys.readouterr().err, "predict")
         assert "not a Keras model file" in line and "File not found" not in line

@@ -431,11 +431,12 @@ def test_every_json_of_a_run_and_its_evaluations_is_strict(tiny_run, collection,
                              figures=False, cache_dir=tmp_path / "cache")
     assert strict_json((out / "metrics.json").read_text())["image"]["metrics"]["roc_auc"]["value"] is None
     files = sorted(run.rglob("*.json")) + sorted((tiny_run.parents[1] / "cache").rglob("*.json"))
-    # the run's config and metrics, two evaluations' metrics, the image cache's record, the frozen-
-    # feature store's record (a finished run keeps no checkpoint/state.json: tests/test_atomic.py
+    # the run's config, metrics and record, two evaluations' metrics and records, the image cache's record,
+    # the frozen-feature store's record (a finished run keeps no checkpoint/state.json: tests/test_atomic.py
     # checks write_json, which writes it)
     assert sorted(p.name for p in files) == ["cache.json", "config.json", "metrics.json", "metrics.json",
-                                             "metrics.json", "store.json"]
+                                             "metrics.json", "record.json", "record.json", "record.json",
+                                             "store.json"]
     for path in files:
         strict_json(path.read_text())
 

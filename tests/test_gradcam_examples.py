@@ -11,6 +11,7 @@ import pytest
 
 from covidxr import evaluation, figures
 from covidxr.evaluation import read_run, validation_threshold
+from covidxr.records import write_recorded_text
 from covidxr.train import TrainConfig, train
 
 matplotlib.use("Agg")
@@ -70,7 +71,7 @@ def test_figure_rows_attribution_and_empty_category(tiny_run, tmp_path):
     negative_test = (preds["part"] == "test") & (preds["label"] != "covid")
     preds.loc[negative_test, "prob_covid"] = 0.0
     preds.loc[negative_test, "prob_non-covid"] = 1.0
-    preds.to_csv(copy / "predictions.csv", index=False)
+    write_recorded_text(copy / "predictions.csv", preds.to_csv(index=False))  # an edit the run's record knows
     fig = figures.plot_gradcam_examples(copy, n=1)
     table = fig.gradcam_examples
     assert "FP" not in set(table["category"])

@@ -139,6 +139,22 @@ def test_resume_with_other_options_is_refused(finished_grid, monkeypatch):
     assert (out / "comparison.md").is_file()
 
 
+def test_a_rerun_grid_refuses_a_damaged_run_file(finished_grid, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "grid"
+    shutil.copytree(finished_grid["out"], out)
+    run = out / "runs" / finished_grid["first"][0]
+    lines = (run / "predictions.csv").read_text().splitlines(keepends=True)
+    (run / "predictions.csv").write_text("".join(lines[:-3]))  # lost its last lines
+
+    def fail(config):  # pragma: no cover - must not be reached
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(grid, "train", fail)
+    with pytest.raises(ValueError, match=r"Expected predictions\.csv as covidxr wrote it .*changed or damaged"):
+        grid.run_grid(finished_grid["base"], out=out, backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS,
+                      n_bootstrap=5, progress=False)
+
+
 def test_views_frontal_resumes_a_grid_started_with_the_explicit_views(finished_grid, monkeypatch):
     """The command line's default views (the explicit frontal list) and the notebook's "frontal"
     are one value to the grid: a grid started with one resumes with the other, training nothing."""

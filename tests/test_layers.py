@@ -28,7 +28,7 @@ import pytest
 # package itself (``covidxr``) covers only ``covidxr/__init__.py``.
 LAYERS: list[tuple[str, list[str]]] = [
     ("root", ["covidxr"]),  # covidxr/__init__.py only (version, RESEARCH_ONLY)
-    ("atomic", ["covidxr.atomic"]),
+    ("atomic", ["covidxr.atomic", "covidxr.locks", "covidxr.records"]),
     ("data", ["covidxr.data"]),
     ("images", ["covidxr.images"]),
     ("sampling", ["covidxr.sampling"]),

@@ -1,6 +1,7 @@
 """What a finished training run writes (the last step of :func:`covidxr.train.train`): the best
 model, the history and its curves, the predictions and metrics of the validation and test parts,
-the report, then ``config.json`` marked finished. Must not train or choose anything: it writes
+the report, then ``config.json`` marked finished; every file a later command trusts is listed in
+``record.json`` (:mod:`covidxr.records`). Must not train or choose anything: it writes
 what the run's ``state`` (a :class:`covidxr.train.RunState`) holds and scores the saved model.
 """
 
@@ -12,10 +13,11 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from .atomic import atomic_path, write_json, write_text
+from .atomic import write_text
 from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
 from .inference import load_run, predict_images
+from .records import recorded_path, write_recorded_json, write_recorded_text
 from .reports import run_report
 from .runfolder import logger
 from .tracking import log_run_end
@@ -33,9 +35,9 @@ def write_artifacts(state, saver) -> None:
         set_arrays(model.weights, saver.best_weights, what="weights")
     else:  # validation AUC never finite: keep the last weights
         logger.warning("validation AUC was never finite; model.keras holds the last weights")
-    with atomic_path(run_dir / "model.keras") as tmp:
+    with recorded_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
-    write_text(run_dir / "history.csv", history.to_csv(index=False))
+    write_recorded_text(run_dir / "history.csv", history.to_csv(index=False))
     axes = plot_training_curves(history)
     axes[0].figure.suptitle(f"{config.backbone} · {config.task} · {config.strategy}", fontsize=9)
     save_figure(axes[0].figure, run_dir / "figures" / "training_curves.png")
@@ -48,7 +50,7 @@ def write_artifacts(state, saver) -> None:
     write_text(run_dir / "report.md", run_report(run_dir.name, config.to_dict(), state.record,
                                                  state.record["class_counts"], metrics, state.classes))
     state.record.update({"timing": timing, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    write_json(run_dir / "config.json", state.record)  # "finished" is written last: the run is complete
+    write_recorded_json(run_dir / "config.json", state.record)  # "finished" is written last: the run is complete
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     log_run_end(state.tracked, run_dir=run_dir, metrics=metrics)
     logger.info("val %s | test %s", metrics["val"], metrics["test"])
@@ -71,7 +73,7 @@ def _predict_parts(state) -> dict:
         frames.append(out)
         metrics[part] = {**part_metrics(y, probs), "patients": int(rows["patient"].nunique())}
     state.timing["predict_seconds"] = round(time.perf_counter() - start, 2)
-    write_text(state.run_dir / "predictions.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
+    write_recorded_text(state.run_dir / "predictions.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
     has_auc = "val_auc" in history and history["val_auc"].notna().any()
     best_row = history.loc[history["val_auc"].idxmax()] if has_auc else None
     metrics.update({
@@ -83,5 +85,5 @@ def _predict_parts(state) -> dict:
                        "phase2": int((history["phase"] == 2).sum())},
         "phase1_train_auc": state.record.get("phase1_train_auc"),  # exact, at the end of phase 1
     })
-    write_json(state.run_dir / "metrics.json", metrics)
+    write_recorded_json(state.run_dir / "metrics.json", metrics)
     return metrics

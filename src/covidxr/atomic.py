@@ -2,8 +2,9 @@
 Must not import Keras or any other covidxr module: every layer above writes through it.
 
 Every writer here writes under a temporary name in the target's folder, flushes the bytes to
-disk and renames the file into place with :func:`os.replace` (atomic on POSIX and Windows
-within one file system). Every JSON file is strict (:func:`json_text`: an undefined figure, NaN or
+disk, renames the file into place with :func:`os.replace` (atomic on POSIX and Windows
+within one file system) and flushes the folder (:func:`fsync_folder`), so that the rename too
+survives a power cut. Every JSON file is strict (:func:`json_text`: an undefined figure, NaN or
 infinite, is ``null``; ``allow_nan=False``). The run folder (:mod:`covidxr.train`), the training checkpoint
 (:mod:`covidxr.training.checkpoint`), split files, grid records and figures all go through it.
 The one exception: TensorBoard's event files (``RUN/tensorboard/``,
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "fault_point", "json_text", "load_arrays", "path_error", "plain_json", "read_json_object",
-           "remove_stale", "save_arrays", "write_json", "write_text"]
+__all__ = ["atomic_path", "fault_point", "fsync_folder", "json_text", "load_arrays", "path_error", "plain_json",
+           "read_json_object", "remove_stale", "save_arrays", "write_json", "write_text"]
 
 #: Environment variable of the kill-and-resume tests: a fault point name (see :func:`fault_point`).
 FAULT_ENV = "COVIDXR_FAULT"
@@ -67,6 +68,21 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def fsync_folder(folder) -> None:
+    """Flush a folder's entries (a rename, a new or removed file) to disk, where the platform allows
+    it (POSIX; Windows cannot open a folder and needs no such step)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows, or a folder this user may not open: the rename stands, unflushed
+        return
+    try:
+        os.fsync(handle)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(handle)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds.
@@ -89,6 +105,7 @@ def atomic_path(path):
                 os.fsync(handle.fileno())
         fault_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
+        fsync_folder(path.parent)  # the rename itself reaches the disk: a power cut keeps the new file
     except OSError as err:  # a full disk or a file-size limit names no file: name the one being written
         named = path_error(err, path)
         if named is None:

@@ -7,7 +7,8 @@ Must not compute figures itself: scoring is :mod:`covidxr.evaluation`'s, drawing
   **validation** predictions (never from the data being scored), scores the test part or an
   external dataset, and writes ``RUN_DIR/evaluations/<name>-<timestamp>/`` with
   ``metrics.json``, ``predictions.csv``, ``figures/`` and ``report.md`` (with lung masks also
-  ``lung_mass.csv``: the Grad-CAM mass inside the lungs). Nothing is ever overwritten.
+  ``lung_mass.csv``: the Grad-CAM mass inside the lungs) and ``record.json`` (their digests,
+  :mod:`covidxr.records`). Nothing is ever overwritten.
 * :func:`write_comparison` writes one table (CSV + Markdown) and one chart over several runs;
   :func:`write_paired` the paired comparison of two runs (``paired.json``, ``paired.md``).
 """
@@ -28,10 +29,11 @@ from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, f
                          lung_mass, read_run, run_thresholds, with_decisions)
 from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
 from .lungs import run_lung_masks
-from .reports import comparison_markdown, evaluation_report, paired_markdown
+from .records import record_files
+from .reports import comparison_markdown, evaluation_report, grid_markdown, paired_markdown
 from .tracking import MlflowRun, check_server, evaluation_metrics
 
-__all__ = ["PREDICTED", "evaluate_run", "write_comparison", "write_paired"]
+__all__ = ["PREDICTED", "evaluate_run", "write_comparison", "write_grid_comparison", "write_paired"]
 
 #: ``--lung-masks predicted``: masks from the bundled segmenter where the dataset has no mask file.
 PREDICTED = "predicted"
@@ -213,6 +215,7 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
                 written.append(save_figure(plot_lung_mass(lungs[1], result["lung_mass"], run=result["run"]),
                                            tmp / "figures" / "lung_mass.png"))
         (tmp / "report.md").write_text(evaluation_report(result, figures=[p.name for p in written]))
+        record_files(tmp, [n for n in ("metrics.json", "predictions.csv", "lung_mass.csv") if (tmp / n).is_file()])
         if out.exists():
             raise FileExistsError(f"Expected a new evaluation folder, but {str(out)!r} appeared meanwhile. "
                                   f"Received: name={name!r}")
@@ -260,3 +263,28 @@ def write_paired(result: dict, out_dir) -> list[Path]:
     write_json(targets[0], result)
     write_text(targets[1], "# Paired comparison of two runs\n\n" + paired_markdown(result) + "\n")
     return targets
+
+
+def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, *, record=None) -> list[Path]:
+    """Write (replacing earlier versions) ``comparison.csv``, ``comparison.md``,
+    ``comparison.png`` and ``runs.csv`` into ``out_dir``.
+
+    Args:
+        pooled, per_run: :func:`grid_comparison`'s tables.
+        out_dir: The grid folder.
+        record: The grid's ``grid.json`` content (shown in the Markdown header).
+
+    Returns:
+        The four paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path, png_path, runs_path = (out / "comparison.csv", out / "comparison.md",
+                                              out / "comparison.png", out / "runs.csv")
+    write_text(csv_path, pooled.to_csv(index=False))
+    write_text(runs_path, per_run.to_csv(index=False))
+    write_text(md_path, grid_markdown(pooled, per_run, record=record))
+    fig = plot_comparison(pooled)
+    fig.suptitle("Grid, folds pooled (95% CI; red = per image, blue = per patient)", fontsize=10)
+    save_figure(fig, png_path)
+    return [csv_path, md_path, png_path, runs_path]

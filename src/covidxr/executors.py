@@ -144,15 +144,33 @@ def run_jobs(function, jobs, *, labels, options, out, writable=(), readable=(), 
         progress: Print one line per finished run and the running count.
         on_result: Called in this process with ``(index, outcome)`` as each run ends.
 
+    A job whose result says ``"how": "held"`` (another process holds its combination, see
+    :func:`covidxr.grid.run_combination`) is asked again after all the others, with ``wait=True``.
+
     Raises:
         ValueError: Ray missing, unreachable or too small for one run, or a folder its workers
             cannot see or write (before any run starts).
     """
     jobs, labels = list(jobs), list(labels)
     counter = _Counter(len(jobs), progress=progress)
+    paths = {"writable": [str(out), *map(str, writable)], "readable": list(map(str, readable))}
+    outcomes = _run_pass(function, jobs, labels, options=options, out=out, paths=paths, counter=counter,
+                         on_result=on_result)
+    held = [i for i, o in enumerate(outcomes) if o.result is not None and o.result.get("how") == "held"]
+    if held:  # combinations another process trains: wait for them now, then keep what it made
+        again = _run_pass(function, [{**jobs[i], "wait": True} for i in held], [labels[i] for i in held],
+                          options=options, out=out, paths=paths, counter=counter,
+                          on_result=on_result and (lambda k, outcome: on_result(held[k], outcome)))
+        for i, outcome in zip(held, again):
+            outcomes[i] = outcome
+    return outcomes
+
+
+def _run_pass(function, jobs, labels, *, options, out, paths, counter, on_result) -> list[Outcome]:
+    """One pass of :func:`run_jobs` over ``jobs``."""
     if options["executor"] == "ray":
         return _run_ray(function, jobs, labels, options=options, out=Path(out), counter=counter, on_result=on_result,
-                        paths={"writable": [str(out), *map(str, writable)], "readable": list(map(str, readable))})
+                        paths=paths)
     outcomes = []
     for index, (job, label) in enumerate(zip(jobs, labels)):
         try:
@@ -173,6 +191,11 @@ class _Counter:
         self.total, self.progress, self.done, self.failed = total, progress, 0, 0
 
     def finished(self, outcome: Outcome, *, running: int) -> None:
+        if outcome.result is not None and outcome.result.get("how") == "held":
+            if self.progress:
+                print(f"{outcome.label}: held by another process ({outcome.result.get('holder')}); "
+                      "coming back to it after the others", flush=True)
+            return
         if outcome.error is None:
             self.done += 1
         else:

@@ -27,6 +27,10 @@ threshold method) may change, since they do not touch the runs. ``views`` is com
 canonical form (``frontal`` and the explicit list of frontal views are the same value), so a
 grid started from the command line can be resumed from the notebook and the reverse.
 
+**Two grids on one folder** (two terminals, two nodes sharing ``out``) never train a combination twice:
+each combination is held by one process (``OUT/.locks/``, :mod:`covidxr.locks`); a grid skips those another
+process holds and comes back to them after the others, waiting, then keeps the run that process made.
+
 **Feature layers** (``feature_layers``, ``--feature-layers a,b``) are an axis like backbones: each
 is a layer of every backbone of the grid (``"none"``: the whole backbone); without the axis every
 run uses the base configuration's ``feature_layer`` (default: the whole backbone).
@@ -47,17 +51,17 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .atomic import write_json, write_text
+from .atomic import write_json
 from .config import TrainConfig, check_config, grid_folds, load_frame
 from .data import SPLIT_VERSION, resolve_data_dir, views_key
 from .data.groups import group_column
 from .data.splits import describe_groups
+from .evaluate import write_grid_comparison
 from .evaluation import grid_comparison, grid_selection
 from .executors import check_executor, limit_threads, run_jobs, run_threads
-from .figures import plot_comparison, save_figure
 from .images import resolve_cache_dir
+from .locks import LockHeld, acquire
 from .models import BACKBONES, check_feature_layer, get_backbone, normalize_feature_layer
-from .reports import grid_markdown
 from .sampling import STRATEGIES
 from .tracking import child_tracking, log_grid_end, open_grid_tracking
 from .train import resume, train
@@ -233,31 +237,6 @@ def find_runs(runs_dir, config: TrainConfig, *, finished=True) -> list[Path]:
     return found
 
 
-def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, *, record=None) -> list[Path]:
-    """Write (replacing earlier versions) ``comparison.csv``, ``comparison.md``,
-    ``comparison.png`` and ``runs.csv`` into ``out_dir``.
-
-    Args:
-        pooled, per_run: :func:`grid_comparison`'s tables.
-        out_dir: The grid folder.
-        record: The grid's ``grid.json`` content (shown in the Markdown header).
-
-    Returns:
-        The four paths.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path, png_path, runs_path = (out / "comparison.csv", out / "comparison.md",
-                                              out / "comparison.png", out / "runs.csv")
-    write_text(csv_path, pooled.to_csv(index=False))
-    write_text(runs_path, per_run.to_csv(index=False))
-    write_text(md_path, grid_markdown(pooled, per_run, record=record))
-    fig = plot_comparison(pooled)
-    fig.suptitle("Grid, folds pooled (95% CI; red = per image, blue = per patient)", fontsize=10)
-    save_figure(fig, png_path)
-    return [csv_path, md_path, png_path, runs_path]
-
-
 def run_grid(base_config: TrainConfig, *, out, backbones=("resnet50", "vgg16", "vgg19"),
              strategies=("none", "class-weight", "oversample", "undersample"), folds=None, n_bootstrap=1000,
              threshold_method="youden", target_sensitivity=None, clear_session=True, progress=True,
@@ -365,11 +344,12 @@ def _run_all(configs, *, record, out, options, progress, clear_session, tracking
         layer = f":{config.feature_layer}" if config.feature_layer else ""
         labels.append(f"[{k}/{len(configs)}] {config.backbone}{layer} / {config.strategy} / fold {config.fold}")
     jobs = [{"config": config.to_dict(), "threads": run_threads(options), "label": label, "progress": progress,
-             "clear_session": clear_session, "tracking": tracking} for config, label in zip(configs, labels)]
+             "clear_session": clear_session, "tracking": tracking, "wait": False}
+            for config, label in zip(configs, labels)]
 
     def on_result(index, outcome):
         result, config = outcome.result, configs[index]
-        if result is None or result["how"] == "kept":
+        if result is None or result["how"] in ("kept", "held"):
             return
         record.setdefault("timings", []).append({
             "backbone": config.backbone, "feature_layer": config.feature_layer, "strategy": config.strategy,
@@ -447,7 +427,8 @@ def _open_record(grid_file: Path, record: dict, *, out: Path) -> dict:
     return record
 
 
-def run_combination(config, *, threads=None, label="", progress=True, clear_session=True, tracking=None) -> dict:
+def run_combination(config, *, threads=None, label="", progress=True, clear_session=True, tracking=None,
+                    wait=True) -> dict:
     """One combination of a grid: keep its finished run, continue its interrupted one, or train it.
 
     The one code path of both executors (a Ray task calls it in a worker): plain, picklable
@@ -461,12 +442,29 @@ def run_combination(config, *, threads=None, label="", progress=True, clear_sess
         clear_session: Call ``keras.backend.clear_session()`` after training.
         tracking: A picklable :class:`covidxr.tracking.Tracking` with the grid's parent run id: the
             combination's MLflow child run is made here, in the process that trains it (None: untracked).
+        wait: When another process holds the combination (``OUT/.locks/``: a second grid on the same
+            folder), wait for it; False: return at once with ``"how": "held"``.
 
     Returns:
         ``{"run": absolute run folder, "how": "kept" | "continued" | "trained", "seconds",
-        "val_auc": the run's validation ROC AUC or None}``.
+        "val_auc": the run's validation ROC AUC or None}``; held by another process (``wait=False``):
+        ``{"run": None, "how": "held", "holder"}``.
     """
     config = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    name = f"{config.backbone}-{config.feature_layer or 'whole'}-{config.strategy}-f{config.fold}"
+    try:
+        lock = acquire(Path(config.runs_dir).parent / ".locks" / f"{name}.lock", what=f"grid combination {name}",
+                       wait=wait)
+    except LockHeld as err:  # another grid process trains it: the executor comes back to it later
+        holder = f"PID {err.holder.get('pid')} on {err.holder.get('host')}"
+        return {"run": None, "how": "held", "seconds": 0.0, "val_auc": None, "holder": holder}
+    with lock:
+        return _run_held(config, threads=threads, label=label, progress=progress, clear_session=clear_session,
+                         tracking=tracking)
+
+
+def _run_held(config, *, threads, label, progress, clear_session, tracking) -> dict:
+    """:func:`run_combination` once the combination is held by this process."""
     runs_dir = Path(config.runs_dir)
     done = find_runs(runs_dir, config)
     if done:

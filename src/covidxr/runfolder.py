@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from .config import TrainConfig
+from .images import cache_key, resolve_cache_dir
 from .models import get_backbone, normalize_feature_layer
 
-__all__ = ["check_writable", "class_counts", "logger", "make_run_dir", "refuse_existing", "run_name",
+__all__ = ["check_cache_folder", "check_writable", "class_counts", "logger", "make_run_dir", "refuse_existing", "run_name",
            "setup_logging"]
 
 #: The run's logger: its records also go to the run folder's ``train.log``.
@@ -104,3 +105,17 @@ def class_counts(split: pd.DataFrame, classes) -> dict:
         table[part] = {c: int((sub["label"] == c).sum()) for c in classes}
         table[part]["patients"] = int(sub["patient"].nunique())
     return table
+
+
+def check_cache_folder(config: TrainConfig, split: pd.DataFrame) -> None:
+    """What building the cache would refuse, checked before the run folder is made: each image once
+    in the split, and a cache folder this user may write to when the split's cache is not built yet.
+
+    Raises:
+        ValueError: An image is listed twice.
+        PermissionError: The cache is to be built in a read-only folder.
+    """
+    key = cache_key(split, image_size=int(config.image_size), resize=config.resize, contrast=config.contrast)
+    root = resolve_cache_dir(config.cache_dir)
+    if not (root / key).is_dir():
+        check_writable(root, what="cache_dir")

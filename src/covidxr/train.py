@@ -51,14 +51,17 @@ import pandas as pd
 
 from . import RESEARCH_ONLY, __version__
 from .artifacts import write_artifacts
-from .atomic import read_json_object, remove_stale, write_json
+from .atomic import read_json_object, remove_stale
 from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
                      split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
-from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache, cache_key, resolve_cache_dir
+from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
+from .locks import LOCK_NAME, acquire
 from .lungmasks import lung_mask_files, segmenter_for
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
-from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
+from .records import check_record, recorded_path, write_recorded_json
+from .runfolder import (check_cache_folder, check_writable, class_counts, logger, make_run_dir, refuse_existing,
+                        run_name, setup_logging)
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
 from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
@@ -136,6 +139,16 @@ def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise FileNotFoundError(f"Expected a run folder to resume. Received: run_dir={str(run_dir)!r}")
+    lock = acquire(run_dir / LOCK_NAME, what=f"run folder {run_dir}")  # a second resume: one line naming us
+    try:
+        return _resume(run_dir, verbose=verbose, mlflow=mlflow, lock=lock)
+    finally:
+        lock.release()
+
+
+def _resume(run_dir: Path, *, verbose, mlflow, lock) -> Path:
+    """:func:`resume` once the run folder is held: its files checked against its record, then run."""
+    check_record(run_dir, ["config.json", "split.csv"], what="run folder")
     path = run_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -156,7 +169,7 @@ def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
     uri = target.uri if target is not None else (record.get("mlflow") or {}).get("tracking_uri")
     if uri:
         check_server(uri)
-    return _run(config, run_dir=run_dir, previous=record, tracking=target)
+    return _run(config, run_dir=run_dir, previous=record, tracking=target, lock=lock)
 
 
 # --------------------------------------------------------------------------- the run, step by step
@@ -184,6 +197,7 @@ class RunState:
     target: object = None  # covidxr.tracking.Tracking asked for
     tracked: object = None  # its open covidxr.tracking.MlflowRun
     writers: list = field(default_factory=list)  # per-epoch writers (TensorBoard, MLflow)
+    lock: object = None  # the run folder's covidxr.locks.Lock
 
     @property
     def classes(self) -> list:
@@ -199,7 +213,7 @@ class RunState:
         return self.runtime.batch_size(self.config.batch_size)
 
 
-def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> Path:
+def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None, lock=None) -> Path:
     """Set the precision and devices, run the steps, and restore the global state afterwards."""
     previous_policy = keras.config.dtype_policy()
     started = datetime.now(timezone.utc)
@@ -209,7 +223,8 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> 
     state = None
     try:
         with data_parallel_scope(enabled=bool(config.data_parallel)) as runtime:
-            state = RunState(config, run_dir, previous, runtime, started, wall, compilation_cache, target=tracking)
+            state = RunState(config, run_dir, previous, runtime, started, wall, compilation_cache, target=tracking,
+                             lock=lock)
             _build(state)
             memory = _prepare_data(state)
             _write_record(state, memory)
@@ -230,6 +245,8 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> 
             logger.removeHandler(handler)
             handler.close()
         keras.config.set_dtype_policy(previous_policy)
+        if state is not None and state.lock is not None and state.lock is not lock:  # a new run's own lock
+            state.lock.release()
 
 
 def _build(state: RunState) -> None:
@@ -259,7 +276,7 @@ def _prepare_data(state: RunState) -> dict | None:
     state.record = {"split_version": SPLIT_VERSION, "split_sizes": split.attrs.get("split_sizes") or split_sizes(split),
                     "merged_groups": len((frame.attrs.get("duplicates") or {}).get("merged_groups") or []),
                     "same_patients_used": frame.attrs.get("same_patients")}  # the file --same-patients resolved to
-    _check_cache_folder(config, split)
+    check_cache_folder(config, split)
     memory = None
     if config.memory_check:  # before the run folder, the cache and hours of training
         memory = check_memory(state.model, batch_size=state.batch_size, train_images=int((split["part"] == "train").sum()),
@@ -267,13 +284,14 @@ def _prepare_data(state: RunState) -> dict | None:
     hash_index.save()
     if not state.resuming:
         state.run_dir = make_run_dir(config)
+        state.lock = acquire(state.run_dir / LOCK_NAME, what=f"run folder {state.run_dir}")
     state.tracked = open_run_tracking(state.target, run_dir=state.run_dir, config=config.to_dict(),
                                       previous=state.previous)
     if not state.resuming:
         # the options first, so that a run killed while building its cache can be resumed
-        write_json(state.run_dir / "config.json", {**config.to_dict(), **_mlflow_block(state),
-                                                   "run_dir": str(state.run_dir),
-                                                   "started": state.started.isoformat(timespec="seconds")})
+        write_recorded_json(state.run_dir / "config.json", {**config.to_dict(), **_mlflow_block(state),
+                                                            "run_dir": str(state.run_dir),
+                                                            "started": state.started.isoformat(timespec="seconds")})
     state.handlers += setup_logging(state.run_dir)
     logger.info("%s run folder %s", "resuming" if state.resuming else "new", state.run_dir)
     if state.tracked is not None:
@@ -283,20 +301,6 @@ def _prepare_data(state: RunState) -> dict | None:
                 state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
     _cache_parts(state, split)
     return memory
-
-
-def _check_cache_folder(config: TrainConfig, split: pd.DataFrame) -> None:
-    """What building the cache would refuse, checked before the run folder is made: each image once
-    in the split, and a cache folder this user may write to when the split's cache is not built yet.
-
-    Raises:
-        ValueError: An image is listed twice.
-        PermissionError: The cache is to be built in a read-only folder.
-    """
-    key = cache_key(split, image_size=int(config.image_size), resize=config.resize, contrast=config.contrast)
-    root = resolve_cache_dir(config.cache_dir)
-    if not (root / key).is_dir():
-        check_writable(root, what="cache_dir")
 
 
 def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
@@ -313,11 +317,18 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
                         progress=resolve_verbose(config.verbose) != 0, lungs=config.lungs, workers=config.workers)
     state.timing["cache_seconds"] = round(time.perf_counter() - start, 2)
     kept = set(cache.rows["image"])
+    own = state.run_dir / "split.csv"
+    if state.resuming and own.is_file() and len(kept) < len(split):  # never rewrite the run's own split
+        raise ValueError(f"Expected every image of the run's split.csv to decode as when the run started; "
+                         f"{len(split) - len(kept)} no longer do (the dataset changed). Received: run_dir="
+                         f"{str(state.run_dir)!r}")
     if len(kept) < len(split):
         logger.warning("%d images could not be decoded and are left out", len(split) - len(kept))
     split = split[split["image"].isin(kept)].reset_index(drop=True)
     check_parts(split, classes)
-    write_split(split, state.run_dir / "split.csv")
+    if not (state.resuming and own.is_file()):  # --resume never writes back a file it did not produce
+        with recorded_path(own, folder=state.run_dir) as tmp:
+            write_split(split, tmp)
     state.split, state.cache = split, cache
     logger.info("images per part and class: %s", class_counts(split, classes))
     lookup = {c: i for i, c in enumerate(classes)}
@@ -373,7 +384,7 @@ def _write_record(state: RunState, memory) -> None:
     if state.resuming:
         record["resumed"] = (list((state.previous or {}).get("resumed") or [])
                              + [state.started.isoformat(timespec="seconds")])
-    write_json(state.run_dir / "config.json", record)
+    write_recorded_json(state.run_dir / "config.json", record, folder=state.run_dir)
     state.record = record
 
 
@@ -432,7 +443,7 @@ def _train_phases(state: RunState) -> SaveBest:
         validation_seconds += info1["validation_seconds"]
         auc = info1["train_auc"]
         state.record["phase1_train_auc"] = float(auc) if np.isfinite(auc) else None  # kept for a resume
-        write_json(state.run_dir / "config.json", state.record)
+        write_recorded_json(state.run_dir / "config.json", state.record, folder=state.run_dir)
     elif state.previous and "phase1_train_auc" in state.previous:
         state.record["phase1_train_auc"] = state.previous["phase1_train_auc"]
     if config.fine_tune_epochs:

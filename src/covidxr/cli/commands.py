@@ -73,7 +73,6 @@ def _add_eda(sub):
 def _run_eda(args):
     from ..data import summary_table, task_counts
     from ..data.summaries import review_lines
-    from ..figures import write_eda_figures, write_review_figures
     from ..images import candidate_pairs, load_grouped
 
     if args.review_distance < 0:
@@ -86,7 +85,7 @@ def _run_eda(args):
     if pairs is not None:
         print("\n" + "\n".join(review_lines(pairs, max_distance=args.review_distance)))
     if args.out:
-        from ..figures import write_eda_figures   # matplotlib and the metrics: only when drawing
+        from ..figures import write_eda_figures, write_review_figures   # matplotlib: only when drawing
 
         written = write_eda_figures(frame, args.out, samples=args.samples, seed=args.seed)
         if pairs is not None:

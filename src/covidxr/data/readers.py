@@ -58,26 +58,19 @@ def safe_path(root: Path, relative: str, *, column: str) -> Path:
     if not text or text.lower() == "nan":
         raise ValueError(f"Expected a file name in column {column!r}. Received: {column}={relative!r}")
     if os.path.isabs(text) or text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
-        raise ValueError(
-            f"Expected a path relative to {str(root)!r}, not an absolute path. "
-            f"Received: {column}={relative!r}"
-        )
+        raise ValueError(f"Expected a path relative to {str(root)!r}, not an absolute path. "
+                         f"Received: {column}={relative!r}")
     parts = Path(text.replace("\\", "/")).parts
     if ".." in parts:
-        raise ValueError(
-            f"Expected a path inside {str(root)!r}; '..' is not allowed. "
-            f"Received: {column}={relative!r}"
-        )
+        raise ValueError(f"Expected a path inside {str(root)!r}; '..' is not allowed. Received: {column}={relative!r}")
     path = root / Path(*parts)
     # A symbolic link may still lead out of the folder: compare resolved paths.
     if path.exists():
         real_root = _resolved(root)
         real = path.resolve()
         if real != real_root and real_root not in real.parents:
-            raise ValueError(
-                f"Expected a file inside {str(root)!r}; this one resolves outside it "
-                f"(symbolic link?). Received: {column}={relative!r}"
-            )
+            raise ValueError(f"Expected a file inside {str(root)!r}; this one resolves outside it "
+                             f"(symbolic link?). Received: {column}={relative!r}")
     return path
 
 
@@ -85,10 +78,8 @@ def require_columns(frame: pd.DataFrame, required, *, source) -> None:
     """Raise ValueError naming the columns of ``required`` that ``frame`` (``source``) lacks."""
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise ValueError(
-            f"{source} lacks required column(s) {missing}; it has {list(frame.columns)}. "
-            f"Received: missing={missing}"
-        )
+        raise ValueError(f"{source} lacks required column(s) {missing}; it has {list(frame.columns)}. "
+                         f"Received: missing={missing}")
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -338,9 +329,16 @@ def read_folders(root, *, task=None) -> pd.DataFrame:
     return finish_frame(frame, task, dropped_unlabelled=0, source="folders")
 
 
-def read_manifest(
-    csv_path, *, task=None, image_col="path", label_col="label", patient_col="patient"
-) -> pd.DataFrame:
+def _refuse_repeated(paths, csv_path) -> None:
+    """An image listed twice: which row holds its label and patient? Refused before any work."""
+    listed = pd.Series([str(p) for p in paths]).value_counts()
+    if (listed > 1).any():
+        repeated = {Path(k).name: int(v) for k, v in listed[listed > 1].head(3).items()}
+        raise ValueError(f"Expected each image once in the manifest {csv_path}; {int((listed > 1).sum())} image(s) "
+                         f"listed more than once. Received: times={repeated}")
+
+
+def read_manifest(csv_path, *, task=None, image_col="path", label_col="label", patient_col="patient") -> pd.DataFrame:
     """Read a CSV manifest: one row per image with a path, a label and a patient id.
 
     Paths are relative to the manifest's folder (absolute paths and ``..`` are refused).
@@ -386,21 +384,14 @@ def read_manifest(
         warnings.warn(f"{int((~exists).sum())} manifest rows name a missing file; skipped.", stacklevel=2)
     raw = raw[exists]
     paths = [p for p, e in zip(paths, exists) if e]
-    listed = pd.Series([str(p) for p in paths]).value_counts()
-    if (listed > 1).any():  # which row holds its label and patient? refused before any work is done
-        repeated = {Path(k).name: int(v) for k, v in listed[listed > 1].head(3).items()}
-        raise ValueError(f"Expected each image once in the manifest {csv_path}; {int((listed > 1).sum())} image(s) "
-                         f"listed more than once. Received: times={repeated}")
+    _refuse_repeated(paths, csv_path)
     blank = 0
     if patient_col and patient_col in raw.columns:
         patients, blank = patient_ids(raw[patient_col], raw[image_col], source=str(csv_path))
     else:
         if patient_col:
-            warnings.warn(
-                f"{csv_path} has no {patient_col!r} column: each image is treated as its own "
-                "patient, so leakage between split parts is likely.",
-                stacklevel=2,
-            )
+            warnings.warn(f"{csv_path} has no {patient_col!r} column: each image is treated as its own patient, so "
+                          "leakage between split parts is likely.", stacklevel=2)
         patients = raw[image_col].astype(str).to_numpy()
     get = lambda c: raw[c].replace("", np.nan).to_numpy() if c in raw.columns else np.nan  # noqa: E731
     frame = pd.DataFrame({

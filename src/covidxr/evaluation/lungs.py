@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from ..data.groups import group_column
-from ..images.lungs import MAX_ASPECT_GAP, prepare_mask
+from ..images.lungs import prepare_mask
 from .bootstrap import patient_bootstrap
 from .runs import held_out_test, read_run
 

@@ -11,9 +11,15 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import read_json_object
+from ..records import check_record
 from . import metrics as M
 
-__all__ = ["LEVELS", "RUN_KEYS", "held_out_test", "read_run", "validation_threshold"]
+__all__ = ["LEVELS", "RUN_KEYS", "check_predictions", "held_out_test", "read_run", "validation_threshold"]
+
+#: The run files :func:`read_run` checks against the run's ``record.json`` (and ``model.keras`` when needed).
+CHECKED_FILES = ("config.json", "split.csv", "predictions.csv", "metrics.json")
+#: How far a row's probabilities may sum from 1 (float32 softmax outputs written as text).
+SUM_TOLERANCE = 1e-3
 
 #: Levels a threshold is chosen and applied at: per image, or per patient (mean probability).
 LEVELS = ("image", "patient")
@@ -33,10 +39,16 @@ def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
         ``(config, predictions)``; ``config["classes"]`` is a list of class names and
         ``config["task"]`` the task name.
 
+    The files are first checked against the run's ``record.json`` (:func:`covidxr.records.check_record`;
+    a run made before records were kept reads unchecked, with a warning), then the predictions'
+    content (:func:`check_predictions`).
+
     Raises:
         FileNotFoundError: The folder, its config, its predictions or (``need_model``) its
             model is missing.
-        ValueError: The config has no classes, or predictions lack columns.
+        ValueError: The config has no classes, or predictions lack columns or fail
+            :func:`check_predictions`.
+        covidxr.records.RecordMismatch: A file differs from the run's record (a ValueError).
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -46,6 +58,7 @@ def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
         raise FileNotFoundError(
             f"Expected a run folder with config.json (made by `covidxr train`). Received: run_dir={str(run)!r}"
         )
+    record = check_record(run, [*CHECKED_FILES, *(["model.keras"] if need_model else [])], what="run folder")
     config = read_json_object(config_path, what="the run's options")
     classes = config.get("classes")
     if not classes or len(classes) < 2:
@@ -75,7 +88,50 @@ def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
             raise ValueError(f"Expected numbers in column {column} of {str(pred_path)!r} (damaged or edited?); "
                              f"{len(bad)} rows hold text. Received: {column}={bad.iloc[0]!r}")
         preds[column] = numbers
+    split = run / "split.csv"  # a recorded run's own split (an unchecked one's may be hand-made)
+    check_predictions(preds, classes=classes, path=pred_path,
+                      split=pd.read_csv(split, dtype={"image": str, "part": str})
+                      if record is not None and split.is_file() else None)
     return config, preds
+
+
+def check_predictions(preds: pd.DataFrame, *, classes, path, split=None) -> None:
+    """A run's predictions are what training wrote: each image once, probabilities in [0, 1] that sum
+    to 1 per row, and (given the run's split) one row per image of the split's validation and test parts.
+
+    Args:
+        preds: ``predictions.csv`` as read, shape (n, ...), with ``image``, ``part`` and ``prob_<class>``.
+        classes: The run's classes.
+        path: The file, named in the messages.
+        split: The run's ``split.csv`` (``image``, ``part``), or None (not checked against it).
+
+    Raises:
+        ValueError: The first check that fails, naming the file and the rows.
+    """
+    columns = M.prob_columns(classes)
+    values = preds[columns].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1) | (values > 1).any(axis=1)
+    if bad.any():
+        raise ValueError(f"Expected probabilities in [0, 1] in {str(path)!r}; {int(bad.sum())} rows have a value "
+                         f"outside it or not a number. Received: rows={preds.loc[bad, columns].head(3).to_dict('records')}")
+    sums = values.sum(axis=1)
+    off = np.abs(sums - 1) > SUM_TOLERANCE
+    if off.any():
+        raise ValueError(f"Expected each row's probabilities in {str(path)!r} to sum to 1; {int(off.sum())} rows do "
+                         f"not. Received: sums={sorted(set(np.round(sums[off], 4).tolist()))[:3]}")
+    repeated = preds["image"][preds["image"].duplicated()].unique()
+    if len(repeated):
+        raise ValueError(f"Expected each image once in {str(path)!r}; {len(repeated)} are listed more than once. "
+                         f"Received: images={list(repeated[:3])}")
+    if split is None or not {"image", "part"} <= set(split.columns):
+        return
+    wanted = set(split.loc[split["part"].astype(str).isin(["val", "test"]), "image"].astype(str))
+    have = set(preds["image"].astype(str))
+    if wanted != have:
+        missing, extra = sorted(wanted - have), sorted(have - wanted)
+        raise ValueError(f"Expected one row per image of the run's validation and test parts ({len(wanted)} in "
+                         f"split.csv) in {str(path)!r}; {len(missing)} are missing and {len(extra)} are not in "
+                         f"those parts. Received: missing={missing[:3]}, extra={extra[:3]}")
 
 
 def validation_threshold(predictions: pd.DataFrame, *, classes, method="youden", target_sensitivity=None,

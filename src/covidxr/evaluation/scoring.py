@@ -17,6 +17,7 @@ import pandas as pd
 from ..data import get_task
 from ..data.groups import group_column
 from ..images import HashIndex, image_hashes, load_grouped, load_radiograph
+from ..records import check_record
 from . import bootstrap as B
 from . import metrics as M
 from .overlap import flag_overlap, overlap_summary, run_reference
@@ -308,6 +309,7 @@ def latest_evaluation(run: Path, name: str) -> Path:
             f"Expected an evaluation named {name!r} in {str(run / 'evaluations')!r} (run `covidxr evaluate "
             f"--name {name}` first). Received: evaluation={name!r}"
         )
+    check_record(found[-1][1], what="evaluation folder")  # its metrics and predictions as evaluate wrote them
     return found[-1][1]
 
 

@@ -28,8 +28,10 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import json_text, path_error
+from ..locks import LockHeld, acquire
 from . import decode
 from .decode import check_settings, load_radiograph, preprocess
+from .changes import META, describe_changes, warn_if_dataset_changed
 from .lungs import cut_by_mask_file, lung_mask_names
 
 __all__ = ["CACHE_FORMAT", "DEFAULT_CACHE_DIR", "ImageCache", "build_cache", "cache_key", "clear_caches", "list_caches",
@@ -40,13 +42,10 @@ DEFAULT_CACHE_DIR = Path("data/interim")
 #: Version of the on-disk layout; part of every key, so a new layout never reads an old cache.
 CACHE_FORMAT = 1
 
-_META = "cache.json"
+_META = META
 _IMAGES = "images.npy"
 _ROWS = "rows.csv"
 _TMP_PREFIX = ".tmp-"
-#: A previous cache of the same settings whose images overlap this much (Jaccard index)
-#: is taken for an earlier build of the same dataset when telling what changed.
-_SAME_DATASET = 0.9
 
 
 def resolve_cache_dir(cache_dir=None) -> Path:
@@ -280,19 +279,27 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     files = _sources(frame)
     key = _key(files, size, resize, contrast, lungs, lung_mask_names(frame, lungs=lungs))
     root = resolve_cache_dir(cache_dir)
+    with acquire(root / f".{key}.lock", what=f"cache build {key}", wait=True):  # one build per key at a time
+        return _build_or_reuse(frame, files=files, key=key, root=root, size=size, resize=resize, contrast=contrast,
+                               strict=strict, progress=progress, lungs=lungs, workers=workers)
+
+
+def _build_or_reuse(frame, *, files, key, root, size, resize, contrast, strict, progress, lungs,
+                    workers) -> ImageCache:
+    """:func:`build_cache` once this process holds the key's build lock."""
     final = root / key
     if final.exists():
         try:
             cache = ImageCache.open(final)
             if cache._files is not None and cache._files != files:
                 raise ValueError("its recorded source files differ from the frame's "
-                                 f"({_describe_changes(cache._files, files)})")
+                                 f"({describe_changes(cache._files, files)})")
             cache.rows = _rows_for(cache.rows, frame)
             return cache
         except (ValueError, FileNotFoundError) as err:
             warnings.warn(f"Rebuilding an incomplete or damaged cache: {final} ({err})", stacklevel=2)
     else:
-        _warn_if_dataset_changed(root, files, size=size, resize=resize, contrast=contrast)
+        warn_if_dataset_changed(root, files, size=size, resize=resize, contrast=contrast)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{_TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -321,43 +328,6 @@ def build_cache(frame: pd.DataFrame, *, image_size, resize="pad", contrast=None,
     cache = ImageCache.open(final)
     cache.rows = _rows_for(cache.rows, frame)
     return cache
-
-
-def _describe_changes(before, now) -> str:
-    """What changed between two source lists (``[image, size, mtime_ns]``)."""
-    old = {f[0]: tuple(f[1:]) for f in before}
-    new = {f[0]: tuple(f[1:]) for f in now}
-    modified = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
-    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
-    parts = [f"{len(names)} {what}" + (f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else "")
-             for what, names in (("modified", modified), ("added", added), ("removed", removed))]
-    return ", ".join(parts)
-
-
-def _warn_if_dataset_changed(root: Path, files, *, size, resize, contrast):
-    """Warn when an earlier cache of these settings was built from an older state of this
-    dataset (the same images, give or take a few, some with other sizes or times)."""
-    if not root.is_dir():
-        return
-    prefix = f"{size}-{resize}-{contrast or 'none'}-"
-    images_now = {f[0] for f in files}
-    best = None
-    for folder in root.iterdir():
-        if not folder.name.startswith(prefix) or not (folder / _META).is_file():
-            continue
-        try:
-            meta = json.loads((folder / _META).read_text())
-            before = [list(f) for f in meta["files"]]
-            images_before = {f[0] for f in before}
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            continue
-        overlap = len(images_now & images_before) / max(len(images_now | images_before), 1)
-        if overlap >= _SAME_DATASET and (best is None or overlap > best[0]):
-            best = (overlap, folder, before)
-    if best is not None and best[2] != files:
-        warnings.warn(f"The source files changed since cache {best[1].name} was built "
-                      f"({_describe_changes(best[2], files)}); building a new cache "
-                      f"(remove the old one with clear_caches).", stacklevel=3)
 
 
 def _cache_one(item, *, file, size, resize, contrast, strict, lungs) -> str:
@@ -461,7 +431,8 @@ def clear_caches(cache_dir=None, *, key=None) -> list[Path]:
     """Remove caches from ``cache_dir``: the one whose key is (or starts with) ``key``, or all.
 
     Without ``key``, unfinished temporary folders left by interrupted builds go too.
-    Folders that are not caches are never touched.
+    Folders that are not caches are never touched, and a cache another process is building
+    (its build lock is held) is skipped with a warning naming that process.
 
     Returns:
         The removed folders.
@@ -484,6 +455,14 @@ def clear_caches(cache_dir=None, *, key=None) -> list[Path]:
         targets = [Path(p) for p in table["path"]]
         if root.is_dir():
             targets += [f for f in root.iterdir() if f.is_dir() and f.name.startswith(_TMP_PREFIX)]
+    removed = []
     for folder in targets:
-        shutil.rmtree(folder)
-    return targets
+        key_of = folder.name[len(_TMP_PREFIX):-9] if folder.name.startswith(_TMP_PREFIX) else folder.name
+        try:
+            with acquire(root / f".{key_of}.lock", what=f"cache {key_of}", wait=False):
+                shutil.rmtree(folder)
+            removed.append(folder)
+        except LockHeld as err:
+            warnings.warn(f"Skipping cache {folder}: it is being built by PID {err.holder.get('pid')} on "
+                          f"{err.holder.get('host')}; clear it again once that build is done", stacklevel=2)
+    return removed

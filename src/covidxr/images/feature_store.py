@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, write_json
+from ..locks import acquire
 from .cache import resolve_cache_dir
 
 __all__ = ["FEATURES_DIR", "FEATURE_STORE_FORMAT", "STALE_SECONDS", "FeatureStore", "clear_feature_store", "feature_key",
@@ -179,24 +180,13 @@ class FeatureStore:
 
     @contextlib.contextmanager
     def _locked(self):
-        """The key's exclusive lock while the block runs, where the platform and file system allow."""
-        handle = None
-        if self.lock:
-            try:
-                import fcntl
-
-                handle = open(self.path / ".lock", "a")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            except (ImportError, OSError) as err:  # no locks here: the atomic writes alone keep the store sound
-                logger.debug("feature store %s: no lock (%s)", self.path, err)
-                if handle is not None:
-                    handle.close()
-                handle = None
-        try:
+        """The key's exclusive lock while the block runs (:func:`covidxr.locks.acquire`: a message while
+        waiting, a dead holder's lock taken over), where the platform and file system allow."""
+        if not self.lock:
             yield
-        finally:
-            if handle is not None:
-                handle.close()  # closing releases the lock
+            return
+        with acquire(self.path / ".lock", what=f"feature store {self.key}", wait=True):
+            yield
 
     def _remove_stale(self) -> None:
         """Remove the temporary files of writers killed mid-write (a write takes well under
