@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from covidxr import cli
+from covidxr.records import recorded_path, write_recorded_text
 
 TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
         "--fine-tune-epochs", "0", "--verbose", "0"]
@@ -37,8 +38,7 @@ def _hostile_model(path):
     layer = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Dropout")
     layer.update(module="os", class_name="system", registered_name=None)
     files["config.json"] = json.dumps(config).encode()
-    path.unlink()
-    with zipfile.ZipFile(path, "w") as archive:
+    with recorded_path(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:  # the record agrees: the loader refuses
         for name, data in files.items():
             archive.writestr(name, data)
 
@@ -48,7 +48,7 @@ def test_damaged_config_json_is_one_line_naming_it(tiny_run, tmp_path, capsys):
                               ("cut", None, "it is not valid JSON (Unterminated string")):
         run = _copy(tiny_run, tmp_path, name)
         path = run / "config.json"
-        path.write_text(text if text is not None else path.read_text()[:200])
+        write_recorded_text(path, text if text is not None else path.read_text()[:200])  # damaged, record agrees
         for argv in (["evaluate", "--run", str(run), "--no-figures", "--n-bootstrap", "10"],
                      ["train", "--resume", str(run)]):
             assert cli.main(argv) == 2
@@ -61,7 +61,7 @@ def test_resume_refuses_a_config_json_that_lost_an_option(tiny_run, tmp_path, ca
     run = _copy(tiny_run, tmp_path, "lost")
     record = json.loads((run / "config.json").read_text())
     del record["finished"], record["fine_tune_epochs"]
-    (run / "config.json").write_text(json.dumps(record))
+    write_recorded_text(run / "config.json", json.dumps(record))
     assert cli.main(["train", "--resume", str(run)]) == 2
     line = _one_line(capsys.readouterr().err, "train")
     assert line.endswith("Received: missing=['fine_tune_epochs']") and str(run / "config.json") in line
@@ -81,7 +81,7 @@ def test_text_in_a_probability_column(tiny_run, tmp_path, capsys):
     run = _copy(tiny_run, tmp_path, "abc")
     preds = pd.read_csv(run / "predictions.csv").astype({"prob_covid": object})
     preds.loc[3, "prob_covid"] = "abc"
-    preds.to_csv(run / "predictions.csv", index=False)
+    write_recorded_text(run / "predictions.csv", preds.to_csv(index=False))
     assert cli.main(["evaluate", "--run", str(run), "--no-figures", "--n-bootstrap", "10"]) == 2
     assert _one_line(capsys.readouterr().err, "evaluate").endswith(
         f"Expected numbers in column prob_covid of '{run / 'predictions.csv'}' (damaged or edited?); 1 rows hold "

@@ -79,7 +79,10 @@ def test_crafted_model_with_code_is_refused(tiny_run, tmp_path):
     inputs = keras.Input((32, 32, 1))
     payload = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")  # noqa: S307
     outputs = keras.layers.Lambda(payload)(inputs)
-    keras.Model(inputs, outputs).save(run / "model.keras")
+    from covidxr.records import recorded_path
+
+    with recorded_path(run / "model.keras") as tmp:  # the record agrees: the loader itself must refuse it
+        keras.Model(inputs, outputs).save(tmp)
     marker.unlink(missing_ok=True)  # building the model ran the payload once, here, on purpose
     with pytest.raises(ValueError, match=r"Refusing to load model.keras.*Lambda.*Received: run_dir="):
         predict_files(run, ["x.png"])
