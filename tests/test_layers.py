@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("inference", ["covidxr.inference", "covidxr.gradcam"]),
     ("evaluation", ["covidxr.evaluation", "covidxr.audit"]),
     ("figures and reports", ["covidxr.figures", "covidxr.reports"]),
-    ("application", ["covidxr.tracking", "covidxr.runfolder", "covidxr.artifacts", "covidxr.train", "covidxr.evaluate", "covidxr.executors", "covidxr.grid", "covidxr.predict", "covidxr.download"]),
+    ("application", ["covidxr.tracking", "covidxr.runfolder", "covidxr.artifacts", "covidxr.train", "covidxr.evaluate", "covidxr.executors", "covidxr.grid", "covidxr.predict", "covidxr.calibrate", "covidxr.download"]),
     ("cli", ["covidxr.cli"]),
 ]
 

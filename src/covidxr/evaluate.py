@@ -24,9 +24,14 @@ import pandas as pd
 
 from . import __version__
 from .atomic import json_text, write_json, write_text
+from .calibrate import calibrated_probs, leave_out_labelled, read_calibration
 from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, find_lung_masks, held_out_test,
                          lung_mass, read_run, run_thresholds, with_decisions)
+from .evaluation import metrics as M
+from .evaluation.conformal import check_alpha, fit_conformal, run_conformal
+from .evaluation.selective import selective_summary
 from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
+from .figures.trust import plot_risk_coverage
 from .reports import comparison_markdown, evaluation_report, paired_markdown
 from .tracking import MlflowRun, check_server, evaluation_metrics
 
@@ -88,7 +93,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                  image_col="path", label_col="label", patient_col="patient", threshold_method="youden",
                  target_sensitivity=None, threshold=None, n_bootstrap=1000, seed=0, level=0.95,
                  batch_size=32, figures=True, now=None, allow_overlap=False, cache_dir=None, lung_masks=None,
-                 mlflow=None) -> Path:
+                 mlflow=None, calibration=None, conformal=None) -> Path:
     """Evaluate a run folder on its test part or on another dataset; write an evaluation folder.
 
     The decision thresholds (two classes; one per image, one on patient means) always come
@@ -123,6 +128,14 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
             as ``lung_mass.csv``, ``metrics.json["lung_mass"]``, a report section, ``figures/lung_mass.png``.
         mlflow: A tracking URI: log the figures with their interval bounds and the folder into the run's
             MLflow run (:func:`_open_tracking`). None: no tracking.
+        calibration: The name of a site calibration of the run (``RUN/calibrations/<name>[-<timestamp>]``,
+            :func:`covidxr.calibrate.calibrate_site`): its labelled images are left out, the probabilities
+            recalibrated and the site's thresholds used instead of the validation ones.
+        conformal: A miscoverage alpha in (0, 1): also conformal prediction sets
+            (:func:`covidxr.evaluation.conformal.run_conformal`), calibrated on the run's validation part, or on
+            the calibration's labelled images with ``calibration`` (``metrics.json["conformal"]``, columns
+            ``set``, ``set_size``, ``refer`` in ``predictions.csv``). A risk-coverage curve is always added
+            (``metrics.json["selective"]``, ``figures/risk_coverage.png``).
 
     Returns:
         The evaluation folder ``RUN_DIR/evaluations/<name>-<timestamp>/``.
@@ -134,6 +147,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     """
     run = Path(run_dir)
     _check_lung_masks(lung_masks, data_dir)
+    alpha = None if conformal is None else check_alpha(conformal)
     config, preds = read_run(run, need_model=data_dir is not None or lung_masks is not None)
     tracked = _open_tracking(config, mlflow)  # before any work
     classes = [str(c) for c in config["classes"]]
@@ -146,6 +160,9 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     scored, source, unreadable, overlap, left_out = _scored_rows(run, config, preds, data_dir=data_dir, options=options,
                                                                  batch_size=batch_size, cache_dir=cache_dir,
                                                                  allow_overlap=allow_overlap)
+    site = None
+    if calibration is not None:
+        site, scored, info, pinfo = _with_calibration(run, calibration, scored, classes)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
                                   patient_threshold=None if pinfo is None else pinfo["threshold"],
                                   n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
@@ -154,15 +171,50 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
                    "data": source, "unreadable": unreadable, "overlap": overlap, "left_out_by_task": left_out,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
                    "covidxr_version": __version__, "config": {k: config.get(k) for k in RUN_KEYS if k in config}})
+    if site is not None:
+        result["calibration"] = site
+    table, curves = _trust(result, preds, scored, site=site, alpha=alpha, level=level)
     lungs = None
     if lung_masks is not None:
         result["lung_mass"], *lungs = lung_mass(run, lung_masks, batch_size=batch_size, n_bootstrap=n_bootstrap,
                                                 seed=seed, level=level)
-    _write_folder(out, result, with_decisions(scored, result), figures=figures, name=name, lungs=lungs)
+    _write_folder(out, result, table, figures=figures, name=name, lungs=lungs, curves=curves)
     if tracked is not None:
         tracked.log_metrics(evaluation_metrics(result))
         tracked.log_artifacts(out, f"evaluations/{out.name}")
     return out
+
+
+def _with_calibration(run: Path, name, scored: pd.DataFrame, classes):
+    """``(calibration record with its labelled rows, scored rows without the labelled images and recalibrated,
+    image threshold info, patient threshold info)`` of a site calibration."""
+    site, labelled = read_calibration(run, name)
+    if list(site["classes"]) != list(classes):
+        raise ValueError(f"Expected a calibration of the run's classes {classes}. Received: classes={site['classes']}")
+    scored, site["n_left_out_labelled"] = leave_out_labelled(scored, labelled)
+    if scored.empty:
+        raise ValueError(f"Expected images to score besides the calibration's labelled ones. Received: calibration={name!r}")
+    site["labelled_rows"] = labelled
+    return site, calibrated_probs(scored, site), site["threshold_selection"], site["patient_threshold_selection"]
+
+
+def _trust(result: dict, preds, scored, *, site, alpha, level):
+    """The risk-coverage curve (``result["selective"]``) and, with ``alpha``, conformal sets
+    (``result["conformal"]``); returns the scored table with decisions (and sets) and the curves."""
+    classes = result["classes"]
+    result["selective"], curves = selective_summary(scored, classes=classes, threshold=result["threshold"],
+                                                    patient_threshold=result.get("patient_threshold"))
+    table = with_decisions(scored, result)
+    labelled = site.pop("labelled_rows") if site is not None else None
+    if alpha is not None:
+        model = None
+        if labelled is not None:
+            y, probs = M.class_probabilities(labelled, classes)
+            model = fit_conformal(y, probs, classes=classes, alpha=alpha)
+            model["calibrated_on"] = f"the {len(labelled)} labelled images of calibration {site['name']}"
+        _, result["conformal"], table = run_conformal(preds, table, classes=classes, alpha=alpha, level=level,
+                                                      model=model)
+    return table, curves
 
 
 def _open_tracking(config: dict, mlflow):
@@ -177,7 +229,8 @@ def _open_tracking(config: dict, mlflow):
     return MlflowRun.reopen(config, uri=mlflow)
 
 
-def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str, lungs=None) -> None:
+def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str, lungs=None,
+                  curves=None) -> None:
     """Write ``metrics.json``, ``predictions.csv``, the figures and ``report.md`` (and with
     ``lungs`` = [table, examples] ``lung_mass.csv`` and ``figures/lung_mass.png``) into a temporary
     folder beside ``out`` and rename it to ``out`` (never over an existing folder)."""
@@ -189,6 +242,9 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
         written = []
         if figures:
             written = write_evaluation_figures(table, result, tmp / "figures")
+            if curves is not None:
+                written.append(save_figure(plot_risk_coverage(curves, result["selective"]).figure,
+                                           tmp / "figures" / "risk_coverage.png"))
         if lungs is not None:
             lungs[0].to_csv(tmp / "lung_mass.csv", index=False)
             if figures:
