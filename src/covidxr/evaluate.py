@@ -79,14 +79,17 @@ def _scored_rows(run, config, preds, *, data_dir, options, batch_size, cache_dir
     return scored, str(data_dir), unreadable, overlap, left_out
 
 
-def _check_lung_masks(lung_masks, data_dir) -> None:
-    """Cheap checks of ``lung_masks`` before any work: the run's own test part, an existing folder."""
+def _check_lung_masks(lung_masks, data_dir, conformal=None):
+    """Cheap checks before any work: ``lung_masks`` with the run's own test part, an existing folder; the
+    conformal alpha in (0, 1) (returned as a float, or None)."""
+    alpha = None if conformal is None else check_alpha(conformal)
     if lung_masks is None:
-        return
+        return alpha
     if data_dir is not None:
         raise ValueError("Expected lung_masks (--lung-masks) with the run's own test part only, not with another "
                          f"dataset. Received: data_dir={str(data_dir)!r}")
     find_lung_masks(lung_masks)
+    return alpha
 
 
 def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="X-ray", views="frontal",
@@ -117,8 +120,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
             :func:`covidxr.evaluation.choose_threshold`).
         target_sensitivity: For ``threshold_method="sensitivity"``.
         threshold: For ``threshold_method="fixed"``.
-        n_bootstrap, seed, level: Patient bootstrap settings.
-        batch_size: Prediction batch size (external data).
+        n_bootstrap, seed, level, batch_size: Patient bootstrap settings; prediction batch size (external data).
         figures: Also draw the figures.
         now: Timestamp for the folder name (``time.struct_time``; default: now, UTC).
         allow_overlap: Keep (score) the rows the run was trained or validated on, with a loud
@@ -128,14 +130,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
             as ``lung_mass.csv``, ``metrics.json["lung_mass"]``, a report section, ``figures/lung_mass.png``.
         mlflow: A tracking URI: log the figures with their interval bounds and the folder into the run's
             MLflow run (:func:`_open_tracking`). None: no tracking.
-        calibration: The name of a site calibration of the run (``RUN/calibrations/<name>[-<timestamp>]``,
-            :func:`covidxr.calibrate.calibrate_site`): its labelled images are left out, the probabilities
-            recalibrated and the site's thresholds used instead of the validation ones.
-        conformal: A miscoverage alpha in (0, 1): also conformal prediction sets
-            (:func:`covidxr.evaluation.conformal.run_conformal`), calibrated on the run's validation part, or on
-            the calibration's labelled images with ``calibration`` (``metrics.json["conformal"]``, columns
-            ``set``, ``set_size``, ``refer`` in ``predictions.csv``). A risk-coverage curve is always added
-            (``metrics.json["selective"]``, ``figures/risk_coverage.png``).
+        calibration, conformal: A site calibration's name (:func:`_with_calibration`), a conformal alpha (:func:`_trust`).
 
     Returns:
         The evaluation folder ``RUN_DIR/evaluations/<name>-<timestamp>/``.
@@ -146,8 +141,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         ValueError: Bad options, labels that map to no finding category, no test rows.
     """
     run = Path(run_dir)
-    _check_lung_masks(lung_masks, data_dir)
-    alpha = None if conformal is None else check_alpha(conformal)
+    alpha = _check_lung_masks(lung_masks, data_dir, conformal)
     config, preds = read_run(run, need_model=data_dir is not None or lung_masks is not None)
     tracked = _open_tracking(config, mlflow)  # before any work
     classes = [str(c) for c in config["classes"]]
@@ -160,19 +154,14 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     scored, source, unreadable, overlap, left_out = _scored_rows(run, config, preds, data_dir=data_dir, options=options,
                                                                  batch_size=batch_size, cache_dir=cache_dir,
                                                                  allow_overlap=allow_overlap)
-    site = None
-    if calibration is not None:
-        site, scored, info, pinfo = _with_calibration(run, calibration, scored, classes)
+    site, scored, info, pinfo = _with_calibration(run, calibration, scored, classes, info, pinfo)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
-                                  patient_threshold=None if pinfo is None else pinfo["threshold"],
-                                  n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
-                                  patient_threshold_info=pinfo)
+                                  patient_threshold=None if pinfo is None else pinfo["threshold"], n_bootstrap=n_bootstrap,
+                                  seed=seed, level=level, threshold_info=info, patient_threshold_info=pinfo)
     result.update({"name": name, "run": run.name, "run_dir": str(run.resolve()), "task": config.get("task"),
                    "data": source, "unreadable": unreadable, "overlap": overlap, "left_out_by_task": left_out,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
                    "covidxr_version": __version__, "config": {k: config.get(k) for k in RUN_KEYS if k in config}})
-    if site is not None:
-        result["calibration"] = site
     table, curves = _trust(result, preds, scored, site=site, alpha=alpha, level=level)
     lungs = None
     if lung_masks is not None:
@@ -185,9 +174,13 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     return out
 
 
-def _with_calibration(run: Path, name, scored: pd.DataFrame, classes):
+def _with_calibration(run: Path, name, scored: pd.DataFrame, classes, info, pinfo):
     """``(calibration record with its labelled rows, scored rows without the labelled images and recalibrated,
-    image threshold info, patient threshold info)`` of a site calibration."""
+    image threshold info, patient threshold info)`` of a site calibration named ``name`` (``covidxr calibrate``;
+    ``RUN/calibrations/<name>[-<timestamp>]``): its labelled images are left out, its map recalibrates the
+    probabilities and its thresholds replace the validation ones. None: ``(None, scored, info, pinfo)``."""
+    if name is None:
+        return None, scored, info, pinfo
     site, labelled = read_calibration(run, name)
     if list(site["classes"]) != list(classes):
         raise ValueError(f"Expected a calibration of the run's classes {classes}. Received: classes={site['classes']}")
@@ -200,8 +193,13 @@ def _with_calibration(run: Path, name, scored: pd.DataFrame, classes):
 
 def _trust(result: dict, preds, scored, *, site, alpha, level):
     """The risk-coverage curve (``result["selective"]``) and, with ``alpha``, conformal sets
-    (``result["conformal"]``); returns the scored table with decisions (and sets) and the curves."""
+    (``result["conformal"]``, at miscoverage ``alpha`` in (0, 1); ``set``, ``set_size``, ``refer`` columns;
+    :func:`covidxr.evaluation.conformal.run_conformal`) calibrated on the run's validation part, or on
+    the site calibration's labelled images (``site``); returns the scored table with decisions (and sets) and the
+    curves."""
     classes = result["classes"]
+    if site is not None:
+        result["calibration"] = site
     result["selective"], curves = selective_summary(scored, classes=classes, threshold=result["threshold"],
                                                     patient_threshold=result.get("patient_threshold"))
     table = with_decisions(scored, result)

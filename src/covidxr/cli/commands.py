@@ -16,6 +16,7 @@ from .. import RESEARCH_ONLY
 from ..atomic import write_text
 from ..data import FRONTAL_VIEWS, resolve_data_dir
 from .grid import add_grid, run_grid
+from .trust import add_calibrate, add_trust_options, print_trust, run_calibrate, run_pooled_conformal
 from .options import (add_data_options, add_mlflow_option, add_train_options, config_values, data_options,
                       grouping_options, mlflow_uri)
 from .quiet import show_warning
@@ -189,18 +190,8 @@ def _add_evaluate(sub):
                         "annotations/lungVAE-masks): also measure the share of Grad-CAM mass inside the lungs "
                         "on the test images that have one (lung_mass.csv, figures/lung_mass.png)")
     add_mlflow_option(p, what="the evaluation (into the run's MLflow run, config.json's mlflow run id)")
-    _add_trust_options(p, what="left out of the scored images, recalibrates the rest and decides at the site's "
+    add_trust_options(p, what="left out of the scored images, recalibrates the rest and decides at the site's "
                                "threshold")
-
-
-def _add_trust_options(p, *, what):
-    p.add_argument("--calibration", default=None, metavar="NAME",
-                   help="a site calibration of the run (RUN/calibrations/NAME, or the newest NAME-<timestamp>, made by "
-                        f"`covidxr calibrate`): its labelled images are {what}")
-    p.add_argument("--conformal", type=float, default=None, metavar="ALPHA",
-                   help="conformal prediction sets covering the true class with probability >= 1 - ALPHA per class "
-                        "(e.g. 0.1), calibrated on the run's validation part, or with --calibration on its labelled "
-                        "images (default: none)")
 
 
 def _run_evaluate(args):
@@ -231,81 +222,13 @@ def _run_evaluate(args):
     else:
         print("decision: arg-max over the three classes")
     print(metrics_markdown(result))
-    _print_trust(result)
+    print_trust(result)
     if result.get("lung_mass"):
         lungs = result["lung_mass"]
         inside = lungs["mass_inside"]
         print(f"Grad-CAM mass inside the lungs: {figure_text(inside)}"   # metrics.json: undefined is null
               f" over {lungs['n_measured']} test images with a mask (lung area alone "
               f"{figure_text({'value': lungs['mask_area']['value']})}; {lungs['n_no_mask']} without a mask)")
-    print(f"wrote {out}")
-    return 0
-
-
-def _print_trust(result: dict) -> None:
-    from ..reports import conformal_markdown, selective_markdown
-
-    if result.get("calibration"):
-        site = result["calibration"]
-        print(f"calibration {site['name']}: {site['method']} map, site threshold {site['threshold']:.4f}; "
-              f"{site['n_left_out_labelled']} labelled images left out")
-    print(selective_markdown(result["selective"]))
-    if result.get("conformal"):
-        print(conformal_markdown(result["conformal"]))
-
-
-# --------------------------------------------------------------------------- calibrate
-
-def _add_calibrate(sub):
-    from ..evaluation.calibration import CALIBRATION_METHODS, CHOICE_RULE
-
-    p = sub.add_parser("calibrate", help="recalibrate a run and choose its threshold for a new site from a few "
-                                         "labelled images; score the rest before and after")
-    p.add_argument("--run", required=True, help="run folder (config.json, predictions.csv, model.keras)")
-    p.add_argument("--data-dir", default=None,
-                   help="the site's images (collection folder, class folders or CSV manifest); omit to use the "
-                        "run's own test part")
-    p.add_argument("--labelled", required=True, metavar="K|FRACTION",
-                   help="labelled images of the site: a number (e.g. 20) or a share (e.g. 0.1), drawn by group")
-    p.add_argument("--name", default=None, help="site name (default: the folder's name, or 'test'); the results go "
-                                                "to RUN/calibrations/<name>-<timestamp>/")
-    p.add_argument("--method", default="auto", choices=list(CALIBRATION_METHODS),
-                   help=f"recalibration map; auto: {CHOICE_RULE} (default: auto)")
-    p.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity"],
-                   help="how the site's threshold is chosen on its labelled images (default: youden)")
-    p.add_argument("--target-sensitivity", type=float, default=None,
-                   help="with --threshold-method sensitivity: the sensitivity to reach (default: none)")
-    p.add_argument("--sizes", default="10,20,40",
-                   help="numbers of labelled images for the gain figure ('' to skip) (default: 10,20,40)")
-    p.add_argument("--repeats", type=int, default=20, help="draws per size in the gain figure (default: 20)")
-    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
-                   help="layout of --data-dir (default: auto, detect)")
-    p.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="views to keep (metadata layout)")
-    p.add_argument("--modality", default="X-ray", help="modality to keep (metadata layout)")
-    p.add_argument("--image-col", default="path", help="manifest: image path column")
-    p.add_argument("--label-col", default="label", help="manifest: label column")
-    p.add_argument("--patient-col", default="patient", help="manifest: patient id column")
-    p.add_argument("--n-bootstrap", type=int, default=1000, help="group bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the draw and the bootstrap")
-    p.add_argument("--batch-size", type=int, default=32, help="prediction batch size")
-    p.add_argument("--cache-dir", default=None, help="hash index folder for --data-dir (default: the run's)")
-    p.add_argument("--no-figures", action="store_true", help="skip the figures")
-
-
-def _run_calibrate(args):
-    from ..calibrate import calibrate_site
-    from ..reports import calibration_markdown
-
-    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = calibrate_site(args.run, data_dir=args.data_dir, labelled=args.labelled, name=args.name,
-                             method=args.method, threshold_method=args.threshold_method,
-                             target_sensitivity=args.target_sensitivity, seed=args.seed, n_bootstrap=args.n_bootstrap,
-                             sizes=sizes, repeats=args.repeats, batch_size=args.batch_size, cache_dir=args.cache_dir,
-                             figures=not args.no_figures, data_options=data_options(args))
-    _print_warnings(caught)
-    print(calibration_markdown(json.loads((out / "metrics.json").read_text())))
     print(f"wrote {out}")
     return 0
 
@@ -373,23 +296,6 @@ def _run_paired(args):
     return 0
 
 
-def _run_conformal(args):
-    from ..evaluation.conformal import pooled_conformal
-    from ..reports import conformal_markdown
-
-    per_run, pooled = pooled_conformal(args.runs, alpha=args.conformal)
-    print(per_run.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(conformal_markdown(pooled))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        target = Path(args.out) / "conformal.csv"
-        if target.exists():
-            raise FileExistsError(f"Expected a folder without conformal.csv. Received: out={args.out!r}")
-        write_text(target, per_run.to_csv(index=False))
-        print(f"wrote {target}")
-    return 0
-
-
 def _run_compare(args):
     from ..evaluate import write_comparison
     from ..evaluation import compare_runs
@@ -398,7 +304,7 @@ def _run_compare(args):
     if args.paired:
         return _run_paired(args)
     if args.conformal is not None:
-        return _run_conformal(args)
+        return run_pooled_conformal(args)
     if args.metric != "roc_auc":
         raise ValueError(f"Expected --metric only with --paired. Received: metric={args.metric!r}")
     table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
@@ -462,7 +368,7 @@ def _add_predict(sub):
     p.add_argument("--target-sensitivity", type=float, default=None,
                    help="with --threshold-method sensitivity: the validation sensitivity to reach (default: none)")
     p.add_argument("--batch-size", type=int, default=16, help="prediction batch size")
-    _add_trust_options(p, what="the conformal sets' calibration with --conformal; its map recalibrates the "
+    add_trust_options(p, what="the conformal sets' calibration with --conformal; its map recalibrates the "
                                 "probabilities and its threshold decides")
 
 
@@ -533,6 +439,6 @@ COMMANDS = {
     "evaluate": (_add_evaluate, _run_evaluate),
     "audit": (_add_audit, _run_audit),
     "compare": (_add_compare, _run_compare),
-    "calibrate": (_add_calibrate, _run_calibrate),
+    "calibrate": (add_calibrate, run_calibrate),
     "predict": (_add_predict, _run_predict),
 }

@@ -9,7 +9,7 @@ Maps (``p`` = the model's probability of the positive class, ``z = logit(p)``):
 
 * ``temperature``: ``sigmoid(z / T)``, one parameter fitted by log loss; keeps the order of the
   probabilities (ROC AUC unchanged) and the 0.5 point.
-* ``platt``: ``sigmoid(a z + b)``, fitted by log loss with ``a = exp(u) > 0`` (SciPy's L-BFGS-B,
+* ``platt``: ``sigmoid(a z + b)``, fitted by log loss with ``a = exp(u) > 0`` (SciPy's Nelder-Mead,
   ``a`` in [e^-7, e^5], ``b`` in [-20, 20]): it never reverses the order, so ROC AUC is unchanged
   too (a site where the model ranks backwards gets a flat map, not a reversed one).
 * ``isotonic``: a non-decreasing step map (scikit-learn's ``IsotonicRegression``); ties images
@@ -74,7 +74,8 @@ def _fit_one(method: str, y, p) -> dict:
         def loss(ub):
             q = np.clip(expit(np.exp(ub[0]) * z + ub[1]), _EPS, 1 - _EPS)
             return -float(np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-        found = minimize(loss, x0=np.zeros(2), method="L-BFGS-B", bounds=[(-7.0, 5.0), (-20.0, 20.0)])
+        found = minimize(loss, x0=np.zeros(2), method="Nelder-Mead", bounds=[(-7.0, 5.0), (-20.0, 20.0)],
+                         options={"xatol": 1e-6, "fatol": 1e-9})
         return {"method": "platt", "a": float(np.exp(found.x[0])), "b": float(found.x[1])}
     if method == "isotonic":
         fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(np.asarray(p, float), y)
