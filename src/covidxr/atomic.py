@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "fault_point", "json_text", "load_arrays", "plain_json", "remove_stale", "save_arrays",
-           "write_json", "write_text"]
+__all__ = ["atomic_path", "fault_point", "json_text", "load_arrays", "new_folder", "plain_json", "remove_stale",
+           "save_arrays", "write_json", "write_text"]
 
 #: Environment variable of the kill-and-resume tests: a fault point name (see :func:`fault_point`).
 FAULT_ENV = "COVIDXR_FAULT"
@@ -93,6 +93,24 @@ def atomic_path(path):
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def new_folder(out, *, what="folder", received=""):
+    """Yield a new temporary folder beside ``out`` (``.<name>.partial-<pid>``); rename it to ``out`` when
+    the block succeeds, never over a folder that appeared meanwhile (FileExistsError: ``Expected a new
+    <what>, but ... appeared meanwhile. Received: <received>``). On an exception it is removed."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=False)
+    try:
+        yield tmp
+        if out.exists():
+            raise FileExistsError(f"Expected a new {what}, but {str(out)!r} appeared meanwhile. Received: {received}")
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path, text: str) -> Path:

@@ -20,9 +20,7 @@ A calibration folder holds:
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .atomic import json_text
+from .atomic import json_text, new_folder
 from .data.groups import group_column
 from .evaluation import evaluate_predictions, external_predictions, held_out_test, read_run, run_thresholds
 from .evaluation import metrics as M
@@ -199,9 +197,7 @@ def _write(out: Path, record, result, labelled_rows, rest_after, gain, *, figure
     from .figures.trust import plot_gain_by_size, plot_recalibration
     from .reports import calibration_markdown
 
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=False)
-    try:
+    with new_folder(out, what="calibration folder", received=f"name={record['site']!r}") as tmp:
         (tmp / "calibration.json").write_text(json_text(record) + "\n")
         (tmp / "metrics.json").write_text(json_text(result) + "\n")
         labelled_rows.to_csv(tmp / "labelled.csv", index=False)
@@ -215,13 +211,6 @@ def _write(out: Path, record, result, labelled_rows, rest_after, gain, *, figure
             if not gain.empty:
                 written.append(save_figure(plot_gain_by_size(gain), tmp / "figures" / "gain_by_size.png"))
         (tmp / "report.md").write_text(calibration_markdown(result, figures=[p.name for p in written]))
-        if out.exists():
-            raise FileExistsError(f"Expected a new calibration folder, but {str(out)!r} appeared meanwhile. "
-                                  f"Received: name={record['site']!r}")
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_calibration(run_dir, name) -> tuple[dict, pd.DataFrame]:

@@ -14,16 +14,14 @@ Must not compute figures itself: scoring is :mod:`covidxr.evaluation`'s, drawing
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from . import __version__
-from .atomic import json_text, write_json, write_text
+from .atomic import json_text, new_folder, write_json, write_text
 from .calibrate import calibrated_probs, leave_out_labelled, read_calibration
 from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, find_lung_masks, held_out_test,
                          lung_mass, read_run, run_thresholds, with_decisions)
@@ -232,9 +230,7 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
     """Write ``metrics.json``, ``predictions.csv``, the figures and ``report.md`` (and with
     ``lungs`` = [table, examples] ``lung_mass.csv`` and ``figures/lung_mass.png``) into a temporary
     folder beside ``out`` and rename it to ``out`` (never over an existing folder)."""
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=False)
-    try:
+    with new_folder(out, what="evaluation folder", received=f"name={name!r}") as tmp:
         (tmp / "metrics.json").write_text(json_text(result) + "\n")   # strict: an undefined figure is null
         table.to_csv(tmp / "predictions.csv", index=False)
         written = []
@@ -249,13 +245,6 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
                 written.append(save_figure(plot_lung_mass(lungs[1], result["lung_mass"], run=result["run"]),
                                            tmp / "figures" / "lung_mass.png"))
         (tmp / "report.md").write_text(evaluation_report(result, figures=[p.name for p in written]))
-        if out.exists():
-            raise FileExistsError(f"Expected a new evaluation folder, but {str(out)!r} appeared meanwhile. "
-                                  f"Received: name={name!r}")
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_comparison(table: pd.DataFrame, out_dir, *, metrics=None) -> list[Path]:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from .. import RESEARCH_ONLY
 from ..atomic import write_text
-from ..data import FRONTAL_VIEWS, resolve_data_dir
+from ..data import resolve_data_dir
 from .grid import add_grid, run_grid
 from .trust import add_calibrate, add_trust_options, print_trust, run_calibrate, run_pooled_conformal
-from .options import (add_data_options, add_mlflow_option, add_train_options, config_values, data_options,
-                      grouping_options, mlflow_uri)
+from .options import (add_data_options, add_dataset_options, add_mlflow_option, add_train_options, config_values,
+                      data_options, grouping_options, mlflow_uri)
 from .quiet import show_warning
 
 
@@ -165,13 +165,7 @@ def _add_evaluate(sub):
     p.add_argument("--name", default=None,
                    help="evaluation name (default: 'test', or the dataset folder's name); the results go "
                         "to RUN/evaluations/<name>-<timestamp>/")
-    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
-                   help="layout of --data-dir (default: auto, detect)")
-    p.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="views to keep (metadata layout)")
-    p.add_argument("--modality", default="X-ray", help="modality to keep (metadata layout)")
-    p.add_argument("--image-col", default="path", help="manifest: image path column")
-    p.add_argument("--label-col", default="label", help="manifest: label column")
-    p.add_argument("--patient-col", default="patient", help="manifest: patient id column")
+    add_dataset_options(p)
     p.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity", "fixed"],
                    help="how the threshold is chosen on the run's validation part (default: youden)")
     p.add_argument("--target-sensitivity", type=float, default=None,

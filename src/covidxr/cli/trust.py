@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 from ..atomic import write_text
-from ..data import FRONTAL_VIEWS
-from .options import data_options
+from .options import add_dataset_options, data_options
 
 __all__ = ["add_calibrate", "add_trust_options", "print_trust", "run_calibrate", "run_pooled_conformal"]
 
@@ -61,13 +60,7 @@ def add_calibrate(sub):
     p.add_argument("--sizes", default="10,20,40",
                    help="numbers of labelled images for the gain figure ('' to skip) (default: 10,20,40)")
     p.add_argument("--repeats", type=int, default=20, help="draws per size in the gain figure (default: 20)")
-    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
-                   help="layout of --data-dir (default: auto, detect)")
-    p.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="views to keep (metadata layout)")
-    p.add_argument("--modality", default="X-ray", help="modality to keep (metadata layout)")
-    p.add_argument("--image-col", default="path", help="manifest: image path column")
-    p.add_argument("--label-col", default="label", help="manifest: label column")
-    p.add_argument("--patient-col", default="patient", help="manifest: patient id column")
+    add_dataset_options(p)
     p.add_argument("--n-bootstrap", type=int, default=1000, help="group bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draw and the bootstrap")
     p.add_argument("--batch-size", type=int, default=32, help="prediction batch size")
