@@ -80,6 +80,7 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         set), ``gradcam`` (overlay path or empty) and ``error`` (empty, or why the file could not be scored).
     """
     run_dir = Path(run_dir)
+    conformal = None if conformal is None else check_alpha(conformal)
     config, predictions = read_run(run_dir, need_model=True)
     model, config = load_run(run_dir, config=config)
     classes = list(config["classes"])
@@ -87,7 +88,6 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
     chosen = validation_threshold(predictions, classes=classes, method=threshold_method,
                                   target_sensitivity=target_sensitivity)
     threshold = float(chosen["threshold"]) if chosen else float("nan")
-    conformal = None if conformal is None else check_alpha(conformal)
     params, threshold, sets_model = _site_rules(run_dir, predictions, classes, calibration=calibration,
                                                 conformal=conformal, threshold=threshold)
 

@@ -16,10 +16,10 @@ from .. import RESEARCH_ONLY
 from ..atomic import write_text
 from ..data import resolve_data_dir
 from .grid import add_grid, run_grid
-from .trust import add_calibrate, add_trust_options, print_trust, run_calibrate, run_pooled_conformal
 from .options import (add_data_options, add_dataset_options, add_mlflow_option, add_train_options, config_values,
                       data_options, grouping_options, mlflow_uri)
 from .quiet import show_warning
+from .trust import add_calibrate, add_trust_options, print_trust, run_calibrate, run_pooled_conformal
 
 
 def _print_warnings(caught) -> None:
