@@ -51,12 +51,12 @@ def _site_name(name, data_dir) -> str:
     return str(name)
 
 
-def _draw_unit(site: pd.DataFrame, config: dict) -> str:
-    """The groups labelled images are drawn by: the split groups, except in a run split by source
-    (there the groups are whole sources, and a site's images are drawn by patient)."""
+def _draw_unit(site: pd.DataFrame) -> str:
+    """The groups labelled images are drawn by: the split groups (patients merged by shared images), except
+    in the test part of a run split by source (there a group is a whole source: ``source:...``), where the
+    site's images are drawn by patient."""
     unit = group_column(site)
-    if unit == "group" and (config.get("group_by") == "source" or site[unit].astype(str).str.startswith(
-            "source:").any()):
+    if unit == "group" and site[unit].astype(str).str.startswith("source:").any():
         return "patient"
     return unit
 
@@ -87,9 +87,9 @@ def _site_rows(run, config, preds, *, data_dir, data_options, batch_size, cache_
     return scored, str(data_dir)
 
 
-def _fit(site, classes, config, *, labelled, method, threshold_method, target_sensitivity, seed) -> dict:
+def _fit(site, classes, *, labelled, method, threshold_method, target_sensitivity, seed) -> dict:
     """The draw, the fitted map and the site's thresholds."""
-    unit = _draw_unit(site, config)
+    unit = _draw_unit(site)
     mask = draw_labelled(site, labelled, group_col=unit, seed=seed)
     y, probs = M.class_probabilities(site, classes)
     fitted = fit_calibration(y[mask], probs[mask, 1], site[unit].to_numpy()[mask], method=method)
@@ -152,7 +152,7 @@ def calibrate_site(run_dir, *, labelled, data_dir=None, name=None, method="auto"
         raise FileExistsError(f"Expected a new calibration folder, but {str(out)!r} exists. Received: name={name!r}")
     site, source = _site_rows(run, config, preds, data_dir=data_dir, data_options=data_options or {},
                               batch_size=batch_size, cache_dir=cache_dir)
-    fit = _fit(site, classes, config, labelled=labelled, method=method, threshold_method=threshold_method,
+    fit = _fit(site, classes, labelled=labelled, method=method, threshold_method=threshold_method,
                target_sensitivity=target_sensitivity, seed=seed)
     home = run_thresholds(preds, classes=classes, threshold_method=threshold_method,
                           target_sensitivity=target_sensitivity)
