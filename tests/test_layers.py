@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("inference", ["covidxr.inference", "covidxr.gradcam", "covidxr.lungmasks"]),
     ("evaluation", ["covidxr.evaluation", "covidxr.audit"]),
     ("figures and reports", ["covidxr.figures", "covidxr.reports"]),
-    ("application", ["covidxr.tracking", "covidxr.runfolder", "covidxr.artifacts", "covidxr.train", "covidxr.evaluate", "covidxr.executors", "covidxr.grid", "covidxr.predict", "covidxr.download", "covidxr.lungs"]),
+    ("application", ["covidxr.tracking", "covidxr.runfolder", "covidxr.artifacts", "covidxr.train", "covidxr.evaluate", "covidxr.executors", "covidxr.grid", "covidxr.predict", "covidxr.calibrate", "covidxr.download", "covidxr.lungs"]),
     ("cli", ["covidxr.cli"]),
 ]
 

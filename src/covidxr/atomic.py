@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "fault_point", "fsync_folder", "json_text", "load_arrays", "path_error", "plain_json",
-           "read_json_object", "remove_stale", "save_arrays", "write_json", "write_text"]
+__all__ = ["atomic_path", "fault_point", "fsync_folder", "json_text", "load_arrays", "new_folder", "path_error",
+           "plain_json", "read_json_object", "remove_stale", "save_arrays", "write_json", "write_text"]
 
 #: Environment variable of the kill-and-resume tests: a fault point name (see :func:`fault_point`).
 FAULT_ENV = "COVIDXR_FAULT"
@@ -125,6 +125,24 @@ def path_error(err: BaseException, path) -> OSError | None:
     if isinstance(err, OSError) and err.errno is not None and getattr(err, "filename", None) is None:
         return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
     return None
+
+
+@contextlib.contextmanager
+def new_folder(out, *, what="folder", received=""):
+    """Yield a new temporary folder beside ``out`` (``.<name>.partial-<pid>``); rename it to ``out`` when
+    the block succeeds, never over a folder that appeared meanwhile (FileExistsError: ``Expected a new
+    <what>, but ... appeared meanwhile. Received: <received>``). On an exception it is removed."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=False)
+    try:
+        yield tmp
+        if out.exists():
+            raise FileExistsError(f"Expected a new {what}, but {str(out)!r} appeared meanwhile. Received: {received}")
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path, text: str) -> Path:

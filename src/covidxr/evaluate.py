@@ -24,10 +24,15 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
-from .atomic import json_text, write_json, write_text
+from .atomic import json_text, new_folder, write_json, write_text
+from .calibrate import calibrated_probs, leave_out_labelled, read_calibration
 from .evaluation import (RUN_KEYS, evaluate_predictions, external_predictions, find_lung_masks, held_out_test,
                          lung_mass, read_run, run_thresholds, with_decisions)
+from .evaluation import metrics as M
+from .evaluation.conformal import check_alpha, fit_conformal, run_conformal
+from .evaluation.selective import selective_summary
 from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
+from .figures.trust import plot_risk_coverage
 from .lungs import run_lung_masks
 from .records import record_files
 from .reports import comparison_markdown, evaluation_report, grid_markdown, paired_markdown
@@ -80,22 +85,25 @@ def _scored_rows(run, config, preds, *, data_dir, options, batch_size, cache_dir
     return scored, str(data_dir), unreadable, overlap, left_out
 
 
-def _check_lung_masks(lung_masks, data_dir) -> None:
-    """Cheap checks of ``lung_masks`` before any work: the run's own test part, an existing folder."""
+def _check_lung_masks(lung_masks, data_dir, conformal=None):
+    """Cheap checks before any work: ``lung_masks`` with the run's own test part, an existing folder; the
+    conformal alpha in (0, 1) (returned as a float, or None)."""
+    alpha = None if conformal is None else check_alpha(conformal)
     if lung_masks is None:
-        return
+        return alpha
     if data_dir is not None:
         raise ValueError("Expected lung_masks (--lung-masks) with the run's own test part only, not with another "
                          f"dataset. Received: data_dir={str(data_dir)!r}")
     if str(lung_masks) != PREDICTED:
         find_lung_masks(lung_masks)
+    return alpha
 
 
 def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="X-ray", views="frontal",
                  image_col="path", label_col="label", patient_col="patient", threshold_method="youden",
                  target_sensitivity=None, threshold=None, n_bootstrap=1000, seed=0, level=0.95,
                  batch_size=32, figures=True, now=None, allow_overlap=False, cache_dir=None, lung_masks=None,
-                 mlflow=None) -> Path:
+                 mlflow=None, calibration=None, conformal=None) -> Path:
     """Evaluate a run folder on its test part or on another dataset; write an evaluation folder.
 
     The decision thresholds (two classes; one per image, one on patient means) always come
@@ -119,8 +127,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
             :func:`covidxr.evaluation.choose_threshold`).
         target_sensitivity: For ``threshold_method="sensitivity"``.
         threshold: For ``threshold_method="fixed"``.
-        n_bootstrap, seed, level: Patient bootstrap settings.
-        batch_size: Prediction batch size (external data).
+        n_bootstrap, seed, level, batch_size: Patient bootstrap settings; prediction batch size (external data).
         figures: Also draw the figures.
         now: Timestamp for the folder name (``time.struct_time``; default: now, UTC).
         allow_overlap: Keep (score) the rows the run was trained or validated on, with a loud
@@ -131,6 +138,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
             ``"predicted"``: a mask for every test image (:func:`covidxr.lungs.run_lung_masks`).
         mlflow: A tracking URI: log the figures with their interval bounds and the folder into the run's
             MLflow run (:func:`_open_tracking`). None: no tracking.
+        calibration, conformal: A site calibration's name (:func:`_with_calibration`), a conformal alpha (:func:`_trust`).
 
     Returns:
         The evaluation folder ``RUN_DIR/evaluations/<name>-<timestamp>/``.
@@ -141,7 +149,7 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
         ValueError: Bad options, labels that map to no finding category, no test rows.
     """
     run = Path(run_dir)
-    _check_lung_masks(lung_masks, data_dir)
+    alpha = _check_lung_masks(lung_masks, data_dir, conformal)
     config, preds = read_run(run, need_model=data_dir is not None or lung_masks is not None)
     tracked = _open_tracking(config, mlflow)  # before any work
     classes = [str(c) for c in config["classes"]]
@@ -154,21 +162,63 @@ def evaluate_run(run_dir, *, data_dir=None, name=None, layout="auto", modality="
     scored, source, unreadable, overlap, left_out = _scored_rows(run, config, preds, data_dir=data_dir, options=options,
                                                                  batch_size=batch_size, cache_dir=cache_dir,
                                                                  allow_overlap=allow_overlap)
+    site, scored, info, pinfo = _with_calibration(run, calibration, scored, classes, info, pinfo)
     result = evaluate_predictions(scored, classes=classes, threshold=None if info is None else info["threshold"],
-                                  patient_threshold=None if pinfo is None else pinfo["threshold"],
-                                  n_bootstrap=n_bootstrap, seed=seed, level=level, threshold_info=info,
-                                  patient_threshold_info=pinfo)
+                                  patient_threshold=None if pinfo is None else pinfo["threshold"], n_bootstrap=n_bootstrap,
+                                  seed=seed, level=level, threshold_info=info, patient_threshold_info=pinfo)
     result.update({"name": name, "run": run.name, "run_dir": str(run.resolve()), "task": config.get("task"),
                    "data": source, "unreadable": unreadable, "overlap": overlap, "left_out_by_task": left_out,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now or time.gmtime()),
                    "covidxr_version": __version__, "config": {k: config.get(k) for k in RUN_KEYS if k in config}})
+    table, curves = _trust(result, preds, scored, site=site, alpha=alpha, level=level)
     lungs = lung_masks and _lung_mass(run, lung_masks, out, result, config=config, preds=preds,
                                       batch_size=batch_size, n_bootstrap=n_bootstrap, seed=seed, level=level)
-    _write_folder(out, result, with_decisions(scored, result), figures=figures, name=name, lungs=lungs)
+    _write_folder(out, result, table, figures=figures, name=name, lungs=lungs, curves=curves)
     if tracked is not None:
         tracked.log_metrics(evaluation_metrics(result))
         tracked.log_artifacts(out, f"evaluations/{out.name}")
     return out
+
+
+def _with_calibration(run: Path, name, scored: pd.DataFrame, classes, info, pinfo):
+    """``(calibration record with its labelled rows, scored rows without the labelled images and recalibrated,
+    image threshold info, patient threshold info)`` of a site calibration named ``name`` (``covidxr calibrate``;
+    ``RUN/calibrations/<name>[-<timestamp>]``): its labelled images are left out, its map recalibrates the
+    probabilities and its thresholds replace the validation ones. None: ``(None, scored, info, pinfo)``."""
+    if name is None:
+        return None, scored, info, pinfo
+    site, labelled = read_calibration(run, name)
+    if list(site["classes"]) != list(classes):
+        raise ValueError(f"Expected a calibration of the run's classes {classes}. Received: classes={site['classes']}")
+    scored, site["n_left_out_labelled"] = leave_out_labelled(scored, labelled)
+    if scored.empty:
+        raise ValueError(f"Expected images to score besides the calibration's labelled ones. Received: calibration={name!r}")
+    site["labelled_rows"] = labelled
+    return site, calibrated_probs(scored, site), site["threshold_selection"], site["patient_threshold_selection"]
+
+
+def _trust(result: dict, preds, scored, *, site, alpha, level):
+    """The risk-coverage curve (``result["selective"]``) and, with ``alpha``, conformal sets
+    (``result["conformal"]``, at miscoverage ``alpha`` in (0, 1); ``set``, ``set_size``, ``refer`` columns;
+    :func:`covidxr.evaluation.conformal.run_conformal`) calibrated on the run's validation part, or on
+    the site calibration's labelled images (``site``); returns the scored table with decisions (and sets) and the
+    curves."""
+    classes = result["classes"]
+    if site is not None:
+        result["calibration"] = site
+    result["selective"], curves = selective_summary(scored, classes=classes, threshold=result["threshold"],
+                                                    patient_threshold=result.get("patient_threshold"))
+    table = with_decisions(scored, result)
+    labelled = site.pop("labelled_rows") if site is not None else None
+    if alpha is not None:
+        model = None
+        if labelled is not None:
+            y, probs = M.class_probabilities(labelled, classes)
+            model = fit_conformal(y, probs, classes=classes, alpha=alpha)
+            model["calibrated_on"] = f"the {len(labelled)} labelled images of calibration {site['name']}"
+        _, result["conformal"], table = run_conformal(preds, table, classes=classes, alpha=alpha, level=level,
+                                                      model=model)
+    return table, curves
 
 
 def _open_tracking(config: dict, mlflow):
@@ -189,24 +239,31 @@ def _lung_mass(run, lung_masks, out, result, *, config, preds, **options) -> lis
     if str(lung_masks) == PREDICTED:  # mask files where they exist, the bundled segmenter elsewhere
         lung_masks = out.parent / f".{out.name}.lung_masks-{os.getpid()}"  # moved into the folder on writing
         sources = run_lung_masks(run, lung_masks, config=config, predictions=preds)
-    result["lung_mass"], *lungs = lung_mass(run, lung_masks, **options)
+    try:
+        result["lung_mass"], *lungs = lung_mass(run, lung_masks, **options)
+    except BaseException:
+        if sources is not None:
+            shutil.rmtree(lung_masks, ignore_errors=True)
+        raise
     result["lung_mass"]["mask_sources"] = sources
     return lungs + ([lung_masks] if sources is not None else [])
 
 
-def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str, lungs=None) -> None:
+def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool, name: str, lungs=None,
+                  curves=None) -> None:
     """Write ``metrics.json``, ``predictions.csv``, the figures and ``report.md`` (and with
     ``lungs`` = [table, examples(, predicted masks folder)] ``lung_mass.csv``, ``figures/lung_mass.png``
     (and ``lung_masks/``)) into a temporary
     folder beside ``out`` and rename it to ``out`` (never over an existing folder)."""
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=False)
-    try:
+    with new_folder(out, what="evaluation folder", received=f"name={name!r}") as tmp:
         (tmp / "metrics.json").write_text(json_text(result) + "\n")   # strict: an undefined figure is null
         table.to_csv(tmp / "predictions.csv", index=False)
         written = []
         if figures:
             written = write_evaluation_figures(table, result, tmp / "figures")
+            if curves is not None:
+                written.append(save_figure(plot_risk_coverage(curves, result["selective"]).figure,
+                                           tmp / "figures" / "risk_coverage.png"))
         if lungs is not None:
             lungs[0].to_csv(tmp / "lung_mass.csv", index=False)
             if len(lungs) > 2:  # the predicted masks (--lung-masks predicted)
@@ -216,15 +273,6 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
                                            tmp / "figures" / "lung_mass.png"))
         (tmp / "report.md").write_text(evaluation_report(result, figures=[p.name for p in written]))
         record_files(tmp, [n for n in ("metrics.json", "predictions.csv", "lung_mass.csv") if (tmp / n).is_file()])
-        if out.exists():
-            raise FileExistsError(f"Expected a new evaluation folder, but {str(out)!r} appeared meanwhile. "
-                                  f"Received: name={name!r}")
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if lungs is not None and len(lungs) > 2 and Path(lungs[2]).exists():
-            shutil.rmtree(lungs[2], ignore_errors=True)
 
 
 def write_comparison(table: pd.DataFrame, out_dir, *, metrics=None) -> list[Path]:

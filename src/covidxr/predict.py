@@ -17,8 +17,11 @@ import pandas as pd
 from PIL import Image
 
 from .atomic import atomic_path
+from .calibrate import read_calibration
 from .evaluation import metrics as M
 from .evaluation import read_run, validation_threshold
+from .evaluation.calibration import apply_calibration
+from .evaluation.conformal import check_alpha, fit_conformal, prediction_sets, set_labels
 from .figures import overlay
 from .gradcam import gradcam
 from .inference import load_run, predict_images, prepare_image, preprocessing_settings
@@ -35,8 +38,27 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
+def _site_rules(run_dir: Path, predictions, classes, *, calibration, conformal, threshold: float):
+    """``(recalibration params or None, threshold, conformal model or None)``: a site calibration's map and
+    threshold (else the validation ``threshold``) and sets fitted on its labelled images (else on the run's
+    validation part)."""
+    params, model, rows = None, None, predictions[predictions["part"].astype(str) == "val"]
+    where = "the run's validation part"
+    if calibration is not None:
+        site, rows = read_calibration(run_dir, calibration)
+        if len(classes) != 2 or list(site["classes"]) != list(classes):
+            raise ValueError(f"Expected a calibration of the run's classes {classes}. Received: classes={site['classes']}")
+        params, threshold = site["params"], float(site["threshold"])
+        where = f"the {len(rows)} labelled images of calibration {site['name']}"
+    if conformal is not None:
+        y, probs = M.class_probabilities(rows, classes)
+        model = fit_conformal(y, probs, classes=classes, alpha=conformal)
+        model["calibrated_on"] = where
+    return params, threshold, model
+
+
 def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden", target_sensitivity=None,
-                  batch_size=16) -> pd.DataFrame:
+                  batch_size=16, calibration=None, conformal=None) -> pd.DataFrame:
     """Score image files (PNG, JPEG, DICOM...) with a run's best model.
 
     Args:
@@ -46,13 +68,19 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         threshold_method, target_sensitivity: How the threshold is chosen on the run's
             validation predictions (see :func:`covidxr.evaluation.choose_threshold`).
         batch_size: Images per forward pass.
+        calibration: The name of a site calibration of the run (``covidxr calibrate``): its map recalibrates
+            the probabilities and its threshold decides.
+        conformal: A miscoverage alpha in (0, 1): also the conformal set of each image, calibrated on the
+            calibration's labelled images (with ``calibration``) or on the run's validation part.
 
     Returns:
         One row per file: ``file``, ``prob_<class>`` for each class, ``decision``,
-        ``threshold`` (two classes; NaN for arg-max decisions), ``gradcam`` (overlay path or
-        empty) and ``error`` (empty, or why the file could not be scored).
+        ``threshold`` (two classes; NaN for arg-max decisions), with ``conformal`` also ``set`` and
+        ``advice`` ("uncertain: refer" for a set of two classes or more, "no class: refer" for an empty
+        set), ``gradcam`` (overlay path or empty) and ``error`` (empty, or why the file could not be scored).
     """
     run_dir = Path(run_dir)
+    conformal = None if conformal is None else check_alpha(conformal)
     config, predictions = read_run(run_dir, need_model=True)
     model, config = load_run(run_dir, config=config)
     classes = list(config["classes"])
@@ -60,6 +88,8 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
     chosen = validation_threshold(predictions, classes=classes, method=threshold_method,
                                   target_sensitivity=target_sensitivity)
     threshold = float(chosen["threshold"]) if chosen else float("nan")
+    params, threshold, sets_model = _site_rules(run_dir, predictions, classes, calibration=calibration,
+                                                conformal=conformal, threshold=threshold)
 
     rows, images, good = [], [], []
     for path in map(Path, paths):
@@ -80,10 +110,19 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
     table["decision"] = ""
     table["threshold"] = threshold
     table["gradcam"] = ""
+    table["set"], table["advice"] = "", ""
     if images:
         batch = np.stack(images)[..., None]
         probs = predict_images(model, batch, batch_size=batch_size)
+        if params is not None:
+            positive = apply_calibration(params, probs[:, 1])
+            probs = np.stack([1.0 - positive, positive], axis=1)
         table.loc[good, columns] = probs
+        if sets_model is not None:
+            sets = prediction_sets(sets_model, probs)
+            table.loc[good, "set"] = set_labels(sets, classes)
+            size = sets.sum(axis=1)
+            table.loc[good, "advice"] = np.where(size >= 2, "uncertain: refer", np.where(size == 0, "no class: refer", ""))
         decided = M.decide(probs, threshold=threshold)
         table.loc[good, "decision"] = np.asarray(classes)[decided]
         if gradcam_dir is not None:
@@ -95,4 +134,5 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
                 with atomic_path(target) as tmp:
                     Image.fromarray(overlay(batch[k], maps[k])).save(tmp)
                 table.at[i, "gradcam"] = str(target)
-    return table[["file", *columns, "decision", "threshold", "gradcam", "error"]]
+    sets_columns = ["set", "advice"] if sets_model is not None else []
+    return table[["file", *columns, "decision", "threshold", *sets_columns, "gradcam", "error"]]

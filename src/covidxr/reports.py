@@ -13,7 +13,8 @@ from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
 __all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "figure_text", "grid_markdown",
-           "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
+           "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report",
+           "calibration_markdown", "conformal_markdown", "selective_markdown"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -118,6 +119,8 @@ def evaluation_report(result: dict, *, figures=()) -> str:
               "## Confusion matrix (patients)", "", _cm_markdown(result["patient"]["confusion_matrix"], classes),
               ""]
     lines += [lung_mass_markdown(result)] if result.get("lung_mass") else []
+    lines += [conformal_markdown(result["conformal"]), ""] if result.get("conformal") else []
+    lines += [selective_markdown(result["selective"]), ""] if result.get("selective") else []
     if figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in figures] + [""]
     return "\n".join(lines)
@@ -357,3 +360,65 @@ def lung_mass_markdown(result: dict) -> str:
              "the lungs has an excess near 0 (or below): most of its evidence lies where a shortcut (markers, "
              "borders, devices) would be. Per image: `lung_mass.csv`.", ""]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- trust at a new site
+
+def conformal_markdown(summary: dict) -> str:
+    """The conformal sets of an evaluation (:func:`covidxr.evaluation.conformal.run_conformal`'s summary)."""
+    cover = summary["coverage"]
+    kind = "class-conditional (Mondrian by class)" if summary.get("class_conditional") else "marginal"
+    lines = [f"## Conformal prediction sets (alpha = {summary['alpha']:g}, {kind})", "",
+             f"Calibrated on {summary.get('calibrated_on') or '?'} ({summary.get('n_calibration')}); "
+             f"{summary.get('rule', '')}. Intervals: Wilson on the effective sample size over groups.", "",
+             "| | coverage | rows |", "|---|---|---|"]
+    for key, fig in cover.items():
+        lines.append(f"| {key} | {figure_text(fig)} | {fig['n']} |")
+    lines += ["", f"- mean set size {summary['mean_set_size']:.3f}; refer (two classes in the set): "
+              f"{figure_text(summary['refer'])}; empty sets: {figure_text(summary['empty'])}; "
+              f"right among one-class sets: {figure_text(summary['singleton_accuracy'])}"]
+    return "\n".join(lines)
+
+
+def selective_markdown(summary: dict) -> str:
+    """The risk-coverage figures of an evaluation (:func:`covidxr.evaluation.selective.selective_summary`)."""
+    lines = ["## Selective prediction (risk-coverage)", "",
+             f"Images decided most confident first (confidence: {summary['confidence']}); risk = error rate "
+             "among those decided; AURC = mean risk over all coverages (lower is better).", "",
+             "| level | AURC | error rate at full coverage | " + " | ".join(
+                 f"risk at {c}" for c in summary["image"]["risk_at"]) + " |",
+             "|---" * (3 + len(summary["image"]["risk_at"])) + "|"]
+    for level in ("image", "patient"):
+        block = summary[level]
+        lines.append(f"| {level} ({block['n']}) | {block['aurc']:.3f} | {block['error_rate']:.3f} | "
+                     + " | ".join(f"{v:.3f}" for v in block["risk_at"].values()) + " |")
+    return "\n".join(lines)
+
+
+def calibration_markdown(result: dict, *, figures=()) -> str:
+    """The ``report.md`` of a site's calibration folder (:func:`covidxr.calibrate.calibrate_site`)."""
+    rec, before, after = result["calibration"], result["before"], result["after"]
+    lines = [f"# Calibration `{rec['name']}` of run `{rec['run']}`", "", f"*{RESEARCH_ONLY}*", "",
+             f"- Site: {rec['data']}; {rec['n_labelled']} labelled images (requested {rec['labelled_requested']}, "
+             f"drawn by `{rec['drawn_by']}`, seed {rec['seed']}), {rec['n_rest']} images scored.",
+             f"- Map: **{rec['method']}** {rec['params'] if rec['method'] != 'isotonic' else ''} "
+             f"({rec['chosen_by']}).",
+             f"- Site threshold {rec['threshold']:.4f} (patients {rec['patient_threshold']:.4f}): "
+             f"{rec['threshold_selection']['description']}.",
+             f"- Before: home probabilities at the run's validation threshold {before['threshold']:.4f}. After: "
+             "recalibrated probabilities at the site's threshold. ROC AUC is unchanged by a strictly monotone map.",
+             "", "| metric | before (image) | after (image) | before (patient) | after (patient) |",
+             "|---|---|---|---|---|"]
+    for name in ("ece", "brier", "sensitivity", "specificity", "roc_auc", "balanced_accuracy"):
+        cells = [figure_text(r[level]["metrics"][name]) for level in ("image", "patient") for r in (before, after)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    if result.get("gain_by_size"):
+        lines += ["", "## Gain against the number of labelled images (median over draws, images)", "",
+                  "| labelled | draws | ECE before | ECE after | specificity before | specificity after |",
+                  "|---|---|---|---|---|---|"]
+        for k, row in result["gain_by_size"].items():
+            lines.append(f"| {k} | {row['draws']} | {row['ece_before']:.3f} | {row['ece_after']:.3f} | "
+                         f"{row['specificity_before']:.3f} | {row['specificity_after']:.3f} |")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
+    return "\n".join(lines) + "\n"

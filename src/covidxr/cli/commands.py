@@ -14,12 +14,13 @@ from pathlib import Path
 
 from .. import RESEARCH_ONLY
 from ..atomic import write_text
-from ..data import FRONTAL_VIEWS, resolve_data_dir
+from ..data import resolve_data_dir
 from .grid import add_grid, run_grid
 from .lungs import add_lungs, run_lungs
-from .options import (add_data_options, add_mlflow_option, add_train_options, config_values, data_options,
-                      grouping_options, mlflow_uri)
+from .options import (add_data_options, add_dataset_options, add_mlflow_option, add_train_options, config_values,
+                      data_options, grouping_options, mlflow_uri)
 from .quiet import show_warning
+from .trust import add_calibrate, add_trust_options, print_trust, run_calibrate, run_pooled_conformal
 
 
 def _print_warnings(caught) -> None:
@@ -185,13 +186,7 @@ def _add_evaluate(sub):
     p.add_argument("--name", default=None,
                    help="evaluation name (default: 'test', or the dataset folder's name); the results go "
                         "to RUN/evaluations/<name>-<timestamp>/")
-    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
-                   help="layout of --data-dir (default: auto, detect)")
-    p.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="views to keep (metadata layout)")
-    p.add_argument("--modality", default="X-ray", help="modality to keep (metadata layout)")
-    p.add_argument("--image-col", default="path", help="manifest: image path column")
-    p.add_argument("--label-col", default="label", help="manifest: label column")
-    p.add_argument("--patient-col", default="patient", help="manifest: patient id column")
+    add_dataset_options(p)
     p.add_argument("--threshold-method", default="youden", choices=["youden", "sensitivity", "fixed"],
                    help="how the threshold is chosen on the run's validation part (default: youden)")
     p.add_argument("--target-sensitivity", type=float, default=None,
@@ -212,6 +207,8 @@ def _add_evaluate(sub):
                         "every test image, the dataset's mask file where it has one and the bundled lung "
                         "segmenter's mask otherwise")
     add_mlflow_option(p, what="the evaluation (into the run's MLflow run, config.json's mlflow run id)")
+    add_trust_options(p, what="left out of the scored images, recalibrates the rest and decides at the site's "
+                               "threshold")
 
 
 def _run_evaluate(args):
@@ -226,7 +223,8 @@ def _run_evaluate(args):
             threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
             threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
             batch_size=args.batch_size, figures=not args.no_figures, allow_overlap=args.allow_overlap,
-            cache_dir=args.cache_dir, lung_masks=args.lung_masks, mlflow=mlflow)
+            cache_dir=args.cache_dir, lung_masks=args.lung_masks, mlflow=mlflow, calibration=args.calibration,
+            conformal=args.conformal)
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
@@ -241,6 +239,7 @@ def _run_evaluate(args):
     else:
         print("decision: arg-max over the three classes")
     print(metrics_markdown(result))
+    print_trust(result)
     if result.get("lung_mass"):
         lungs = result["lung_mass"]
         inside = lungs["mass_inside"]
@@ -290,6 +289,10 @@ def _add_compare(sub):
                         "patient with a paired group-bootstrap interval (--out: paired.json, paired.md)")
     p.add_argument("--metric", default="roc_auc",
                    help="with --paired: roc_auc (default), pr_auc or brier")
+    p.add_argument("--conformal", type=float, default=None, metavar="ALPHA",
+                   help="instead: conformal sets of each run (calibrated on its validation part, applied to its test "
+                        "part; e.g. a grid's folds) and of their test parts pooled: coverage per class, set size, "
+                        "referrals")
 
 
 def _run_paired(args):
@@ -317,6 +320,8 @@ def _run_compare(args):
 
     if args.paired:
         return _run_paired(args)
+    if args.conformal is not None:
+        return run_pooled_conformal(args)
     if args.metric != "roc_auc":
         raise ValueError(f"Expected --metric only with --paired. Received: metric={args.metric!r}")
     table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
@@ -383,6 +388,8 @@ def _add_predict(sub):
     p.add_argument("--target-sensitivity", type=float, default=None,
                    help="with --threshold-method sensitivity: the validation sensitivity to reach (default: none)")
     p.add_argument("--batch-size", type=int, default=16, help="prediction batch size")
+    add_trust_options(p, what="the conformal sets' calibration with --conformal; its map recalibrates the "
+                                "probabilities and its threshold decides")
 
 
 def _run_predict(args):
@@ -391,7 +398,8 @@ def _run_predict(args):
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"Expected a new CSV file; this one exists. Received: csv={args.csv!r}")
     table = predict_files(args.run, args.images, gradcam_dir=args.gradcam, threshold_method=args.threshold_method,
-                          target_sensitivity=args.target_sensitivity, batch_size=args.batch_size)
+                          target_sensitivity=args.target_sensitivity, batch_size=args.batch_size,
+                          calibration=args.calibration, conformal=args.conformal)
     shown = table.drop(columns=["gradcam"] if not args.gradcam else [])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(RESEARCH_ONLY)
@@ -451,6 +459,7 @@ COMMANDS = {
     "evaluate": (_add_evaluate, _run_evaluate),
     "audit": (_add_audit, _run_audit),
     "compare": (_add_compare, _run_compare),
+    "calibrate": (add_calibrate, run_calibrate),
     "predict": (_add_predict, _run_predict),
     "lungs": (add_lungs, run_lungs),
 }

@@ -143,6 +143,18 @@ def add_data_options(parser, *, task_default="covid-vs-rest", config=False):
     return group
 
 
+def add_dataset_options(p) -> None:
+    """How another dataset (``--data-dir`` of ``evaluate`` and ``calibrate``) is read: layout, views, modality,
+    manifest columns (the keywords of :func:`data_options`)."""
+    p.add_argument("--layout", default="auto", choices=["auto", "metadata", "folders", "manifest"],
+                   help="layout of --data-dir (default: auto, detect)")
+    p.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="views to keep (metadata layout)")
+    p.add_argument("--modality", default="X-ray", help="modality to keep (metadata layout)")
+    p.add_argument("--image-col", default="path", help="manifest: image path column")
+    p.add_argument("--label-col", default="label", help="manifest: label column")
+    p.add_argument("--patient-col", default="patient", help="manifest: patient id column")
+
+
 def data_options(args) -> dict:
     """The data options of ``args`` as :func:`covidxr.data.load_dataset` keywords (without the task)."""
     return {"layout": args.layout, "modality": args.modality, "views": args.views, "image_col": args.image_col,
