@@ -173,15 +173,15 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
     BatchNormalization layers stay frozen, hence in inference mode: their moving mean and
     variance do not change; so does the feature standardisation phase 1 adapted (never
-    re-adapted here). Validation as in :func:`fit_head` (exact, first callback).
+    re-adapted here). Validation as in :func:`fit_head` (exact, first callback). The other
+    arguments are as in :func:`fit_head`; the shuffling seed is offset by 1 so phase 2 does
+    not repeat phase 1's batch order.
 
     Args:
         model: A :func:`covidxr.models.build_model` model, usually after :func:`fit_head`.
         fine_tune_from: Layer name, ``-N`` (last N layers), ``"auto"`` or ``"all"`` (see
             :func:`covidxr.models.resolve_fine_tune_from`).
         learning_rate: Adam learning rate (about a tenth of phase 1's).
-        Other arguments: as :func:`fit_head`. The shuffling seed is offset by 1 so phase 2
-        does not repeat phase 1's batch order.
 
     Returns:
         ``(history, info)`` with ``unfrozen`` (names of the unfrozen backbone layers that have
