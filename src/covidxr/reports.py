@@ -161,6 +161,11 @@ def run_report(run_name: str, options: dict, config: dict, counts: dict, metrics
              "| option | value |", "| --- | --- |"]
     for key, value in options.items():
         lines.append(f"| {key} | {value} |")
+    data = config.get("data") or {}
+    if data:
+        mark = data["fingerprint"]
+        lines += ["", f"Data: `{data['dir']}` ({data['layout']} layout); fingerprint: "
+                  f"{mark['file'] or 'image list'} sha256 `{mark['sha256']}`, {mark['images']} images."]
     lines += ["", f"Classes (model output order): {', '.join(classes)}. "
               f"Keras {config['keras_version']} ({config['keras_backend']} backend), covidxr {config['covidxr_version']}.",
               "", "## Images per class and part", "",

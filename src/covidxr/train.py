@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,8 +53,8 @@ import pandas as pd
 from . import RESEARCH_ONLY, __version__
 from .artifacts import write_artifacts
 from .atomic import remove_stale, write_json
-from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
-                     split_from_file)
+from .config import (TrainConfig, check_config, check_data_dir, check_data_record, data_record, load_frame,
+                     make_split, resolve_verbose, split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
@@ -68,7 +68,7 @@ from .training.frozen import stored_features
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
 
-def train(config: TrainConfig, *, mlflow=None) -> Path:
+def train(config: TrainConfig, *, mlflow=None, expect_data=None) -> Path:
     """Run one two-phase training and write its run folder.
 
     Every option is checked, and the model built (which checks the weights and the
@@ -80,15 +80,20 @@ def train(config: TrainConfig, *, mlflow=None) -> Path:
         config: The run's :class:`TrainConfig`.
         mlflow: Track the run in MLflow: a tracking URI, or a :class:`covidxr.tracking.Tracking`
             (a grid's child run); None: no tracking.
+        expect_data: The ``data`` record of an earlier run's ``config.json`` (see
+            :func:`covidxr.config.data_record`): the data read must have its fingerprint.
 
     Returns:
-        The run folder.
+        The run folder. Its ``config.json`` holds ``data_dir`` resolved to an absolute path
+        (from ``$COVIDXR_DATA_DIR`` or the default when the option is None) and the ``data``
+        record: folder, layout and fingerprint.
 
     Raises:
         ValueError: A bad option (unknown backbone, strategy, task; image size below the
             backbone's minimum; unknown fine-tuning layer; weights file of another
             architecture ...).
         FileNotFoundError: Missing weights file, split file or dataset.
+        ValueError: The data's fingerprint is not ``expect_data``'s.
         PermissionError: A read-only runs folder.
         FileExistsError: ``run_name`` names an existing folder.
         ConnectionError: ImageNet weights requested but they cannot be downloaded, or the MLflow
@@ -97,14 +102,15 @@ def train(config: TrainConfig, *, mlflow=None) -> Path:
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     check_config(config)
-    check_data_dir(config)  # a wrong --data-dir is reported before any model is built or weights fetched
+    root, _ = check_data_dir(config)  # a wrong --data-dir is reported before any model is built or weights fetched
+    config = replace(config, data_dir=str(root.expanduser().resolve()))  # a new shell finds the same data
     check_writable(config.runs_dir)  # a read-only runs folder too
     if config.run_name:  # refused now, before hours of loading and training; made after the checks
         refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
     target = Tracking.of(mlflow)
     if target is not None:
         check_server(target.uri)
-    return _run(config, tracking=target)
+    return _run(config, tracking=target, expect_data=expect_data)
 
 
 def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
@@ -182,6 +188,8 @@ class RunState:
     target: object = None  # covidxr.tracking.Tracking asked for
     tracked: object = None  # its open covidxr.tracking.MlflowRun
     writers: list = field(default_factory=list)  # per-epoch writers (TensorBoard, MLflow)
+    expect_data: dict | None = None  # the data record the data read must match (None: any)
+    data_record: dict = field(default_factory=dict)  # covidxr.config.data_record of the data read
 
     @property
     def classes(self) -> list:
@@ -197,7 +205,7 @@ class RunState:
         return self.runtime.batch_size(self.config.batch_size)
 
 
-def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> Path:
+def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None, expect_data=None) -> Path:
     """Set the precision and devices, run the steps, and restore the global state afterwards."""
     previous_policy = keras.config.dtype_policy()
     started = datetime.now(timezone.utc)
@@ -207,7 +215,8 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None) -> 
     state = None
     try:
         with data_parallel_scope(enabled=bool(config.data_parallel)) as runtime:
-            state = RunState(config, run_dir, previous, runtime, started, wall, compilation_cache, target=tracking)
+            state = RunState(config, run_dir, previous, runtime, started, wall, compilation_cache, target=tracking,
+                             expect_data=expect_data or (previous or {}).get("data"))
             _build(state)
             memory = _prepare_data(state)
             _write_record(state, memory)
@@ -245,6 +254,8 @@ def _prepare_data(state: RunState) -> dict | None:
     config = state.config
     hash_index = HashIndex(config.cache_dir)  # saved after the memory check: a refused run writes nothing
     frame = load_frame(config, hash_index=hash_index)
+    state.data_record = data_record(config, frame)
+    check_data_record(state.expect_data, state.data_record)  # before the run folder: a refused run writes nothing
     if state.resuming:
         remove_stale(state.run_dir)  # temporary files of the killed process
     if state.resuming and (state.run_dir / "split.csv").is_file():
@@ -264,7 +275,7 @@ def _prepare_data(state: RunState) -> dict | None:
                                       previous=state.previous)
     if not state.resuming:
         # the options first, so that a run killed while building its cache can be resumed
-        write_json(state.run_dir / "config.json", {**config.to_dict(), **_mlflow_block(state),
+        write_json(state.run_dir / "config.json", {**config.to_dict(), "data": state.data_record, **_mlflow_block(state),
                                                    "run_dir": str(state.run_dir),
                                                    "started": state.started.isoformat(timespec="seconds")})
     state.handlers += setup_logging(state.run_dir)
@@ -272,6 +283,10 @@ def _prepare_data(state: RunState) -> dict | None:
     if state.tracked is not None:
         logger.info("MLflow run %s at %s", state.tracked.run_id, state.tracked.uri)
     logger.info("%s", RESEARCH_ONLY)
+    found = state.data_record
+    logger.info("data: %s (%s layout; %s sha256 %s, %d images)", found["dir"], found["layout"],
+                found["fingerprint"]["file"] or "image list", found["fingerprint"]["sha256"][:12],
+                found["fingerprint"]["images"])
     logger.info("split sizes (fractions of images, of groups): %s, %s; %d merged groups",
                 state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
     _cache_parts(state, split)
@@ -309,6 +324,7 @@ def _write_record(state: RunState, memory) -> None:
     record = {
         **config.to_dict(),
         **state.record,  # split_version, split_sizes, merged_groups (from _prepare_data)
+        "data": state.data_record,
         "weights_source": weights.get("source"),
         "weights_sha256": weights.get("sha256"),
         "classes": classes,

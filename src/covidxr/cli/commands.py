@@ -327,6 +327,17 @@ def train_config(args):
     return TrainConfig(**given)
 
 
+def _recorded_data(args):
+    """The ``data`` record of ``--config``'s run (its fingerprint must match the data read), unless
+    ``--data-dir`` names other data; None without ``--config``."""
+    if not args.config or "data_dir" in config_values(args):
+        return None
+    path = Path(args.config)
+    path = path / "config.json" if path.is_dir() else path
+    text = args.config if args.config.lstrip().startswith("{") else path.read_text() if path.is_file() else ""
+    return json.loads(text).get("data") if text.lstrip().startswith("{") else None
+
+
 def _run_train(args):
     from ..train import resume, train
 
@@ -339,7 +350,7 @@ def _run_train(args):
         run_dir = resume(args.resume, verbose=getattr(args, "verbose", None), mlflow=mlflow)
         print(f"finished {run_dir}")
         return 0
-    run_dir = train(train_config(args), mlflow=mlflow)
+    run_dir = train(train_config(args), mlflow=mlflow, expect_data=_recorded_data(args))
     print(f"wrote {run_dir}")
     return 0
 
