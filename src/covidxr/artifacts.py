@@ -17,7 +17,7 @@ from .evaluation.metrics import part_metrics, prob_columns
 from .figures import plot_training_curves, save_figure
 from .inference import load_run, predict_images
 from .reports import run_report
-from .runfolder import logger
+from .runfolder import logger, metrics_line
 from .tracking import log_run_end
 from .training import CHECKPOINT_DIR
 from .training.checkpoint import set_arrays
@@ -51,7 +51,7 @@ def write_artifacts(state, saver) -> None:
     write_json(run_dir / "config.json", state.record)  # "finished" is written last: the run is complete
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     log_run_end(state.tracked, run_dir=run_dir, metrics=metrics)
-    logger.info("val %s | test %s", metrics["val"], metrics["test"])
+    logger.info("%s", metrics_line(metrics))
     logger.info("done in %.1f s: %s", timing["wall_seconds"], run_dir)
 
 

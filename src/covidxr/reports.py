@@ -13,7 +13,7 @@ from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
 __all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "figure_text", "grid_markdown",
-           "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
+           "count_text", "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -77,6 +77,20 @@ def _decision_text(result: dict) -> str:
             f"{units}). Both were applied unchanged here; the scored data tuned nothing.")
 
 
+def count_text(result: dict) -> str:
+    """``"78 images of 46 patients in 45 split groups"``, with the (patient, label) pairs that the
+    class rows and the per-patient figures count when a patient has images of two labels."""
+    text = f"{result['n_images']} images of {result['n_patients']} patients"
+    pairs = result.get("n_patient_labels", result["n_patients"])
+    if pairs != result["n_patients"]:
+        mixed = pairs - result["n_patients"]
+        text += (f" ({pairs} patient-label pairs: {mixed} {'patient has' if mixed == 1 else 'patients have'} "
+                 "images of two labels and count once per label in the class rows and per-patient figures)")
+    if result.get("n_groups") is not None:
+        text += f" in {result['n_groups']} split groups"
+    return text
+
+
 def evaluation_report(result: dict, *, figures=()) -> str:
     """The ``report.md`` of an evaluation folder."""
     classes = result["classes"]
@@ -94,8 +108,7 @@ def evaluation_report(result: dict, *, figures=()) -> str:
         f"*{RESEARCH_ONLY}*",
         "",
         f"- Data: {result['data']} (task `{result['task']}`, classes {classes})",
-        f"- {result['n_images']} images of {result['n_patients']} patients ({counts}); figures at the data's "
-        "own prevalence, no re-balancing.",
+        f"- {count_text(result)} ({counts}); figures at the data's own prevalence, no re-balancing.",
         f"- Decision: {decision}",
         f"- {boot['level']:.0%} intervals. {INTERVALS_NOTE} Bootstrap: {boot['n_bootstrap']} resamples of "
         f"the split unit `{boot.get('unit', 'patient')}`, seed {boot['seed']}; a resample in which a figure is "
@@ -169,10 +182,11 @@ def run_report(run_name: str, options: dict, config: dict, counts: dict, metrics
     lines += ["", f"Classes (model output order): {', '.join(classes)}. "
               f"Keras {config['keras_version']} ({config['keras_backend']} backend), covidxr {config['covidxr_version']}.",
               "", "## Images per class and part", "",
-              "| part | " + " | ".join(classes) + " | patients |",
-              "| --- | " + " | ".join("---" for _ in classes) + " | --- |"]
+              "| part | " + " | ".join(classes) + " | split groups | patients |",
+              "| --- | " + " | ".join("---" for _ in classes) + " | --- | --- |"]
     for part, row in counts.items():
-        lines.append(f"| {part} | " + " | ".join(str(row[c]) for c in classes) + f" | {row['patients']} |")
+        lines.append(f"| {part} | " + " | ".join(str(row[c]) for c in classes)
+                     + f" | {row.get('groups', 'n/a')} | {row['patients']} |")
     lines += ["", "## Training curves", "", "![training curves](figures/training_curves.png)", "",
               f"Best validation ROC AUC {metrics.get('best_val_auc')} at epoch {metrics.get('best_epoch')} "
               f"(phase {metrics.get('best_phase')}).", "",

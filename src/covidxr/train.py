@@ -58,7 +58,8 @@ from .config import (TrainConfig, check_config, check_data_dir, check_data_recor
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
-from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
+from .runfolder import (check_writable, class_counts, logger, make_run_dir, parts_table, refuse_existing, run_name,
+                        setup_logging)
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
 from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
@@ -287,8 +288,6 @@ def _prepare_data(state: RunState) -> dict | None:
     logger.info("data: %s (%s layout; %s sha256 %s, %d images)", found["dir"], found["layout"],
                 found["fingerprint"]["file"] or "image list", found["fingerprint"]["sha256"][:12],
                 found["fingerprint"]["images"])
-    logger.info("split sizes (fractions of images, of groups): %s, %s; %d merged groups",
-                state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
     _cache_parts(state, split)
     return memory
 
@@ -309,7 +308,9 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
     check_parts(split, classes)
     write_split(split, state.run_dir / "split.csv")
     state.split, state.cache = split, cache
-    logger.info("images per part and class: %s", class_counts(split, classes))
+    merged = state.record["merged_groups"]
+    note = f" ({_count(merged, 'split group')} of patients who share an image)" if merged else ""
+    logger.info("images per part%s:\n%s", note, parts_table(split, classes))
     lookup = {c: i for i, c in enumerate(classes)}
     for part in ("train", "val", "test"):
         rows = split[split["part"] == part].reset_index(drop=True)
@@ -385,6 +386,17 @@ def _epoch_writers(state: RunState) -> list:
     return writers
 
 
+def _keras_verbose(verbose) -> int:
+    """Keras' ``fit`` verbosity: none for ``"auto"`` (the run prints its own line per epoch, with a
+    step bar on a terminal: :class:`covidxr.training.callbacks.StepProgress`), else as given."""
+    return 0 if verbose == "auto" else resolve_verbose(verbose)
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"10 epochs"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _train_phases(state: RunState) -> SaveBest:
     """Phase 1 (head, frozen backbone) and phase 2 (fine-tuning), each resumable from the
     checkpoint; return the keeper of the best full model."""
@@ -395,14 +407,14 @@ def _train_phases(state: RunState) -> SaveBest:
     restore_best(saver, committed, folder)
     (_, x_train, y_train), (_, x_val, y_val) = state.data["train"], state.data["val"]
     common = dict(num_classes=len(state.classes), batch_size=state.batch_size,
-                  strategy=config.strategy, seed=config.seed, verbose=resolve_verbose(config.verbose),
+                  strategy=config.strategy, seed=config.seed, verbose=_keras_verbose(config.verbose),
                   jit_compile=config.jit_compile, runtime=state.runtime)
     state.writers = _epoch_writers(state)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
-                 checkpoint_every=config.checkpoint_every, writers=state.writers)
-    logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
+                 checkpoint_every=config.checkpoint_every, writers=state.writers, progress=config.verbose == "auto")
+    logger.info("phase 1: head only, backbone frozen, %s, %s, lr %.2e",
                 "cached features" if config.cache_features else "full forward pass",
-                config.epochs, config.learning_rate)
+                _count(config.epochs, "epoch"), config.learning_rate)
 
     def fit1(callbacks, initial_epoch):
         stored = _stored_features(state)  # None: computed in fit_head (no store, or --no-cache-features)
@@ -427,9 +439,9 @@ def _train_phases(state: RunState) -> SaveBest:
     elif state.previous and "phase1_train_auc" in state.previous:
         state.record["phase1_train_auc"] = state.previous["phase1_train_auc"]
     if config.fine_tune_epochs:
-        logger.info("phase 2: fine-tuning from %s (backbone layer %d), %d epochs, lr %.2e",
+        logger.info("phase 2: fine-tuning from %s (backbone layer %d), %s, lr %.2e",
                     state.record["resolved"]["fine_tune_from_layer"], state.fine_tune_index,
-                    config.fine_tune_epochs, config.resolved_fine_tune_learning_rate)
+                    _count(config.fine_tune_epochs, "epoch"), config.resolved_fine_tune_learning_rate)
 
         def fit2(callbacks, initial_epoch):
             return fine_tune(model, x_train, y_train, x_val, y_val, epochs=config.fine_tune_epochs,

@@ -193,7 +193,7 @@ def _add_evaluate(sub):
 
 def _run_evaluate(args):
     from ..evaluate import evaluate_run
-    from ..reports import figure_text, metrics_markdown
+    from ..reports import count_text, figure_text, metrics_markdown
 
     mlflow = mlflow_uri(args)
     with warnings.catch_warnings(record=True) as caught:
@@ -207,7 +207,7 @@ def _run_evaluate(args):
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
-    print(f"{result['n_images']} images of {result['n_patients']} patients from {result['data']}")
+    print(f"{count_text(result)} from {result['data']}")
     if result.get("overlap") and result["overlap"]["n_rows"]:
         print(f"{result['overlap']['n_rows']} rows the run was trained or validated on: "
               + ("KEPT (--allow-overlap)" if result["overlap"]["kept"] else "left out"))
