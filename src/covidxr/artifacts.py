@@ -14,7 +14,7 @@ import pandas as pd
 
 from .atomic import atomic_path, write_json, write_text
 from .evaluation.metrics import part_metrics, prob_columns
-from .figures import plot_training_curves, save_figure
+from .figures import plot_training_curves, run_label, save_figure
 from .inference import load_run, predict_images
 from .reports import run_report
 from .runfolder import logger, metrics_line
@@ -36,8 +36,7 @@ def write_artifacts(state, saver) -> None:
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
     write_text(run_dir / "history.csv", history.to_csv(index=False))
-    axes = plot_training_curves(history)
-    axes[0].figure.suptitle(f"{config.backbone} · {config.task} · {config.strategy}", fontsize=9)
+    axes = plot_training_curves(history, title=f"{run_label(config.to_dict())} · {config.task}")
     save_figure(axes[0].figure, run_dir / "figures" / "training_curves.png")
     metrics = _predict_parts(state)
     timing = state.timing

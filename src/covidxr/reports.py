@@ -13,7 +13,7 @@ from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
 __all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "figure_text", "grid_markdown",
-           "count_text", "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
+           "comparison_summary", "count_text", "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -138,6 +138,30 @@ def evaluation_report(result: dict, *, figures=()) -> str:
 
 def _metric_names(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if f"{c}_ci_low" in table.columns]
+
+
+#: Columns of the terminal comparison (:func:`comparison_summary`), when the table has them.
+SUMMARY_METRICS = ("roc_auc", "sensitivity", "specificity")
+
+
+def comparison_summary(table: pd.DataFrame, *, width=120) -> str:
+    """The comparison for a terminal, at most ``width`` characters a line: one row per run and
+    level, the run named by what it is (:func:`covidxr.figures.run_label`'s text: backbone,
+    weights, feature layer, size, strategy, fold), ROC AUC with its interval, sensitivity and
+    specificity; the full table is :func:`comparison_markdown` (``comparison.md``)."""
+    from .figures.common import run_label
+
+    metrics = [m for m in SUMMARY_METRICS if m in table.columns] or [m for m in _metric_names(table)[:2]]
+    rows = []
+    for _, row in table.iterrows():
+        cells = {"run": run_label(row), "level": row.get("level", ""), "images": row.get("n_images", "")}
+        for m in metrics:
+            cells[m] = figure_text({"value": row[m], "ci_low": row[f"{m}_ci_low"], "ci_high": row[f"{m}_ci_high"]})
+        rows.append(cells)
+    frame = pd.DataFrame(rows)
+    budget = width - sum(max(frame[c].astype(str).str.len().max(), len(c)) + 2 for c in frame.columns if c != "run")
+    frame["run"] = [r if len(r) <= budget else r[:max(budget - 3, 10)] + "..." for r in frame["run"]]
+    return frame.to_string(index=False)
 
 
 def comparison_markdown(table: pd.DataFrame, *, digits=3, note=True) -> str:

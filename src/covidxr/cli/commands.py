@@ -290,17 +290,19 @@ def _run_paired(args):
 def _run_compare(args):
     from ..evaluate import write_comparison
     from ..evaluation import compare_runs
-    from ..reports import comparison_markdown
+    from ..reports import comparison_summary
 
     if args.paired:
         return _run_paired(args)
     if args.metric != "roc_auc":
         raise ValueError(f"Expected --metric only with --paired. Received: metric={args.metric!r}")
     table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
-    print(comparison_markdown(table))
+    print(comparison_summary(table))
     if args.out:
         for path in write_comparison(table, args.out):
             print(f"wrote {path}")
+    else:
+        print("(every metric with its interval: --out DIR writes comparison.md, comparison.csv and comparison.png)")
     return 0
 
 

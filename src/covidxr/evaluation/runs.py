@@ -19,7 +19,7 @@ __all__ = ["LEVELS", "RUN_KEYS", "held_out_test", "read_run", "validation_thresh
 LEVELS = ("image", "patient")
 
 #: Config keys shown in every comparison row.
-RUN_KEYS = ("backbone", "feature_layer", "strategy", "fold", "weights")
+RUN_KEYS = ("backbone", "weights", "feature_layer", "image_size", "strategy", "fold")
 
 
 def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:
