@@ -148,15 +148,16 @@ def comparison_summary(table: pd.DataFrame, *, width=120) -> str:
     """The comparison for a terminal, at most ``width`` characters a line: one row per run and
     level, the run named by what it is (:func:`covidxr.figures.run_label`'s text: backbone,
     weights, feature layer, size, strategy, fold), ROC AUC with its interval, sensitivity and
-    specificity; the full table is :func:`comparison_markdown` (``comparison.md``)."""
+    specificity (values; their intervals are in the full table); the full table is :func:`comparison_markdown` (``comparison.md``)."""
     from .figures.common import run_label
 
     metrics = [m for m in SUMMARY_METRICS if m in table.columns] or [m for m in _metric_names(table)[:2]]
     rows = []
     for _, row in table.iterrows():
         cells = {"run": run_label(row), "level": row.get("level", ""), "images": row.get("n_images", "")}
-        for m in metrics:
-            cells[m] = figure_text({"value": row[m], "ci_low": row[f"{m}_ci_low"], "ci_high": row[f"{m}_ci_high"]})
+        for k, m in enumerate(metrics):  # the first with its interval, the others as values
+            cells[m] = figure_text({"value": row[m], "ci_low": row[f"{m}_ci_low"] if k == 0 else None,
+                                    "ci_high": row[f"{m}_ci_high"] if k == 0 else None})
         rows.append(cells)
     frame = pd.DataFrame(rows)
     budget = width - sum(max(frame[c].astype(str).str.len().max(), len(c)) + 2 for c in frame.columns if c != "run")

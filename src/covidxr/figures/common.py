@@ -33,7 +33,8 @@ def class_colour(name, default="#999999") -> str:
 
 def run_label(config) -> str:
     """A run named by what it is, not by its folder: backbone, weights, feature layer, image size
-    and strategy (and fold), e.g. ``"vgg16 · hed · block4_conv3 · 224 px · class-weight"``.
+    and strategy (and fold), e.g. ``"vgg16 · hed · block4_conv3 · 224 px · class-weight"``
+    (``full``: no feature layer, the whole backbone).
 
     Args:
         config: A run's ``config.json`` record, or a comparison row (a dict or pandas Series).
@@ -42,10 +43,11 @@ def run_label(config) -> str:
     weights = get("weights")
     weights = "none" if weights is None else (str(weights) if str(weights) in ("imagenet", "hed", "none")
                                               else Path(str(weights)).name)
-    parts = [get("backbone"), weights, get("feature_layer") or "whole backbone",
+    parts = [get("backbone"), weights, get("feature_layer") or "full",
              f"{get('image_size')} px" if get("image_size") is not None else None, get("strategy")]
     fold = get("fold")
-    if fold is not None and fold == fold:  # not None, not NaN
+    folded = get("folds") if "folds" in config else True  # a run's config says; a comparison row does not
+    if folded and fold is not None and fold == fold:  # not None, not NaN
         parts.append(f"fold {int(fold)}")
     return " · ".join(str(p) for p in parts if p is not None and p == p)
 
