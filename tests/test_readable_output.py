@@ -63,6 +63,9 @@ def test_training_curves_mark_the_best_epoch_and_name_the_weights():
     label = figures.run_label({"backbone": "vgg16", "weights": "hed", "feature_layer": "block4_conv3",
                                "image_size": 224, "strategy": "class-weight", "fold": None})
     assert label == "vgg16 · hed · block4_conv3 · 224 px · class-weight"
+    pooled = pd.Series({"backbone": "vgg16", "weights": "hed", "feature_layer": np.nan, "image_size": 64.0,
+                        "strategy": "oversample", "fold": "5 pooled", "folds": 5})  # a grid's comparison.csv row
+    assert figures.run_label(pooled) == "vgg16 · hed · full · 64 px · oversample · folds 5 pooled"
     axes = figures.plot_training_curves(history, title=label)
     for ax in axes:
         assert any("best epoch 2 (val ROC AUC 0.700)" in line.get_label() for line in ax.get_lines())

@@ -39,16 +39,20 @@ def run_label(config) -> str:
     Args:
         config: A run's ``config.json`` record, or a comparison row (a dict or pandas Series).
     """
-    get = config.get
+    def get(key):  # NaN (a blank cell of a CSV table) is None
+        value = config.get(key)
+        return None if value is None or (isinstance(value, float) and value != value) else value
+
     weights = get("weights")
     weights = "none" if weights is None else (str(weights) if str(weights) in ("imagenet", "hed", "none")
                                               else Path(str(weights)).name)
     parts = [get("backbone"), weights, get("feature_layer") or "full",
-             f"{get('image_size')} px" if get("image_size") is not None else None, get("strategy")]
+             f"{int(get('image_size'))} px" if get("image_size") is not None else None, get("strategy")]
     fold = get("fold")
-    folded = get("folds") if "folds" in config else True  # a run's config says; a comparison row does not
-    if folded and fold is not None and fold == fold:  # not None, not NaN
-        parts.append(f"fold {int(fold)}")
+    folded = config.get("folds") if "folds" in config else True  # a run's config says; a comparison row does not
+    if folded and fold is not None:  # a grid's pooled rows say "5 pooled"
+        parts.append(f"fold {int(fold)}" if str(fold).lstrip("-").isdigit() or isinstance(fold, float)
+                     else f"folds {fold}")
     return " · ".join(str(p) for p in parts if p is not None and p == p)
 
 
