@@ -92,8 +92,10 @@ def test_notebook_runs(path, collection, tmp_path, monkeypatch, request):
     assert not NOISE.search(text), NOISE.search(text).group(0)
     warned = [line for line in text.splitlines() if line.startswith("warning: ")]
     assert len(warned) == len(set(warned)), warned
-    if path.name == "03_train.ipynb":  # one line per epoch, no Keras bar
-        assert text.count("phase 1 epoch 1 (1 overall)") == 1 and "━" not in text, text[-3000:]
+    if path.name == "03_train.ipynb":  # one line per epoch and run (the run, then the grid's), no Keras bar
+        runs = text.count("new run folder")
+        assert runs == 3 and text.count("phase 1 epoch 1 (1 overall)") == runs, text[-3000:]
+        assert "━" not in text and "step - " not in text, text[-3000:]
     if path.name == "01_eda.ipynb":
         assert (tmp_path / "figures" / "sample_grid.png").is_file()
     if path.name == "04_evaluation.ipynb":  # the run-folder cells ran: the run's table and Grad-CAM examples

@@ -24,8 +24,7 @@ import sys
 import tempfile
 import warnings
 
-__all__ = ["QUIET_ENVIRONMENT", "filter_log", "install", "notebook_warning", "quiet_environment", "quiet_warnings",
-           "repository_root", "setup_notebook", "show_warning"]
+__all__ = ["QUIET_ENVIRONMENT", "filter_log", "install", "quiet_environment", "quiet_warnings", "show_warning"]
 
 #: Set unless the user set them: TensorFlow's C++ log level (3: fatal only; its errors that matter
 #: reach Python as exceptions), gRPC's and glog's.
@@ -165,86 +164,3 @@ def quiet_warnings(*, debug: bool = False):
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
         yield
 
-
-# --------------------------------------------------------------------------- notebooks
-
-_SHOWN: set = set()
-
-
-def notebook_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` for a notebook: each warning's text once per kernel, as one line
-    ``warning: ...`` (no source line); a repeated data warning (every cell that reads the data
-    raises it again) is not shown again."""
-    text = " ".join(str(message).split())
-    if text in _SHOWN:
-        return
-    _SHOWN.add(text)
-    show_warning(message, category, filename, lineno, file=file, line=line)
-
-
-def _ipython():
-    """The running IPython shell, or None (plain Python)."""
-    module = sys.modules.get("IPython")
-    return module.get_ipython() if module is not None and hasattr(module, "get_ipython") else None
-
-
-def repository_root(folder=None):
-    """The covidxr checkout ``folder`` (default: the working folder) is the ``notebooks/`` folder
-    of, or None: the parent of a folder named ``notebooks`` that holds ``src/covidxr`` and
-    ``pyproject.toml``."""
-    from pathlib import Path
-
-    here = Path.cwd() if folder is None else Path(folder)
-    parent = here.resolve().parent
-    if here.resolve().name == "notebooks" and (parent / "pyproject.toml").is_file() and (parent / "src" / "covidxr").is_dir():
-        return parent
-    return None
-
-
-def _one_line_error(shell, etype, value, tb, tb_offset=None):
-    """IPython's handler of an anticipated failure: ``error: ...`` on one line, as the command line
-    says it (the cell still fails, so papermill stops there)."""
-    from . import describe_error
-
-    line = f"error: {describe_error(value)}"
-    print(line, file=sys.stderr)
-    return [line]
-
-
-def setup_notebook(*, chdir: bool = True, debug: bool = False):
-    """Make a notebook as quiet as the command line and give it the command line's folders.
-
-    TensorFlow's start-up lines are filtered as for the command line (:func:`install`; call this
-    before anything imports TensorFlow: first in the notebook); each warning is shown once, as one
-    line (:func:`notebook_warning`; deprecation notices for the libraries' developers are left
-    out); Keras' own progress bars are left to covidxr's line per epoch. Run from a checkout's
-    ``notebooks/`` folder (as Jupyter and ``papermill --cwd notebooks`` do), the working folder
-    becomes the repository root, so the defaults ``data/raw``, ``data/interim`` and ``runs`` are
-    the repository's own, as for the command line, and nothing is written into ``notebooks/``.
-
-    An anticipated failure (a bad option such as a backbone the weights do not fit, a missing
-    file) is one line ``error: ...`` that says what to change, as on the command line.
-
-    Args:
-        chdir: Change to the repository root when run from its ``notebooks/`` folder.
-        debug: Show the full traceback of anticipated failures too.
-
-    Returns:
-        The working folder now (a ``pathlib.Path``).
-    """
-    from pathlib import Path
-
-    install()
-    warnings.showwarning = notebook_warning
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
-    warnings.filterwarnings("always", category=UserWarning)  # repeats are dropped by their text, not location
-    shell = _ipython()
-    if shell is not None and not debug:
-        from . import ANTICIPATED
-
-        shell.set_custom_exc(ANTICIPATED, _one_line_error)
-    root = repository_root() if chdir else None
-    if root is not None:
-        os.chdir(root)
-    return Path.cwd()
