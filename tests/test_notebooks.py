@@ -54,7 +54,8 @@ def test_notebook_is_clean(path):
 
 #: What must never reach a notebook's output: TensorFlow's start-up lines (absl, oneDNN, CUDA) and
 #: warnings' source lines (``file.py:123: UserWarning:``).
-NOISE = re.compile(r"^[IWEF]\d{4} |oneDNN|cuda drivers|cuInit|absl::|cpu_feature_guard|\.py:\d+: \w*Warning", re.M)
+NOISE = re.compile(r"^[IWEF]\d{4} |oneDNN|cuda drivers|cuInit|absl::|cpu_feature_guard|\.py:\d+: \w*Warning"
+                   r"|^WARNING:tensorflow", re.M)
 
 
 def _outputs_text(executed) -> str:

@@ -92,9 +92,8 @@ def train(config: TrainConfig, *, mlflow=None, expect_data=None) -> Path:
     Raises:
         ValueError: A bad option (unknown backbone, strategy, task; image size below the
             backbone's minimum; unknown fine-tuning layer; weights file of another
-            architecture ...).
+            architecture ...); data whose fingerprint is not ``expect_data``'s.
         FileNotFoundError: Missing weights file, split file or dataset.
-        ValueError: The data's fingerprint is not ``expect_data``'s.
         PermissionError: A read-only runs folder.
         FileExistsError: ``run_name`` names an existing folder.
         ConnectionError: ImageNet weights requested but they cannot be downloaded, or the MLflow

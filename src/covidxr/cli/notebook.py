@@ -6,6 +6,7 @@ line's one-line errors).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -77,6 +78,7 @@ def setup_notebook(*, chdir: bool = True, debug: bool = False):
         The working folder now (a ``pathlib.Path``).
     """
     install()
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "5 out of the last 15 calls ... retracing"
     warnings.showwarning = notebook_warning
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
