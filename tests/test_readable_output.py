@@ -149,3 +149,19 @@ def test_epochs_are_counted_in_words(n, text):
     from covidxr.train import _count
 
     assert _count(n, "epoch") == text
+
+
+@pytest.mark.slow
+def test_notebook_setup_keeps_tensorflow_quiet_and_its_logger_working():
+    """After setup_notebook, TensorFlow's import prints no start-up line, its Python warnings are
+    dropped and its errors still reach stderr (its handler is not left on the closed temporary file)."""
+    import subprocess
+    import sys
+
+    code = ("from covidxr.cli.notebook import setup_notebook; setup_notebook(chdir=False); import tensorflow as tf; "
+            "tf.get_logger().warning('dropped-warning'); tf.get_logger().error('kept-error')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "kept-error" in result.stderr and "dropped-warning" not in result.stderr, result.stderr
+    assert "Logging error" not in result.stderr and "cuda drivers" not in result.stderr, result.stderr

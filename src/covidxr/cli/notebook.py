@@ -78,7 +78,12 @@ def setup_notebook(*, chdir: bool = True, debug: bool = False):
         The working folder now (a ``pathlib.Path``).
     """
     install()
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "5 out of the last 15 calls ... retracing"
+    tf_logger = logging.getLogger("tensorflow")  # e.g. "5 out of the last 15 calls ... retracing"
+    if not any(getattr(f, "covidxr", False) for f in tf_logger.filters):  # a filter: TensorFlow resets the level
+        errors_only = logging.Filter()
+        errors_only.filter = lambda record: record.levelno >= logging.ERROR
+        errors_only.covidxr = True
+        tf_logger.addFilter(errors_only)
     warnings.showwarning = notebook_warning
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
