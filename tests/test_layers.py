@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-# The layers, bottom-up. This list mirrors the architecture section of the README; change both
+# The layers, bottom-up. This list mirrors docs/architecture.md; change both
 # together. A module may import only from its own layer or a layer below. A name covers the
 # module itself and, when it is a package, all its submodules (``covidxr.data`` covers
 # ``covidxr/data/__init__.py`` and ``covidxr/data/readers.py``); the entry naming the top-level

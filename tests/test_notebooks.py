@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,21 +52,51 @@ def test_notebook_is_clean(path):
             assert cell.get("execution_count") is None
 
 
+#: What must never reach a notebook's output: TensorFlow's start-up lines (absl, oneDNN, CUDA) and
+#: warnings' source lines (``file.py:123: UserWarning:``).
+NOISE = re.compile(r"^[IWEF]\d{4} |oneDNN|cuda drivers|cuInit|absl::|cpu_feature_guard|\.py:\d+: \w*Warning"
+                   r"|^WARNING:tensorflow", re.M)
+
+
+def _outputs_text(executed) -> str:
+    """Every stream, error and text/plain output of an executed notebook, as one text."""
+    parts = []
+    for cell in executed["cells"]:
+        for output in cell.get("outputs", []):
+            text = output.get("text") or (output.get("data") or {}).get("text/plain") or ""
+            parts.append("".join(text) if isinstance(text, list) else text)
+            parts += output.get("traceback", [])
+    return "\n".join(parts)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ALL, ids=[p.name for p in ALL])
 def test_notebook_runs(path, collection, tmp_path, monkeypatch, request):
+    """Each notebook runs headless from notebooks/ (as ``papermill --cwd notebooks`` and Jupyter do):
+    no start-up lines, each warning once without its source line, nothing written into notebooks/."""
     papermill = pytest.importorskip("papermill")
     run_dirs = [request.getfixturevalue("tiny_run")] if path.name == "04_evaluation.ipynb" else []
     monkeypatch.setenv("COVIDXR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # the notebook must quiet TensorFlow itself
+    before = sorted(p.name for p in NOTEBOOKS.iterdir())
     out = tmp_path / path.name
     papermill.execute_notebook(
         str(path), str(out), parameters=params_for(path.name, collection=collection, tmp_path=tmp_path, run_dirs=run_dirs),
-        cwd=str(tmp_path), kernel_name="python3", progress_bar=False,
+        cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
     )
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before, "the notebook wrote into notebooks/"
+    text = _outputs_text(executed)
+    assert not NOISE.search(text), NOISE.search(text).group(0)
+    warned = [line for line in text.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == len(set(warned)), warned
+    if path.name == "03_train.ipynb":  # one line per epoch and run (the run, then the grid's), no Keras bar
+        runs = text.count("new run folder")
+        assert runs == 3 and text.count("phase 1 epoch 1 (1 overall)") == runs, text[-3000:]
+        assert "━" not in text and "step - " not in text, text[-3000:]
     if path.name == "01_eda.ipynb":
         assert (tmp_path / "figures" / "sample_grid.png").is_file()
     if path.name == "04_evaluation.ipynb":  # the run-folder cells ran: the run's table and Grad-CAM examples
@@ -107,3 +138,24 @@ def test_train_notebook_names_every_config_field():
     assert keywords is not None, "the TrainConfig must be built from an explicit dict(...) of the parameters"
     assert sorted(fields - keywords) == [], f"the config dictionary lacks fields: {sorted(fields - keywords)}"
     assert sorted(keywords - fields) == [], f"the config dictionary names unknown fields: {sorted(keywords - fields)}"
+
+
+@pytest.mark.slow
+def test_impossible_backbone_and_weights_are_one_line(collection, tmp_path, monkeypatch):
+    """Notebook 03 with weights the backbone cannot take stops in one line that names the fix."""
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("COVIDXR_CACHE_DIR", str(tmp_path / "cache"))
+    parameters = {**params_for("03_train.ipynb", collection=collection, tmp_path=tmp_path),
+                  "backbone": "resnet50", "weights": "hed"}
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError):  # the cell fails, so papermill stops there
+        papermill.execute_notebook(str(NOTEBOOKS / "03_train.ipynb"), str(out), parameters=parameters,
+                                   cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+    executed = json.loads(out.read_text())
+    failed = next(c for c in executed["cells"] if any(o.get("output_type") == "error" or o.get("name") == "stderr"
+                                                       and "error: " in "".join(o.get("text", ""))
+                                                       for o in c.get("outputs", [])))
+    text = "".join("".join(o.get("text", "")) for o in failed["outputs"] if o.get("name") == "stderr")
+    lines = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "use backbone 'vgg16' with weights 'hed'" in lines[0], text
+    assert "Traceback" not in _outputs_text(executed)

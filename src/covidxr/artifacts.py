@@ -15,11 +15,11 @@ import pandas as pd
 
 from .atomic import write_text
 from .evaluation.metrics import part_metrics, prob_columns
-from .figures import plot_training_curves, save_figure
+from .figures import plot_training_curves, run_label, save_figure
 from .inference import load_run, predict_images
 from .records import recorded_path, write_recorded_json, write_recorded_text
 from .reports import run_report
-from .runfolder import logger
+from .runfolder import logger, metrics_line
 from .tracking import log_run_end
 from .training import CHECKPOINT_DIR
 from .training.checkpoint import set_arrays
@@ -38,8 +38,7 @@ def write_artifacts(state, saver) -> None:
     with recorded_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
     write_recorded_text(run_dir / "history.csv", history.to_csv(index=False))
-    axes = plot_training_curves(history)
-    axes[0].figure.suptitle(f"{config.backbone} · {config.task} · {config.strategy}", fontsize=9)
+    axes = plot_training_curves(history, title=f"{run_label(config.to_dict())} · {config.task}")
     save_figure(axes[0].figure, run_dir / "figures" / "training_curves.png")
     metrics = _predict_parts(state)
     timing = state.timing
@@ -53,7 +52,7 @@ def write_artifacts(state, saver) -> None:
     write_recorded_json(run_dir / "config.json", state.record)  # "finished" is written last: the run is complete
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     log_run_end(state.tracked, run_dir=run_dir, metrics=metrics)
-    logger.info("val %s | test %s", metrics["val"], metrics["test"])
+    logger.info("%s", metrics_line(metrics))
     logger.info("done in %.1f s: %s", timing["wall_seconds"], run_dir)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import math
 import sys
@@ -32,8 +33,8 @@ from .sampling import check_strategy
 from .weights import check_weights
 
 __all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "LEGACY_DEFAULTS", "OFFICIAL_SPLIT_LAYOUTS", "RECORD_KEYS", "VERBOSE",
-           "TrainConfig", "check_config", "check_data_dir", "grid_folds", "load_frame", "make_split", "resolve_verbose",
-           "split_from_file"]
+           "TrainConfig", "check_config", "check_data_dir", "check_data_record", "data_record", "grid_folds", "load_frame",
+           "make_split", "resolve_verbose", "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
@@ -54,7 +55,7 @@ RECORD_KEYS = frozenset({
     "keras_version", "merged_groups", "mlflow", "num_classes", "numpy_version", "phase1_features",
     "phase1_train_auc", "positive_class", "preprocessing", "python_version", "resolved", "resumed", "run_dir",
     "runtime", "split_sizes", "split_version", "started", "timing", "weights_sha256", "weights_source",
-    "same_patients_used", "lungs_segmenter",
+    "same_patients_used", "lungs_segmenter", "data",
 })
 
 
@@ -380,6 +381,47 @@ def check_data_dir(config: TrainConfig):
         raise ValueError(f"Expected a layout with its own split ({', '.join(OFFICIAL_SPLIT_LAYOUTS)}) for "
                          f"official_split (--official-split). Received: layout={layout!r}")
     return root, layout
+
+
+def data_record(config: TrainConfig, frame: pd.DataFrame) -> dict:
+    """What a run records about its data, so that it can find and recognise it again.
+
+    Args:
+        config: The run's options (``data_dir``, ``layout``).
+        frame: The frame :func:`load_frame` read, one row per image.
+
+    Returns:
+        ``{"dir", "layout", "fingerprint": {"file", "sha256", "images"}}``: the resolved
+        absolute data folder (or manifest file), the layout read, and the fingerprint: the
+        sha256 of ``metadata.csv`` or of the manifest (for class folders, of the sorted list of
+        image names; ``file`` is then None) and the number of images read.
+    """
+    root, layout = detect_layout(config.data_dir, layout=config.layout)
+    root = root.expanduser().resolve()
+    table = {"metadata": root / "metadata.csv", "manifest": root}.get(layout)
+    if table is not None:
+        digest = hashlib.sha256(table.read_bytes()).hexdigest()
+    else:
+        digest = hashlib.sha256("\n".join(sorted(map(str, frame["image"]))).encode()).hexdigest()
+    return {"dir": str(root), "layout": layout,
+            "fingerprint": {"file": None if table is None else table.name, "sha256": digest, "images": len(frame)}}
+
+
+def check_data_record(expected: dict | None, found: dict) -> None:
+    """Stop when the data found is not the data a run recorded (its :func:`data_record`).
+
+    Raises:
+        ValueError: The fingerprints differ (another ``metadata.csv`` or manifest, or another
+            number of images).
+    """
+    if not expected or not expected.get("fingerprint"):
+        return
+    old, new = expected["fingerprint"], found["fingerprint"]
+    if (old.get("sha256"), old.get("images")) != (new["sha256"], new["images"]):
+        raise ValueError(
+            f"Expected the data the run recorded ({old.get('file') or 'image list'} sha256 {str(old.get('sha256'))[:12]}, "
+            f"{old.get('images')} images at {expected.get('dir')}); the data found differs (sha256 {new['sha256'][:12]}, "
+            f"{new['images']} images): pass --data-dir to train on it as it is now. Received: data_dir={found['dir']!r}")
 
 
 def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=False, hash_index=None) -> pd.DataFrame:

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from .atomic import atomic_path
 from .calibrate import read_calibration
 from .evaluation import metrics as M
 from .evaluation import read_run, validation_threshold
 from .evaluation.calibration import apply_calibration
 from .evaluation.conformal import check_alpha, fit_conformal, prediction_sets, set_labels
-from .figures import overlay
+from .figures import plot_gradcam_panel, save_figure
 from .gradcam import gradcam
 from .inference import load_run, predict_images, prepare_image, preprocessing_settings
 
@@ -64,7 +62,8 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
     Args:
         run_dir: A run folder made by ``covidxr train``.
         paths: Image files.
-        gradcam_dir: If given, write one Grad-CAM overlay PNG per readable image there.
+        gradcam_dir: If given, write one Grad-CAM PNG per readable image there: the image beside its
+            overlay, each at least 512 px, with the probabilities, decision, threshold and a colour bar.
         threshold_method, target_sensitivity: How the threshold is chosen on the run's
             validation predictions (see :func:`covidxr.evaluation.choose_threshold`).
         batch_size: Images per forward pass.
@@ -131,8 +130,11 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
             maps, _ = gradcam(model, batch, class_index=decided, batch_size=batch_size)  # the decision made
             for k, i in enumerate(good):
                 target = _unique(out / f"{Path(table.at[i, 'file']).stem}_gradcam.png")
-                with atomic_path(target) as tmp:
-                    Image.fromarray(overlay(batch[k], maps[k])).save(tmp)
+                fig = plot_gradcam_panel(batch[k], maps[k], name=Path(table.at[i, "file"]).name,
+                                         probabilities=dict(zip(classes, map(float, probs[k]))),
+                                         decision=classes[decided[k]], threshold=threshold,
+                                         positive_class=classes[1] if len(classes) == 2 else None)
+                save_figure(fig, target)  # atomic, dpi 110: each image at least 512 px
                 table.at[i, "gradcam"] = str(target)
     sets_columns = ["set", "advice"] if sets_model is not None else []
     return table[["file", *columns, "decision", "threshold", *sets_columns, "gradcam", "error"]]

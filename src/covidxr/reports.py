@@ -13,8 +13,9 @@ from .evaluation.pooling import SELECTION_RULE, grid_selection
 from .evaluation.runs import RUN_KEYS
 
 __all__ = ["INTERVALS_NOTE", "comparison_markdown", "evaluation_report", "figure_text", "grid_markdown",
-           "lung_mass_markdown", "metrics_markdown", "overlap_markdown", "paired_markdown", "paired_statement", "run_report",
-           "calibration_markdown", "conformal_markdown", "selective_markdown"]
+           "comparison_summary", "count_text", "lung_mass_markdown", "metrics_markdown", "overlap_markdown",
+           "paired_markdown", "paired_statement", "run_report", "calibration_markdown", "conformal_markdown",
+           "selective_markdown"]
 
 #: What every table of intervals says about them.
 INTERVALS_NOTE = ("Intervals are conditional on the chosen model and threshold(s) (the choice itself is not "
@@ -78,6 +79,20 @@ def _decision_text(result: dict) -> str:
             f"{units}). Both were applied unchanged here; the scored data tuned nothing.")
 
 
+def count_text(result: dict) -> str:
+    """``"78 images of 46 patients in 45 split groups"``, with the (patient, label) pairs that the
+    class rows and the per-patient figures count when a patient has images of two labels."""
+    text = f"{result['n_images']} images of {result['n_patients']} patients"
+    pairs = result.get("n_patient_labels", result["n_patients"])
+    if pairs != result["n_patients"]:
+        mixed = pairs - result["n_patients"]
+        text += (f" ({pairs} patient-label pairs: {mixed} {'patient has' if mixed == 1 else 'patients have'} "
+                 "images of two labels and count once per label in the class rows and per-patient figures)")
+    if result.get("n_groups") is not None:
+        text += f" in {result['n_groups']} split groups"
+    return text
+
+
 def evaluation_report(result: dict, *, figures=()) -> str:
     """The ``report.md`` of an evaluation folder."""
     classes = result["classes"]
@@ -95,8 +110,7 @@ def evaluation_report(result: dict, *, figures=()) -> str:
         f"*{RESEARCH_ONLY}*",
         "",
         f"- Data: {result['data']} (task `{result['task']}`, classes {classes})",
-        f"- {result['n_images']} images of {result['n_patients']} patients ({counts}); figures at the data's "
-        "own prevalence, no re-balancing.",
+        f"- {count_text(result)} ({counts}); figures at the data's own prevalence, no re-balancing.",
         f"- Decision: {decision}",
         f"- {boot['level']:.0%} intervals. {INTERVALS_NOTE} Bootstrap: {boot['n_bootstrap']} resamples of "
         f"the split unit `{boot.get('unit', 'patient')}`, seed {boot['seed']}; a resample in which a figure is "
@@ -128,6 +142,31 @@ def evaluation_report(result: dict, *, figures=()) -> str:
 
 def _metric_names(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if f"{c}_ci_low" in table.columns]
+
+
+#: Columns of the terminal comparison (:func:`comparison_summary`), when the table has them.
+SUMMARY_METRICS = ("roc_auc", "sensitivity", "specificity")
+
+
+def comparison_summary(table: pd.DataFrame, *, width=120) -> str:
+    """The comparison for a terminal, at most ``width`` characters a line: one row per run and
+    level, the run named by what it is (:func:`covidxr.figures.run_label`'s text: backbone,
+    weights, feature layer, size, strategy, fold), ROC AUC with its interval, sensitivity and
+    specificity (values; their intervals are in the full table); the full table is :func:`comparison_markdown` (``comparison.md``)."""
+    from .figures.common import run_label
+
+    metrics = [m for m in SUMMARY_METRICS if m in table.columns] or [m for m in _metric_names(table)[:2]]
+    rows = []
+    for _, row in table.iterrows():
+        cells = {"run": run_label(row), "level": row.get("level", ""), "images": row.get("n_images", "")}
+        for k, m in enumerate(metrics):  # the first with its interval, the others as values
+            cells[m] = figure_text({"value": row[m], "ci_low": row[f"{m}_ci_low"] if k == 0 else None,
+                                    "ci_high": row[f"{m}_ci_high"] if k == 0 else None})
+        rows.append(cells)
+    frame = pd.DataFrame(rows)
+    budget = width - sum(max(frame[c].astype(str).str.len().max(), len(c)) + 2 for c in frame.columns if c != "run")
+    frame["run"] = [r if len(r) <= budget else r[:max(budget - 3, 10)] + "..." for r in frame["run"]]
+    return frame.to_string(index=False)
 
 
 def comparison_markdown(table: pd.DataFrame, *, digits=3, note=True) -> str:
@@ -164,13 +203,19 @@ def run_report(run_name: str, options: dict, config: dict, counts: dict, metrics
              "| option | value |", "| --- | --- |"]
     for key, value in options.items():
         lines.append(f"| {key} | {value} |")
+    data = config.get("data") or {}
+    if data:
+        mark = data["fingerprint"]
+        lines += ["", f"Data: `{data['dir']}` ({data['layout']} layout); fingerprint: "
+                  f"{mark['file'] or 'image list'} sha256 `{mark['sha256']}`, {mark['images']} images."]
     lines += ["", f"Classes (model output order): {', '.join(classes)}. "
               f"Keras {config['keras_version']} ({config['keras_backend']} backend), covidxr {config['covidxr_version']}.",
               "", "## Images per class and part", "",
-              "| part | " + " | ".join(classes) + " | patients |",
-              "| --- | " + " | ".join("---" for _ in classes) + " | --- |"]
+              "| part | " + " | ".join(classes) + " | split groups | patients |",
+              "| --- | " + " | ".join("---" for _ in classes) + " | --- | --- |"]
     for part, row in counts.items():
-        lines.append(f"| {part} | " + " | ".join(str(row[c]) for c in classes) + f" | {row['patients']} |")
+        lines.append(f"| {part} | " + " | ".join(str(row[c]) for c in classes)
+                     + f" | {row.get('groups', 'n/a')} | {row['patients']} |")
     lines += ["", "## Training curves", "", "![training curves](figures/training_curves.png)", "",
               f"Best validation ROC AUC {metrics.get('best_val_auc')} at epoch {metrics.get('best_epoch')} "
               f"(phase {metrics.get('best_phase')}).", "",

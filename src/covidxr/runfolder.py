@@ -98,12 +98,14 @@ def setup_logging(run_dir: Path):
 
 
 def class_counts(split: pd.DataFrame, classes) -> dict:
-    """Images per class and patients, per part."""
+    """Images per class, patients and split groups (when the split has a ``group`` column), per part."""
     table = {}
     for part in ("train", "val", "test"):
         sub = split[split["part"] == part]
         table[part] = {c: int((sub["label"] == c).sum()) for c in classes}
         table[part]["patients"] = int(sub["patient"].nunique())
+        if "group" in sub.columns:
+            table[part]["groups"] = int(sub["group"].nunique())
     return table
 
 
@@ -119,3 +121,26 @@ def check_cache_folder(config: TrainConfig, split: pd.DataFrame) -> None:
     root = resolve_cache_dir(config.cache_dir)
     if not (root / key).is_dir():
         check_writable(root, what="cache_dir")
+
+
+def parts_table(split: pd.DataFrame, classes) -> str:
+    """The per-part summary a run prints: images per class, split groups, patients and each
+    part's share of the images and of the groups (3 decimals), as a small text table."""
+    counts, rows = class_counts(split, classes), []
+    groups_total = max(sum(row.get("groups", 0) for row in counts.values()), 1)
+    for part, row in counts.items():
+        images = sum(row[c] for c in classes)
+        rows.append({"part": part, "images": images, **{c: row[c] for c in classes},
+                     "groups": row.get("groups", "-"), "patients": row["patients"],
+                     "of images": f"{images / max(len(split), 1):.3f}",
+                     "of groups": f"{row['groups'] / groups_total:.3f}" if "groups" in row else "-"})
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def metrics_line(metrics: dict) -> str:
+    """``"val: 78 images, ROC AUC 0.612, PR AUC 0.333, log loss 0.512 | test: ..."`` (3 decimals)."""
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return " | ".join(f"{part}: {m['images']} images, ROC AUC {fmt(m['roc_auc'])}, PR AUC {fmt(m['pr_auc'])}, "
+                      f"log loss {fmt(m['loss'])}" for part, m in ((p, metrics[p]) for p in ("val", "test")))

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,16 +52,16 @@ import pandas as pd
 from . import RESEARCH_ONLY, __version__
 from .artifacts import write_artifacts
 from .atomic import read_json_object, remove_stale
-from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
-                     split_from_file)
+from .config import (TrainConfig, check_config, check_data_dir, check_data_record, data_record, load_frame,
+                     make_split, resolve_verbose, split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .locks import LOCK_NAME, acquire
 from .lungmasks import lung_mask_files, segmenter_for
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
 from .records import check_record, recorded_path, write_recorded_json
-from .runfolder import (check_cache_folder, check_writable, class_counts, logger, make_run_dir, refuse_existing,
-                        run_name, setup_logging)
+from .runfolder import (check_cache_folder, check_writable, class_counts, logger, make_run_dir, parts_table,
+                        refuse_existing, run_name, setup_logging)
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
 from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
@@ -71,7 +71,7 @@ from .training.frozen import stored_features
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
 
-def train(config: TrainConfig, *, mlflow=None) -> Path:
+def train(config: TrainConfig, *, mlflow=None, expect_data=None) -> Path:
     """Run one two-phase training and write its run folder.
 
     Every option is checked, and the model built (which checks the weights and the
@@ -83,14 +83,18 @@ def train(config: TrainConfig, *, mlflow=None) -> Path:
         config: The run's :class:`TrainConfig`.
         mlflow: Track the run in MLflow: a tracking URI, or a :class:`covidxr.tracking.Tracking`
             (a grid's child run); None: no tracking.
+        expect_data: The ``data`` record of an earlier run's ``config.json`` (see
+            :func:`covidxr.config.data_record`): the data read must have its fingerprint.
 
     Returns:
-        The run folder.
+        The run folder. Its ``config.json`` holds ``data_dir`` resolved to an absolute path
+        (from ``$COVIDXR_DATA_DIR`` or the default when the option is None) and the ``data``
+        record: folder, layout and fingerprint.
 
     Raises:
         ValueError: A bad option (unknown backbone, strategy, task; image size below the
             backbone's minimum; unknown fine-tuning layer; weights file of another
-            architecture ...).
+            architecture ...); data whose fingerprint is not ``expect_data``'s.
         FileNotFoundError: Missing weights file, split file or dataset.
         PermissionError: A read-only runs folder.
         FileExistsError: ``run_name`` names an existing folder.
@@ -100,14 +104,15 @@ def train(config: TrainConfig, *, mlflow=None) -> Path:
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     check_config(config)
-    check_data_dir(config)  # a wrong --data-dir is reported before any model is built or weights fetched
+    root, _ = check_data_dir(config)  # a wrong --data-dir is reported before any model is built or weights fetched
+    config = replace(config, data_dir=str(root.expanduser().resolve()))  # a new shell finds the same data
     check_writable(config.runs_dir)  # a read-only runs folder too
     if config.run_name:  # refused now, before hours of loading and training; made after the checks
         refuse_existing(Path(config.runs_dir).expanduser() / config.run_name)
     target = Tracking.of(mlflow)
     if target is not None:
         check_server(target.uri)
-    return _run(config, tracking=target)
+    return _run(config, tracking=target, expect_data=expect_data)
 
 
 def resume(run_dir, *, verbose=None, mlflow=None) -> Path:
@@ -198,6 +203,8 @@ class RunState:
     tracked: object = None  # its open covidxr.tracking.MlflowRun
     writers: list = field(default_factory=list)  # per-epoch writers (TensorBoard, MLflow)
     lock: object = None  # the run folder's covidxr.locks.Lock
+    expect_data: dict | None = None  # the data record the data read must match (None: any)
+    data_record: dict = field(default_factory=dict)  # covidxr.config.data_record of the data read
 
     @property
     def classes(self) -> list:
@@ -213,7 +220,7 @@ class RunState:
         return self.runtime.batch_size(self.config.batch_size)
 
 
-def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None, lock=None) -> Path:
+def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None, lock=None, expect_data=None) -> Path:
     """Set the precision and devices, run the steps, and restore the global state afterwards."""
     previous_policy = keras.config.dtype_policy()
     started = datetime.now(timezone.utc)
@@ -224,7 +231,7 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None, loc
     try:
         with data_parallel_scope(enabled=bool(config.data_parallel)) as runtime:
             state = RunState(config, run_dir, previous, runtime, started, wall, compilation_cache, target=tracking,
-                             lock=lock)
+                             lock=lock, expect_data=expect_data or (previous or {}).get("data"))
             _build(state)
             memory = _prepare_data(state)
             _write_record(state, memory)
@@ -267,6 +274,8 @@ def _prepare_data(state: RunState) -> dict | None:
     config = state.config
     hash_index = HashIndex(config.cache_dir)  # saved after the memory check: a refused run writes nothing
     frame = load_frame(config, hash_index=hash_index)
+    state.data_record = data_record(config, frame)
+    check_data_record(state.expect_data, state.data_record)  # before the run folder: a refused run writes nothing
     if state.resuming:
         remove_stale(state.run_dir)  # temporary files of the killed process
     if state.resuming and (state.run_dir / "split.csv").is_file():
@@ -289,16 +298,18 @@ def _prepare_data(state: RunState) -> dict | None:
                                       previous=state.previous)
     if not state.resuming:
         # the options first, so that a run killed while building its cache can be resumed
-        write_recorded_json(state.run_dir / "config.json", {**config.to_dict(), **_mlflow_block(state),
-                                                            "run_dir": str(state.run_dir),
+        write_recorded_json(state.run_dir / "config.json", {**config.to_dict(), "data": state.data_record,
+                                                            **_mlflow_block(state), "run_dir": str(state.run_dir),
                                                             "started": state.started.isoformat(timespec="seconds")})
     state.handlers += setup_logging(state.run_dir)
     logger.info("%s run folder %s", "resuming" if state.resuming else "new", state.run_dir)
     if state.tracked is not None:
         logger.info("MLflow run %s at %s", state.tracked.run_id, state.tracked.uri)
     logger.info("%s", RESEARCH_ONLY)
-    logger.info("split sizes (fractions of images, of groups): %s, %s; %d merged groups",
-                state.record["split_sizes"]["images"], state.record["split_sizes"]["groups"], state.record["merged_groups"])
+    found = state.data_record
+    logger.info("data: %s (%s layout; %s sha256 %s, %d images)", found["dir"], found["layout"],
+                found["fingerprint"]["file"] or "image list", found["fingerprint"]["sha256"][:12],
+                found["fingerprint"]["images"])
     _cache_parts(state, split)
     return memory
 
@@ -330,7 +341,9 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
         with recorded_path(own, folder=state.run_dir) as tmp:
             write_split(split, tmp)
     state.split, state.cache = split, cache
-    logger.info("images per part and class: %s", class_counts(split, classes))
+    merged = state.record["merged_groups"]
+    note = f" ({_count(merged, 'split group')} of patients who share an image)" if merged else ""
+    logger.info("images per part%s:\n%s", note, parts_table(split, classes))
     lookup = {c: i for i, c in enumerate(classes)}
     for part in ("train", "val", "test"):
         rows = split[split["part"] == part].reset_index(drop=True)
@@ -345,6 +358,7 @@ def _write_record(state: RunState, memory) -> None:
     record = {
         **config.to_dict(),
         **state.record,  # split_version, split_sizes, merged_groups (from _prepare_data)
+        "data": state.data_record,
         "weights_source": weights.get("source"),
         "weights_sha256": weights.get("sha256"),
         "classes": classes,
@@ -405,6 +419,17 @@ def _epoch_writers(state: RunState) -> list:
     return writers
 
 
+def _keras_verbose(verbose) -> int:
+    """Keras' ``fit`` verbosity: none for ``"auto"`` (the run prints its own line per epoch, with a
+    step bar on a terminal: :class:`covidxr.training.callbacks.StepProgress`), else as given."""
+    return 0 if verbose == "auto" else resolve_verbose(verbose)
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"10 epochs"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _train_phases(state: RunState) -> SaveBest:
     """Phase 1 (head, frozen backbone) and phase 2 (fine-tuning), each resumable from the
     checkpoint; return the keeper of the best full model."""
@@ -415,14 +440,14 @@ def _train_phases(state: RunState) -> SaveBest:
     restore_best(saver, committed, folder)
     (_, x_train, y_train), (_, x_val, y_val) = state.data["train"], state.data["val"]
     common = dict(num_classes=len(state.classes), batch_size=state.batch_size,
-                  strategy=config.strategy, seed=config.seed, verbose=resolve_verbose(config.verbose),
+                  strategy=config.strategy, seed=config.seed, verbose=_keras_verbose(config.verbose),
                   jit_compile=config.jit_compile, runtime=state.runtime)
     state.writers = _epoch_writers(state)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
-                 checkpoint_every=config.checkpoint_every, writers=state.writers)
-    logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
+                 checkpoint_every=config.checkpoint_every, writers=state.writers, progress=config.verbose == "auto")
+    logger.info("phase 1: head only, backbone frozen, %s, %s, lr %.2e",
                 "cached features" if config.cache_features else "full forward pass",
-                config.epochs, config.learning_rate)
+                _count(config.epochs, "epoch"), config.learning_rate)
 
     def fit1(callbacks, initial_epoch):
         stored = _stored_features(state)  # None: computed in fit_head (no store, or --no-cache-features)
@@ -447,9 +472,9 @@ def _train_phases(state: RunState) -> SaveBest:
     elif state.previous and "phase1_train_auc" in state.previous:
         state.record["phase1_train_auc"] = state.previous["phase1_train_auc"]
     if config.fine_tune_epochs:
-        logger.info("phase 2: fine-tuning from %s (backbone layer %d), %d epochs, lr %.2e",
+        logger.info("phase 2: fine-tuning from %s (backbone layer %d), %s, lr %.2e",
                     state.record["resolved"]["fine_tune_from_layer"], state.fine_tune_index,
-                    config.fine_tune_epochs, config.resolved_fine_tune_learning_rate)
+                    _count(config.fine_tune_epochs, "epoch"), config.resolved_fine_tune_learning_rate)
 
         def fit2(callbacks, initial_epoch):
             return fine_tune(model, x_train, y_train, x_val, y_val, epochs=config.fine_tune_epochs,

@@ -148,7 +148,9 @@ def check_weights(backbone, weights) -> str:
                 f"{name!r}; no such file. Received: weights={str(weights)!r}")
         return "file"
     if source != "none" and name not in SOURCE_BACKBONES[source]:  # random weights fit any architecture
-        raise ValueError(f"Expected a weights source that fits backbone {name!r}; {_fits(name)}. "
+        fix = (f"use backbone {' or '.join(map(repr, SOURCE_BACKBONES[source]))} with weights {source!r}, or weights "
+               f"{' or '.join(repr(s) for s, b in SOURCE_BACKBONES.items() if name in b)} with backbone {name!r}")
+        raise ValueError(f"Expected a weights source that fits backbone {name!r}: {fix} ({_fits(name)}). "
                          f"Received: backbone={name!r}, weights={source!r}")
     if source == "hed":
         hed_package_file()

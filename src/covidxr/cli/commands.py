@@ -213,7 +213,7 @@ def _add_evaluate(sub):
 
 def _run_evaluate(args):
     from ..evaluate import evaluate_run
-    from ..reports import figure_text, metrics_markdown
+    from ..reports import count_text, figure_text, metrics_markdown
 
     mlflow = mlflow_uri(args)
     with warnings.catch_warnings(record=True) as caught:
@@ -228,7 +228,7 @@ def _run_evaluate(args):
     _print_warnings(caught)
     result = json.loads((out / "metrics.json").read_text())
     sel = result["threshold_selection"]
-    print(f"{result['n_images']} images of {result['n_patients']} patients from {result['data']}")
+    print(f"{count_text(result)} from {result['data']}")
     if result.get("overlap") and result["overlap"]["n_rows"]:
         print(f"{result['overlap']['n_rows']} rows the run was trained or validated on: "
               + ("KEPT (--allow-overlap)" if result["overlap"]["kept"] else "left out"))
@@ -316,7 +316,7 @@ def _run_paired(args):
 def _run_compare(args):
     from ..evaluate import write_comparison
     from ..evaluation import compare_runs
-    from ..reports import comparison_markdown
+    from ..reports import comparison_summary
 
     if args.paired:
         return _run_paired(args)
@@ -325,10 +325,12 @@ def _run_compare(args):
     if args.metric != "roc_auc":
         raise ValueError(f"Expected --metric only with --paired. Received: metric={args.metric!r}")
     table = compare_runs(args.runs, evaluation=args.evaluation, n_bootstrap=args.n_bootstrap, seed=args.seed)
-    print(comparison_markdown(table))
+    print(comparison_summary(table))
     if args.out:
         for path in write_comparison(table, args.out):
             print(f"wrote {path}")
+    else:
+        print("(every metric with its interval: --out DIR writes comparison.md, comparison.csv and comparison.png)")
     return 0
 
 
@@ -355,6 +357,17 @@ def train_config(args):
     return TrainConfig(**given)
 
 
+def _recorded_data(args):
+    """The ``data`` record of ``--config``'s run (its fingerprint must match the data read), unless
+    ``--data-dir`` names other data; None without ``--config``."""
+    if not args.config or "data_dir" in config_values(args):
+        return None
+    path = Path(args.config)
+    path = path / "config.json" if path.is_dir() else path
+    text = args.config if args.config.lstrip().startswith("{") else path.read_text() if path.is_file() else ""
+    return json.loads(text).get("data") if text.lstrip().startswith("{") else None
+
+
 def _run_train(args):
     from ..train import resume, train
 
@@ -367,7 +380,7 @@ def _run_train(args):
         run_dir = resume(args.resume, verbose=getattr(args, "verbose", None), mlflow=mlflow)
         print(f"finished {run_dir}")
         return 0
-    run_dir = train(train_config(args), mlflow=mlflow)
+    run_dir = train(train_config(args), mlflow=mlflow, expect_data=_recorded_data(args))
     print(f"wrote {run_dir}")
     return 0
 

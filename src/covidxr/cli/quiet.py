@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -88,6 +89,7 @@ def _filtered_stderr(min_level: int):
             yield
         finally:
             sys.stderr = python_stderr
+            _restream(real, python_stderr)
             real.close()
             os.dup2(saved, 2)
             os.close(saved)
@@ -96,6 +98,16 @@ def _filtered_stderr(min_level: int):
             if shown:
                 sys.stderr.write(shown)
                 sys.stderr.flush()
+
+
+def _restream(old, new) -> None:
+    """Point the logging handlers made during the import at ``old`` (the temporary stderr, about to
+    be closed: TensorFlow's Python logger keeps the ``sys.stderr`` of its import) to ``new``."""
+    loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                handler.setStream(new)
 
 
 class _QuietLoader(importlib.abc.Loader):
@@ -163,3 +175,4 @@ def quiet_warnings(*, debug: bool = False):
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
         yield
+

@@ -187,7 +187,7 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
         for level_name, infos in (("image", [m[4] for m in members]), ("patient", [m[5] for m in members])):
             row = {"run": configuration_label(backbone, feature_layer, strategy), "task": config.get("task"),
                    "backbone": backbone, "feature_layer": feature_layer, "strategy": strategy,
-                   "fold": f"{len(members)} pooled", "weights": config.get("weights"),
+                   "fold": f"{len(members)} pooled", "weights": config.get("weights"), "image_size": config.get("image_size"),
                    "data": "test (folds pooled)", "level": level_name, "n_images": result["n_images"],
                    "n_patients": result["n_patients"], "threshold": np.nan, "folds": len(members),
                    "thresholds": _listed(infos), "runs": ", ".join(m[0].name for m in members),

@@ -25,7 +25,7 @@ SUM_TOLERANCE = 1e-3
 LEVELS = ("image", "patient")
 
 #: Config keys shown in every comparison row.
-RUN_KEYS = ("backbone", "feature_layer", "strategy", "fold", "weights")
+RUN_KEYS = ("backbone", "weights", "feature_layer", "image_size", "strategy", "fold")
 
 
 def read_run(run_dir, *, need_model=False) -> tuple[dict, pd.DataFrame]:

@@ -64,7 +64,9 @@ def evaluate_predictions(predictions_df: pd.DataFrame, *, classes, threshold=Non
     Returns:
         A JSON-ready dict: ``classes``, ``positive_class``, ``decision`` (``"threshold"`` or
         ``"argmax"``), ``threshold``, ``threshold_selection``, ``patient_threshold``,
-        ``patient_threshold_selection``, ``n_images``, ``n_patients``, ``n_groups``,
+        ``patient_threshold_selection``, ``n_images``, ``n_patients``, ``n_groups`` (split
+        groups), ``n_patient_labels`` (the (patient, label) pairs the per-patient figures and the
+        class rows count: a patient with images of two labels counts in both),
         ``class_counts`` ({class: {"images", "patients"}}), ``prevalence`` (image share per
         class), ``bootstrap`` ({n_bootstrap, seed, level, unit, stratified, conditional_on})
         and two blocks ``image`` and ``patient`` from
@@ -106,6 +108,7 @@ def evaluate_predictions(predictions_df: pd.DataFrame, *, classes, threshold=Non
         "n_images": int(len(y)),
         "n_patients": int(predictions_df["patient"].astype(str).nunique()),
         "n_groups": int(len(np.unique(groups))),
+        "n_patient_labels": int(len(per_patient)),  # the per-patient figures' units (and the class rows')
         "class_counts": counts,
         "prevalence": {c: counts[c]["images"] / len(y) for c in classes},
         "bootstrap": {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "level": float(level),

@@ -41,14 +41,28 @@ def plot_sex_distribution(frame: pd.DataFrame, *, ax=None, by="category"):
     return ax
 
 
+#: Colours of the sexes (not class colours).
+SEX_COLOURS = {"M": "#009e73", "F": "#cc79a7", "unknown": "#999999"}
+
+
 def plot_age_by_sex(frame: pd.DataFrame, *, ax=None, bins=range(0, 101, 10)):
-    """Histogram of age at imaging, one series per sex (patients with unknown age left out)."""
+    """Patients per age band, one bar per sex side by side (so no sex hides another): each
+    patient counted once, at the age of their first image with an age; patients without an
+    age are counted in the title."""
     ax = new_axes(ax)
-    known = frame.dropna(subset=["age"])
-    for sex, group in known.assign(sex=known["sex"].fillna("unknown")).groupby("sex"):
-        ax.hist(group["age"], bins=list(bins), alpha=0.6, label=f"{sex} (n={len(group)})")
-    ax.set(title=f"Age by sex ({frame['age'].isna().sum()} images without age)",
-           xlabel="age (years)", ylabel="images")
+    edges = np.asarray(list(bins), dtype=float)
+    rows = frame.assign(sex=frame["sex"].fillna("unknown").astype(str), patient=frame["patient"].astype(str))
+    known = rows.dropna(subset=["age"]).sort_values("age").groupby("patient", sort=False).first()
+    no_age = rows["patient"].nunique() - len(known)
+    sexes = [s for s in ("F", "M", "unknown") if s in set(known["sex"])] + sorted(set(known["sex"]) - {"F", "M", "unknown"})
+    width = np.diff(edges).min() / (len(sexes) + 1) if len(edges) > 1 else 1.0
+    for k, sex in enumerate(sexes):
+        counts, _ = np.histogram(known.loc[known["sex"] == sex, "age"], bins=edges)
+        ax.bar(edges[:-1] + width * (k + 0.5), counts, width=width, align="edge", color=SEX_COLOURS.get(sex, "#555555"),
+               label=f"{sex} ({int(counts.sum())} patients)")
+    ax.set(title=f"Age by sex, per patient ({no_age} patients without age)", xlabel="age (years)",
+           ylabel="patients")
+    ax.set_xticks(edges)
     ax.legend(fontsize=8)
     return ax
 

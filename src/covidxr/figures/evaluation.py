@@ -12,20 +12,23 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import metrics as M
-from .common import new_axes, save_figure
+from .common import LEVEL_COLOURS, class_colour, new_axes, run_label, save_figure
 
 __all__ = ["DEFAULT_COMPARISON_METRICS", "plot_calibration", "plot_comparison", "plot_confusion_matrix",
            "plot_confusion_summary", "plot_precision_recall", "plot_roc", "plot_training_curves",
            "write_evaluation_figures"]
 
 
-def plot_training_curves(history, ax=None):
-    """Loss and AUC per epoch, training vs validation, both phases, phase boundary marked.
+def plot_training_curves(history, ax=None, *, title=None):
+    """Loss and AUC per epoch, training vs validation, both phases, phase boundary and the best
+    epoch (highest validation ROC AUC: the checkpoint kept) marked.
 
     Args:
         history: ``history.csv`` of a run (path or DataFrame) with columns ``epoch``,
             ``phase`` and ``loss``/``val_loss``/``auc``/``val_auc`` (missing ones are skipped).
         ax: Two Matplotlib axes (loss, AUC); None makes a new figure.
+        title: The figure's title, e.g. :func:`covidxr.figures.run_label` of the run's config
+            (which names the weights source); None: no title.
 
     Returns:
         The two axes (numpy array of shape (2,)).
@@ -38,7 +41,9 @@ def plot_training_curves(history, ax=None):
     if axes.size != 2:
         raise ValueError(f"Expected two axes (loss, AUC). Received: ax with {axes.size} axes")
     epoch = history["epoch"] if "epoch" in history else pd.Series(np.arange(1, len(history) + 1))
-    for a, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "auc", "ROC AUC")):
+    has_best = "val_auc" in history and history["val_auc"].notna().any()
+    best = epoch.loc[history["val_auc"].idxmax()] if has_best else None
+    for a, metric, name in ((axes[0], "loss", "Loss"), (axes[1], "auc", "ROC AUC")):
         for column, style, label in ((metric, "-o", "train"), (f"val_{metric}", "--s", "validation")):
             if column in history:
                 a.plot(epoch, history[column], style, markersize=3, label=label)
@@ -49,8 +54,13 @@ def plot_training_curves(history, ax=None):
                 a.axvline(boundary, color="grey", linestyle=":", linewidth=1)
                 a.annotate("fine-tuning", (boundary, 1.0), xycoords=("data", "axes fraction"),
                            xytext=(3, -10), textcoords="offset points", fontsize=7, color="grey")
-        a.set(title=title, xlabel="epoch", ylabel=metric)
-        a.legend(fontsize=8)
+        if best is not None:
+            a.axvline(best, color="#27ae60", linewidth=1.2, alpha=0.8,
+                      label=f"best epoch {int(best)} (val ROC AUC {history['val_auc'].max():.3f})")
+        a.set(title=name, xlabel="epoch", ylabel=metric)
+        a.legend(fontsize=7)
+    if title:
+        axes[0].figure.suptitle(title, fontsize=9)
     return axes
 
 
@@ -165,7 +175,7 @@ def plot_roc(predictions: pd.DataFrame, classes, *, threshold=None, ax=None, tit
     decided = M.decide(probs, threshold=threshold)
     for i, name, yi in curves:
         fpr, tpr, _ = roc_curve(yi, probs[:, i])
-        line, = ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        line, = ax.plot(fpr, tpr, color=class_colour(name), label=f"{name} (AUC {auc(fpr, tpr):.3f})")
         sens, fp_rate, _ = _operating_point(decided == i, yi)
         marker = f"threshold {threshold:.3f}" if len(classes) == 2 and threshold is not None else "arg-max"
         ax.plot([fp_rate], [sens], "o", color=line.get_color(), markeredgecolor="black",
@@ -188,7 +198,7 @@ def plot_precision_recall(predictions: pd.DataFrame, classes, *, threshold=None,
     for i, name, yi in curves:
         precision, recall, _ = precision_recall_curve(yi, probs[:, i])
         ap = average_precision_score(yi, probs[:, i])
-        line, = ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f})")
+        line, = ax.step(recall, precision, where="post", color=class_colour(name), label=f"{name} (AP {ap:.3f})")
         rec, _, prec = _operating_point(decided == i, yi)
         ax.plot([rec], [prec], "o", color=line.get_color(), markeredgecolor="black",
                 label="operating point")
@@ -200,17 +210,24 @@ def plot_precision_recall(predictions: pd.DataFrame, classes, *, threshold=None,
 
 def plot_calibration(predictions: pd.DataFrame, classes, *, n_bins=10, ax=None, title="Calibration"):
     """Reliability diagram: mean predicted probability against the observed share, per bin
-    (quantile bins), for the positive class (two classes) or each class (one-vs-rest)."""
-    from sklearn.calibration import calibration_curve
-
+    (quantile bins), for the positive class (two classes) or each class (one-vs-rest); each
+    point is labelled with its bin's image count."""
     ax = new_axes(ax, figsize=(4.2, 4))
     classes = list(classes)
     probs, curves = _curves(predictions, classes)
     for i, name, yi in curves:
         bins = int(max(2, min(n_bins, len(yi) // 5)))
-        observed, predicted = calibration_curve(yi, probs[:, i], n_bins=bins, strategy="quantile")
+        edges = np.unique(np.quantile(probs[:, i], np.linspace(0, 1, bins + 1)))
+        which = np.clip(np.searchsorted(edges[1:-1], probs[:, i], side="right"), 0, max(len(edges) - 2, 0))
+        counts = np.bincount(which, minlength=max(len(edges) - 1, 1))
+        used = np.flatnonzero(counts)
+        predicted = np.array([probs[which == b, i].mean() for b in used])
+        observed = np.array([yi[which == b].mean() for b in used])
         brier = float(np.mean((probs[:, i] - yi) ** 2))
-        ax.plot(predicted, observed, "o-", label=f"{name} (Brier {brier:.3f})")
+        ax.plot(predicted, observed, "o-", color=class_colour(name), label=f"{name} (Brier {brier:.3f})")
+        for x, y, n in zip(predicted, observed, counts[used]):
+            ax.annotate(f"n={n}", (x, y), xytext=(3, -9), textcoords="offset points", fontsize=6,
+                        color=class_colour(name))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
     ax.set(xlabel="mean predicted probability", ylabel="observed share", title=title, xlim=(0, 1),
            ylim=(0, 1.02))
@@ -219,6 +236,9 @@ def plot_calibration(predictions: pd.DataFrame, classes, *, n_bins=10, ax=None, 
 
 
 DEFAULT_COMPARISON_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy", "mcc")
+
+#: The value a model that guesses gets (the PR AUC's chance level is the prevalence: not drawn).
+CHANCE = {"roc_auc": 0.5, "balanced_accuracy": 0.5, "mcc": 0.0}
 
 
 def plot_comparison(table: pd.DataFrame, *, metrics=None, level=None):
@@ -243,8 +263,7 @@ def plot_comparison(table: pd.DataFrame, *, metrics=None, level=None):
     missing = [m for m in metrics if f"{m}_ci_low" not in table.columns]
     if missing:
         raise ValueError(f"Expected metrics present in the table. Received: metrics={missing}")
-    labels = [f"{r}" + (f" ({lv})" if "level" in table.columns else "")
-              for r, lv in zip(table["run"], table.get("level", [""] * len(table)))]
+    labels = [run_label(row) + (f" ({row['level']})" if "level" in table.columns else "") for _, row in table.iterrows()]
     n = len(metrics)
     cols = min(3, n)
     rows = int(np.ceil(n / cols))
@@ -258,16 +277,22 @@ def plot_comparison(table: pd.DataFrame, *, metrics=None, level=None):
         high = table[f"{metric}_ci_high"].to_numpy(dtype=float)
         err = np.vstack([np.clip(value - low, 0, None), np.clip(high - value, 0, None)])
         err = np.nan_to_num(err)
-        colours = ["#2e86c1" if lv == "patient" else "#c0392b" for lv in table.get("level", ["image"] * len(table))]
+        colours = [LEVEL_COLOURS.get(lv, "#222222") for lv in table.get("level", ["image"] * len(table))]
         for yy, v, e0, e1, c in zip(ypos, value, err[0], err[1], colours):
             ax.errorbar(v, yy, xerr=[[e0], [e1]], fmt="o", color=c, capsize=3)
+        chance = CHANCE.get(metric.replace("[macro]", ""))
+        if chance is not None:
+            ax.axvline(chance, color="grey", linestyle="--", linewidth=0.9)
+            ax.annotate("chance", (chance, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -9),
+                        textcoords="offset points", fontsize=7, color="grey")
         ax.set_yticks(ypos, labels if k % cols == 0 else [""] * len(labels), fontsize=7)
         ax.invert_yaxis()
         ax.set(title=metric, xlim=(min(0, np.nanmin(low) if np.isfinite(low).any() else 0) - 0.02, 1.02))
         ax.grid(axis="x", alpha=0.3)
     for k in range(n, rows * cols):
         axes[k // cols, k % cols].axis("off")
-    fig.suptitle("Runs compared (95% CI error bars; red = per image, blue = per patient)", fontsize=10)
+    fig.suptitle("Runs compared (95% CI error bars; black = per image, orange = per patient; dashed: chance)",
+                 fontsize=10)
     return fig
 
 

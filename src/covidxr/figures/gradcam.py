@@ -13,7 +13,10 @@ from matplotlib import colormaps
 from .. import RESEARCH_ONLY
 from .common import DATASET_ATTRIBUTION
 
-__all__ = ["overlay", "plot_gradcam_examples", "plot_lung_mass"]
+__all__ = ["GRADCAM_PANEL_PIXELS", "overlay", "plot_gradcam_examples", "plot_gradcam_panel", "plot_lung_mass"]
+
+#: The least side, in pixels, of each image in a saved :func:`plot_gradcam_panel` (at its dpi).
+GRADCAM_PANEL_PIXELS = 512
 
 
 def overlay(image, heatmap, *, alpha=0.4, cmap="jet"):
@@ -35,6 +38,47 @@ def overlay(image, heatmap, *, alpha=0.4, cmap="jet"):
     colour = colormaps[cmap](np.clip(heat, 0, 1))[..., :3]
     blended = (1 - alpha) * grey[..., None] + alpha * colour
     return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+
+
+def plot_gradcam_panel(image, heatmap, *, name="", probabilities=None, decision="", threshold=None,
+                       positive_class=None, dpi=110, cmap="jet"):
+    """One image's Grad-CAM, readable: the preprocessed image beside its overlay, each at least
+    :data:`GRADCAM_PANEL_PIXELS` px a side when saved at ``dpi``, a colour bar of the map, and a
+    title with the probabilities, the decision and the threshold it was taken at.
+
+    Args:
+        image: uint8 grey image, shape (S, S) or (S, S, 1).
+        heatmap: float map in [0, 1], shape (S, S).
+        name: The file's name, shown in the title.
+        probabilities: ``{class: probability}``.
+        decision: The class decided. threshold: The threshold of a two-class decision (None or NaN:
+            arg-max). positive_class: The class the threshold applies to.
+        dpi: The resolution the figure is meant to be saved at (sets its size in inches).
+
+    Returns:
+        The Matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    side = GRADCAM_PANEL_PIXELS / dpi + 0.2
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.0, side + 0.9), layout="constrained")
+    grey = np.asarray(image).squeeze()
+    axes[0].imshow(grey, cmap="gray", vmin=0, vmax=255)
+    axes[0].set_title("image (as the model sees it)", fontsize=9)
+    axes[1].imshow(overlay(grey, heatmap, cmap=cmap))
+    axes[1].set_title(f"Grad-CAM for '{decision}'", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=cmap), ax=axes[1], fraction=0.046, pad=0.02)
+    bar.set_label("Grad-CAM (relative)", fontsize=8)
+    probs = ", ".join(f"P({c}) = {p:.3f}" for c, p in (probabilities or {}).items())
+    if threshold is not None and np.isfinite(threshold) and positive_class is not None:
+        rule = f"decision: {decision} (P({positive_class}) {'>=' if decision == positive_class else '<'} threshold {threshold:.3f})"
+    else:
+        rule = f"decision: {decision} (highest probability)"
+    fig.suptitle(f"{name}\n{probs}; {rule}. Research use only.", fontsize=9)
+    return fig
 
 
 def plot_gradcam_examples(run_dir, *, n=3, part="test", seed=0, threshold_method="youden", data_dir=None,

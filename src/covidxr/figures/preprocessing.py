@@ -37,18 +37,21 @@ def plot_preprocessing(paths, *, image_size=224, resize="pad", contrast=None, ti
     """
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     paths = list(paths)
-    fig, axes = plt.subplots(2, len(paths), figsize=(2.4 * len(paths), 5), squeeze=False)
+    fig, axes = plt.subplots(2, len(paths), figsize=(2.8 * len(paths), 6.2), squeeze=False, layout="constrained")
     for j, path in enumerate(paths):
         grey = load_image(path)
+        name = str(titles[j] if titles else Path(path).name)
+        name = name if len(name) <= 60 else name[:57] + "..."
         axes[0, j].imshow(grey, cmap="gray", vmin=0, vmax=255)
-        axes[0, j].set_title(f"{titles[j] if titles else Path(path).name}\n{grey.shape[1]}x{grey.shape[0]}", fontsize=8)
+        axes[0, j].set_title("\n".join(textwrap.wrap(name, 24)[:3]) + f"\n{grey.shape[1]}x{grey.shape[0]} px", fontsize=7)
         axes[1, j].imshow(preprocess(grey, image_size=image_size, resize=resize, contrast=contrast),
                           cmap="gray", vmin=0, vmax=255)
-        axes[1, j].set_title(f"{resize} {image_size}px, contrast={contrast}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    fig.suptitle(f"top: as stored; bottom: {resize} to {image_size} px, contrast {contrast}", fontsize=9)
     return fig
 
 

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from .batches import predict_batches
 from .checkpoint import variable_arrays
 
-__all__ = ["EpochRecorder", "ExactValidation", "HistoryWriters", "SaveBest", "StepTimer", "exact_scores", "schedules",
+__all__ = ["EpochRecorder", "ExactValidation", "StepProgress", "HistoryWriters", "SaveBest", "StepTimer", "exact_scores", "schedules",
            "validation_logs"]
 
 #: Probabilities are clipped to [EPSILON, 1 - EPSILON] in the loss, as Keras' cross-entropies do.
@@ -183,6 +183,36 @@ class StepTimer(keras.callbacks.Callback):
         self.validation += time.perf_counter() - self._test
 
 
+class StepProgress(keras.callbacks.Callback):
+    """A progress bar of one epoch's training steps (tqdm on stderr, only on a terminal), cleared
+    when the epoch ends: what stays on screen is the run's own line per epoch
+    (:class:`EpochRecorder`), never a Keras bar with that line glued to it. Put it before the
+    recorder."""
+
+    def __init__(self, phase):
+        super().__init__()
+        self.phase = phase
+        self._bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=(self.params or {}).get("steps"), desc=f"phase {self.phase}, epoch {epoch + 1}",
+                         unit="step", leave=False, disable=None)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_train_end()
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """One history row per epoch: phase, learning rate, seconds; also logged to train.log."""
 
@@ -207,7 +237,7 @@ class EpochRecorder(keras.callbacks.Callback):
         row["learning_rate"] = lr
         row["seconds"] = round(time.perf_counter() - self._start, 3)
         self.rows.append(row)
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in row.items()
+        shown = ", ".join(f"{k}={v:.3f}" for k, v in row.items()
                           if k not in ("epoch", "phase", "phase_epoch", "seconds", "learning_rate"))
         logger.info("phase %d epoch %d (%d overall): %s, lr=%.2e, %.1f s", self.phase, epoch + 1,
                     row["epoch"], shown, lr, row["seconds"])

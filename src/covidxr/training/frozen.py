@@ -21,16 +21,28 @@ from ..images import FeatureStore, decode, image_ids
 from ..models import LAYER_NAMES, backbone_layer, backbone_name, backbone_output_layer, feature_model
 from .batches import make_sequence, predict_batches
 
-__all__ = ["feature_parts", "pooled_features", "stored_features"]
+__all__ = ["FEATURE_CHUNK_BATCHES", "feature_parts", "pooled_features", "stored_features"]
+
+#: Batches per step of the feature progress bar (:func:`pooled_features`).
+FEATURE_CHUNK_BATCHES = 4
 
 
 def pooled_features(model, images, *, batch_size) -> np.ndarray:
     """Raw pooled frozen-backbone features (n, F) float32 of uint8 images (n, S, S, 1): one
     forward pass of :func:`covidxr.models.feature_model` in padded batches. Every phase-1
-    feature computation goes through this function."""
+    feature computation goes through this function. On a terminal a progress bar (tqdm, on
+    stderr, cleared when done) counts the images; every batch but the last is full, as in one pass."""
+    from tqdm import tqdm
+
     images = np.asarray(images)
-    sequence = make_sequence(images, np.zeros(len(images), np.int64), num_classes=2, batch_size=batch_size)
-    return np.asarray(predict_batches(feature_model(model), sequence, batch_size=batch_size), dtype=np.float32)
+    extractor, chunk, parts = feature_model(model), batch_size * FEATURE_CHUNK_BATCHES, []
+    with tqdm(total=len(images), desc="backbone features", unit="img", leave=False, disable=None) as bar:
+        for start in range(0, max(len(images), 1), chunk):
+            rows = images[start:start + chunk]
+            sequence = make_sequence(rows, np.zeros(len(rows), np.int64), num_classes=2, batch_size=batch_size)
+            parts.append(np.asarray(predict_batches(extractor, sequence, batch_size=batch_size), dtype=np.float32))
+            bar.update(len(rows))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _weights_digest(model) -> str:

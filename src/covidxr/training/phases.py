@@ -23,7 +23,7 @@ from ..models import LAYER_NAMES, backbone_layer, head_model, resolve_fine_tune_
 from ..runtime import padding_masked
 from . import frozen
 from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches
-from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, exact_scores, schedules
+from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, StepProgress, exact_scores, schedules
 from .checkpoint import RunCheckpoint, set_arrays
 
 __all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "compile_model", "fine_tune", "fit_head", "run_phase"]
@@ -173,15 +173,15 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
     BatchNormalization layers stay frozen, hence in inference mode: their moving mean and
     variance do not change; so does the feature standardisation phase 1 adapted (never
-    re-adapted here). Validation as in :func:`fit_head` (exact, first callback).
+    re-adapted here). Validation as in :func:`fit_head` (exact, first callback). The other
+    arguments are as in :func:`fit_head`; the shuffling seed is offset by 1 so phase 2 does
+    not repeat phase 1's batch order.
 
     Args:
         model: A :func:`covidxr.models.build_model` model, usually after :func:`fit_head`.
         fine_tune_from: Layer name, ``-N`` (last N layers), ``"auto"`` or ``"all"`` (see
             :func:`covidxr.models.resolve_fine_tune_from`).
         learning_rate: Adam learning rate (about a tenth of phase 1's).
-        Other arguments: as :func:`fit_head`. The shuffling seed is offset by 1 so phase 2
-        does not repeat phase 1's batch order.
 
     Returns:
         ``(history, info)`` with ``unfrozen`` (names of the unfrozen backbone layers that have
@@ -207,12 +207,13 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
 
 
 def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, timer, history, checkpoint_every=1,
-              writers=()):
+              writers=(), progress=False):
     """Run (or skip, or continue) one phase under a :class:`~covidxr.training.checkpoint.RunCheckpoint`.
 
     ``state`` is the last committed checkpoint state (None for a new run); ``checkpoint_every``
     the checkpoint's ``every``; ``writers`` get the history rows
-    (:class:`~covidxr.training.callbacks.HistoryWriters`: TensorBoard, MLflow). Returns the phase's
+    (:class:`~covidxr.training.callbacks.HistoryWriters`: TensorBoard, MLflow); ``progress`` adds
+    a step bar per epoch (:class:`~covidxr.training.callbacks.StepProgress`, on a terminal only). Returns the phase's
     history rows and the fit's info dict (None when the phase had finished before), with
     ``checkpoint_seconds`` (the training thread's) and ``checkpoint_write_seconds`` (the background
     writer's).
@@ -236,6 +237,8 @@ def run_phase(phase, *, fit, model, folder, state, epochs, patience, saver, time
                                reduce_lr=reduce_lr, recorder=recorder, saver=saver, history=history,
                                state=resume_state, base=base, every=checkpoint_every)
     callbacks = [early_stopping, reduce_lr, recorder, saver, timer, checkpoint]
+    if progress:
+        callbacks.insert(0, StepProgress(phase))  # closed before the recorder's line
     if writers:
         callbacks.append(HistoryWriters(checkpoint, writers))  # after the checkpoint's turn
     try:
