@@ -141,6 +141,7 @@ def test_lungs_train_and_predict_commands(collection, tmp_path, capsys):
     images = [str(collection / "images" / n) for n in names[:3]]
     assert cli.main(["lungs", "predict", *images, "--out", str(tmp_path / "pred"), "--segmenter", str(folder)]) == 0
     written = pd.read_csv(tmp_path / "pred" / "masks.csv")
+    assert (tmp_path / "pred" / "lung_crops.png").is_file()
     assert len(written) == 3 and all((tmp_path / "pred").joinpath(p.split("/")[-1]).is_file() for p in written["mask"])
     with Image.open(written["mask"][0]) as m, Image.open(images[0]) as i:
         assert m.size == i.size

@@ -169,14 +169,18 @@ def _write_figure(folder, model, images, targets, part):
                 folder / "figures" / "lungs.png")
 
 
-def predict_lungs(paths, *, out, segmenter=None, batch_size=16) -> pd.DataFrame:
-    """Segment image files and write each mask as ``OUT/<stem>_mask.png`` (0/255, the image's size).
+def predict_lungs(paths, *, out, segmenter=None, batch_size=16, figures=True, lungs="crop") -> pd.DataFrame:
+    """Segment image files and write each mask as ``OUT/<stem>_mask.png`` (0/255, the image's size),
+    ``masks.csv``, ``segmenter.json`` and ``lung_crops.png`` (image, mask and ``--lungs`` cut of the
+    first four).
 
     Args:
         paths: Image files (any format :func:`covidxr.images.load_image` reads).
         out: A new or empty folder for the masks.
         segmenter: A segmenter file or folder; None: the bundled one.
         batch_size: Images per forward pass.
+        figures: Write ``lung_crops.png``.
+        lungs: The cut the figure shows: ``crop`` or ``mask``.
 
     Returns:
         One row per image: ``image``, ``mask`` (the written file), ``lung_share``.
@@ -207,7 +211,27 @@ def predict_lungs(paths, *, out, segmenter=None, batch_size=16) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["image", "mask", "lung_share"])
     table.to_csv(out / "masks.csv", index=False)
     write_json(out / "segmenter.json", info)
+    if figures and len(table):
+        _write_crops_figure(table.iloc[:4], out / "lung_crops.png", lungs=lungs)
     return table
+
+
+def _write_crops_figure(table, path, *, lungs) -> None:
+    """Image, mask and ``--lungs`` cut of a few segmented files."""
+    from PIL import Image
+
+    from .figures import save_figure
+    from .figures.lungs import plot_lung_crops
+    from .images import load_image
+    from .images.lungs import apply_lungs
+
+    greys = [load_image(p) for p in table["image"]]
+    masks = []
+    for mask_path in table["mask"]:
+        with Image.open(mask_path) as m:
+            masks.append(np.asarray(m) >= 128)
+    cuts = [apply_lungs(g, m, lungs=lungs)[0] for g, m in zip(greys, masks)]
+    save_figure(plot_lung_crops(greys, masks, cuts, names=[Path(p).name for p in table["image"]], mode=lungs), path)
 
 
 def run_lung_masks(run_dir, out, *, config, predictions, masks_dir=None, segmenter=None, data_dir=None) -> dict:

@@ -30,6 +30,8 @@ def add_lungs(sub):
     q = actions.add_parser("predict", help="write <stem>_mask.png lung masks for image files")
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, DICOM ...)")
     q.add_argument("--out", required=True, help="new or empty folder for the masks (and masks.csv)")
+    q.add_argument("--show", default="crop", choices=["crop", "mask"],
+                   help="what lung_crops.png shows beside each image and its mask (default: crop)")
     q.add_argument("--segmenter", default=None,
                    help="segmenter file or `lungs train` folder (default: the bundled one, checked by sha256)")
 
@@ -45,7 +47,7 @@ def run_lungs(args):
         print((folder / "README.md").read_text().strip())
         print(f"segmenter written to {folder}")
         return 0
-    table = predict_lungs(args.images, out=args.out, segmenter=args.segmenter)
+    table = predict_lungs(args.images, out=args.out, segmenter=args.segmenter, lungs=args.show)
     for row in table.itertuples():
         print(f"{row.image}: lungs cover {row.lung_share:.1%} -> {row.mask}")
     print(f"{len(table)} mask(s) written to {args.out}")
