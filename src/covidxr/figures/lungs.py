@@ -61,7 +61,8 @@ def plot_lung_crops(images, masks, crops, *, names=None, mode="crop"):
     for i in range(k):
         left, middle, right = axes[i]
         left.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-        left.set_title(names[i] if names else "image", fontsize=9)
+        name = names[i] if names else "image"
+        left.set_title(name if len(name) <= 32 else name[:29] + "…", fontsize=9)
         middle.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         _outline(middle, masks[i], "#e67e22")
         middle.set_title(f"lungs: {np.mean(masks[i]):.0%} of the image", fontsize=9)
