@@ -19,7 +19,7 @@ from .inference import load_run, predict_images
 from .reports import run_report
 from .runfolder import logger
 from .tracking import log_run_end
-from .training import CHECKPOINT_DIR
+from .training import CHECKPOINT_DIR, MONITOR, best_index
 from .training.checkpoint import set_arrays
 
 __all__ = ["write_artifacts"]
@@ -72,16 +72,18 @@ def _predict_parts(state) -> dict:
         metrics[part] = {**part_metrics(y, probs), "patients": int(rows["patient"].nunique())}
     state.timing["predict_seconds"] = round(time.perf_counter() - start, 2)
     write_text(state.run_dir / "predictions.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
-    has_auc = "val_auc" in history and history["val_auc"].notna().any()
-    best_row = history.loc[history["val_auc"].idxmax()] if has_auc else None
+    index = best_index(history[MONITOR].tolist()) if MONITOR in history else None
+    best_row = None if index is None else history.iloc[index]  # the epoch SaveBest kept
     metrics.update({
         "classes": classes,
         "best_epoch": None if best_row is None else int(best_row["epoch"]),
         "best_phase": None if best_row is None else int(best_row["phase"]),
         "best_val_auc": None if best_row is None else float(best_row["val_auc"]),
+        "best_val_loss": None if best_row is None else float(best_row[MONITOR]),
         "epochs_run": {"phase1": int((history["phase"] == 1).sum()),
                        "phase2": int((history["phase"] == 2).sum())},
         "phase1_train_auc": state.record.get("phase1_train_auc"),  # exact, at the end of phase 1
+        "phase1_head": state.record.get("phase1_head"),  # the linear head's C, iterations, convergence
     })
     write_json(state.run_dir / "metrics.json", metrics)
     return metrics

@@ -25,11 +25,14 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
+__all__ = ["FINE_TUNE_DIVISOR", "HEADS", "JIT_COMPILE", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
            "load_frame", "make_split", "resolve_verbose", "split_from_file"]
 
 #: Phase 2 learning rate when not given: the phase 1 rate divided by this.
 FINE_TUNE_DIVISOR = 10.0
+#: Values of the ``head`` option: phase 1 as a convex fit (:mod:`covidxr.training.linear`) or as
+#: gradient descent on the head (``epochs`` of Adam; phase 1 through augmentation needs it).
+HEADS = ("linear", "gradient")
 #: Values of the ``jit_compile`` option (Keras ``compile``; "auto" lets Keras decide).
 JIT_COMPILE = ("auto", True, False)
 #: Values of the ``verbose`` option (see :func:`resolve_verbose`).
@@ -56,7 +59,9 @@ class TrainConfig:
     a layer name of the backbone: the head sits on that layer's pooled output, the layers above are
     left out; see :func:`covidxr.models.truncate_backbone`), ``augment``, ``hflip``.
 
-    Training: ``batch_size``, ``epochs`` (phase 1), ``learning_rate``, ``fine_tune_epochs``
+    Training: ``batch_size``, ``head`` (phase 1: ``"linear"``, a logistic regression with C chosen by
+    group cross-validation on the training part, or ``"gradient"``: ``epochs`` of Adam; see
+    :data:`HEADS`), ``epochs`` (phase 1, gradient head), ``learning_rate``, ``fine_tune_epochs``
     (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
     ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
     (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
@@ -94,6 +99,7 @@ class TrainConfig:
     weights: str | None = "imagenet"
     image_size: int = 224
     batch_size: int = 32
+    head: str = "linear"
     epochs: int = 10
     fine_tune_epochs: int = 10
     fine_tune_from: str | int | None = "auto"
@@ -210,6 +216,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"Unknown group_by. Expected one of {list(GROUP_BY)}. Received: group_by={config.group_by!r}")
     if config.resize not in RESIZES:
         raise ValueError(f"Unknown resize. Expected one of {RESIZES}. Received: resize={config.resize!r}")
+    if config.head not in HEADS:
+        raise ValueError(f"Unknown head. Expected one of {list(HEADS)}. Received: head={config.head!r}")
     _positive_int("batch_size", config.batch_size)
     _positive_int("epochs", config.epochs)
     _positive_int("fine_tune_epochs", config.fine_tune_epochs, minimum=0)

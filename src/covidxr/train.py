@@ -43,6 +43,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +57,7 @@ from .atomic import remove_stale, write_json
 from .config import (TrainConfig, check_config, check_data_dir, load_frame, make_split, resolve_verbose,
                      split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
+from .data.groups import group_column
 from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
 from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
 from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
@@ -64,6 +66,7 @@ from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
 from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
                        tensorboard_writer)
 from .training.frozen import stored_features
+from .training.linear import fit_linear_head
 
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
@@ -384,21 +387,28 @@ def _train_phases(state: RunState) -> SaveBest:
     state.writers = _epoch_writers(state)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
                  checkpoint_every=config.checkpoint_every, writers=state.writers)
-    logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
-                "cached features" if config.cache_features else "full forward pass",
-                config.epochs, config.learning_rate)
+    if config.head == "linear":
+        logger.info("phase 1: head only, backbone frozen: logistic regression, C by group cross-validation")
+    else:
+        logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
+                    "cached features" if config.cache_features else "full forward pass",
+                    config.epochs, config.learning_rate)
+
+    linear = config.head == "linear"
+    groups = state.data["train"][0][group_column(state.data["train"][0])].astype(str).to_numpy()
 
     def fit1(callbacks, initial_epoch):
         stored = _stored_features(state)  # None: computed in fit_head (no store, or --no-cache-features)
-        history, info = fit_head(model, x_train, y_train, x_val, y_val, epochs=config.epochs,
-                                 learning_rate=config.learning_rate, cache_features=config.cache_features,
-                                 features=stored[:2] if stored else None, patience=config.patience, callbacks=callbacks,
-                                 initial_epoch=initial_epoch, **common)
+        fit = partial(fit_linear_head, groups=groups) if linear else partial(
+            fit_head, epochs=config.epochs, cache_features=config.cache_features, patience=config.patience)
+        history, info = fit(model, x_train, y_train, x_val, y_val, learning_rate=config.learning_rate,
+                            features=stored[:2] if stored else None, callbacks=callbacks,
+                            initial_epoch=initial_epoch, **common)
         info["feature_seconds"] = stored[2] if stored else info["feature_seconds"]
         return history, info
 
     rows, info1 = run_phase(1, fit=fit1, state=committed,
-                            epochs=config.epochs, history=[], **phase)
+                            epochs=1 if linear else config.epochs, history=[], **phase)
     checkpoint_seconds, validation_seconds = 0.0, 0.0
     if info1 is not None:
         timing["phase1_feature_seconds"] = round(info1["feature_seconds"], 2)
@@ -407,9 +417,13 @@ def _train_phases(state: RunState) -> SaveBest:
         validation_seconds += info1["validation_seconds"]
         auc = info1["train_auc"]
         state.record["phase1_train_auc"] = float(auc) if np.isfinite(auc) else None  # kept for a resume
+        if info1.get("head"):
+            state.record["phase1_head"] = info1["head"]  # C, CV AUC per C, iterations, convergence
         write_json(state.run_dir / "config.json", state.record)
     elif state.previous and "phase1_train_auc" in state.previous:
         state.record["phase1_train_auc"] = state.previous["phase1_train_auc"]
+        if state.previous.get("phase1_head"):
+            state.record["phase1_head"] = state.previous["phase1_head"]
     if config.fine_tune_epochs:
         logger.info("phase 2: fine-tuning from %s (backbone layer %d), %d epochs, lr %.2e",
                     state.record["resolved"]["fine_tune_from_layer"], state.fine_tune_index,
