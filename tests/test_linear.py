@@ -106,3 +106,58 @@ def test_fold_mean_auc_leaves_out_the_folds_differences():
     assert result["ci_low"] == result["ci_high"] == 1.0
     with pytest.raises(ValueError, match=r"Expected labels, scores, folds and groups of one length.*Received: lengths"):
         fold_mean_auc(y, s[:-1], folds, np.arange(40))
+
+
+# --------------------------------------------------------------------------- phase 2 starts where phase 1 ended
+
+def _tiny_images(n=32):
+    """Grey noise; class 1 has a bright square."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(40, 120, (n, SIZE, SIZE, 1), dtype=np.uint8)
+    y = np.arange(n) % 2
+    x[y == 1, 8:16, 8:16, 0] = 250
+    return x, y
+
+
+def test_calibrated_batchnorm_gives_the_same_features_in_both_modes():
+    from covidxr.models import feature_model
+    from covidxr.training import calibrate_batchnorm
+
+    x, _ = _tiny_images(16)
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet50", num_classes=2, image_size=SIZE, weights=None, augmentation=None, seed=0)
+    features = feature_model(model)
+
+    def gap():
+        train, infer = (keras.ops.convert_to_numpy(features(x, training=mode)) for mode in (True, False))
+        return float(np.abs(train - infer).mean() / np.abs(train).mean())
+
+    before = gap()
+    assert calibrate_batchnorm(model, x, batch_size=16) == 53  # ResNet50's BatchNormalization layers
+    assert before > 0.5 and gap() < 0.05, (before, gap())
+
+
+@pytest.mark.parametrize("backbone, weights, feature_layer", [("resnet50", None, None),
+                                                              ("vgg16", "hed", "block4_conv3")])
+def test_the_first_fine_tuning_epoch_keeps_what_phase1_learned(backbone, weights, feature_layer):
+    from covidxr.training import calibrate_batchnorm, fine_tune
+
+    x, y = _tiny_images()
+    keras.utils.set_random_seed(0)
+    model = build_model(backbone, num_classes=2, image_size=SIZE, weights=weights, feature_layer=feature_layer,
+                        augmentation=True, seed=0)
+    random = weights is None
+    if random:
+        calibrate_batchnorm(model, x, batch_size=16)
+    losses = []
+
+    class Losses(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            losses.append(logs["loss"])
+
+    fit_linear_head(model, x, y, x[:8], y[:8], groups=np.arange(len(y)) // 2, num_classes=2, batch_size=16,
+                    strategy="class-weight", callbacks=[Losses()], c_grid=(1e-3,), jit_compile=False)
+    fine_tune(model, x, y, x[:8], y[:8], num_classes=2, epochs=1, batch_size=16, strategy="class-weight",
+              callbacks=[Losses()], verbose=0, train_batchnorm=random, jit_compile=False)  # the default rate, 1e-5
+    # (C = 1e-3: a phase-1 loss well above 0, as on real data; 32 images and 512+ features separate at large C)
+    assert len(losses) == 2 and 0.05 < losses[0] and losses[1] <= 2 * losses[0], losses

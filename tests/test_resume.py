@@ -29,10 +29,10 @@ from covidxr.training import EpochRecorder, HistoryWriters, RunCheckpoint, SaveB
 from covidxr.training import checkpoint as checkpoint_module
 from covidxr.training.writer import CheckpointWriter
 
-OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, epochs=4, fine_tune_epochs=2,
+OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, head="gradient", epochs=4, fine_tune_epochs=2,
                fine_tune_from="-4", patience=1, strategy="oversample", learning_rate=1e-2, verbose=0)
 CLI_OPTIONS = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-               "--epochs", "4", "--fine-tune-epochs", "2", "--fine-tune-from", "-4", "--patience", "1",
+               "--head", "gradient", "--epochs", "4", "--fine-tune-epochs", "2", "--fine-tune-from", "-4", "--patience", "1",
                "--strategy", "oversample", "--learning-rate", "0.01", "--verbose", "0"]
 CODE = "import sys; from covidxr.cli import main; sys.exit(main(sys.argv[1:]))"
 

@@ -22,7 +22,7 @@ from covidxr.training import TENSORBOARD_DIR, TensorBoardWriter, event_scalars
 
 TRAIN_TAGS = {"epoch_loss", "epoch_auc", "epoch_pr_auc", "epoch_learning_rate"}
 VALIDATION_TAGS = {"epoch_loss", "epoch_auc", "epoch_pr_auc"}
-OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, strategy="oversample",
+OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, head="gradient", strategy="oversample",
                learning_rate=1e-2, verbose=0)
 
 

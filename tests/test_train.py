@@ -170,7 +170,7 @@ def test_run_folder_artifacts(run_dir, collection):
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["phase"]) == [1, 2] and list(history["epoch"]) == [1, 2]  # the linear head: one fit
     assert {"loss", "val_loss", "auc", "val_auc", "learning_rate"} <= set(history.columns)
-    assert history.loc[history.phase == 2, "learning_rate"].iloc[0] == pytest.approx(1e-4)
+    assert history.loc[history.phase == 2, "learning_rate"].iloc[0] == pytest.approx(1e-5)  # a hundredth of 1e-3
 
     model, cfg = load_run(run_dir)
     assert cfg["backbone"] == "vgg16"

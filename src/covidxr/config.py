@@ -28,8 +28,10 @@ from .weights import check_weights
 __all__ = ["FINE_TUNE_DIVISOR", "HEADS", "JIT_COMPILE", "VERBOSE", "TrainConfig", "check_config", "check_data_dir",
            "load_frame", "make_split", "resolve_verbose", "split_from_file"]
 
-#: Phase 2 learning rate when not given: the phase 1 rate divided by this.
-FINE_TUNE_DIVISOR = 10.0
+#: Phase 2 learning rate when not given: the phase 1 rate divided by this (1e-5 by default, the Keras
+#: transfer-learning guide's: Adam moves every weight by about the rate in its first steps, and 1e-4
+#: undid the phase-1 head in the first fine-tuning epoch).
+FINE_TUNE_DIVISOR = 100.0
 #: Values of the ``head`` option: phase 1 as a convex fit (:mod:`covidxr.training.linear`) or as
 #: gradient descent on the head (``epochs`` of Adam; phase 1 through augmentation needs it).
 HEADS = ("linear", "gradient")
@@ -62,7 +64,7 @@ class TrainConfig:
     Training: ``batch_size``, ``head`` (phase 1: ``"linear"``, a logistic regression with C chosen by
     group cross-validation on the training part, or ``"gradient"``: ``epochs`` of Adam; see
     :data:`HEADS`), ``epochs`` (phase 1, gradient head), ``learning_rate``, ``fine_tune_epochs``
-    (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
+    (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a hundredth of
     ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
     (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
     (those features read from, or written to, the frozen-feature store beside the image cache, so

@@ -4,25 +4,30 @@ Must not hold the training, scoring or drawing itself: it calls the lower layers
 
 :func:`train` does one run, as the Keras transfer-learning guide does it:
 
-1. **Phase 1** trains only the head (dropout + dense) with the backbone frozen. By default
-   (``cache_features=True``) the pooled backbone output of every training and validation
-   image is computed once and the head is trained on these features: with the backbone
-   frozen and no augmentation they never change, so this gives the same head as the full
-   forward pass at a fraction of the cost. The head's layers are shared with the full model,
-   so the trained weights are already in place afterwards. With ``feature_store=True`` (the
-   default) those features come from the frozen-feature store beside the image cache
-   (:mod:`covidxr.images.feature_store`): computed once for every image of the cache, then read
-   by every later run with the same backbone, weights and settings (a grid's strategies and folds).
+1. **Phase 1** fits only the head, the backbone frozen. The pooled backbone output of every
+   training and validation image is computed once (with ``feature_store=True``, the default, read
+   from the frozen-feature store beside the image cache, :mod:`covidxr.images.feature_store`, which
+   computes them once for every image of the cache for every later run with the same backbone,
+   weights and settings). With ``head="linear"`` (the default) the head is a logistic regression
+   on the standardised features, its C chosen by group cross-validation inside the training part
+   and fitted to convergence (:mod:`covidxr.training.linear`): one history row. ``head="gradient"``
+   trains it with ``epochs`` of Adam instead (``cache_features=False``: through the whole model,
+   with its augmentation). With random weights (``weights="none"``) the backbone's
+   BatchNormalization statistics are first set to the training images'
+   (:func:`covidxr.training.calibrate_batchnorm`).
 2. **Phase 2** unfreezes the backbone from a layer (``fine_tune_from``: a layer name, ``-N``
    for the last N layers, ``"auto"`` for the registry's last block or ``"all"``) and trains
-   on whole images, with augmentation, at a learning rate about ten times lower. Every
-   BatchNormalization layer stays frozen and so in inference mode (its moving statistics
-   never change; see :func:`covidxr.models.set_trainable_from`). ``fine_tune_epochs=0``
-   skips it.
+   on whole images, with augmentation, at a learning rate a hundred times lower than phase 1's
+   (1e-5: Adam's first steps move every weight by about the rate, whatever its gradient, and
+   1e-4 undid phase 1 at once). Pretrained
+   BatchNormalization layers stay frozen and so in inference mode (their moving statistics
+   never change; see :func:`covidxr.models.set_trainable_from`); random-weight ones train.
+   ``fine_tune_epochs=0`` skips it.
 
-Both phases use early stopping and ReduceLROnPlateau on the exact validation ROC AUC
-(scikit-learn's, each epoch: ``history.csv``'s ``val_auc``); the best full model over both phases
-is saved as ``model.keras``; ``metrics.json`` has ``phase1_train_auc`` (the head's, exact). Every run writes a new folder
+Both phases use early stopping and ReduceLROnPlateau on the exact validation loss
+(``history.csv``'s ``val_loss``), an epoch counting as better only when it lowers the loss by more than
+:data:`covidxr.training.MIN_DELTA`; the best full model over both phases by the same rule is saved as
+``model.keras`` (so the phase-1 head is kept unless fine-tuning lowers the validation loss by more than that); ``metrics.json`` has ``phase1_train_auc`` (the head's, exact). Every run writes a new folder
 (see :func:`make_run_dir`)::
 
     config.json  split.csv  history.csv  model.keras  predictions.csv  metrics.json
@@ -63,8 +68,8 @@ from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tun
 from .runfolder import check_writable, class_counts, logger, make_run_dir, refuse_existing, run_name, setup_logging
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
-from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
-                       tensorboard_writer)
+from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, calibrate_batchnorm, fine_tune, fit_head, read_state,
+                       restore_best, run_phase, tensorboard_writer)
 from .training.frozen import stored_features
 from .training.linear import fit_linear_head
 
@@ -394,6 +399,12 @@ def _train_phases(state: RunState) -> SaveBest:
                     "cached features" if config.cache_features else "full forward pass",
                     config.epochs, config.learning_rate)
 
+    random_weights = config.weights in (None, "none")
+    if random_weights:  # before phase 1's features; a resume restores the same statistics from the checkpoint
+        layers = calibrate_batchnorm(model, x_train, batch_size=state.batch_size)
+        state.record["resolved"]["batchnorm_calibrated"] = layers
+        logger.info("random weights: %d BatchNormalization layers set to the training images' statistics; "
+                    "they train in phase 2", layers)
     linear = config.head == "linear"
     groups = state.data["train"][0][group_column(state.data["train"][0])].astype(str).to_numpy()
 
@@ -433,7 +444,7 @@ def _train_phases(state: RunState) -> SaveBest:
             return fine_tune(model, x_train, y_train, x_val, y_val, epochs=config.fine_tune_epochs,
                              learning_rate=config.resolved_fine_tune_learning_rate,
                              fine_tune_from=config.fine_tune_from, callbacks=callbacks,
-                             initial_epoch=initial_epoch, **common)
+                             initial_epoch=initial_epoch, train_batchnorm=random_weights, **common)
 
         rows2, info2 = run_phase(2, fit=fit2, state=read_state(state.run_dir), epochs=config.fine_tune_epochs,
                                  history=rows, **phase)
@@ -441,7 +452,8 @@ def _train_phases(state: RunState) -> SaveBest:
             timing["phase2_fit_seconds"] = round(info2["fit_seconds"], 2)
             checkpoint_seconds += info2["checkpoint_seconds"]
             validation_seconds += info2["validation_seconds"]
-        state.record["resolved"]["unfrozen_layers"] = len(set_trainable_from(model, state.fine_tune_index))
+        state.record["resolved"]["unfrozen_layers"] = len(set_trainable_from(model, state.fine_tune_index,
+                                                                                train_batchnorm=random_weights))
         rows += rows2
     timing.update(first_step_seconds=round(timer.first_step, 2), steady_step_seconds=round(timer.steady_steps, 2),
                   train_steps=timer.steps, validation_seconds=round(timer.validation + validation_seconds, 2),

@@ -242,7 +242,7 @@ def _add_training_options(t, *, grid):
                        "'auto' (last block) or 'all'")
     config_option(t, "--learning-rate", type=float, default=1e-3, help="phase 1 learning rate")
     config_option(t, "--fine-tune-learning-rate", type=float, default=None,
-                  help="phase 2 rate (default: a tenth of --learning-rate)")
+                  help="phase 2 rate (default: a hundredth of --learning-rate, 1e-5)")
     if not grid:
         config_option(t, "--strategy", default="class-weight", choices=LazyChoices(_strategies),
                       help="imbalance strategy")

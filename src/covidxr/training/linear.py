@@ -177,7 +177,7 @@ def _training_logs(head, features, labels, weights, *, batch_size) -> dict:
 
 def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *, groups, num_classes,
                     batch_size=32, strategy="none", seed=0, features=None, learning_rate=1e-3, callbacks=(),
-                    initial_epoch=0, jit_compile="auto", **_):
+                    initial_epoch=0, jit_compile="auto", c_grid=C_GRID, **_):
     """Phase 1 as one convex fit: adapt the standardisation, choose C by group CV on the training
     part, fit to convergence and write the head; one history "epoch".
 
@@ -192,6 +192,7 @@ def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *
         callbacks: The run's callbacks (early stopping, best model, checkpoint ...): they see one
             epoch whose ``logs`` hold the training and exact validation figures.
         initial_epoch: 1 when a resumed run had committed the fitted head: nothing is refitted.
+        c_grid: The C values cross-validation chooses from (:func:`fit_linear`).
 
     Returns:
         ``(None, info)``: info as ``fit_head``'s plus ``head``: :func:`fit_linear`'s info (C,
@@ -215,7 +216,7 @@ def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *
         adapt_feature_norm(model, train_features)
         standardised = keras.ops.convert_to_numpy(model.get_layer(LAYER_NAMES["feature_norm"])(train_features))
         coef, intercept, info["head"] = fit_linear(standardised, labels, groups=groups, weights=weights,
-                                                   num_classes=num_classes, seed=seed)
+                                                   num_classes=num_classes, seed=seed, c_grid=c_grid)
         _set_head(model, coef, intercept)
         logs = _training_logs(head, train_features, labels, weights, batch_size=batch_size)
         logs.update(validation_logs(val_labels, predict_batches(head, val_features, batch_size=batch_size)))

@@ -19,14 +19,14 @@ import keras
 import numpy as np
 
 from ..atomic import load_arrays
-from ..models import LAYER_NAMES, backbone_layer, head_model, resolve_fine_tune_from, set_trainable_from
+from ..models import LAYER_NAMES, backbone_layer, feature_model, head_model, resolve_fine_tune_from, set_trainable_from
 from ..runtime import padding_masked
 from . import frozen
 from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches
 from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, exact_scores, schedules
 from .checkpoint import RunCheckpoint, set_arrays
 
-__all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "compile_model", "fine_tune", "fit_head", "run_phase"]
+__all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "calibrate_batchnorm", "compile_model", "fine_tune", "fit_head", "run_phase"]
 
 logger = logging.getLogger("covidxr.train")
 
@@ -166,20 +166,53 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
     return history, info
 
 
+def calibrate_batchnorm(model, images, *, batch_size, limit=256) -> int:
+    """Set the moving mean and variance of every BatchNormalization layer of the backbone to the
+    average batch statistics of (up to ``limit``) training ``images``; return the layers set.
+
+    For random weights (``--weights none``): their moving statistics are those of initialisation
+    (mean 0, variance 1), so in inference mode (phase 1's features) the layers do not normalise,
+    while in training mode (phase 2, where they train) they normalise with the batch's statistics:
+    the features, and the head fitted on them, would change at once when phase 2 starts. After
+    this both modes see about the same statistics. Deterministic: the first ``limit`` images in
+    order, batches of ``batch_size``, batch ``k`` weighted ``1 / (k + 1)`` (a running average).
+    """
+    norms = [layer for layer in backbone_layer(model).layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return 0
+    saved = [(layer.trainable, layer.momentum) for layer in norms]
+    features = feature_model(model)
+    images = np.asarray(images)[:int(limit)]
+    try:
+        for layer in norms:
+            layer.trainable = True  # a frozen layer runs in inference mode and updates nothing
+        for k, start in enumerate(range(0, len(images), int(batch_size))):
+            for layer in norms:
+                layer.momentum = k / (k + 1)
+            features(images[start:start + int(batch_size)], training=True)
+    finally:
+        for layer, (trainable, momentum) in zip(norms, saved):
+            layer.trainable, layer.momentum = trainable, momentum
+    return len(norms)
+
+
 def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_classes, epochs,
-              learning_rate=1e-4, fine_tune_from="auto", batch_size=32, strategy="none", seed=0,
-              callbacks=(), verbose="auto", initial_epoch=0, jit_compile="auto", runtime=None):
+              learning_rate=1e-5, fine_tune_from="auto", batch_size=32, strategy="none", seed=0,
+              callbacks=(), verbose="auto", initial_epoch=0, jit_compile="auto", runtime=None,
+              train_batchnorm=False):
     """Phase 2: unfreeze the backbone from ``fine_tune_from`` and train on whole images.
 
-    BatchNormalization layers stay frozen, hence in inference mode: their moving mean and
-    variance do not change; so does the feature standardisation phase 1 adapted (never
+    BatchNormalization layers stay frozen (unless ``train_batchnorm``), hence in inference mode: their
+    moving mean and variance do not change; so does the feature standardisation phase 1 adapted (never
     re-adapted here). Validation as in :func:`fit_head` (exact, first callback).
 
     Args:
         model: A :func:`covidxr.models.build_model` model, usually after :func:`fit_head`.
         fine_tune_from: Layer name, ``-N`` (last N layers), ``"auto"`` or ``"all"`` (see
             :func:`covidxr.models.resolve_fine_tune_from`).
-        learning_rate: Adam learning rate (about a tenth of phase 1's).
+        learning_rate: Adam learning rate (1e-5: a hundredth of phase 1's gradient-head rate).
+        train_batchnorm: Train the unfrozen BatchNormalization layers too (random weights whose
+            statistics :func:`calibrate_batchnorm` set); False keeps them frozen, in inference mode.
         Other arguments: as :func:`fit_head`. The shuffling seed is offset by 1 so phase 2
         does not repeat phase 1's batch order.
 
@@ -188,7 +221,7 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
         weights), ``fine_tune_from_index``, ``fit_seconds`` and ``validation_seconds``.
     """
     index = resolve_fine_tune_from(model, fine_tune_from)
-    unfrozen = set_trainable_from(model, index)
+    unfrozen = set_trainable_from(model, index, train_batchnorm=train_batchnorm)
     class_weight = class_weight_for(strategy, train_labels, num_classes)
     train_seq = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed + 1)
