@@ -392,19 +392,7 @@ def _train_phases(state: RunState) -> SaveBest:
     state.writers = _epoch_writers(state)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
                  checkpoint_every=config.checkpoint_every, writers=state.writers)
-    if config.head == "linear":
-        logger.info("phase 1: head only, backbone frozen: logistic regression, C by group cross-validation")
-    else:
-        logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
-                    "cached features" if config.cache_features else "full forward pass",
-                    config.epochs, config.learning_rate)
-
-    random_weights = config.weights in (None, "none")
-    if random_weights:  # before phase 1's features; a resume restores the same statistics from the checkpoint
-        layers = calibrate_batchnorm(model, x_train, batch_size=state.batch_size)
-        state.record["resolved"]["batchnorm_calibrated"] = layers
-        logger.info("random weights: %d BatchNormalization layers set to the training images' statistics; "
-                    "they train in phase 2", layers)
+    random_weights = _start_phase1(state)
     linear = config.head == "linear"
     groups = state.data["train"][0][group_column(state.data["train"][0])].astype(str).to_numpy()
 
@@ -462,6 +450,26 @@ def _train_phases(state: RunState) -> SaveBest:
     for writer in state.writers:  # epochs of a phase that had finished before a resume
         writer.sync(rows)
     return saver
+
+
+def _start_phase1(state: RunState) -> bool:
+    """Log phase 1's method; with random weights, set the backbone's BatchNormalization statistics
+    to the training images' (before phase 1's features; a resume restores the same ones from the
+    checkpoint). Return whether the weights are random (their BatchNormalization layers train in phase 2)."""
+    config = state.config
+    if config.head == "linear":
+        logger.info("phase 1: head only, backbone frozen: logistic regression, C by group cross-validation")
+    else:
+        logger.info("phase 1: head only, backbone frozen, %s, %d epochs, lr %.2e",
+                    "cached features" if config.cache_features else "full forward pass",
+                    config.epochs, config.learning_rate)
+    if config.weights not in (None, "none"):
+        return False
+    layers = calibrate_batchnorm(state.model, state.data["train"][1], batch_size=state.batch_size)
+    state.record["resolved"]["batchnorm_calibrated"] = layers
+    logger.info("random weights: %d BatchNormalization layers set to the training images' statistics; "
+                "they train in phase 2", layers)
+    return True
 
 
 def _stored_features(state: RunState):

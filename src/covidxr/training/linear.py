@@ -35,7 +35,7 @@ from ..models import LAYER_NAMES, backbone_layer, head_model
 from ..sampling import class_weights, resample_indices
 from .batches import predict_batches
 from .callbacks import exact_scores, validation_logs
-from .phases import _check_fit, _phase1_features, adapt_feature_norm, compile_model
+from .phases import check_fit, phase1_features, adapt_feature_norm, compile_model
 
 __all__ = ["C_GRID", "CV_FOLDS", "MAX_ITER", "fit_linear", "fit_linear_head", "oof_probabilities", "sample_weights"]
 
@@ -109,7 +109,8 @@ def fit_linear(x, y, *, groups, weights=None, num_classes=2, seed=0, c_grid=C_GR
         weights: Sample weights (n,) (None: ones).
         num_classes: Number of classes (2: one logistic unit; more: multinomial softmax).
         seed: Seed of the fold assignment (the fit itself is deterministic).
-        c_grid: The C values to choose from; the smallest C reaching the best out-of-fold AUC wins.
+        c_grid: The C values to choose from; the smallest C reaching the best out-of-fold AUC wins
+            (one value: that C, no cross-validation; no folds possible: C = 1).
 
     Returns:
         ``(coef (F, k), intercept (k,), info)``, k = 1 for two classes else ``num_classes``;
@@ -132,15 +133,13 @@ def fit_linear(x, y, *, groups, weights=None, num_classes=2, seed=0, c_grid=C_GR
     folds = _folds(y, groups, seed=seed)
     grid = sorted(float(c) for c in c_grid)
     scores = None
-    chosen = 1.0 if folds is None or len(grid) == 1 else None
+    chosen = grid[0] if len(grid) == 1 else (1.0 if folds is None else None)
     if chosen is None:
         with threadpool_limits(limits=1, user_api="blas"):  # small products: threads only contend
             scores = [exact_scores(y, probs)["auc"] for probs in oof_probabilities(x, y, w, folds, grid,
                                                                                   num_classes=num_classes)]
         finite = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
         chosen = grid[int(np.flatnonzero(finite >= finite.max() - 1e-12)[0])]
-    elif folds is not None:
-        chosen = grid[0]
     with threadpool_limits(limits=1, user_api="blas"):
         model, converged = _fit(x, y, w, chosen)
     coef = model.coef_.T if num_classes == 2 else np.zeros((x.shape[1], num_classes))
@@ -199,7 +198,7 @@ def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *
         cross-validated AUC per C, iterations, convergence).
     """
     backbone_layer(model).trainable = False
-    train_features, val_features, seconds = _phase1_features(
+    train_features, val_features, seconds = phase1_features(
         model, (train_images, train_labels), (val_images, val_labels), features=features, cache_features=True,
         num_classes=num_classes, batch_size=batch_size)
     info = {"feature_seconds": seconds, "feature_shape": list(train_features.shape)}
@@ -223,5 +222,5 @@ def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *
         hooks.on_epoch_end(0, logs)
     hooks.on_train_end()
     info.update(fit_seconds=time.perf_counter() - start, validation_seconds=0.0,
-                train_auc=_check_fit(head, train_features, labels, batch_size=batch_size))
+                train_auc=check_fit(head, train_features, labels, batch_size=batch_size))
     return None, info

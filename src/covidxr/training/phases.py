@@ -61,7 +61,7 @@ def adapt_feature_norm(model, features) -> None:
         model.get_layer(LAYER_NAMES["feature_norm"]).adapt(np.asarray(features, dtype=np.float32))
 
 
-def _phase1_features(model, train, val, *, features, cache_features, num_classes, batch_size):
+def phase1_features(model, train, val, *, features, cache_features, num_classes, batch_size):
     """``(train features, val features or None, seconds)``: the caller's, or computed once."""
     if features is not None:
         if not cache_features:
@@ -79,7 +79,7 @@ def _phase1_features(model, train, val, *, features, cache_features, num_classes
     return train_f, val_f, time.perf_counter() - start
 
 
-def _check_fit(head, features, labels, *, batch_size) -> float:
+def check_fit(head, features, labels, *, batch_size) -> float:
     """The exact training ROC AUC of the head at the end of phase 1; warn when it is below
     :data:`UNDERFIT_AUC`."""
     auc = exact_scores(labels, predict_batches(head, features, batch_size=batch_size))["auc"]
@@ -142,7 +142,7 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
     train_seq = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed)
     train_seq.set_epoch(initial_epoch)
-    train_features, val_features, seconds = _phase1_features(
+    train_features, val_features, seconds = phase1_features(
         model, (train_images, train_labels), (val_images, val_labels), features=features,
         cache_features=cache_features, num_classes=num_classes, batch_size=batch_size)
     info = {"feature_seconds": seconds, "feature_shape": list(train_features.shape)}
@@ -162,7 +162,7 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
     history = fitted.fit(train_data, epochs=int(epochs), initial_epoch=int(initial_epoch), shuffle=False,
                          callbacks=[validator, *callbacks], verbose=verbose)
     info.update(fit_seconds=time.perf_counter() - start, validation_seconds=validator.seconds,
-                train_auc=_check_fit(head, train_features, train_labels, batch_size=batch_size))
+                train_auc=check_fit(head, train_features, train_labels, batch_size=batch_size))
     return history, info
 
 
