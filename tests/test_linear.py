@@ -156,8 +156,8 @@ def test_the_first_fine_tuning_epoch_keeps_what_phase1_learned(backbone, weights
             losses.append(logs["loss"])
 
     fit_linear_head(model, x, y, x[:8], y[:8], groups=np.arange(len(y)) // 2, num_classes=2, batch_size=16,
-                    strategy="class-weight", callbacks=[Losses()], c_grid=(1e-3,), jit_compile=False)
+                    strategy="class-weight", callbacks=[Losses()], c_grid=(1e-4,), jit_compile=False)
     fine_tune(model, x, y, x[:8], y[:8], num_classes=2, epochs=1, batch_size=16, strategy="class-weight",
               callbacks=[Losses()], verbose=0, train_batchnorm=random, jit_compile=False)  # the default rate, 1e-5
     # (C = 1e-3: a phase-1 loss well above 0, as on real data; 32 images and 512+ features separate at large C)
-    assert len(losses) == 2 and 0.05 < losses[0] and losses[1] <= 2 * losses[0], losses
+    assert len(losses) == 2 and 0.2 < losses[0] and losses[1] <= 2 * losses[0], losses
