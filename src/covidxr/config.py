@@ -64,7 +64,7 @@ class TrainConfig:
     Training: ``batch_size``, ``head`` (phase 1: ``"linear"``, a logistic regression with C chosen by
     group cross-validation on the training part, or ``"gradient"``: ``epochs`` of Adam; see
     :data:`HEADS`), ``epochs`` (phase 1, gradient head), ``learning_rate``, ``fine_tune_epochs``
-    (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a hundredth of
+    (0, the default: no phase 2, which did not help at this data size: docs/results.md), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a hundredth of
     ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
     (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
     (those features read from, or written to, the frozen-feature store beside the image cache, so
@@ -103,7 +103,7 @@ class TrainConfig:
     batch_size: int = 32
     head: str = "linear"
     epochs: int = 10
-    fine_tune_epochs: int = 10
+    fine_tune_epochs: int = 0
     fine_tune_from: str | int | None = "auto"
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float | None = None
