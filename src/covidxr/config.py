@@ -64,9 +64,9 @@ class TrainConfig:
     Training: ``batch_size``, ``head`` (phase 1: ``"linear"``, a logistic regression with C chosen by
     group cross-validation on the training part, or ``"gradient"``: ``epochs`` of Adam; see
     :data:`HEADS`), ``epochs`` (phase 1, gradient head), ``learning_rate``, ``fine_tune_epochs``
-    (0, the default: no phase 2, which did not help at this data size: docs/results.md), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a hundredth of
-    ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
-    (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
+    (0, the default: no phase 2, which did not help at this data size: docs/results.md),
+    ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a hundredth of ``learning_rate``),
+    ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience`` (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
     (those features read from, or written to, the frozen-feature store beside the image cache, so
     the strategies and folds of a grid and later runs with the same key share them:
     :mod:`covidxr.images.feature_store`; only with ``cache_features``), ``checkpoint_every``
