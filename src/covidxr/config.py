@@ -66,7 +66,8 @@ class TrainConfig:
     :data:`HEADS`), ``epochs`` (phase 1, gradient head), ``learning_rate``, ``fine_tune_epochs``
     (0, the default: no phase 2, which did not help at this data size: docs/results.md),
     ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a hundredth of ``learning_rate``),
-    ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience`` (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
+    ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience`` (early stopping, epochs),
+    ``cache_features`` (phase 1 on cached features), ``feature_store``
     (those features read from, or written to, the frozen-feature store beside the image cache, so
     the strategies and folds of a grid and later runs with the same key share them:
     :mod:`covidxr.images.feature_store`; only with ``cache_features``), ``checkpoint_every``
