@@ -86,7 +86,8 @@ def main(argv=None):
     results = [benchmark(run) for run in args.runs]
     for r in results:
         print(f"{r['run']}: test ROC AUC head {r['head_auc']:.4f} (C {r['head_C']}), benchmark "
-              f"{r['benchmark_auc']:.4f} (C {r['benchmark_C']:g}), head − benchmark {r['head_auc'] - r['benchmark_auc']:+.4f}")
+              f"{r['benchmark_auc']:.4f} (C {r['benchmark_C']:g}), "
+              f"head − benchmark {r['head_auc'] - r['benchmark_auc']:+.4f}")
     if len(results) > 1:
         labels = pd.concat([r["labels"] for r in results])
         head, bench = (roc_auc_score(labels, pd.concat([r[k] for r in results])) for k in ("head", "benchmark"))

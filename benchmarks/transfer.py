@@ -440,7 +440,8 @@ def write(out, results, chosen, pair, diff, source, info, args, frame, *, second
     lines += [f"Sources held out ({source['n_sources']} sources, 3 leave-sources-out folds of different prevalence, "
               f"{hed['layer']} / {hed['model']}): mean of per-fold test ROC AUCs (the figure the conclusion rests on) "
               f"hed {_fmt(source['hed']['fold_mean'])}, random {_fmt(source['none']['fold_mean'])}; pooled: hed "
-              f"{_fmt(source['hed']['test'])}, random {_fmt(source['none']['test'])}; hed − random (pooled, paired) = "
+              f"{_fmt(source['hed']['test'])}, random {_fmt(source['none']['test'])}; "
+              "hed − random (pooled, paired) = "
               f"{sd['value']:.3f} [{sd['ci_low']:.3f}, {sd['ci_high']:.3f}].", "",
               f"Weights: hed sha256 {info['hed'].get('sha256')}; random: seed 0. Wall time {seconds / 60:.1f} min."]
     text = "\n".join(lines) + "\n"
@@ -450,7 +451,8 @@ def write(out, results, chosen, pair, diff, source, info, args, frame, *, second
                                                        "test": v["test"], "fold_mean": v["fold_mean"],
                                                        "val_auc_mean": v["val_auc_mean"]})
                                                        for k, v in source.items()},
-                                                   "args": vars(args), "seconds": seconds}, indent=2, default=float) + "\n")
+                                                   "args": vars(args), "seconds": seconds},
+                                                  indent=2, default=float) + "\n")
     plot(table, out / "transfer.png")
     print(text)
 

@@ -27,7 +27,9 @@ Must not hold the training, scoring or drawing itself: it calls the lower layers
 Both phases use early stopping and ReduceLROnPlateau on the exact validation loss
 (``history.csv``'s ``val_loss``), an epoch counting as better only when it lowers the loss by more than
 :data:`covidxr.training.MIN_DELTA`; the best full model over both phases by the same rule is saved as
-``model.keras`` (so the phase-1 head is kept unless fine-tuning lowers the validation loss by more than that); ``metrics.json`` has ``phase1_train_auc`` (the head's, exact). Every run writes a new folder
+``model.keras`` (so the phase-1 head is kept unless fine-tuning lowers the validation loss by more
+than that); ``metrics.json`` has ``phase1_train_auc`` (the head's, exact) and ``phase1_head`` (C,
+iterations, convergence). Every run writes a new folder
 (see :func:`make_run_dir`)::
 
     config.json  split.csv  history.csv  model.keras  predictions.csv  metrics.json

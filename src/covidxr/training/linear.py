@@ -171,7 +171,8 @@ def _training_logs(head, features, labels, weights, *, batch_size) -> dict:
         q = np.clip(np.where(labels == 1, p[:, 0], 1 - p[:, 0]), 1e-7, 1 - 1e-7)
     else:
         q = np.clip(p[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
-    return {"loss": float(np.sum(weights * -np.log(q)) / np.sum(weights)), "auc": scores["auc"], "pr_auc": scores["pr_auc"]}
+    return {"loss": float(np.sum(weights * -np.log(q)) / np.sum(weights)), "auc": scores["auc"],
+            "pr_auc": scores["pr_auc"]}
 
 
 def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *, groups, num_classes,

@@ -26,7 +26,8 @@ from .batches import FeatureSequence, class_weight_for, make_sequence, predict_b
 from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, exact_scores, schedules
 from .checkpoint import RunCheckpoint, set_arrays
 
-__all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "calibrate_batchnorm", "compile_model", "fine_tune", "fit_head", "run_phase"]
+__all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "calibrate_batchnorm", "check_fit", "compile_model", "fine_tune",
+           "fit_head", "phase1_features", "run_phase"]
 
 logger = logging.getLogger("covidxr.train")
 
