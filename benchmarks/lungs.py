@@ -110,7 +110,6 @@ def pixel_floor(tables: dict, grids: dict, *, seed=0) -> dict:
     """Out-of-fold ROC AUC of a logistic regression on 32×32 grey pixels, whole and crop (same folds)."""
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 

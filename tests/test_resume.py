@@ -29,10 +29,10 @@ from covidxr.training import EpochRecorder, HistoryWriters, RunCheckpoint, SaveB
 from covidxr.training import checkpoint as checkpoint_module
 from covidxr.training.writer import CheckpointWriter
 
-OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, epochs=4, fine_tune_epochs=2,
+OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, head="gradient", epochs=4, fine_tune_epochs=2,
                fine_tune_from="-4", patience=1, strategy="oversample", learning_rate=1e-2, verbose=0)
 CLI_OPTIONS = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-               "--epochs", "4", "--fine-tune-epochs", "2", "--fine-tune-from", "-4", "--patience", "1",
+               "--head", "gradient", "--epochs", "4", "--fine-tune-epochs", "2", "--fine-tune-from", "-4", "--patience", "1",
                "--strategy", "oversample", "--learning-rate", "0.01", "--verbose", "0"]
 CODE = "import sys; from covidxr.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -198,8 +198,9 @@ def test_resume_errors(tiny_run, tmp_path, capsys):
 # --------------------------------------------------------------------------- checkpoint every N epochs
 
 class _Scripted(keras.callbacks.Callback):
-    """First callback: writes a scripted ``val_auc`` into the epoch's logs, keeps a copy of the
-    weights after every epoch, and stops training after ``stop_after`` epochs (if given)."""
+    """First callback: writes a scripted ``val_auc`` into the epoch's logs (and ``val_loss`` = 1 − it,
+    which the callbacks follow), keeps a copy of the weights after every epoch, and stops training
+    after ``stop_after`` epochs (if given)."""
 
     def __init__(self, aucs, stop_after=None):
         super().__init__()
@@ -207,6 +208,7 @@ class _Scripted(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs["val_auc"] = self.aucs[epoch]
+        logs["val_loss"] = round(1.0 - self.aucs[epoch], 6)
         self.weights[epoch] = [np.array(w) for w in self.model.get_weights()]
         if self.stop_after == epoch + 1:
             self.model.stop_training = True
@@ -251,7 +253,7 @@ def test_checkpoint_every_2_writes_epochs_2_4_and_the_last_with_the_best_weights
     assert [len(c["history"]) for c in commits] == [0, 2, 4, 5, 5]
     # the best epoch (3, val_auc 0.9) was not a checkpoint epoch: its weights come with epoch 4's
     after4 = commits[2]
-    assert after4["best"] == {"value": 0.9, "epoch": 2, "weights": "best-p1-e4.npz"}
+    assert after4["best"] == {"value": 0.1, "epoch": 2, "weights": "best-p1-e4.npz"}
     # early stopping's best weights are the same arrays (the fitted model is the full one): one file
     assert after4["early_stopping"]["best_epoch"] == 2 and after4["early_stopping"]["weights"] == "best-p1-e4.npz"
     for key in ("best", "early_stopping"):

@@ -15,7 +15,7 @@ from covidxr import cli
 from covidxr.tracking import MlflowRun, Tracking, child_tracking, evaluation_metrics, metric_name, tracking_uri
 from covidxr.train import TrainConfig, resume, train
 
-OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, epochs=3, fine_tune_epochs=0,
+OPTIONS = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, head="gradient", epochs=3, fine_tune_epochs=0,
                strategy="oversample", learning_rate=1e-2, patience=5, verbose=0)
 
 

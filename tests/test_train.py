@@ -17,7 +17,8 @@ from covidxr.models import build_model
 from covidxr.evaluation.metrics import part_metrics
 from covidxr.inference import load_run, predict_frame
 from covidxr.train import TrainConfig, train
-from covidxr.training import fine_tune, fit_head
+from covidxr.training import best_index, fine_tune, fit_head
+from covidxr.training.linear import C_GRID
 
 SIZE = 32
 ARTIFACTS = ["config.json", "split.csv", "history.csv", "model.keras", "predictions.csv", "metrics.json",
@@ -167,9 +168,9 @@ def test_run_folder_artifacts(run_dir, collection):
     assert split.groupby("patient")["part"].nunique().max() == 1
 
     history = pd.read_csv(run_dir / "history.csv")
-    assert list(history["phase"]) == [1, 1, 2] and list(history["epoch"]) == [1, 2, 3]
+    assert list(history["phase"]) == [1, 2] and list(history["epoch"]) == [1, 2]  # the linear head: one fit
     assert {"loss", "val_loss", "auc", "val_auc", "learning_rate"} <= set(history.columns)
-    assert history.loc[history.phase == 2, "learning_rate"].iloc[0] == pytest.approx(1e-4)
+    assert history.loc[history.phase == 2, "learning_rate"].iloc[0] == pytest.approx(1e-5)  # a hundredth of 1e-3
 
     model, cfg = load_run(run_dir)
     assert cfg["backbone"] == "vgg16"
@@ -191,13 +192,16 @@ def test_run_folder_artifacts(run_dir, collection):
     from sklearn.metrics import roc_auc_score
 
     assert metrics["val"]["roc_auc"] == pytest.approx(roc_auc_score(val["label"] == "covid", val["prob_covid"]))
-    # model.keras is the best checkpoint: its validation loss is the best epoch's
-    best = history.loc[history["val_auc"].idxmax()]
-    assert metrics["best_epoch"] == int(best["epoch"])
+    # model.keras is the best checkpoint: its validation loss is the best epoch's (lower by > MIN_DELTA)
+    best = history.iloc[best_index(history["val_loss"].tolist())]
+    assert metrics["best_epoch"] == int(best["epoch"]) and metrics["best_val_loss"] == best["val_loss"]
     assert metrics["val"]["loss"] == pytest.approx(best["val_loss"], abs=2e-3)
     # the logged validation AUC is the exact one (scikit-learn), so it is the saved model's
     assert metrics["val"]["roc_auc"] == pytest.approx(best["val_auc"], abs=1e-6)
     assert 0 <= metrics["phase1_train_auc"] <= 1 and config["phase1_train_auc"] == metrics["phase1_train_auc"]
+    head = metrics["phase1_head"]
+    assert head["converged"] and head["C"] in C_GRID and 0 < head["iterations"] < head["max_iter"]
+    assert config["phase1_head"] == head
 
     assert "phase 1 epoch 1" in (run_dir / "train.log").read_text()
     report = (run_dir / "report.md").read_text()
@@ -372,7 +376,7 @@ def test_data_parallel_run_on_two_cpu_devices(backend, collection, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert all(np.isfinite(metrics[part]["loss"]) for part in ("val", "test"))
     history = pd.read_csv(run / "history.csv")
-    assert len(history) == 3 and np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
+    assert len(history) == 2 and np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()  # linear head: 1 + 1
 
 
 def test_memory_check_refuses_before_the_run_folder(collection, tmp_path, monkeypatch):

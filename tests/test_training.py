@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from covidxr.models import build_model, feature_model, head_model
-from covidxr.training import (SaveBest, adapt_feature_norm, exact_scores, fine_tune, fit_head, phases, schedules,
+from covidxr.training import (SaveBest, best_index, adapt_feature_norm, exact_scores, fine_tune, fit_head, phases, schedules,
                               set_arrays, validation_logs, variable_arrays)
 
 SIZE = 32
@@ -173,9 +173,11 @@ def test_model_selection_follows_the_exact_validation_auc_not_keras_buckets():
     np.testing.assert_allclose(logged, exact, rtol=0, atol=1e-12)
     assert np.all(exact > 0.75) and np.all(np.abs(exact - bucketed) > 0.2)
     assert history.history["val_auc"] == pytest.approx(list(exact), abs=1e-12)
-    assert saver.best == pytest.approx(exact.max(), abs=1e-12)
-    assert early_stopping.best == pytest.approx(exact.max(), abs=1e-12)
-    assert reduce_lr.best == pytest.approx(exact.max(), abs=1e-12)
+    # the callbacks follow the exact validation loss, improvements counted only above MIN_DELTA
+    losses = history.history["val_loss"]
+    assert saver.best == pytest.approx(losses[best_index(losses)], abs=1e-12)
+    assert early_stopping.best == pytest.approx(losses[best_index(losses)], abs=1e-12)
+    assert reduce_lr.best == pytest.approx(losses[best_index(losses)], abs=1e-12)
 
 
 # --------------------------------------------------------------------------- underfit warning

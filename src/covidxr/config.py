@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from .atomic import json_text, read_json_object, write_text
-from .data import FRONTAL_VIEWS, detect_layout, get_task, read_split, split_frame
-from .data.groups import DUPLICATES, GROUP_BY, group_column
+from .data import FRONTAL_VIEWS, detect_layout, get_task, split_frame
+from .data.splits import split_from_file
+from .data.groups import DUPLICATES, GROUP_BY
 from .images import RESIZES, load_grouped
 from .images.lungs import check_lungs
 from .images.pool import resolve_workers
@@ -32,12 +33,17 @@ from .runtime import precision_policy
 from .sampling import check_strategy
 from .weights import check_weights
 
-__all__ = ["FINE_TUNE_DIVISOR", "JIT_COMPILE", "LEGACY_DEFAULTS", "OFFICIAL_SPLIT_LAYOUTS", "RECORD_KEYS", "VERBOSE",
-           "TrainConfig", "check_config", "check_data_dir", "check_data_record", "data_record", "grid_folds", "load_frame",
-           "make_split", "resolve_verbose", "split_from_file"]
+__all__ = ["FINE_TUNE_DIVISOR", "HEADS", "JIT_COMPILE", "LEGACY_DEFAULTS", "OFFICIAL_SPLIT_LAYOUTS", "RECORD_KEYS",
+           "VERBOSE", "TrainConfig", "check_config", "check_data_dir", "check_data_record", "data_record", "grid_folds",
+           "load_frame", "make_split", "resolve_verbose", "split_from_file"]
 
-#: Phase 2 learning rate when not given: the phase 1 rate divided by this.
-FINE_TUNE_DIVISOR = 10.0
+#: Phase 2 learning rate when not given: the phase 1 rate divided by this (1e-5 by default, the Keras
+#: transfer-learning guide's: Adam moves every weight by about the rate in its first steps, and 1e-4
+#: undid the phase-1 head in the first fine-tuning epoch).
+FINE_TUNE_DIVISOR = 100.0
+#: Values of the ``head`` option: phase 1 as a convex fit (:mod:`covidxr.training.linear`) or as
+#: gradient descent on the head (``epochs`` of Adam; phase 1 through augmentation needs it).
+HEADS = ("linear", "gradient")
 #: Values of the ``jit_compile`` option (Keras ``compile``; "auto" lets Keras decide).
 JIT_COMPILE = ("auto", True, False)
 #: Layouts whose datasets carry their own split (``official_split``).
@@ -46,7 +52,8 @@ OFFICIAL_SPLIT_LAYOUTS = ("covidx", "covid-qu-ex")
 VERBOSE = ("auto", 0, 1, 2)
 #: Options added after runs were made, and the value that reproduces a run whose ``config.json``
 #: lacks them (runs split before same-patient pairs existed were grouped without any).
-LEGACY_DEFAULTS = {"same_patients": "none", "lungs": "none", "workers": None, "official_split": False}
+LEGACY_DEFAULTS = {"same_patients": "none", "lungs": "none", "workers": None, "official_split": False,
+                   "head": "gradient"}
 #: The keys of a run's ``config.json`` that are not options: what the run recorded about itself
 #: (:mod:`covidxr.train` writes them). :meth:`TrainConfig.from_dict` (``strict``) passes them over
 #: silently and warns about any other key that is not an option.
@@ -55,7 +62,7 @@ RECORD_KEYS = frozenset({
     "keras_version", "merged_groups", "mlflow", "num_classes", "numpy_version", "phase1_features",
     "phase1_train_auc", "positive_class", "preprocessing", "python_version", "resolved", "resumed", "run_dir",
     "runtime", "split_sizes", "split_version", "started", "timing", "weights_sha256", "weights_source",
-    "same_patients_used", "lungs_segmenter", "data",
+    "same_patients_used", "lungs_segmenter", "data", "phase1_head",
 })
 
 
@@ -86,10 +93,13 @@ class TrainConfig:
     a layer name of the backbone: the head sits on that layer's pooled output, the layers above are
     left out; see :func:`covidxr.models.truncate_backbone`), ``augment``, ``hflip``.
 
-    Training: ``batch_size``, ``epochs`` (phase 1), ``learning_rate``, ``fine_tune_epochs``
-    (0: no phase 2), ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a tenth of
-    ``learning_rate``), ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience``
-    (early stopping, epochs), ``cache_features`` (phase 1 on cached features), ``feature_store``
+    Training: ``batch_size``, ``head`` (phase 1: ``"linear"``, a logistic regression with C chosen by
+    group cross-validation on the training part, or ``"gradient"``: ``epochs`` of Adam; see
+    :data:`HEADS`), ``epochs`` (phase 1, gradient head), ``learning_rate``, ``fine_tune_epochs``
+    (0, the default: no phase 2, which did not help at this data size: docs/results.md),
+    ``fine_tune_from``, ``fine_tune_learning_rate`` (None: a hundredth of ``learning_rate``),
+    ``strategy`` (see :data:`covidxr.sampling.STRATEGIES`), ``patience`` (early stopping, epochs),
+    ``cache_features`` (phase 1 on cached features), ``feature_store``
     (those features read from, or written to, the frozen-feature store beside the image cache, so
     the strategies and folds of a grid and later runs with the same key share them:
     :mod:`covidxr.images.feature_store`; only with ``cache_features``), ``checkpoint_every``
@@ -125,8 +135,9 @@ class TrainConfig:
     weights: str | None = "imagenet"
     image_size: int = 224
     batch_size: int = 32
+    head: str = "linear"
     epochs: int = 10
-    fine_tune_epochs: int = 10
+    fine_tune_epochs: int = 0
     fine_tune_from: str | int | None = "auto"
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float | None = None
@@ -308,6 +319,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.resize not in RESIZES:
         raise ValueError(f"Unknown resize. Expected one of {RESIZES}. Received: resize={config.resize!r}")
     check_lungs(config.lungs)
+    if config.head not in HEADS:
+        raise ValueError(f"Unknown head. Expected one of {list(HEADS)}. Received: head={config.head!r}")
     _positive_int("batch_size", config.batch_size)
     _positive_int("epochs", config.epochs)
     _positive_int("fine_tune_epochs", config.fine_tune_epochs, minimum=0)
@@ -447,66 +460,6 @@ def load_frame(config: TrainConfig, *, data_dir=None, apply_task=True, progress=
         group_by=config.group_by, drop_mixed_patients=config.drop_mixed_patients, cache_dir=config.cache_dir,
         progress=progress, index=hash_index, same_patients=config.same_patients, workers=config.workers,
     )
-
-
-def split_from_file(frame: pd.DataFrame, path, *, require_all=False) -> pd.DataFrame:
-    """The rows of ``frame`` that the split CSV ``path`` names, with its ``part`` column, checked.
-
-    :func:`covidxr.data.read_split` checks the file itself (unique images, one part per patient and
-    per group); here its labels must agree with the dataset's, and every group of the *current*
-    dataset (:func:`covidxr.data.groups.group_column`: a copy of an image under another patient id
-    merges the two) must lie in one part.
-
-    Args:
-        frame: The dataset, grouped, shape (n, ...).
-        path: A ``split.csv``.
-        require_all: Every image of the file must be in ``frame`` (a resumed run's own split);
-            else images the frame lacks are left out.
-
-    Raises:
-        ValueError: A check fails; the message names the images, patients or groups.
-    """
-    file = read_split(path).set_index("image")
-    parts = file["part"]
-    if require_all:
-        missing = sorted(set(parts.index) - set(frame["image"]))
-        if missing:
-            raise ValueError(
-                f"Expected the dataset to hold every image of the run's split.csv; {len(missing)} are gone "
-                f"(the dataset changed since the run started). Received: missing={missing[:3]}"
-            )
-    split = frame[frame["image"].isin(parts.index)].copy()
-    split["part"] = split["image"].map(parts)
-    _check_against_dataset(split, file["label"], path)
-    return split.reset_index(drop=True)
-
-
-def _first(items, n=5) -> dict:
-    """The first ``n`` of ``(key, value)`` items as a dict (the message gives the count)."""
-    return dict(list(items)[:n])
-
-
-def _check_against_dataset(split: pd.DataFrame, labels: pd.Series, path) -> None:
-    """The split file's labels agree with the dataset's; one part per current dataset group."""
-    theirs = split["image"].map(labels)
-    wrong = split.assign(file=theirs)[theirs != split["label"]]
-    if len(wrong):
-        shown = _first((r.image, {"file": r.file, "dataset": r.label}) for r in wrong.itertuples())
-        raise ValueError(
-            f"Expected the labels of the split file {path} to agree with the dataset's (was it made for "
-            f"another task, or did the labels change?); {len(wrong)} images disagree. Received: images={shown}"
-        )
-    column = group_column(split)
-    parts = split.groupby(column).agg(parts=("part", lambda s: sorted(set(s))),
-                                      patients=("patient", lambda s: sorted(set(map(str, s)))))
-    spread = parts[parts["parts"].map(len) > 1]
-    if len(spread):
-        raise ValueError(
-            f"Expected one part per split group of the dataset; {len(spread)} groups of the split file {path} "
-            f"are in more than one part (their patients share an image, e.g. a copy under another patient id, "
-            f"or a source). Received: groups="
-            f"{_first((g, {'patients': r.patients, 'parts': r.parts}) for g, r in spread.iterrows())}"
-        )
 
 
 def grid_folds(config, folds):

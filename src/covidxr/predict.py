@@ -55,6 +55,20 @@ def _site_rules(run_dir: Path, predictions, classes, *, calibration, conformal, 
     return params, threshold, model
 
 
+def _write_gradcam(table, good, model, batch, probs, decided, *, classes, threshold, out, batch_size) -> None:
+    """One Grad-CAM panel per scored image (of the class decided), its path in ``table["gradcam"]``."""
+    out.mkdir(parents=True, exist_ok=True)
+    maps, _ = gradcam(model, batch, class_index=decided, batch_size=batch_size)  # the decision made
+    for k, i in enumerate(good):
+        target = _unique(out / f"{Path(table.at[i, 'file']).stem}_gradcam.png")
+        fig = plot_gradcam_panel(batch[k], maps[k], name=Path(table.at[i, "file"]).name,
+                                 probabilities=dict(zip(classes, map(float, probs[k]))),
+                                 decision=classes[decided[k]], threshold=threshold,
+                                 positive_class=classes[1] if len(classes) == 2 else None)
+        save_figure(fig, target)  # atomic, dpi 110: each image at least 512 px
+        table.at[i, "gradcam"] = str(target)
+
+
 def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden", target_sensitivity=None,
                   batch_size=16, calibration=None, conformal=None) -> pd.DataFrame:
     """Score image files (PNG, JPEG, DICOM...) with a run's best model.
@@ -125,16 +139,7 @@ def predict_files(run_dir, paths, *, gradcam_dir=None, threshold_method="youden"
         decided = M.decide(probs, threshold=threshold)
         table.loc[good, "decision"] = np.asarray(classes)[decided]
         if gradcam_dir is not None:
-            out = Path(gradcam_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            maps, _ = gradcam(model, batch, class_index=decided, batch_size=batch_size)  # the decision made
-            for k, i in enumerate(good):
-                target = _unique(out / f"{Path(table.at[i, 'file']).stem}_gradcam.png")
-                fig = plot_gradcam_panel(batch[k], maps[k], name=Path(table.at[i, "file"]).name,
-                                         probabilities=dict(zip(classes, map(float, probs[k]))),
-                                         decision=classes[decided[k]], threshold=threshold,
-                                         positive_class=classes[1] if len(classes) == 2 else None)
-                save_figure(fig, target)  # atomic, dpi 110: each image at least 512 px
-                table.at[i, "gradcam"] = str(target)
+            _write_gradcam(table, good, model, batch, probs, decided, classes=classes, threshold=threshold,
+                           out=Path(gradcam_dir), batch_size=batch_size)
     sets_columns = ["set", "advice"] if sets_model is not None else []
     return table[["file", *columns, "decision", "threshold", *sets_columns, "gradcam", "error"]]

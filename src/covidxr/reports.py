@@ -217,8 +217,9 @@ def run_report(run_name: str, options: dict, config: dict, counts: dict, metrics
         lines.append(f"| {part} | " + " | ".join(str(row[c]) for c in classes)
                      + f" | {row.get('groups', 'n/a')} | {row['patients']} |")
     lines += ["", "## Training curves", "", "![training curves](figures/training_curves.png)", "",
-              f"Best validation ROC AUC {metrics.get('best_val_auc')} at epoch {metrics.get('best_epoch')} "
-              f"(phase {metrics.get('best_phase')}).", "",
+              f"Model kept: epoch {metrics.get('best_epoch')} (phase {metrics.get('best_phase')}), the lowest validation "
+              f"loss ({metrics.get('best_val_loss')}; ROC AUC {metrics.get('best_val_auc')}), a later epoch counting "
+              "as lower only by more than 0.01.", "",
               "## Threshold-free metrics (best checkpoint)", "",
               "| part | images | ROC AUC | PR AUC | log loss |", "| --- | --- | --- | --- | --- |"]
 

@@ -4,25 +4,32 @@ Must not hold the training, scoring or drawing itself: it calls the lower layers
 
 :func:`train` does one run, as the Keras transfer-learning guide does it:
 
-1. **Phase 1** trains only the head (dropout + dense) with the backbone frozen. By default
-   (``cache_features=True``) the pooled backbone output of every training and validation
-   image is computed once and the head is trained on these features: with the backbone
-   frozen and no augmentation they never change, so this gives the same head as the full
-   forward pass at a fraction of the cost. The head's layers are shared with the full model,
-   so the trained weights are already in place afterwards. With ``feature_store=True`` (the
-   default) those features come from the frozen-feature store beside the image cache
-   (:mod:`covidxr.images.feature_store`): computed once for every image of the cache, then read
-   by every later run with the same backbone, weights and settings (a grid's strategies and folds).
+1. **Phase 1** fits only the head, the backbone frozen. The pooled backbone output of every
+   training and validation image is computed once (with ``feature_store=True``, the default, read
+   from the frozen-feature store beside the image cache, :mod:`covidxr.images.feature_store`, which
+   computes them once for every image of the cache for every later run with the same backbone,
+   weights and settings). With ``head="linear"`` (the default) the head is a logistic regression
+   on the standardised features, its C chosen by group cross-validation inside the training part
+   and fitted to convergence (:mod:`covidxr.training.linear`): one history row. ``head="gradient"``
+   trains it with ``epochs`` of Adam instead (``cache_features=False``: through the whole model,
+   with its augmentation). With random weights (``weights="none"``) the backbone's
+   BatchNormalization statistics are first set to the training images'
+   (:func:`covidxr.training.calibrate_batchnorm`).
 2. **Phase 2** unfreezes the backbone from a layer (``fine_tune_from``: a layer name, ``-N``
    for the last N layers, ``"auto"`` for the registry's last block or ``"all"``) and trains
-   on whole images, with augmentation, at a learning rate about ten times lower. Every
-   BatchNormalization layer stays frozen and so in inference mode (its moving statistics
-   never change; see :func:`covidxr.models.set_trainable_from`). ``fine_tune_epochs=0``
-   skips it.
+   on whole images, with augmentation, at a learning rate a hundred times lower than phase 1's
+   (1e-5: Adam's first steps move every weight by about the rate, whatever its gradient, and
+   1e-4 undid phase 1 at once). Pretrained
+   BatchNormalization layers stay frozen and so in inference mode (their moving statistics
+   never change; see :func:`covidxr.models.set_trainable_from`); random-weight ones train.
+   ``fine_tune_epochs=0`` skips it.
 
-Both phases use early stopping and ReduceLROnPlateau on the exact validation ROC AUC
-(scikit-learn's, each epoch: ``history.csv``'s ``val_auc``); the best full model over both phases
-is saved as ``model.keras``; ``metrics.json`` has ``phase1_train_auc`` (the head's, exact). Every run writes a new folder
+Both phases use early stopping and ReduceLROnPlateau on the exact validation loss
+(``history.csv``'s ``val_loss``), an epoch counting as better only when it lowers the loss by more than
+:data:`covidxr.training.MIN_DELTA`; the best full model over both phases by the same rule is saved as
+``model.keras`` (so the phase-1 head is kept unless fine-tuning lowers the validation loss by more
+than that); ``metrics.json`` has ``phase1_train_auc`` (the head's, exact) and ``phase1_head`` (C,
+iterations, convergence). Every run writes a new folder
 (see :func:`make_run_dir`)::
 
     config.json  split.csv  history.csv  model.keras  predictions.csv  metrics.json
@@ -39,9 +46,9 @@ whose id ``config.json["mlflow"]`` records.
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,24 +56,26 @@ import keras
 import numpy as np
 import pandas as pd
 
-from . import RESEARCH_ONLY, __version__
-from .artifacts import write_artifacts
+from . import RESEARCH_ONLY
+from .artifacts import mlflow_block, write_artifacts, write_run_record
 from .atomic import read_json_object, remove_stale
 from .config import (TrainConfig, check_config, check_data_dir, check_data_record, data_record, load_frame,
                      make_split, resolve_verbose, split_from_file)
 from .data import SPLIT_VERSION, check_parts, get_task, split_sizes, write_split
-from .images import DECODER_VERSION, DECODING_RULE, HashIndex, build_cache
+from .data.groups import group_column
+from .images import HashIndex, build_cache
 from .locks import LOCK_NAME, acquire
 from .lungmasks import lung_mask_files, segmenter_for
-from .models import backbone_layer, build_model, gradcam_layer, resolve_fine_tune_from, set_trainable_from
+from .models import build_model, resolve_fine_tune_from, set_trainable_from
 from .records import check_record, recorded_path, write_recorded_json
-from .runfolder import (check_cache_folder, check_writable, class_counts, logger, make_run_dir, parts_table,
+from .runfolder import (check_cache_folder, check_writable, logger, make_run_dir, parts_table,
                         refuse_existing, run_name, setup_logging)
 from .runtime import check_memory, data_parallel_scope, enable_compilation_cache, precision_policy
 from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
-from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, fine_tune, fit_head, read_state, restore_best, run_phase,
-                       tensorboard_writer)
+from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, calibrate_batchnorm, fine_tune, fit_head, read_state,
+                       restore_best, run_phase, tensorboard_writer)
 from .training.frozen import stored_features
+from .training.linear import fit_linear_head
 
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
@@ -234,7 +243,7 @@ def _run(config: TrainConfig, *, run_dir=None, previous=None, tracking=None, loc
                              lock=lock, expect_data=expect_data or (previous or {}).get("data"))
             _build(state)
             memory = _prepare_data(state)
-            _write_record(state, memory)
+            write_run_record(state, memory)
             saver = _train_phases(state)
             write_artifacts(state, saver)
             return state.run_dir
@@ -299,7 +308,7 @@ def _prepare_data(state: RunState) -> dict | None:
     if not state.resuming:
         # the options first, so that a run killed while building its cache can be resumed
         write_recorded_json(state.run_dir / "config.json", {**config.to_dict(), "data": state.data_record,
-                                                            **_mlflow_block(state), "run_dir": str(state.run_dir),
+                                                            **mlflow_block(state), "run_dir": str(state.run_dir),
                                                             "started": state.started.isoformat(timespec="seconds")})
     state.handlers += setup_logging(state.run_dir)
     logger.info("%s run folder %s", "resuming" if state.resuming else "new", state.run_dir)
@@ -350,63 +359,6 @@ def _cache_parts(state: RunState, split: pd.DataFrame) -> None:
         state.data[part] = (rows, cache.select(rows["image"]), rows["label"].map(lookup).to_numpy(np.int64))
 
 
-def _write_record(state: RunState, memory) -> None:
-    """Write ``config.json``: every option, class order, versions, devices, resolved settings, cache."""
-    config, runtime, cache, classes = state.config, state.runtime, state.cache, state.classes
-    index = state.fine_tune_index
-    weights = dict(getattr(state.model, "covidxr_weights", None) or {})  # from build_model
-    record = {
-        **config.to_dict(),
-        **state.record,  # split_version, split_sizes, merged_groups (from _prepare_data)
-        "data": state.data_record,
-        "weights_source": weights.get("source"),
-        "weights_sha256": weights.get("sha256"),
-        "classes": classes,
-        "num_classes": len(classes),
-        "positive_class": classes[1] if len(classes) == 2 else None,
-        "covidxr_version": __version__,
-        "keras_version": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "python_version": platform.python_version(),
-        "numpy_version": np.__version__,
-        "dtype_policy": keras.config.dtype_policy().name,
-        "runtime": {"data_parallel": runtime.enabled, "num_replicas": runtime.num_replicas,
-                    "devices": [str(d) for d in runtime.devices], "batch_size": state.batch_size,
-                    "jit_compile": config.jit_compile, "jax_compilation_cache": state.compilation_cache,
-                    "memory_estimate_gib": None if memory is None else round(memory["total"] / 2 ** 30, 2),
-                    "memory_available_gib": None if memory is None else round(memory["available"] / 2 ** 30, 2)},
-        "resolved": {
-            "fine_tune_learning_rate": config.resolved_fine_tune_learning_rate,
-            "fine_tune_from_index": index,
-            "fine_tune_from_layer": backbone_layer(state.model).layers[index].name if index is not None else None,
-            "gradcam_layer": gradcam_layer(state.model),
-        },
-        "preprocessing": {
-            "input": "uint8 grey, shape (image_size, image_size, 1); the model adds three "
-                     "channels and the backbone's preprocess_input",
-            "loader": "covidxr.images.load_image then covidxr.images.preprocess",
-            **cache.settings,
-            "decoding": {"decoder_version": DECODER_VERSION, "rule": DECODING_RULE},
-        },
-        "cache": {"key": cache.key, "path": str(cache.path), "settings": cache.settings,
-                  "skipped": list(cache.skipped)},
-        "class_counts": class_counts(state.split, classes),
-        **_mlflow_block(state),
-        "run_dir": str(state.run_dir),
-        "started": (state.previous or {}).get("started") or state.started.isoformat(timespec="seconds"),
-    }
-    if state.resuming:
-        record["resumed"] = (list((state.previous or {}).get("resumed") or [])
-                             + [state.started.isoformat(timespec="seconds")])
-    write_recorded_json(state.run_dir / "config.json", record, folder=state.run_dir)
-    state.record = record
-
-
-def _mlflow_block(state: RunState) -> dict:
-    """``{"mlflow": {tracking_uri, run_id, parent_run_id}}`` of a tracked run, else ``{}``."""
-    return {"mlflow": state.tracked.record} if state.tracked is not None else {}
-
-
 def _epoch_writers(state: RunState) -> list:
     """The writers of checkpointed history rows: TensorBoard (``config.tensorboard``, where the
     ``tensorboard`` package imports) and MLflow (a tracked run)."""
@@ -445,21 +397,22 @@ def _train_phases(state: RunState) -> SaveBest:
     state.writers = _epoch_writers(state)
     phase = dict(model=model, folder=folder, patience=config.patience, saver=saver, timer=timer,
                  checkpoint_every=config.checkpoint_every, writers=state.writers, progress=config.verbose == "auto")
-    logger.info("phase 1: head only, backbone frozen, %s, %s, lr %.2e",
-                "cached features" if config.cache_features else "full forward pass",
-                _count(config.epochs, "epoch"), config.learning_rate)
+    random_weights = _start_phase1(state)
+    linear = config.head == "linear"
+    groups = state.data["train"][0][group_column(state.data["train"][0])].astype(str).to_numpy()
 
     def fit1(callbacks, initial_epoch):
         stored = _stored_features(state)  # None: computed in fit_head (no store, or --no-cache-features)
-        history, info = fit_head(model, x_train, y_train, x_val, y_val, epochs=config.epochs,
-                                 learning_rate=config.learning_rate, cache_features=config.cache_features,
-                                 features=stored[:2] if stored else None, patience=config.patience, callbacks=callbacks,
-                                 initial_epoch=initial_epoch, **common)
+        fit = partial(fit_linear_head, groups=groups) if linear else partial(
+            fit_head, epochs=config.epochs, cache_features=config.cache_features, patience=config.patience)
+        history, info = fit(model, x_train, y_train, x_val, y_val, learning_rate=config.learning_rate,
+                            features=stored[:2] if stored else None, callbacks=callbacks,
+                            initial_epoch=initial_epoch, **common)
         info["feature_seconds"] = stored[2] if stored else info["feature_seconds"]
         return history, info
 
     rows, info1 = run_phase(1, fit=fit1, state=committed,
-                            epochs=config.epochs, history=[], **phase)
+                            epochs=1 if linear else config.epochs, history=[], **phase)
     checkpoint_seconds, validation_seconds = 0.0, 0.0
     if info1 is not None:
         timing["phase1_feature_seconds"] = round(info1["feature_seconds"], 2)
@@ -468,9 +421,13 @@ def _train_phases(state: RunState) -> SaveBest:
         validation_seconds += info1["validation_seconds"]
         auc = info1["train_auc"]
         state.record["phase1_train_auc"] = float(auc) if np.isfinite(auc) else None  # kept for a resume
+        if info1.get("head"):
+            state.record["phase1_head"] = info1["head"]  # C, CV AUC per C, iterations, convergence
         write_recorded_json(state.run_dir / "config.json", state.record, folder=state.run_dir)
     elif state.previous and "phase1_train_auc" in state.previous:
         state.record["phase1_train_auc"] = state.previous["phase1_train_auc"]
+        if state.previous.get("phase1_head"):
+            state.record["phase1_head"] = state.previous["phase1_head"]
     if config.fine_tune_epochs:
         logger.info("phase 2: fine-tuning from %s (backbone layer %d), %s, lr %.2e",
                     state.record["resolved"]["fine_tune_from_layer"], state.fine_tune_index,
@@ -480,7 +437,7 @@ def _train_phases(state: RunState) -> SaveBest:
             return fine_tune(model, x_train, y_train, x_val, y_val, epochs=config.fine_tune_epochs,
                              learning_rate=config.resolved_fine_tune_learning_rate,
                              fine_tune_from=config.fine_tune_from, callbacks=callbacks,
-                             initial_epoch=initial_epoch, **common)
+                             initial_epoch=initial_epoch, train_batchnorm=random_weights, **common)
 
         rows2, info2 = run_phase(2, fit=fit2, state=read_state(state.run_dir), epochs=config.fine_tune_epochs,
                                  history=rows, **phase)
@@ -488,7 +445,8 @@ def _train_phases(state: RunState) -> SaveBest:
             timing["phase2_fit_seconds"] = round(info2["fit_seconds"], 2)
             checkpoint_seconds += info2["checkpoint_seconds"]
             validation_seconds += info2["validation_seconds"]
-        state.record["resolved"]["unfrozen_layers"] = len(set_trainable_from(model, state.fine_tune_index))
+        state.record["resolved"]["unfrozen_layers"] = len(set_trainable_from(model, state.fine_tune_index,
+                                                                                train_batchnorm=random_weights))
         rows += rows2
     timing.update(first_step_seconds=round(timer.first_step, 2), steady_step_seconds=round(timer.steady_steps, 2),
                   train_steps=timer.steps, validation_seconds=round(timer.validation + validation_seconds, 2),
@@ -497,6 +455,26 @@ def _train_phases(state: RunState) -> SaveBest:
     for writer in state.writers:  # epochs of a phase that had finished before a resume
         writer.sync(rows)
     return saver
+
+
+def _start_phase1(state: RunState) -> bool:
+    """Log phase 1's method; with random weights, set the backbone's BatchNormalization statistics
+    to the training images' (before phase 1's features; a resume restores the same ones from the
+    checkpoint). Return whether the weights are random (their BatchNormalization layers train in phase 2)."""
+    config = state.config
+    if config.head == "linear":
+        logger.info("phase 1: head only, backbone frozen: logistic regression, C by group cross-validation")
+    else:
+        logger.info("phase 1: head only, backbone frozen, %s, %s, lr %.2e",
+                    "cached features" if config.cache_features else "full forward pass",
+                    _count(config.epochs, "epoch"), config.learning_rate)
+    if config.weights not in (None, "none"):
+        return False
+    layers = calibrate_batchnorm(state.model, state.data["train"][1], batch_size=state.batch_size)
+    state.record["resolved"]["batchnorm_calibrated"] = layers
+    logger.info("random weights: %d BatchNormalization layers set to the training images' statistics; "
+                "they train in phase 2", layers)
+    return True
 
 
 def _stored_features(state: RunState):

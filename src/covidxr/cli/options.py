@@ -259,18 +259,26 @@ def _add_model_options(m, *, grid):
 
 def _add_training_options(t, *, grid):
     config_option(t, "--batch-size", type=int, default=32, help="images per batch")
-    config_option(t, "--epochs", type=int, default=10, help="phase 1 epochs (head only)")
-    config_option(t, "--fine-tune-epochs", type=int, default=10, help="phase 2 epochs; 0 turns phase 2 off")
+    config_option(t, "--head", default="linear", choices=["linear", "gradient"],
+                  help="phase 1: linear (a logistic regression on the standardised frozen features, C chosen by "
+                       "group cross-validation on the training part, fitted to convergence) or gradient "
+                       "(--epochs of Adam on the head, needed only for --no-cache-features with augmentation)")
+    config_option(t, "--epochs", type=int, default=10, help="phase 1 epochs (--head gradient)")
+    config_option(t, "--fine-tune-epochs", type=int, default=0,
+                  help="phase 2 epochs; 0 turns phase 2 off (it did not improve the pooled test ROC AUC at "
+                       "this data size: docs/results.md)")
     config_option(t, "--fine-tune-from", default="auto",
                   help="first backbone layer unfrozen in phase 2: a layer name, -N (last N layers), "
                        "'auto' (last block) or 'all'")
     config_option(t, "--learning-rate", type=float, default=1e-3, help="phase 1 learning rate")
     config_option(t, "--fine-tune-learning-rate", type=float, default=None,
-                  help="phase 2 rate (default: a tenth of --learning-rate)")
+                  help="phase 2 rate (default: a hundredth of --learning-rate, 1e-5)")
     if not grid:
         config_option(t, "--strategy", default="class-weight", choices=LazyChoices(_strategies),
                       help="imbalance strategy")
-    config_option(t, "--patience", type=int, default=5, help="early stopping patience on validation AUC")
+    config_option(t, "--patience", type=int, default=5,
+                  help="early stopping patience on validation loss (an epoch counts as better only when it "
+                       "lowers the loss by more than covidxr.training.MIN_DELTA)")
     config_option(t, "--cache-features", default=True, action=argparse.BooleanOptionalAction,
                   help="phase 1 on cached backbone features")
     config_option(t, "--feature-store", default=True, action=argparse.BooleanOptionalAction,

@@ -37,22 +37,9 @@ import pandas as pd
 from .groups import group_column
 from .readers import read_csv, require_columns
 
-__all__ = [
-    "MIN_VALIDATION_GROUPS",
-    "SIZE_TOLERANCE",
-    "SPLIT_COLUMNS",
-    "SPLIT_VERSION",
-    "SmallValidationWarning",
-    "check_parts",
-    "describe_groups",
-    "kfold_split",
-    "official_split",
-    "read_split",
-    "split_frame",
-    "split_patients",
-    "split_sizes",
-    "write_split",
-]
+__all__ = ["MIN_VALIDATION_GROUPS", "SIZE_TOLERANCE", "SPLIT_COLUMNS", "SPLIT_VERSION", "SmallValidationWarning",
+           "check_parts", "describe_groups", "kfold_split", "official_split", "read_split", "split_frame",
+           "split_from_file", "split_patients", "split_sizes", "write_split"]
 
 #: The rules that make splits and folds: 1 split raw patient ids by scikit-learn folds; 2 splits
 #: merged groups (shared images, optionally whole sources), sampled per class to the fractions.
@@ -428,3 +415,58 @@ def read_split(path) -> pd.DataFrame:
     split = _with_groups(split)
     _check_split_file(split, path)
     return split[list(SPLIT_COLUMNS)]
+
+
+def split_from_file(frame: pd.DataFrame, path, *, require_all=False) -> pd.DataFrame:
+    """The rows of ``frame`` that the split CSV ``path`` names, with its ``part`` column, checked.
+
+    :func:`covidxr.data.read_split` checks the file itself (unique images, one part per patient and
+    per group); here its labels must agree with the dataset's, and every group of the *current*
+    dataset (:func:`covidxr.data.groups.group_column`: a copy of an image under another patient id
+    merges the two) must lie in one part.
+
+    Args:
+        frame: The dataset, grouped, shape (n, ...).
+        path: A ``split.csv``.
+        require_all: Every image of the file must be in ``frame`` (a resumed run's own split);
+            else images the frame lacks are left out.
+
+    Raises:
+        ValueError: A check fails; the message names the images, patients or groups.
+    """
+    file = read_split(path).set_index("image")
+    parts = file["part"]
+    if require_all:
+        missing = sorted(set(parts.index) - set(frame["image"]))
+        if missing:
+            raise ValueError(
+                f"Expected the dataset to hold every image of the run's split.csv; {len(missing)} are gone "
+                f"(the dataset changed since the run started). Received: missing={missing[:3]}"
+            )
+    split = frame[frame["image"].isin(parts.index)].copy()
+    split["part"] = split["image"].map(parts)
+    _check_against_dataset(split, file["label"], path)
+    return split.reset_index(drop=True)
+
+
+def _check_against_dataset(split: pd.DataFrame, labels: pd.Series, path) -> None:
+    """The split file's labels agree with the dataset's; one part per current dataset group."""
+    theirs = split["image"].map(labels)
+    wrong = split.assign(file=theirs)[theirs != split["label"]]
+    if len(wrong):
+        shown = dict(_first((r.image, {"file": r.file, "dataset": r.label}) for r in wrong.itertuples()))
+        raise ValueError(
+            f"Expected the labels of the split file {path} to agree with the dataset's (was it made for "
+            f"another task, or did the labels change?); {len(wrong)} images disagree. Received: images={shown}"
+        )
+    column = group_column(split)
+    parts = split.groupby(column).agg(parts=("part", lambda s: sorted(set(s))),
+                                      patients=("patient", lambda s: sorted(set(map(str, s)))))
+    spread = parts[parts["parts"].map(len) > 1]
+    if len(spread):
+        raise ValueError(
+            f"Expected one part per split group of the dataset; {len(spread)} groups of the split file {path} "
+            f"are in more than one part (their patients share an image, e.g. a copy under another patient id, "
+            f"or a source). Received: groups="
+            f"{dict(_first((g, {'patients': r.patients, 'parts': r.parts}) for g, r in spread.iterrows()))}"
+        )

@@ -42,7 +42,8 @@ from . import metrics as M
 from .runs import read_run
 from .scoring import compare_runs, run_thresholds
 
-__all__ = ["SELECTION_RULE", "configuration_label", "grid_comparison", "grid_selection", "pooled_metrics"]
+__all__ = ["SELECTION_RULE", "configuration_label", "fold_mean_auc", "grid_comparison", "grid_selection",
+           "pooled_metrics"]
 
 #: How :func:`grid_selection` orders configurations (the first is chosen).
 SELECTION_RULE = ("highest mean of the per-fold validation ROC AUCs (image level); ties: the higher minimum "
@@ -118,6 +119,61 @@ def pooled_metrics(predictions: pd.DataFrame, *, classes, n_bootstrap=1000, seed
     return out
 
 
+def fold_mean_auc(y_true, scores, folds, groups, *, n_bootstrap=1000, seed=0, level=0.95) -> dict:
+    """The mean of the per-fold ROC AUCs of pooled test scores, with a group-bootstrap interval.
+
+    Where folds differ in prevalence (sources held out above all) the pooled ROC AUC also ranks
+    images of one fold against those of another, so it mixes the folds' differences into the figure;
+    the mean of the per-fold AUCs does not. Report both; a conclusion about the model rests on this one.
+
+    Args:
+        y_true: 0/1 labels (n,) (1: the positive class). scores: Its scores (n,).
+        folds: Fold of each row (n,) (its test part). groups: Split group of each row (n,): a group
+            lies in one fold, so resampling groups within (fold, class) strata keeps every fold.
+        n_bootstrap, seed, level: The bootstrap's settings.
+
+    Returns:
+        ``{"value", "ci_low", "ci_high", "n_used", "per_fold": {fold: AUC}}``; a fold whose test
+        part lacks a class has AUC NaN and is left out of the mean.
+
+    Raises:
+        ValueError: Arrays of different lengths.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, s = np.asarray(y_true, dtype=int), np.asarray(scores, dtype=float)
+    folds, groups = np.asarray(folds).astype(str), np.asarray(groups).astype(str)
+    if not len(y) == len(s) == len(folds) == len(groups):
+        raise ValueError(f"Expected labels, scores, folds and groups of one length. Received: lengths="
+                         f"{[len(y), len(s), len(folds), len(groups)]}")
+    names = sorted(set(folds))
+
+    def score(rows):
+        aucs = []
+        for name in names:
+            picked = rows[folds[rows] == name]
+            aucs.append(roc_auc_score(y[picked], s[picked]) if len(set(y[picked])) == 2 else np.nan)
+        defined = [a for a in aucs if np.isfinite(a)]
+        return {"mean": float(np.mean(defined)) if defined else float("nan"),
+                **{f"fold {n}": float(a) for n, a in zip(names, aucs)}}
+
+    strata = np.char.add(np.char.add(folds, ":"), y.astype(str))
+    result = B.patient_bootstrap(score, groups, labels=strata, n_bootstrap=n_bootstrap, seed=seed, level=level)
+    mean = result["metrics"]["mean"]
+    return {"value": mean["value"], "ci_low": mean["ci_low"], "ci_high": mean["ci_high"], "n_used": mean["n_used"],
+            "per_fold": {n: result["metrics"][f"fold {n}"]["value"] for n in names}}
+
+
+def _fold_mean(pooled: pd.DataFrame, classes, **bootstrap) -> dict | None:
+    """:func:`fold_mean_auc` of a configuration's pooled test rows (two classes and two folds or
+    more; else None)."""
+    if len(classes) != 2 or pooled["fold"].nunique() < 2:
+        return None
+    y, probs = M.class_probabilities(pooled, classes)
+    return fold_mean_auc(np.asarray(y) == 1, probs[:, 1], pooled["fold"].to_numpy(),
+                         pooled[group_column(pooled)].to_numpy(), **bootstrap)
+
+
 def _validation_auc(preds: pd.DataFrame, classes) -> float:
     """A run's validation ROC AUC (image level; three classes: one-vs-rest macro), NaN when its
     validation part lacks a class."""
@@ -170,7 +226,9 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
         n_images, n_patients, threshold`` (NaN: one per
         fold, listed in ``thresholds``: the level's own), ``folds``, ``thresholds``, ``runs``,
         ``val_roc_auc_mean``, ``val_roc_auc_min``, ``val_roc_aucs`` (per fold) and for every
-        metric ``<m>, <m>_ci_low, <m>_ci_high``. ``per_run`` is
+        metric ``<m>, <m>_ci_low, <m>_ci_high``, among them (two classes, image level)
+        ``roc_auc_fold_mean``: the mean of the per-fold test ROC AUCs (:func:`fold_mean_auc`), beside the
+        pooled ``roc_auc`` (per patient: NaN). ``per_run`` is
         :func:`covidxr.evaluation.compare_runs` over the same folders plus ``val_roc_auc``.
     """
     run_dirs = [Path(r) for r in run_dirs]
@@ -182,6 +240,7 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
         config, classes = members[0][1], members[0][2]
         pooled = pd.concat([m[3] for m in members], ignore_index=True)
         result = pooled_metrics(pooled, classes=classes, n_bootstrap=n_bootstrap, seed=seed, level=level)
+        fold_mean = _fold_mean(pooled, classes, n_bootstrap=n_bootstrap, seed=seed, level=level)
         aucs = np.array([m[6] for m in members], dtype=float)
         val_aucs.update({m[0].name: m[6] for m in members})
         for level_name, infos in (("image", [m[4] for m in members]), ("patient", [m[5] for m in members])):
@@ -193,7 +252,10 @@ def grid_comparison(run_dirs, *, n_bootstrap=1000, seed=0, level=0.95, threshold
                    "thresholds": _listed(infos), "runs": ", ".join(m[0].name for m in members),
                    "val_roc_auc_mean": float(aucs.mean()), "val_roc_auc_min": float(aucs.min()),
                    "val_roc_aucs": ", ".join(f"{a:.4f}" for a in aucs)}
-            for metric, fig in result[level_name]["metrics"].items():
+            figures = dict(result[level_name]["metrics"])
+            if fold_mean is not None:  # beside the pooled ROC AUC (image level; NaN per patient)
+                figures["roc_auc_fold_mean"] = fold_mean if level_name == "image" else dict.fromkeys(fold_mean, np.nan)
+            for metric, fig in figures.items():
                 row[metric] = fig["value"]
                 row[f"{metric}_ci_low"] = fig["ci_low"]
                 row[f"{metric}_ci_high"] = fig["ci_high"]

@@ -179,21 +179,26 @@ def resolve_fine_tune_from(model, fine_tune_from="auto") -> int:
     )
 
 
-def set_trainable_from(model, index) -> list[str]:
+def set_trainable_from(model, index, *, train_batchnorm=False) -> list[str]:
     """Freeze the backbone below ``index`` and unfreeze it from there, BatchNormalization
-    layers excepted; return the names of the unfrozen backbone layers that hold weights.
+    layers excepted (unless ``train_batchnorm``); return the names of the unfrozen backbone layers
+    that hold weights.
 
     Every BatchNormalization layer stays frozen (``trainable=False``), which in Keras 3 also
     makes it run in inference mode: its moving mean and variance (and gamma/beta) never
     change. (Keras 3's functional models pass the outer ``training`` flag down to nested
     models, so ``base(x, training=False)`` alone does not keep BatchNorm in inference mode
     during ``fit``; freezing the layers does.) The head stays trainable.
+
+    ``train_batchnorm=True`` (random weights: their moving statistics are only those of the
+    training images they were calibrated on, :func:`covidxr.training.calibrate_batchnorm`) unfreezes
+    the BatchNormalization layers from ``index`` too: they train, in training mode.
     """
     base = backbone_layer(model)
     base.trainable = True
     unfrozen = []
     for i, layer in enumerate(base.layers):
-        layer.trainable = i >= index and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = i >= index and (train_batchnorm or not isinstance(layer, layers.BatchNormalization))
         if layer.trainable and layer.weights:
             unfrozen.append(layer.name)
     return unfrozen

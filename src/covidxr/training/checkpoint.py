@@ -95,7 +95,7 @@ def restore_best(saver, state, folder) -> None:
     best validation AUC of a committed state and load its weights."""
     best = (state or {}).get("best") or {}
     if best.get("weights"):
-        saver.best = float(best["value"]) if best.get("value") is not None else -np.inf
+        saver.best = float(best["value"]) if best.get("value") is not None else np.inf
         saver.best_epoch = best.get("epoch")
         saver.best_weights = load_arrays(Path(folder) / best["weights"])
         saver.file = best["weights"]

@@ -19,14 +19,15 @@ import keras
 import numpy as np
 
 from ..atomic import load_arrays
-from ..models import LAYER_NAMES, backbone_layer, head_model, resolve_fine_tune_from, set_trainable_from
+from ..models import LAYER_NAMES, backbone_layer, feature_model, head_model, resolve_fine_tune_from, set_trainable_from
 from ..runtime import padding_masked
 from . import frozen
 from .batches import FeatureSequence, class_weight_for, make_sequence, predict_batches, train_batches
 from .callbacks import EpochRecorder, ExactValidation, HistoryWriters, StepProgress, exact_scores, schedules
 from .checkpoint import RunCheckpoint, set_arrays
 
-__all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "compile_model", "fine_tune", "fit_head", "run_phase"]
+__all__ = ["UNDERFIT_AUC", "adapt_feature_norm", "calibrate_batchnorm", "check_fit", "compile_model", "fine_tune",
+           "fit_head", "phase1_features", "run_phase"]
 
 logger = logging.getLogger("covidxr.train")
 
@@ -61,7 +62,7 @@ def adapt_feature_norm(model, features) -> None:
         model.get_layer(LAYER_NAMES["feature_norm"]).adapt(np.asarray(features, dtype=np.float32))
 
 
-def _phase1_features(model, train, val, *, features, cache_features, num_classes, batch_size):
+def phase1_features(model, train, val, *, features, cache_features, num_classes, batch_size):
     """``(train features, val features or None, seconds)``: the caller's, or computed once."""
     if features is not None:
         if not cache_features:
@@ -79,7 +80,7 @@ def _phase1_features(model, train, val, *, features, cache_features, num_classes
     return train_f, val_f, time.perf_counter() - start
 
 
-def _check_fit(head, features, labels, *, batch_size) -> float:
+def check_fit(head, features, labels, *, batch_size) -> float:
     """The exact training ROC AUC of the head at the end of phase 1; warn when it is below
     :data:`UNDERFIT_AUC`."""
     auc = exact_scores(labels, predict_batches(head, features, batch_size=batch_size))["auc"]
@@ -142,7 +143,7 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
     train_seq = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed)
     train_seq.set_epoch(initial_epoch)
-    train_features, val_features, seconds = _phase1_features(
+    train_features, val_features, seconds = phase1_features(
         model, (train_images, train_labels), (val_images, val_labels), features=features,
         cache_features=cache_features, num_classes=num_classes, batch_size=batch_size)
     info = {"feature_seconds": seconds, "feature_shape": list(train_features.shape)}
@@ -162,33 +163,66 @@ def fit_head(model, train_images, train_labels, val_images, val_labels, *, num_c
     history = fitted.fit(train_data, epochs=int(epochs), initial_epoch=int(initial_epoch), shuffle=False,
                          callbacks=[validator, *callbacks], verbose=verbose)
     info.update(fit_seconds=time.perf_counter() - start, validation_seconds=validator.seconds,
-                train_auc=_check_fit(head, train_features, train_labels, batch_size=batch_size))
+                train_auc=check_fit(head, train_features, train_labels, batch_size=batch_size))
     return history, info
 
 
+def calibrate_batchnorm(model, images, *, batch_size, limit=256) -> int:
+    """Set the moving mean and variance of every BatchNormalization layer of the backbone to the
+    average batch statistics of (up to ``limit``) training ``images``; return the layers set.
+
+    For random weights (``--weights none``): their moving statistics are those of initialisation
+    (mean 0, variance 1), so in inference mode (phase 1's features) the layers do not normalise,
+    while in training mode (phase 2, where they train) they normalise with the batch's statistics:
+    the features, and the head fitted on them, would change at once when phase 2 starts. After
+    this both modes see about the same statistics. Deterministic: the first ``limit`` images in
+    order, batches of ``batch_size``, batch ``k`` weighted ``1 / (k + 1)`` (a running average).
+    """
+    norms = [layer for layer in backbone_layer(model).layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return 0
+    saved = [(layer.trainable, layer.momentum) for layer in norms]
+    features = feature_model(model)
+    images = np.asarray(images)[:int(limit)]
+    try:
+        for layer in norms:
+            layer.trainable = True  # a frozen layer runs in inference mode and updates nothing
+        for k, start in enumerate(range(0, len(images), int(batch_size))):
+            for layer in norms:
+                layer.momentum = k / (k + 1)
+            features(images[start:start + int(batch_size)], training=True)
+    finally:
+        for layer, (trainable, momentum) in zip(norms, saved):
+            layer.trainable, layer.momentum = trainable, momentum
+    return len(norms)
+
+
 def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_classes, epochs,
-              learning_rate=1e-4, fine_tune_from="auto", batch_size=32, strategy="none", seed=0,
-              callbacks=(), verbose="auto", initial_epoch=0, jit_compile="auto", runtime=None):
+              learning_rate=1e-5, fine_tune_from="auto", batch_size=32, strategy="none", seed=0,
+              callbacks=(), verbose="auto", initial_epoch=0, jit_compile="auto", runtime=None,
+              train_batchnorm=False):
     """Phase 2: unfreeze the backbone from ``fine_tune_from`` and train on whole images.
 
-    BatchNormalization layers stay frozen, hence in inference mode: their moving mean and
-    variance do not change; so does the feature standardisation phase 1 adapted (never
-    re-adapted here). Validation as in :func:`fit_head` (exact, first callback). The other
-    arguments are as in :func:`fit_head`; the shuffling seed is offset by 1 so phase 2 does
-    not repeat phase 1's batch order.
+    BatchNormalization layers stay frozen (unless ``train_batchnorm``), hence in inference mode: their
+    moving mean and variance do not change; so does the feature standardisation phase 1 adapted (never
+    re-adapted here). Validation as in :func:`fit_head` (exact, first callback).
 
     Args:
         model: A :func:`covidxr.models.build_model` model, usually after :func:`fit_head`.
         fine_tune_from: Layer name, ``-N`` (last N layers), ``"auto"`` or ``"all"`` (see
             :func:`covidxr.models.resolve_fine_tune_from`).
-        learning_rate: Adam learning rate (about a tenth of phase 1's).
+        learning_rate: Adam learning rate (1e-5: a hundredth of phase 1's gradient-head rate).
+        train_batchnorm: Train the unfrozen BatchNormalization layers too (random weights whose
+            statistics :func:`calibrate_batchnorm` set); False keeps them frozen, in inference mode.
+        Other arguments: as :func:`fit_head`. The shuffling seed is offset by 1 so phase 2
+        does not repeat phase 1's batch order.
 
     Returns:
         ``(history, info)`` with ``unfrozen`` (names of the unfrozen backbone layers that have
         weights), ``fine_tune_from_index``, ``fit_seconds`` and ``validation_seconds``.
     """
     index = resolve_fine_tune_from(model, fine_tune_from)
-    unfrozen = set_trainable_from(model, index)
+    unfrozen = set_trainable_from(model, index, train_batchnorm=train_batchnorm)
     class_weight = class_weight_for(strategy, train_labels, num_classes)
     train_seq = make_sequence(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           strategy=strategy, shuffle=True, seed=seed + 1)
