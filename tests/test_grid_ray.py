@@ -46,7 +46,7 @@ def _runs(out) -> dict:
 def grids(collection, ray_cluster, tmp_path_factory):
     """The same grid on both executors; on Ray one worker is killed after epoch 1 of some run."""
     root = tmp_path_factory.mktemp("grid-ray")
-    base = _base(collection, root / "cache")
+    base = _base(collection, root / "cache", head="gradient")  # two phase-1 epochs: the kill falls between them
     kwargs = dict(backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS, n_bootstrap=20, cpus_per_run=1)
     local = grid.run_grid(base, out=root / "local", progress=False, **kwargs)
     ray_cluster["marker"].write_text("armed")

@@ -130,13 +130,13 @@ def test_pairs_are_stored_beside_the_index_and_reused(tmp_path, monkeypatch):
 @pytest.fixture
 def counted(monkeypatch):
     names = []
-    real = hashes.load_image
+    real = hashes.load_radiograph
 
     def counting(path, *args, **kwargs):
         names.append(os.path.basename(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(hashes, "load_image", counting)
+    monkeypatch.setattr(hashes, "load_radiograph", counting)
     return names
 
 

@@ -92,7 +92,10 @@ def _run_eda(args):
         if pairs is not None:
             written.append(Path(args.out) / "review_pairs.csv")
             write_text(written[-1], pairs.drop(columns=["a", "b"]).to_csv(index=False))
-            written += write_review_figures(frame, pairs, Path(args.out) / "review_pairs")
+            figures = write_review_figures(frame, pairs, Path(args.out) / "review_pairs")
+            written += figures
+            if len(figures) < len(pairs):
+                print(f"review figures: the closest {len(figures)} of {len(pairs)} pairs (all in review_pairs.csv)")
         for path in written:
             print(f"wrote {path}")
     return 0

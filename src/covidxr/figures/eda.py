@@ -250,14 +250,20 @@ def _slug(text) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")[:40] or "x"
 
 
-def write_review_figures(frame: pd.DataFrame, pairs: pd.DataFrame, out_dir, *, load=None) -> list[Path]:
-    """One :func:`plot_review_pair` PNG per pair, ``out_dir/pair-<nn>_<patient_a>_<patient_b>.png``
-    (closest first, as ``pairs`` is ordered; ``out_dir`` created if needed)."""
+#: At most this many review figures are drawn (the closest pairs; every pair is in ``review_pairs.csv``):
+#: a collection of look-alike films can have hundreds of candidates within the review distance.
+MAX_REVIEW_FIGURES = 24
+
+
+def write_review_figures(frame: pd.DataFrame, pairs: pd.DataFrame, out_dir, *, load=None,
+                         limit=MAX_REVIEW_FIGURES) -> list[Path]:
+    """One :func:`plot_review_pair` PNG per pair, ``out_dir/pair-<nn>_<patient_a>_<patient_b>.png``,
+    for the ``limit`` closest pairs (closest first, as ``pairs`` is ordered; ``out_dir`` created if needed)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = frame.reset_index(drop=True)
     written = []
-    for i, pair in enumerate(pairs.to_dict("records"), start=1):
+    for i, pair in enumerate(pairs.head(limit).to_dict("records"), start=1):
         name = f"pair-{i:02d}_{_slug(pair['patient_a'])}_{_slug(pair['patient_b'])}.png"
         written.append(save_figure(plot_review_pair(frame, pair, load=load), out / name))
     return written
