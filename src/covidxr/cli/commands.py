@@ -65,22 +65,35 @@ def _add_eda(sub):
     p.add_argument("--out", default=None, help="folder for the figures (omit to print counts only)")
     p.add_argument("--samples", type=int, default=4, help="sample images per class in the grid")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sample images")
-    p.add_argument("--review-distance", type=int, default=64, metavar="BITS",
+    p.add_argument("--review-distance", type=int, default=None, metavar="BITS",
                    help="list pairs of images of different split groups whose near hashes are at most BITS of 256 "
-                        "apart, candidates for --same-patients (with --out: review_pairs.csv and one side-by-side "
-                        "figure per pair); 0 turns it off")
+                        "apart, candidates for --same-patients (with --out: review_pairs.csv and side-by-side "
+                        "figures of the closest 24); 0 turns it off (default: 64 for datasets of at most "
+                        "5000 images; larger ones only when asked, since look-alike films can give millions "
+                        "of pairs within 64 bits)")
+
+
+#: ``eda`` lists same-patient candidates by default up to this many images (an explicit
+#: ``--review-distance`` always does): the review search compares every pair of images.
+REVIEW_AUTO_MAX = 5000
 
 
 def _run_eda(args):
     from ..data import summary_table, task_counts
+    from ..data.same_patients import REVIEW_DISTANCE
     from ..data.summaries import review_lines
     from ..images import candidate_pairs, load_grouped
 
-    if args.review_distance < 0:
+    if args.review_distance is not None and args.review_distance < 0:
         raise ValueError(f"Expected --review-distance >= 0 bits. Received: review_distance={args.review_distance}")
     frame = load_grouped(args.data_dir, task=None, **data_options(args), **grouping_options(args))
     counts = task_counts(frame)
     print(summary_table(frame, counts))
+    if args.review_distance is None:
+        args.review_distance = REVIEW_DISTANCE if len(frame) <= REVIEW_AUTO_MAX else 0
+        if not args.review_distance:
+            print(f"same-patient candidates not listed for {len(frame)} images (more than {REVIEW_AUTO_MAX}): "
+                  f"ask with --review-distance {REVIEW_DISTANCE}")
     pairs = candidate_pairs(frame, max_distance=args.review_distance, cache_dir=args.cache_dir) \
         if args.review_distance else None
     if pairs is not None:
