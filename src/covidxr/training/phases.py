@@ -214,8 +214,8 @@ def fine_tune(model, train_images, train_labels, val_images, val_labels, *, num_
         learning_rate: Adam learning rate (1e-5: a hundredth of phase 1's gradient-head rate).
         train_batchnorm: Train the unfrozen BatchNormalization layers too (random weights whose
             statistics :func:`calibrate_batchnorm` set); False keeps them frozen, in inference mode.
-        Other arguments: as :func:`fit_head`. The shuffling seed is offset by 1 so phase 2
-        does not repeat phase 1's batch order.
+        Other arguments: as :func:`fit_head` (the shuffling seed offset by 1, so phase 2 does
+            not repeat phase 1's batch order).
 
     Returns:
         ``(history, info)`` with ``unfrozen`` (names of the unfrozen backbone layers that have
