@@ -188,7 +188,6 @@ def predict_lungs(paths, *, out, segmenter=None, batch_size=16, figures=True, lu
     Raises:
         ValueError: ``out`` holds files already; two images share a file stem.
     """
-    from .images import load_image
     from .models.segmenter import load_segmenter
 
     out = Path(out)
@@ -201,13 +200,8 @@ def predict_lungs(paths, *, out, segmenter=None, batch_size=16, figures=True, lu
     model, info = load_segmenter(segmenter)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for start in range(0, len(paths), 64):
-        chunk = [Path(p) for p in paths[start: start + 64]]
-        greys = [load_image(p) for p in chunk]
-        for path, mask in zip(chunk, segment(greys, model, batch_size=batch_size)):
-            target = out / f"{path.stem}_mask.png"
-            save_mask(mask, target)
-            rows.append({"image": str(path), "mask": str(target), "lung_share": float(mask.mean())})
+    for path, target, share in _write_masks(paths, model, out, batch_size=batch_size):
+        rows.append({"image": str(path), "mask": str(target), "lung_share": share})
     table = pd.DataFrame(rows, columns=["image", "mask", "lung_share"])
     table.to_csv(out / "masks.csv", index=False)
     write_json(out / "segmenter.json", info)
@@ -234,6 +228,19 @@ def _write_crops_figure(table, path, *, lungs) -> None:
     save_figure(plot_lung_crops(greys, masks, cuts, names=[Path(p).name for p in table["image"]], mode=lungs), path)
 
 
+def _write_masks(paths, model, out: Path, *, batch_size=16):
+    """Segment image files 64 at a time and write each mask as ``OUT/<stem>_mask.png``; yields
+    ``(path, mask file, lung share)``."""
+    from .images import load_image
+
+    for start in range(0, len(paths), 64):
+        chunk = [Path(p) for p in paths[start: start + 64]]
+        for path, mask in zip(chunk, segment([load_image(p) for p in chunk], model, batch_size=batch_size)):
+            target = out / f"{path.stem}_mask.png"
+            save_mask(mask, target)
+            yield path, target, float(mask.mean())
+
+
 def run_lung_masks(run_dir, out, *, config, predictions, masks_dir=None, segmenter=None, data_dir=None) -> dict:
     """A mask for every test image of a run: the mask file where one exists, the segmenter's otherwise.
 
@@ -256,7 +263,6 @@ def run_lung_masks(run_dir, out, *, config, predictions, masks_dir=None, segment
     from .data import resolve_data_dir
     from .evaluation import held_out_test
     from .evaluation.lungs import image_paths
-    from .images import load_image
     from .models.segmenter import load_segmenter
 
     images = list(held_out_test(predictions)["image"].drop_duplicates())
@@ -275,9 +281,6 @@ def run_lung_masks(run_dir, out, *, config, predictions, masks_dir=None, segment
         else:
             missing.append(Path(paths[image]))
     model, info = load_segmenter(segmenter)
-    for start in range(0, len(missing), 64):
-        chunk = missing[start: start + 64]
-        for path, mask in zip(chunk, segment([load_image(p) for p in chunk], model)):
-            save_mask(mask, out / f"{path.stem}_mask.png")
+    list(_write_masks(missing, model, out))
     return {"from_files": len(images) - len(missing), "predicted": len(missing),
             "masks_dir": None if masks_dir is None else str(Path(masks_dir).resolve()), "segmenter": info}
