@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .atomic import atomic_path
 from .images import load_image, load_radiograph, preprocess, resolve_cache_dir
 from .images.lungs import apply_lungs, check_lungs
 
@@ -112,9 +113,8 @@ def lung_mask_files(frame: pd.DataFrame, *, cache_dir=None, segmenter=None, batc
         greys = {i: load_image(frame.at[i, "path"], strict=False) for i in chunk}
         readable = [i for i in chunk if greys[i] is not None]
         for i, mask in zip(readable, segment([greys[i] for i in readable], model, batch_size=batch_size)):
-            tmp = files[i].with_suffix(f".tmp{np.random.randint(1 << 30)}.png")
-            save_mask(mask, tmp)
-            tmp.replace(files[i])
+            with atomic_path(files[i]) as tmp:  # another process may read the store meanwhile
+                save_mask(mask, tmp)
         for i in set(chunk) - set(readable):
             files[i] = None
     return files
