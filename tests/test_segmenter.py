@@ -15,7 +15,7 @@ from PIL import Image
 from covidxr import cli
 from covidxr import lungs as L
 from covidxr.lungmasks import unpad_mask
-from covidxr.images.lungs import LUNG_MODES, apply_lungs, check_lungs, lung_box
+from covidxr.images.lungs import LUNG_MODES, apply_lungs, check_lungs, lung_box, main_components
 from covidxr.models.segmenter import BUNDLED_SEGMENTER, build_unet, load_segmenter
 from covidxr.training.segmentation import dice_iou, fit_segmenter
 
@@ -48,6 +48,20 @@ def test_lung_box_and_crop_geometry():
     with pytest.raises(ValueError, match=r"an image and a mask of one shape. Received: shapes="):
         apply_lungs(grey, mask[:50], lungs="crop")
     assert check_lungs(None) == "none" and set(LUNG_MODES) == {"none", "crop", "mask"}
+
+
+def test_a_stray_blob_does_not_widen_the_box():
+    mask = np.zeros((100, 200), bool)
+    mask[20:60, 50:90] = mask[20:60, 110:150] = True  # two lungs of 1600 px each
+    mask[90:93, 190:193] = True  # a 9-px blob in the corner
+    assert lung_box(mask, margin=0.0) == (20, 60, 50, 150)
+    kept = main_components(mask)
+    assert kept.sum() == 3200 and not kept[90:93, 190:193].any()
+    mask[70:80, 60:100] = True  # a part of 400 px (a quarter of the largest) stays
+    assert lung_box(mask, margin=0.0) == (20, 80, 50, 150)
+    assert not main_components(np.zeros((4, 4), bool)).any()
+    blanked, _ = apply_lungs(np.full((100, 200), 9, np.uint8), mask, lungs="mask", margin=0.0)
+    assert blanked.shape == (60, 100) and blanked[0, 0] == 9
 
 
 @pytest.mark.parametrize("mode", ["crop", "mask"])
@@ -150,7 +164,7 @@ def test_lungs_train_and_predict_commands(collection, tmp_path, capsys):
     assert "new or empty folder" in capsys.readouterr().err
 
 
-def test_cache_key_follows_lungs_and_the_masks(collection, tmp_path):
+def test_cache_key_follows_lungs_and_the_masks(collection, tmp_path, monkeypatch):
     from covidxr.data import load_dataset
     from covidxr.images import build_cache, cache_key
     from covidxr.lungmasks import lung_mask_files
@@ -164,6 +178,10 @@ def test_cache_key_follows_lungs_and_the_masks(collection, tmp_path):
     assert len(set(keys.values())) == 3 and keys["none"] == cache_key(frame, image_size=32)
     other = framed.assign(lung_mask=[p.with_name("0" * 64 + ".png") for p in framed["lung_mask"]])
     assert cache_key(other, image_size=32, lungs="crop") != keys["crop"]  # another mask, another cache
+    monkeypatch.setattr("covidxr.images.lungs.LUNG_GEOMETRY", 99)  # another crop geometry, another cache
+    assert cache_key(framed, image_size=32, lungs="crop") != keys["crop"]
+    assert cache_key(frame, image_size=32) == keys["none"]
+    monkeypatch.undo()
     whole = build_cache(frame, image_size=32, cache_dir=tmp_path, progress=False)
     crops = build_cache(framed, image_size=32, cache_dir=tmp_path, progress=False, lungs="crop")
     assert crops.key == keys["crop"] and crops.settings["lungs"] == "crop"

@@ -32,6 +32,7 @@ from ..locks import LockHeld, acquire
 from . import decode
 from .decode import check_settings, load_radiograph, preprocess
 from .changes import META, describe_changes, warn_if_dataset_changed
+from . import lungs as lungs_geometry
 from .lungs import cut_by_mask_file, lung_mask_names
 
 __all__ = ["CACHE_FORMAT", "DEFAULT_CACHE_DIR", "ImageCache", "build_cache", "cache_key", "clear_caches", "list_caches",
@@ -76,7 +77,7 @@ def _key(files, size, resize, contrast, lungs="none", masks=None) -> str:
     settings = {"format": CACHE_FORMAT, "decoder": decode.DECODER_VERSION, "image_size": size,
                 "resize": resize, "contrast": contrast, "files": files}
     if lungs != "none":  # the mask files are named by image content and segmenter: they pin both
-        settings.update(lungs=lungs, masks=masks)
+        settings.update(lungs=lungs, masks=masks, geometry=lungs_geometry.LUNG_GEOMETRY)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{size}-{resize}-{contrast or 'none'}-{digest}" + ("" if lungs == "none" else f"-{lungs}")
 

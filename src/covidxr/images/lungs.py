@@ -5,7 +5,9 @@ lungs' bounding box, and the ``--lungs crop|mask`` step. Must not import Keras o
 own height and width, clipped to the image); ``mask`` does the same and also blanks (sets to 0)
 everything outside the lungs, dilated by the same margin so the lung border stays visible. A
 mask covering less than :data:`MIN_LUNG_SHARE` of the image (empty, or a few stray pixels) is
-not trusted: the whole image is kept, and the caller counts such images.
+not trusted: the whole image is kept, and the caller counts such images. Both steps use the
+mask's main parts only (:func:`main_components`), so a stray blob far from the lungs does not
+widen the box.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from PIL import Image
 
 from .decode import preprocess
 
-__all__ = ["LUNG_MODES", "LUNG_MARGIN", "MAX_ASPECT_GAP", "MIN_LUNG_SHARE", "apply_lungs", "check_lungs",
-           "cut_by_mask_file", "lung_box", "lung_mask_names", "mask_in_image", "prepare_mask"]
+__all__ = ["LUNG_GEOMETRY", "LUNG_MODES", "LUNG_MARGIN", "MAX_ASPECT_GAP", "MIN_COMPONENT_RATIO", "MIN_LUNG_SHARE",
+           "apply_lungs", "check_lungs", "cut_by_mask_file", "lung_box", "lung_mask_names", "main_components",
+           "mask_in_image", "prepare_mask"]
 
 #: Values of ``--lungs``.
 LUNG_MODES = ("none", "crop", "mask")
@@ -26,6 +29,11 @@ LUNG_MODES = ("none", "crop", "mask")
 LUNG_MARGIN = 0.1
 #: A mask covering less than this share of the image falls back to the whole image.
 MIN_LUNG_SHARE = 0.02
+#: A connected part of a mask smaller than this share of its largest part is dropped (a stray blob).
+MIN_COMPONENT_RATIO = 0.1
+#: Version of the crop and mask geometry, part of the image-cache and feature-store keys of lung
+#: runs: a change to :func:`lung_box` or :func:`apply_lungs` never reuses stored crops (2: main parts only).
+LUNG_GEOMETRY = 2
 #: Largest relative difference between a mask's and its image's aspect ratio (on the snapshot: 0.0015).
 MAX_ASPECT_GAP = 0.02
 
@@ -88,6 +96,28 @@ def prepare_mask(mask, *, image_shape, image_size, resize="pad", box=None) -> np
     return preprocess(inside.astype(np.uint8) * 255, image_size=image_size, resize=resize, contrast=None) >= 128
 
 
+def main_components(mask, *, min_ratio=MIN_COMPONENT_RATIO) -> np.ndarray:
+    """The mask without its stray blobs: the connected parts (8-connected) of at least ``min_ratio``
+    of the largest part's area.
+
+    Args:
+        mask: bool-like (H, W); true = lung.
+        min_ratio: Smallest area kept, as a share of the largest part's.
+
+    Returns:
+        bool (H, W); all false for an empty mask.
+    """
+    from scipy.ndimage import label
+
+    mask = np.asarray(mask, dtype=bool)
+    labels, count = label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return mask
+    areas = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(areas >= min_ratio * areas.max()) + 1
+    return np.isin(labels, keep)
+
+
 def lung_box(mask, *, margin=LUNG_MARGIN, min_share=MIN_LUNG_SHARE):
     """The lungs' bounding box widened by ``margin``, or None for an untrusted mask.
 
@@ -97,12 +127,14 @@ def lung_box(mask, *, margin=LUNG_MARGIN, min_share=MIN_LUNG_SHARE):
         min_share: Smallest share of the image the mask must cover.
 
     Returns:
-        ``(top, bottom, left, right)`` (bottom and right exclusive, clipped to the image), or
-        None when the mask covers less than ``min_share`` of the image.
+        ``(top, bottom, left, right)`` (bottom and right exclusive, clipped to the image) of the
+        mask's main parts (:func:`main_components`), or None when they cover less than
+        ``min_share`` of the image.
     """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2 or not mask.size:
         raise ValueError(f"Expected a 2-D mask. Received: mask with shape={mask.shape}")
+    mask = main_components(mask)
     if mask.mean() < min_share:
         return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -147,7 +179,7 @@ def apply_lungs(grey, mask, *, lungs, margin=LUNG_MARGIN, min_share=MIN_LUNG_SHA
     top, bottom, left, right = box
     if lungs == "mask":
         radius = int(round(margin * max(bottom - top, right - left) / 2))
-        grey = np.where(_dilated(mask, radius), grey, 0).astype(np.uint8)
+        grey = np.where(_dilated(main_components(mask), radius), grey, 0).astype(np.uint8)
     return np.ascontiguousarray(grey[top:bottom, left:right]), box
 
 

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from ..images import FeatureStore, decode, image_ids
+from ..images.lungs import LUNG_GEOMETRY
 from ..models import LAYER_NAMES, backbone_layer, backbone_name, backbone_output_layer, feature_model
 from .batches import make_sequence, predict_batches
 
@@ -68,8 +69,9 @@ def feature_parts(model, *, resize, contrast, seed, lungs="none") -> dict:
         loaded; random weights: ``source`` ``"none"``, the ``seed`` and the sha256 of the
         initial weights themselves), ``feature_layer`` (the layer the backbone ends at),
         ``pooling``, ``image_size``, ``resize``, ``contrast``, ``decoder_version``,
-        ``dtype_policy``, ``keras_backend`` and ``keras_version``; ``lungs`` for a ``--lungs crop|mask``
-        run (absent otherwise, so whole-image keys stay as they were).
+        ``dtype_policy``, ``keras_backend`` and ``keras_version``; ``lungs`` and ``lung_geometry``
+        (:data:`~covidxr.images.lungs.LUNG_GEOMETRY`) for a ``--lungs crop|mask`` run (absent
+        otherwise, so whole-image keys stay as they were).
     """
     info = dict(getattr(model, "covidxr_weights", None) or {})
     if info.get("sha256"):
@@ -82,7 +84,7 @@ def feature_parts(model, *, resize, contrast, seed, lungs="none") -> dict:
             "image_size": int(model.inputs[0].shape[1]), "resize": resize, "contrast": contrast,
             "decoder_version": decode.DECODER_VERSION, "dtype_policy": backbone_layer(model).dtype_policy.name,
             "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
-            **({} if lungs == "none" else {"lungs": lungs})}
+            **({} if lungs == "none" else {"lungs": lungs, "lung_geometry": LUNG_GEOMETRY})}
 
 
 def stored_features(model, images, *, cache_dir, resize, contrast, seed, batch_size, lungs="none") -> tuple[np.ndarray, dict]:
