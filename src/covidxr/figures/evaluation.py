@@ -302,7 +302,7 @@ def plot_comparison(table: pd.DataFrame, *, metrics=None, level=None):
             ax.annotate("chance", (chance, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -9),
                         textcoords="offset points", fontsize=7, color="grey")
         ax.set_yticks(ypos, labels if k % cols == 0 else [""] * len(labels), fontsize=7)
-        ax.invert_yaxis()
+        ax.set_ylim(len(table) - 0.5, -1.0)   # first run on top, a free band above it for "chance"
         ax.set(title=metric, xlim=(min(0, np.nanmin(low) if np.isfinite(low).any() else 0) - 0.02, 1.02))
         ax.grid(axis="x", alpha=0.3)
     for k in range(n, rows * cols):
