@@ -8,8 +8,8 @@ line, however many readers it goes through. Must not print or read data: it only
 
 Nothing is lost: each warning's full text is in the frame's ``attrs["data_warnings"]``, in the
 summary's ``details``, and on the ``covidxr.data`` logger (level INFO: silent unless a handler
-asks for it, as ``covidxr --debug`` and a run's ``train.log`` do). Warnings of other kinds (a
-damaged hash index, say) pass through unchanged.
+asks for it, as ``covidxr --debug`` does; ``covidxr train`` writes them to the run's
+``train.log``). Warnings of other kinds (a damaged hash index, say) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _pass_on(caught) -> list:
 
 
 def summarise(fn):
-    """Wrap a loader so that the :class:`DataWarning`\\ s of one call come out as one (see the
+    """Wrap a loader so that the data warnings (:class:`DataWarning`) of one call come out as one (see the
     module docstring); a data frame it returns gets their full texts in ``attrs["data_warnings"]``
     (an empty list when there were none)."""
 

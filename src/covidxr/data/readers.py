@@ -90,8 +90,8 @@ def read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError:
-        warnings.warn(DataWarning(f"{path} is not valid UTF-8; reading it as Latin-1.", what=f"{path.name} read as Latin-1"),
-                      stacklevel=3)
+        warnings.warn(DataWarning(f"{path} is not valid UTF-8; reading it as Latin-1.",
+                                  what=f"{path.name} read as Latin-1"), stacklevel=3)
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
     except pd.errors.EmptyDataError as err:
         raise ValueError(f"Expected a CSV file with a header row. Received: path={str(path)!r} (empty)") from err
