@@ -39,9 +39,10 @@ def test_real_commands_print_no_start_up_lines(collection, tmp_path):
     assert noisy == {"train": [], "evaluate": [], "predict": []}
     assert "phase 1 epoch 1 (1 overall)" in outputs["train"]
     assert "\x1b[" not in outputs["train"] and "\b" not in outputs["train"]  # redirected: no progress bars
-    warned = [line for line in outputs["train"].splitlines() if "metadata rows name an image" in line]
-    assert warned == ["warning: 1 of 73 metadata rows name an image that is not in "
-                      f"{collection}; skipped."]  # one line, no source line after it
+    warned = [line for line in outputs["train"].splitlines() if "metadata rows" in line]
+    assert warned == ["warning: data: 1 metadata rows name a missing image (skipped)"]  # one line, no source line
+    assert f"DEBUG data warning: 1 of 73 metadata rows name an image that is not in {collection}; skipped.\n" \
+        in (run / "train.log").read_text()   # the warning in full: in the run's log
     assert not [line for line in outputs["train"].splitlines() if re.match(r"\s+\S.*\(.*\)$|.*\.py:\d+: ", line)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -300,9 +301,10 @@ def test_blank_patient_ids_in_a_manifest(tmp_path):
         (tmp_path / name).write_bytes(b"")
     pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "label": ["covid", "normal", "covid"],
                   "patient": ["p1", "", " "]}).to_csv(tmp_path / "m.csv", index=False)
-    with pytest.warns(UserWarning, match=r"2 of 3 rows of .*m.csv have a blank patient id: each such image is treated "
-                                         r"as its own patient"):
-        frame = data.load_dataset(tmp_path / "m.csv", task=None)
+    with pytest.warns(UserWarning, match=r"^data: 2 rows without a patient id \(each image its own patient\)$"):
+        frame = data.load_dataset(tmp_path / "m.csv", task=None)   # one line; in full in the frame:
+    assert re.match(r"2 of 3 rows of .*m.csv have a blank patient id: each such image is treated as its own patient",
+                    frame.attrs["data_warnings"][0])
     assert list(frame["patient"]) == ["p1", "image:b.png", "image:c.png"] and frame.attrs["blank_patient_ids"] == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -332,7 +334,7 @@ def test_rows_without_a_view_are_counted_and_kept_with_unknown(tmp_path):
         assert list(kept["patient"]) == ["1", "2", "3", "6"] and kept["view"].isna().sum() == 2
         assert list(data.read_metadata(root, task=None, views="unknown")["patient"]) == ["2", "3"]
         assert list(data.load_dataset(root, task=None, views="all")["patient"]) == ["1", "2", "3", "5", "6"]
-    with pytest.warns(UserWarning, match=r"^2 rows have no view"):
+    with pytest.warns(UserWarning, match=r"^data: 2 rows without a view \(left out\)$"):
         assert list(data.load_dataset(root, task=None, views="L")["patient"]) == ["5"]
 
 

@@ -4,6 +4,7 @@ missing sources and the metadata.csv hint: small synthetic trees in exactly the 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -100,9 +101,10 @@ def test_covidx_versions_binary_labels_and_old_lists(tmp_path):
 def test_covidx_missing_files_and_bad_lines(tmp_path):
     root = _covidx(tmp_path / "c")
     (root / "train" / "trnor0-0.png").unlink()
-    with pytest.warns(UserWarning, match=r"1 of \d+ rows of train.txt, test.txt name an image that is not there; "
-                                         r"skipped: \['train/trnor0-0.png'\]"):
+    with pytest.warns(UserWarning, match=r"^data: 1 rows name a missing image \(skipped\)$"):
         frame = data.load_dataset(root, task=None)
+    assert re.match(r"1 of \d+ rows of train.txt, test.txt name an image that is not there; "
+                    r"skipped: \['train/trnor0-0.png'\]", frame.attrs["data_warnings"][0])
     assert "train/trnor0-0.png" not in set(frame["image"])
     (root / "test.txt").write_text("p1 a.png tuberculosis src\n")
     with pytest.raises(ValueError, match=r"patient_id filename label \[source\]'.*at test.txt:1. "
@@ -111,7 +113,7 @@ def test_covidx_missing_files_and_bad_lines(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "train.txt").write_text("p1 a.png positive src\n")
-    with pytest.warns(UserWarning, match="not there"), \
+    with pytest.warns(UserWarning, match="name a missing image"), \
             pytest.raises(ValueError, match=r"Expected the images of train.txt.*none of them is there"):
         data.load_dataset(empty, layout="covidx")
     with pytest.raises(ValueError, match=r"Expected a COVIDx train list.*Received: data_dir="):
@@ -185,7 +187,7 @@ def test_covid_qu_ex_reads_tree_and_masks(qu_ex):
     assert data.detect_layout(qu_ex) == (qu_ex, "covid-qu-ex")
     with pytest.warns(UserWarning) as caught:
         frame = data.load_dataset(qu_ex, task="three-class")
-    messages = " | ".join(str(w.message) for w in caught)
+    messages = " | ".join(d for w in caught for d in getattr(w.message, "details", [str(w.message)]))
     assert "1 of 30 images" in messages and "have no lung mask" in messages
     assert "30 of 30 rows" in messages and "leakage between split parts is likely" in messages
     assert list(frame.columns) == [*data.FRAME_COLUMNS, "official_part", "mask"]

@@ -67,9 +67,11 @@ def test_training_curves_mark_the_best_epoch_and_name_the_weights():
                         "strategy": "oversample", "fold": "5 pooled", "folds": 5})  # a grid's comparison.csv row
     assert figures.run_label(pooled) == "vgg16 · hed · full · 64 px · oversample · folds 5 pooled"
     axes = figures.plot_training_curves(history, title=label)
-    for ax in axes:
-        assert any("best epoch 2 (val ROC AUC 0.700)" in line.get_label() for line in ax.get_lines())
+    for ax in axes:   # the epoch model.keras holds (lowest validation loss), not the highest AUC (2)
+        assert any(line.get_label() == "model kept: epoch 3 (val loss 0.800, ROC AUC 0.650)" for line in ax.get_lines())
     assert axes[0].figure._suptitle.get_text() == label
+    kept = figures.plot_training_curves(history, best_epoch=4)   # as metrics.json records it
+    assert "model kept: epoch 4 (val loss 0.900, ROC AUC 0.600)" in [line.get_label() for line in kept[1].get_lines()]
     plt.close("all")
 
 

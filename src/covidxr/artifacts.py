@@ -45,7 +45,9 @@ def write_artifacts(state, saver) -> None:
     with recorded_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
     write_recorded_text(run_dir / "history.csv", history.to_csv(index=False))
-    axes = plot_training_curves(history, title=f"{run_label(config.to_dict())} · {config.task}")
+    kept = best_index(history[MONITOR].tolist()) if MONITOR in history else None
+    axes = plot_training_curves(history, title=f"{run_label(config.to_dict())} · {config.task}",
+                                best_epoch=None if kept is None else int(history["epoch"].iloc[kept]))
     save_figure(axes[0].figure, run_dir / "figures" / "training_curves.png")
     metrics = _predict_parts(state)
     timing = state.timing

@@ -85,11 +85,13 @@ def make_run_dir(config: TrainConfig) -> Path:
 
 
 def setup_logging(run_dir: Path):
-    """Log the run to ``RUN/train.log`` and the console; return the handlers to remove later."""
-    logger.setLevel(logging.INFO)
+    """Log the run to ``RUN/train.log`` and the console (DEBUG records, such as each data warning in
+    full, to ``train.log`` only); return the handlers to remove later."""
+    logger.setLevel(logging.DEBUG)
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     stream = logging.StreamHandler()
+    stream.setLevel(logging.INFO)
     stream.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.addHandler(stream)

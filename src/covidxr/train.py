@@ -319,6 +319,8 @@ def _prepare_data(state: RunState) -> dict | None:
     logger.info("data: %s (%s layout; %s sha256 %s, %d images)", found["dir"], found["layout"],
                 found["fingerprint"]["file"] or "image list", found["fingerprint"]["sha256"][:12],
                 found["fingerprint"]["images"])
+    for message in frame.attrs.get("data_warnings") or []:   # the console had their one-line summary
+        logger.debug("data warning: %s", message)
     _cache_parts(state, split)
     return memory
 

@@ -102,6 +102,9 @@ def _run_eda(args):
         from ..figures import write_eda_figures, write_review_figures   # matplotlib: only when drawing
 
         written = write_eda_figures(frame, args.out, samples=args.samples, seed=args.seed)
+        if frame.attrs.get("data_warnings"):   # in full; the console had their one-line summary
+            written.append(Path(args.out) / "data_warnings.txt")
+            write_text(written[-1], "\n".join(frame.attrs["data_warnings"]) + "\n")
         if pairs is not None:
             written.append(Path(args.out) / "review_pairs.csv")
             write_text(written[-1], pairs.drop(columns=["a", "b"]).to_csv(index=False))

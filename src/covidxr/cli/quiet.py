@@ -168,11 +168,24 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 @contextlib.contextmanager
 def quiet_warnings(*, debug: bool = False):
     """While the block runs, :func:`show_warning` prints warnings; without ``debug``, deprecation
-    notices meant for the libraries' developers are left out."""
+    notices meant for the libraries' developers are left out; with it, each data warning a loader
+    summarised (one ``warning: data: ...`` line) is also printed in full, as ``data warning: ...``
+    (the ``covidxr.data`` logger's INFO records)."""
+    data_logger = logging.getLogger("covidxr.data")   # by name: importing covidxr.data would load pandas
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("data warning: %(message)s"))
+    level = data_logger.level
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         if not debug:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
-        yield
+        else:
+            data_logger.addHandler(handler)
+            data_logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            data_logger.removeHandler(handler)
+            data_logger.setLevel(level)
 

@@ -18,8 +18,10 @@ image (by content hash, computed in :mod:`covidxr.images.hashes`) are merged int
 with ``group_by="source"`` every source joins its patients' groups. Splits never put one group
 (so never one patient) in two parts.
 
-The package holds six modules, each importing only the ones before it:
+The package holds these modules, each importing only the ones before it:
 
+* :mod:`covidxr.data.notices`: :class:`DataWarning` and the loaders' one-line summary of them
+  (:func:`~covidxr.data.notices.summarise`);
 * :mod:`covidxr.data.tasks`: label tasks, finding categories, view names (``"unknown"`` for
   rows without a view) and :func:`none_if_blank`;
 * :mod:`covidxr.data.readers`: the readers (:func:`load_dataset`);
@@ -32,6 +34,7 @@ The package holds six modules, each importing only the ones before it:
 * :mod:`covidxr.data.splits`: group-level splits and checked split files.
 """
 
+from .notices import DataWarning
 from .readers import (
     DEFAULT_DATA_DIR,
     LAYOUTS,
@@ -72,6 +75,7 @@ from .tasks import (
 __all__ = [
     "CATEGORIES",
     "DEFAULT_DATA_DIR",
+    "DataWarning",
     "LAYOUTS",
     "OPTIONAL_COLUMNS",
     "FRAME_COLUMNS",

@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .notices import DataWarning
 from .near import hamming_pairs
 
 __all__ = ["DUPLICATES", "GROUP_BY", "MIN_STD", "NEAR_BITS", "NEAR_DISTANCE", "UnionFind", "assign_groups",
@@ -286,9 +287,10 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
     if duplicates == "drop" and len(pairs):
         keep = _image_clusters(len(frame), pairs) == np.arange(len(frame))
         info["dropped"] = int((~keep).sum())
-        warnings.warn(f"{info['dropped']} images are copies of another image of the dataset (same or nearly the "
-                      f"same pixels) and are left out (duplicates='drop'): "
-                      f"{list(frame.loc[~keep, 'image'][:5])}", stacklevel=2)
+        warnings.warn(DataWarning(f"{info['dropped']} images are copies of another image of the dataset (same or "
+                                  f"nearly the same pixels) and are left out (duplicates='drop'): "
+                                  f"{list(frame.loc[~keep, 'image'][:5])}", count=info["dropped"],
+                                  what="copies of another image (left out)"), stacklevel=2)
         out = out[keep].reset_index(drop=True)
         group = out["patient"].astype(str)
     elif duplicates == "merge":
@@ -296,9 +298,10 @@ def assign_groups(frame: pd.DataFrame, hashes: pd.DataFrame, *, duplicates="merg
     else:
         group = out["patient"].astype(str)
         if len(cross):
-            warnings.warn(f"{len(cross)} pairs of images under different patient ids hold the same image; kept "
-                          "apart (duplicates='keep'), so a split may put one copy in training and the other in test.",
-                          stacklevel=2)
+            warnings.warn(DataWarning(f"{len(cross)} pairs of images under different patient ids hold the same "
+                                      "image; kept apart (duplicates='keep'), so a split may put one copy in "
+                                      "training and the other in test.", count=len(cross),
+                                      what="copies under another patient id (kept apart)"), stacklevel=2)
     out["group"] = group.to_numpy()
     if same_patients is not None and len(same_patients):
         out["group"], info["same_patients"] = _join_same_patients(out["patient"].astype(str).to_numpy(),
@@ -368,9 +371,10 @@ def drop_mixed_patients(frame: pd.DataFrame) -> pd.DataFrame:
     names = list(mixed["patient"])
     out = frame[~frame["patient"].astype(str).isin(names)].reset_index(drop=True)
     if names:
-        warnings.warn(f"{len(names)} patients have images of more than one label and are left out "
-                      f"(drop_mixed_patients=True), {len(frame) - len(out)} images: {names[:5]}"
-                      f"{' ...' if len(names) > 5 else ''}", stacklevel=2)
+        warnings.warn(DataWarning(f"{len(names)} patients have images of more than one label and are left out "
+                                  f"(drop_mixed_patients=True), {len(frame) - len(out)} images: {names[:5]}"
+                                  f"{' ...' if len(names) > 5 else ''}", count=len(names),
+                                  what="patients with more than one label (left out)"), stacklevel=2)
     out.attrs.update(frame.attrs, mixed_dropped=names)
     return out
 

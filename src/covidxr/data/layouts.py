@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .notices import DataWarning
 from .readers import finish_frame, patient_ids, safe_path, register_layout
 from .tasks import IMAGE_EXTENSIONS, LABEL_ALIASES, alias_category, get_task
 
@@ -122,13 +123,16 @@ def _existing(rows: pd.DataFrame, root: Path, folders: list[str], *, what: str) 
     rows = rows.assign(path=[str(p) for p in paths], image=[p.relative_to(root).as_posix() for p in paths])
     if (~exists).any():
         missing = rows.loc[~exists, "image"].tolist()
-        warnings.warn(f"{len(missing)} of {len(rows)} rows of {what} name an image that is not there; skipped: "
-                      f"{missing[:_SHOW]}", stacklevel=3)
+        warnings.warn(DataWarning(f"{len(missing)} of {len(rows)} rows of {what} name an image that is not there; "
+                                  f"skipped: {missing[:_SHOW]}", count=len(missing),
+                                  what="rows name a missing image (skipped)"), stacklevel=3)
     rows = rows[exists]
     repeated = rows["image"].duplicated()
     if repeated.any():
-        warnings.warn(f"{int(repeated.sum())} rows of {what} list an image already listed; kept the first row of "
-                      f"each: {rows.loc[repeated, 'image'].tolist()[:_SHOW]}", stacklevel=3)
+        warnings.warn(DataWarning(f"{int(repeated.sum())} rows of {what} list an image already listed; kept the "
+                                  f"first row of each: {rows.loc[repeated, 'image'].tolist()[:_SHOW]}",
+                                  count=int(repeated.sum()), what="rows repeat an image (first row kept)"),
+                      stacklevel=3)
     return rows[~repeated]
 
 
@@ -247,8 +251,9 @@ def read_covid_qu_ex(root, *, task=None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     no_mask = int(frame["mask"].isna().sum())
     if no_mask:
-        warnings.warn(f"{no_mask} of {len(frame)} images of {root} have no lung mask (lung masks/<same name>): "
-                      f"{frame.loc[frame['mask'].isna(), 'image'].tolist()[:_SHOW]}", stacklevel=2)
+        warnings.warn(DataWarning(f"{no_mask} of {len(frame)} images of {root} have no lung mask (lung masks/<same "
+                                  f"name>): {frame.loc[frame['mask'].isna(), 'image'].tolist()[:_SHOW]}",
+                                  count=no_mask, what="images without a lung mask"), stacklevel=2)
     patients, blank = patient_ids([""] * len(frame), frame["image"], source=str(root))
     frame["patient"] = patients
     for column in ("sex", "age", "view", "license", "source"):

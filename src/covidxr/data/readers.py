@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .notices import DataWarning, summarise
 from .tasks import (FRAME_COLUMNS, FRONTAL_VIEWS, IMAGE_EXTENSIONS, LABEL_ALIASES, UNKNOWN_VIEW, UNLABELLED,
                     alias_category, finding_category, get_task, none_if_blank, parse_views, warn_normalised)
 
@@ -89,7 +90,8 @@ def read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError:
-        warnings.warn(f"{path} is not valid UTF-8; reading it as Latin-1.", stacklevel=3)
+        warnings.warn(DataWarning(f"{path} is not valid UTF-8; reading it as Latin-1.",
+                                  what=f"{path.name} read as Latin-1"), stacklevel=3)
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
     except pd.errors.EmptyDataError as err:
         raise ValueError(f"Expected a CSV file with a header row. Received: path={str(path)!r} (empty)") from err
@@ -159,8 +161,9 @@ def _filter_rows(raw: pd.DataFrame, *, modality, views):
         else:
             left_out = int((no_view & raw["finding"].map(finding_category).notna()).sum())
             if left_out:
-                warnings.warn(f"{left_out} rows have no view and are left out by the view filter; add "
-                              f"'{UNKNOWN_VIEW}' to --views to keep them (views={','.join(views)}).", stacklevel=4)
+                warnings.warn(DataWarning(f"{left_out} rows have no view and are left out by the view filter; add "
+                                          f"'{UNKNOWN_VIEW}' to --views to keep them (views={','.join(views)}).",
+                                          count=left_out, what="rows without a view (left out)"), stacklevel=4)
         raw = raw[keep]
 
     category = raw["finding"].map(finding_category)
@@ -187,16 +190,16 @@ def _resolve_files(raw: pd.DataFrame, root: Path, *, strict_files):
         message = f"{missing} of {len(raw)} metadata rows name an image that is not in {root}; skipped."
         if strict_files:
             raise FileNotFoundError(message + f" Received: missing={missing}")
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(DataWarning(message, count=missing, what="metadata rows name a missing image (skipped)"),
+                      stacklevel=3)
     raw = raw[exists]
     repeated = raw["path"].duplicated()
     if repeated.any():
         names = sorted(set(raw.loc[repeated, "filename"]))
-        warnings.warn(
+        warnings.warn(DataWarning(
             f"{int(repeated.sum())} metadata rows list an image already listed (possibly under "
             f"another patient id); kept the first row of each: {names[:5]}",
-            stacklevel=3,
-        )
+            count=int(repeated.sum()), what="metadata rows repeat an image (first row kept)"), stacklevel=3)
     return raw[~repeated], missing
 
 
@@ -207,11 +210,10 @@ def patient_ids(patients, images, *, source) -> tuple[np.ndarray, int]:
     blank = np.array([not p.strip() for p in patients], dtype=bool)
     if blank.any():
         patients[blank] = [f"image:{image}" for image in np.asarray(images, dtype=object)[blank]]
-        warnings.warn(
+        warnings.warn(DataWarning(
             f"{int(blank.sum())} of {len(patients)} rows of {source} have a blank patient id: each such image is "
             "treated as its own patient, so leakage between split parts is likely.",
-            stacklevel=4,
-        )
+            count=int(blank.sum()), what="rows without a patient id (each image its own patient)"), stacklevel=4)
     return patients, int(blank.sum())
 
 
@@ -317,11 +319,10 @@ def read_folders(root, *, task=None) -> pd.DataFrame:
     if not rows:
         raise ValueError(f"Expected class folders with image files in {str(root)!r}. Received: root={str(root)!r}")
     warn_normalised([r["finding"] for r in rows], source=str(root), aliases=True)
-    warnings.warn(
+    warnings.warn(DataWarning(
         f"{root} has no patient ids: each image is treated as its own patient, so a "
         "patient-level split is impossible and leakage between parts is likely.",
-        stacklevel=2,
-    )
+        what="no patient ids (each image its own patient)"), stacklevel=2)
     frame = pd.DataFrame(rows)
     frame["patient"] = frame["image"]
     for column in ("sex", "age", "view", "modality", "license", "source"):
@@ -464,6 +465,7 @@ def detect_layout(data_dir=None, *, layout="auto") -> tuple[Path, str]:
     return root, layout
 
 
+@summarise
 def load_dataset(
     data_dir=None, *, task="covid-vs-rest", layout="auto", modality="X-ray",
     views=FRONTAL_VIEWS, image_col="path", label_col="label", patient_col="patient",

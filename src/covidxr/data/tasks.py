@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .notices import DataWarning
+
 __all__ = [
     "CATEGORIES",
     "FRAME_COLUMNS",
@@ -146,9 +148,10 @@ def warn_normalised(values, *, source, aliases=False, stacklevel=3) -> dict:
             changed[value] = new
     if changed:
         listed = ", ".join(f"{k!r} -> {v!r} ({counts[k]} rows)" for k, v in sorted(changed.items(), key=str)[:8])
-        warnings.warn(f"{len(changed)} label spellings of {source} were read through label normalisation "
-                      f"(Unicode, hyphens, zero-width characters, synonyms): {listed}"
-                      f"{' ...' if len(changed) > 8 else ''}", stacklevel=stacklevel)
+        warnings.warn(DataWarning(f"{len(changed)} label spellings of {source} were read through label normalisation "
+                                  f"(Unicode, hyphens, zero-width characters, synonyms): {listed}"
+                                  f"{' ...' if len(changed) > 8 else ''}", count=len(changed),
+                                  what="label spellings normalised"), stacklevel=stacklevel)
     return changed
 
 

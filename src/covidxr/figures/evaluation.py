@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from ..evaluation import metrics as M
 from .common import LEVEL_COLOURS, class_colour, new_axes, run_label, save_figure
@@ -19,9 +20,9 @@ __all__ = ["DEFAULT_COMPARISON_METRICS", "plot_calibration", "plot_comparison", 
            "write_evaluation_figures"]
 
 
-def plot_training_curves(history, ax=None, *, title=None):
-    """Loss and AUC per epoch, training vs validation, both phases, phase boundary and the best
-    epoch (highest validation ROC AUC: the checkpoint kept) marked.
+def plot_training_curves(history, ax=None, *, title=None, best_epoch=None):
+    """Loss and AUC per epoch, training vs validation, both phases, phase boundary and the epoch
+    whose weights the run kept (``model.keras``) marked.
 
     Args:
         history: ``history.csv`` of a run (path or DataFrame) with columns ``epoch``,
@@ -29,20 +30,32 @@ def plot_training_curves(history, ax=None, *, title=None):
         ax: Two Matplotlib axes (loss, AUC); None makes a new figure.
         title: The figure's title, e.g. :func:`covidxr.figures.run_label` of the run's config
             (which names the weights source); None: no title.
+        best_epoch: The epoch kept, as the run's ``metrics.json`` records it (``best_epoch``: the
+            lowest validation loss, an epoch counting as lower only by more than a margin); None:
+            the epoch of the lowest validation loss in ``history`` (the same unless two are within
+            that margin).
 
     Returns:
         The two axes (numpy array of shape (2,)).
     """
     if not isinstance(history, pd.DataFrame):
         history = pd.read_csv(history)
-    if ax is None:
-        _, ax = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    own = ax is None   # a figure of its own: one legend under both panels, clear of the curves
+    if own:
+        _, ax = plt.subplots(1, 2, figsize=(10, 3.9), layout="constrained")
     axes = np.asarray(ax).ravel()
     if axes.size != 2:
         raise ValueError(f"Expected two axes (loss, AUC). Received: ax with {axes.size} axes")
     epoch = history["epoch"] if "epoch" in history else pd.Series(np.arange(1, len(history) + 1))
-    has_best = "val_auc" in history and history["val_auc"].notna().any()
-    best = epoch.loc[history["val_auc"].idxmax()] if has_best else None
+    if best_epoch is None and "val_loss" in history and history["val_loss"].notna().any():
+        best_epoch = epoch.loc[history["val_loss"].idxmin()]
+    kept = history[epoch.to_numpy() == best_epoch] if best_epoch is not None else history.iloc[:0]
+    best_label = None
+    if len(kept):
+        row = kept.iloc[0]
+        scores = [f"{name} {row[col]:.3f}" for col, name in (("val_loss", "val loss"), ("val_auc", "ROC AUC"))
+                  if col in row and pd.notna(row[col])]
+        best_label = f"model kept: epoch {int(best_epoch)} ({', '.join(scores)})"
     for a, metric, name in ((axes[0], "loss", "Loss"), (axes[1], "auc", "ROC AUC")):
         for column, style, label in ((metric, "-o", "train"), (f"val_{metric}", "--s", "validation")):
             if column in history:
@@ -54,11 +67,14 @@ def plot_training_curves(history, ax=None, *, title=None):
                 a.axvline(boundary, color="grey", linestyle=":", linewidth=1)
                 a.annotate("fine-tuning", (boundary, 1.0), xycoords=("data", "axes fraction"),
                            xytext=(3, -10), textcoords="offset points", fontsize=7, color="grey")
-        if best is not None:
-            a.axvline(best, color="#27ae60", linewidth=1.2, alpha=0.8,
-                      label=f"best epoch {int(best)} (val ROC AUC {history['val_auc'].max():.3f})")
+        if best_label is not None:
+            a.axvline(best_epoch, color="#27ae60", linewidth=1.2, alpha=0.8, label=best_label)
         a.set(title=name, xlabel="epoch", ylabel=metric)
-        a.legend(fontsize=7)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not own:
+            a.legend(fontsize=7)
+    if own:
+        axes[0].figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8)
     if title:
         axes[0].figure.suptitle(title, fontsize=9)
     return axes
@@ -286,7 +302,7 @@ def plot_comparison(table: pd.DataFrame, *, metrics=None, level=None):
             ax.annotate("chance", (chance, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -9),
                         textcoords="offset points", fontsize=7, color="grey")
         ax.set_yticks(ypos, labels if k % cols == 0 else [""] * len(labels), fontsize=7)
-        ax.invert_yaxis()
+        ax.set_ylim(len(table) - 0.5, -1.0)   # first run on top, a free band above it for "chance"
         ax.set(title=metric, xlim=(min(0, np.nanmin(low) if np.isfinite(low).any() else 0) - 0.02, 1.02))
         ax.grid(axis="x", alpha=0.3)
     for k in range(n, rows * cols):

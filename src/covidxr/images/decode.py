@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..data.notices import DataWarning
+
 __all__ = [
     "CONTRASTS",
     "DECODER_VERSION",
@@ -134,11 +136,16 @@ def png_significant_bits(path) -> int | None:
             handle.seek(4, 1)   # the chunk's CRC
 
 
+#: The summary's phrase for an image file that is skipped (missing, not a file, unreadable, too small).
+_SKIPPED = "image files cannot be read (skipped)"
+
+
 def _warn_clipped(array, low, high, what, source):
     outside = int(np.count_nonzero(~((array >= low) & (array <= high))))
     if outside:
-        warnings.warn(f"{outside} pixel values of {source or 'an image'} lie outside {what} [{low:g}, {high:g}] "
-                      "and were clipped to black or white.", stacklevel=4)
+        warnings.warn(DataWarning(f"{outside} pixel values of {source or 'an image'} lie outside {what} [{low:g}, "
+                                  f"{high:g}] and were clipped to black or white.", count=1,
+                                  what="images with pixel values clipped"), stacklevel=4)
 
 
 def _pil_to_grey(img: Image.Image, *, significant_bits=None, source=None) -> np.ndarray:
@@ -342,11 +349,12 @@ def load_image(path, *, strict=True) -> np.ndarray | None:
             kind = "a folder" if path.is_dir() else "a device, pipe or socket"
             if strict:
                 raise ValueError(f"Expected a regular image file; this path is {kind}. Received: path='{path}'")
-            warnings.warn(f"Skipping a path that is not a regular file ({kind}): {path}", stacklevel=2)
+            warnings.warn(DataWarning(f"Skipping a path that is not a regular file ({kind}): {path}", count=1,
+                                      what=_SKIPPED), stacklevel=2)
             return None
         if strict:
             raise FileNotFoundError(f"Expected an image file; none exists there. Received: path='{path}'")
-        warnings.warn(f"Skipping a missing image file: {path}", stacklevel=2)
+        warnings.warn(DataWarning(f"Skipping a missing image file: {path}", count=1, what=_SKIPPED), stacklevel=2)
         return None
     try:
         if path.stat().st_size == 0:
@@ -369,7 +377,8 @@ def load_image(path, *, strict=True) -> np.ndarray | None:
         message = f"Expected a readable image file; this one cannot be decoded ({type(err).__name__}: {err})."
         if strict:
             raise ValueError(f"{message} Received: path='{path}'") from err
-        warnings.warn(f"Skipping an unreadable image file: {path} ({type(err).__name__}: {err})", stacklevel=2)
+        warnings.warn(DataWarning(f"Skipping an unreadable image file: {path} ({type(err).__name__}: {err})",
+                                  count=1, what=_SKIPPED), stacklevel=2)
         return None
     return grey
 
@@ -426,8 +435,8 @@ def load_radiograph(path, *, strict=True) -> np.ndarray | None:
         if strict:
             raise ValueError(f"Expected an image at least {MIN_IMAGE_SIDE} px on each side (a radiograph); "
                              f"this one is {shape}. Received: path='{path}'")
-        warnings.warn(f"Skipping a too small image file: {path} ({shape}, under {MIN_IMAGE_SIDE} px)",
-                      stacklevel=2)
+        warnings.warn(DataWarning(f"Skipping a too small image file: {path} ({shape}, under {MIN_IMAGE_SIDE} px)",
+                                  count=1, what=_SKIPPED), stacklevel=2)
         return None
     return grey
 

@@ -39,6 +39,7 @@ from PIL import Image
 
 from ..atomic import write_text
 from ..data import load_dataset
+from ..data.notices import summarise
 from ..data.groups import MIN_STD, NEAR_DISTANCE, assign_groups, check_group_by, duplicate_pairs
 from ..data.groups import drop_mixed_patients as drop_mixed
 from ..data.same_patients import REVIEW_DISTANCE, mark_reviewed, resolve_same_patients, review_pairs
@@ -285,6 +286,7 @@ def group_frame(frame: pd.DataFrame, *, duplicates="merge", group_by="patient", 
                          same_patients=same_patients, pairs=pairs)
 
 
+@summarise
 def load_grouped(data_dir=None, *, task="covid-vs-rest", duplicates="merge", group_by="patient",
                  drop_mixed_patients=False, cache_dir=None, progress=False, index=None, same_patients="auto",
                  workers=None, **load_options) -> pd.DataFrame:

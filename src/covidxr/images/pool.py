@@ -16,6 +16,8 @@ import os
 import warnings
 from collections import deque
 
+from ..data.notices import DataWarning
+
 __all__ = ["MIN_POOL_ITEMS", "map_chunks", "resolve_workers"]
 
 #: Fewer items than this are done in the calling process: starting workers costs a second or two,
@@ -43,7 +45,7 @@ def _run_chunk(fn, chunk, kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = [fn(item, **kwargs) for item in chunk]
-    return out, [(w.category, str(w.message)) for w in caught]
+    return out, [(w.category, w.message if isinstance(w.message, DataWarning) else str(w.message)) for w in caught]
 
 
 def map_chunks(fn, items, *, workers=None, chunk_size=32, desc=None, progress=False, **kwargs):
