@@ -32,6 +32,7 @@ from .evaluation import metrics as M
 from .evaluation.conformal import check_alpha, fit_conformal, run_conformal
 from .evaluation.selective import selective_summary
 from .figures import plot_comparison, plot_lung_mass, save_figure, write_evaluation_figures
+from .figures.gradcam import LUNG_MASK_CREDIT, PREDICTED_MASK_CREDIT
 from .figures.trust import plot_risk_coverage
 from .lungs import run_lung_masks
 from .records import record_files
@@ -269,8 +270,9 @@ def _write_folder(out: Path, result: dict, table: pd.DataFrame, *, figures: bool
             if len(lungs) > 2:  # the predicted masks (--lung-masks predicted)
                 os.replace(lungs[2], tmp / "lung_masks")
             if figures:
-                written.append(save_figure(plot_lung_mass(lungs[1], result["lung_mass"], run=result["run"]),
-                                           tmp / "figures" / "lung_mass.png"))
+                credit = PREDICTED_MASK_CREDIT if len(lungs) > 2 else LUNG_MASK_CREDIT
+                written.append(save_figure(plot_lung_mass(lungs[1], result["lung_mass"], run=result["run"],
+                                                          mask_credit=credit), tmp / "figures" / "lung_mass.png"))
         (tmp / "report.md").write_text(evaluation_report(result, figures=[p.name for p in written]))
         record_files(tmp, [n for n in ("metrics.json", "predictions.csv", "lung_mass.csv") if (tmp / n).is_file()])
 
@@ -333,6 +335,6 @@ def write_grid_comparison(pooled: pd.DataFrame, per_run: pd.DataFrame, out_dir, 
     write_text(runs_path, per_run.to_csv(index=False))
     write_text(md_path, grid_markdown(pooled, per_run, record=record))
     fig = plot_comparison(pooled)
-    fig.suptitle("Grid, folds pooled (95% CI; red = per image, blue = per patient)", fontsize=10)
+    fig.suptitle("Grid, folds pooled (95% CI; black = per image, orange = per patient; dashed: chance)", fontsize=10)
     save_figure(fig, png_path)
     return [csv_path, md_path, png_path, runs_path]

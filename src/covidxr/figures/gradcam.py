@@ -135,7 +135,12 @@ def plot_gradcam_examples(run_dir, *, n=3, part="test", seed=0, threshold_method
     return fig
 
 
-def plot_lung_mass(examples: dict, block: dict, *, run=""):
+#: Credit line of the collection's lung masks, and of masks the bundled segmenter filled in.
+LUNG_MASK_CREDIT = "lungVAE (Selvan et al. 2020, CC BY-SA)"
+PREDICTED_MASK_CREDIT = LUNG_MASK_CREDIT + " where the collection has one, covidxr's segmenter elsewhere"
+
+
+def plot_lung_mass(examples: dict, block: dict, *, run="", mask_credit=LUNG_MASK_CREDIT):
     """Typical Grad-CAM maps with the outline of their lung mask (white) and each image's share
     of mass inside it.
 
@@ -145,6 +150,7 @@ def plot_lung_mass(examples: dict, block: dict, *, run=""):
             (k, S, S) in [0, 1], ``masks`` (k, S, S) bool.
         block: Its ``lung_mass`` block (the mean and interval go into the title).
         run: The run's name, for the title.
+        mask_credit: Where the masks come from, for the credit line.
 
     Returns:
         The Matplotlib figure (one panel per image; a note when there are none).
@@ -172,6 +178,6 @@ def plot_lung_mass(examples: dict, block: dict, *, run=""):
                  f"[{mean['ci_low']:.3f}, {mean['ci_high']:.3f}] ({level:.0%}) over {block['n_measured']} test "
                  f"images; the lung area alone: {block['mask_area']['value']:.3f}; images nearest the median shown",
                  fontsize=8)
-    fig.supxlabel(f"{DATASET_ATTRIBUTION.rstrip('.')}; lung masks: lungVAE (Selvan et al. 2020, CC BY-SA)\n{RESEARCH_ONLY}",
+    fig.supxlabel(f"{DATASET_ATTRIBUTION.rstrip('.')}; lung masks: {mask_credit}\n{RESEARCH_ONLY}",
                   fontsize=6.5)
     return fig
