@@ -75,6 +75,16 @@ def test_training_curves_mark_the_best_epoch_and_name_the_weights():
     plt.close("all")
 
 
+def test_training_curves_of_a_one_fit_phase_1_are_readable():
+    history = pd.DataFrame({"epoch": [1], "phase": [1], "loss": [0.481], "val_loss": [0.493], "auc": [0.892],
+                            "val_auc": [0.801]})
+    loss, auc = figures.plot_training_curves(history)
+    assert auc.get_ylim() == (0.5, 1.0) and loss.get_ylim()[0] == 0.0   # a scale, not a zoom on two points
+    assert [t.get_text() for t in auc.texts] == ["train 0.892", "validation 0.801"]
+    assert [t.get_text() for t in loss.get_xticklabels()] == ["1\n(phase 1)"]
+    plt.close("all")
+
+
 def test_preprocessing_titles_do_not_overlap(collection):
     paths = sorted((collection / "images").glob("*.png"))[:4]
     titles = [f"non-covid: {'a-very-long-file-name-of-an-image-' * 2}{i}.png" for i in range(4)]

@@ -71,6 +71,8 @@ def plot_training_curves(history, ax=None, *, title=None, best_epoch=None):
             a.axvline(best_epoch, color="#27ae60", linewidth=1.2, alpha=0.8, label=best_label)
         a.set(title=name, xlabel="epoch", ylabel=metric)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(history) == 1:  # phase 1 as one convex fit: its point, with its values, on a readable scale
+            _single_epoch(a, history, epoch, metric)
         if not own:
             a.legend(fontsize=7)
     if own:
@@ -78,6 +80,22 @@ def plot_training_curves(history, ax=None, *, title=None, best_epoch=None):
     if title:
         axes[0].figure.suptitle(title, fontsize=9)
     return axes
+
+
+def _single_epoch(ax, history, epoch, metric):
+    """A one-row history: the values written beside their points, the scale from 0 (loss) or 0.5
+    (ROC AUC) rather than a zoom on two points."""
+    values = []
+    for column, side in ((metric, -1), (f"val_{metric}", 1)):  # training on the left, validation on the right
+        if column in history and pd.notna(history[column].iloc[0]):
+            values.append(history[column].iloc[0])
+            ax.annotate(f"{'validation' if side > 0 else 'train'} {values[-1]:.3f}", (epoch.iloc[0], values[-1]),
+                        xytext=(8 * side, 0), textcoords="offset points", fontsize=7, va="center",
+                        ha="left" if side > 0 else "right")
+    top = max(values, default=1.0)
+    ax.set_xlim(epoch.iloc[0] - 0.5, epoch.iloc[0] + 0.5)
+    ax.set_ylim(*((0.5, 1.0) if metric == "auc" else (0.0, 1.2 * top)))
+    ax.set_xticks([epoch.iloc[0]], [f"{int(epoch.iloc[0])}\n(phase 1)"])
 
 
 def _curves(predictions: pd.DataFrame, classes):
