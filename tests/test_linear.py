@@ -186,7 +186,8 @@ def test_copies_are_seeded_and_a_run_without_them_fits_the_unaugmented_features(
     assert np.abs(copies[:8].astype(int) - x).mean() > 5 and np.abs(copies[:8].astype(int) - copies[8:]).mean() > 5
     seen = []
     fit = linear.fit_linear
-    monkeypatch.setattr(linear, "fit_linear", lambda x_, y_, **kw: seen.append((x_, y_, kw["groups"])) or fit(x_, y_, **kw))
+    monkeypatch.setattr(linear, "fit_linear",
+                        lambda x_, y_, **kw: seen.append((x_, y_, kw["groups"])) or fit(x_, y_, **kw))
     groups, norm, expected = np.arange(8) // 2, model.get_layer("feature_norm"), []
     for n in (0, 2):
         _, info = fit_linear_head(model, x, y, x, y, groups=groups, num_classes=2, batch_size=4, c_grid=(1.0,),
