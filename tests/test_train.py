@@ -18,7 +18,7 @@ from covidxr.evaluation.metrics import part_metrics
 from covidxr.inference import load_run, predict_frame
 from covidxr.train import TrainConfig, train
 from covidxr.training import best_index, fine_tune, fit_head
-from covidxr.training.linear import C_GRID
+from covidxr.training.linear import AUGMENTED_COPIES, C_GRID
 
 SIZE = 32
 ARTIFACTS = ["config.json", "split.csv", "history.csv", "model.keras", "predictions.csv", "metrics.json",
@@ -202,6 +202,7 @@ def test_run_folder_artifacts(run_dir, collection):
     head = metrics["phase1_head"]
     assert head["converged"] and head["C"] in C_GRID and 0 < head["iterations"] < head["max_iter"]
     assert config["phase1_head"] == head
+    assert head["augmented_copies"] == AUGMENTED_COPIES  # fine-tuning through augmentation follows
 
     assert "phase 1 epoch 1" in (run_dir / "train.log").read_text()
     report = (run_dir / "report.md").read_text()
@@ -234,6 +235,7 @@ def test_three_class_without_phase2(collection, tmp_path):
     assert run.name.split("_")[1:5] == ["three-class", "vgg16", "class-weight", "f1"]
     history = pd.read_csv(run / "history.csv")
     assert list(history["phase"]) == [1]
+    assert json.loads((run / "metrics.json").read_text())["phase1_head"]["augmented_copies"] == 0  # no phase 2
     predictions = pd.read_csv(run / "predictions.csv")
     assert [c for c in predictions if c.startswith("prob_")] == ["prob_normal", "prob_covid", "prob_other"]
 

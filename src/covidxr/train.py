@@ -29,7 +29,9 @@ Both phases use early stopping and ReduceLROnPlateau on the exact validation los
 :data:`covidxr.training.MIN_DELTA`; the best full model over both phases by the same rule is saved as
 ``model.keras`` (so the phase-1 head is kept unless fine-tuning lowers the validation loss by more
 than that); ``metrics.json`` has ``phase1_train_auc`` (the head's, exact) and ``phase1_head`` (C,
-iterations, convergence). Every run writes a new folder
+iterations, convergence, ``augmented_copies``: with fine-tuning through augmentation the head is
+fitted on :data:`~covidxr.training.linear.AUGMENTED_COPIES` augmented copies of each training image
+too, so phase 2 starts from a head fitted to what it trains on). Every run writes a new folder
 (see :func:`make_run_dir`)::
 
     config.json  split.csv  history.csv  model.keras  predictions.csv  metrics.json
@@ -75,7 +77,7 @@ from .tracking import EpochMetrics, Tracking, check_server, open_run_tracking
 from .training import (CHECKPOINT_DIR, SaveBest, StepTimer, calibrate_batchnorm, fine_tune, fit_head, read_state,
                        restore_best, run_phase, tensorboard_writer)
 from .training.frozen import stored_features
-from .training.linear import fit_linear_head
+from .training.linear import AUGMENTED_COPIES, fit_linear_head
 
 __all__ = ["TrainConfig", "make_run_dir", "resume", "run_name", "train"]
 
@@ -405,7 +407,8 @@ def _train_phases(state: RunState) -> SaveBest:
 
     def fit1(callbacks, initial_epoch):
         stored = _stored_features(state)  # None: computed in fit_head (no store, or --no-cache-features)
-        fit = partial(fit_linear_head, groups=groups) if linear else partial(
+        copies = AUGMENTED_COPIES if config.fine_tune_epochs and config.augment else 0  # phase 2's distribution
+        fit = partial(fit_linear_head, groups=groups, augmented_copies=copies) if linear else partial(
             fit_head, epochs=config.epochs, cache_features=config.cache_features, patience=config.patience)
         history, info = fit(model, x_train, y_train, x_val, y_val, learning_rate=config.learning_rate,
                             features=stored[:2] if stored else None, callbacks=callbacks,

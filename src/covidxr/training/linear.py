@@ -17,6 +17,14 @@ resampled epoch (:func:`covidxr.sampling.resample_indices`, seeded); ``none`` on
 The coefficients and intercepts go into the ``head`` Dense layer and the standardisation stays
 :class:`~covidxr.models.FeatureNorm` (adapted to the training features first), so the model is
 still one Keras model: predict, Grad-CAM, fine-tuning, resume and the feature store are unchanged.
+
+When phase 2 will fine-tune through the model's augmentation, the caller asks for
+``augmented_copies``: the head is then fitted (and the standardisation adapted) on the training
+images' features **and** those of that many augmented copies of each image, drawn by a fresh copy
+of the model's own augmentation layers (same layers and seed: the same copies for the same seed;
+the model's random state is untouched). A copy keeps its image's label, weight and group, so the
+cross-validation folds never split an image from its copies. The copies' features are computed
+for the run and never stored (the feature store keeps the un-augmented ones only).
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
 from ..models import LAYER_NAMES, backbone_layer, head_model
+from . import frozen
 from ..sampling import class_weights, resample_indices
 from .batches import predict_batches
 from .callbacks import exact_scores, validation_logs
 from .phases import check_fit, phase1_features, adapt_feature_norm, compile_model
 
-__all__ = ["C_GRID", "CV_FOLDS", "MAX_ITER", "fit_linear", "fit_linear_head", "oof_probabilities", "sample_weights"]
+__all__ = ["AUGMENTED_COPIES", "C_GRID", "CV_FOLDS", "MAX_ITER", "fit_linear", "fit_linear_head", "augmented_images",
+           "oof_probabilities", "sample_weights"]
 
 #: The inverse regularisation strengths cross-validation chooses from (scikit-learn's ``C``;
 #: the loss is summed over the sample-weighted training images).
@@ -48,6 +58,9 @@ CV_FOLDS = 5
 MAX_ITER = 5000
 #: L-BFGS gradient tolerance.
 TOL = 1e-6
+#: Augmented copies of each training image the head is fitted on when phase 2 will train through
+#: augmentation (``covidxr.train`` passes it as ``augmented_copies``; 0 otherwise).
+AUGMENTED_COPIES = 4
 
 
 def sample_weights(labels, *, strategy, num_classes, seed=0) -> np.ndarray:
@@ -154,6 +167,20 @@ def fit_linear(x, y, *, groups, weights=None, num_classes=2, seed=0, c_grid=C_GR
     return coef.astype(np.float32), intercept.astype(np.float32), info
 
 
+def augmented_images(model, images, *, copies, batch_size) -> np.ndarray:
+    """``copies`` augmented copies of uint8 ``images`` (n, S, S, 1), copy after copy ((copies * n, S,
+    S, 1) uint8), drawn by a fresh copy of ``model``'s augmentation layers (same seed: the same copies
+    every time); none when the model has no augmentation layers."""
+    names = [layer.name for layer in model.layers]
+    if LAYER_NAMES["augmentation"] not in names or not model.get_layer(LAYER_NAMES["augmentation"]).layers:
+        return np.zeros((0, *np.shape(images)[1:]), np.uint8)
+    augment = keras.Sequential.from_config(model.get_layer(LAYER_NAMES["augmentation"]).get_config())
+    images, step = np.asarray(images), int(batch_size)
+    out = [keras.ops.convert_to_numpy(augment(images[i:i + step].astype(np.float32), training=True))
+           for _ in range(int(copies)) for i in range(0, len(images), step)]
+    return np.clip(np.round(np.concatenate(out)), 0, 255).astype(np.uint8) if out else images[:0]
+
+
 def _set_head(model, coef, intercept) -> None:
     """Write ``coef`` (F, k) and ``intercept`` (k,) into the model's Dense head."""
     head = model.get_layer(LAYER_NAMES["head"])
@@ -177,7 +204,7 @@ def _training_logs(head, features, labels, weights, *, batch_size) -> dict:
 
 def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *, groups, num_classes,
                     batch_size=32, strategy="none", seed=0, features=None, learning_rate=1e-3, callbacks=(),
-                    initial_epoch=0, jit_compile="auto", c_grid=C_GRID, **_):
+                    initial_epoch=0, jit_compile="auto", c_grid=C_GRID, augmented_copies=0, **_):
     """Phase 1 as one convex fit: adapt the standardisation, choose C by group CV on the training
     part, fit to convergence and write the head; one history "epoch".
 
@@ -193,10 +220,14 @@ def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *
             epoch whose ``logs`` hold the training and exact validation figures.
         initial_epoch: 1 when a resumed run had committed the fitted head: nothing is refitted.
         c_grid: The C values cross-validation chooses from (:func:`fit_linear`).
+        augmented_copies: Also fit on this many augmented copies of each training image
+            (:func:`augmented_images`; each with its image's label, weight and group); 0: the
+            training images' features alone. The logged training loss is the fit's, over all its rows.
 
     Returns:
         ``(None, info)``: info as ``fit_head``'s plus ``head``: :func:`fit_linear`'s info (C,
-        cross-validated AUC per C, iterations, convergence).
+        cross-validated AUC per C, iterations, convergence) and ``augmented_copies`` (0 without a
+        model augmentation).
     """
     backbone_layer(model).trainable = False
     train_features, val_features, seconds = phase1_features(
@@ -213,12 +244,18 @@ def fit_linear_head(model, train_images, train_labels, val_images, val_labels, *
     hooks.on_train_begin()
     if int(initial_epoch) < 1:
         hooks.on_epoch_begin(0)
-        adapt_feature_norm(model, train_features)
-        standardised = keras.ops.convert_to_numpy(model.get_layer(LAYER_NAMES["feature_norm"])(train_features))
-        coef, intercept, info["head"] = fit_linear(standardised, labels, groups=groups, weights=weights,
-                                                   num_classes=num_classes, seed=seed, c_grid=c_grid)
+        copies = augmented_images(model, train_images, copies=augmented_copies, batch_size=batch_size)
+        fitted = np.concatenate([train_features, frozen.pooled_features(model, copies, batch_size=batch_size)]) \
+            if len(copies) else train_features
+        rows = np.tile(np.arange(len(labels)), len(fitted) // len(labels))  # a copy's image
+        adapt_feature_norm(model, fitted)
+        standardised = keras.ops.convert_to_numpy(model.get_layer(LAYER_NAMES["feature_norm"])(fitted))
+        coef, intercept, info["head"] = fit_linear(standardised, labels[rows], groups=np.asarray(groups)[rows],
+                                                   weights=weights[rows], num_classes=num_classes, seed=seed,
+                                                   c_grid=c_grid)
+        info["head"]["augmented_copies"] = len(fitted) // len(labels) - 1
         _set_head(model, coef, intercept)
-        logs = _training_logs(head, train_features, labels, weights, batch_size=batch_size)
+        logs = _training_logs(head, fitted, labels[rows], weights[rows], batch_size=batch_size)
         logs.update(validation_logs(val_labels, predict_batches(head, val_features, batch_size=batch_size)))
         hooks.on_epoch_end(0, logs)
     hooks.on_train_end()
