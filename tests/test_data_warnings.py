@@ -121,3 +121,15 @@ def test_a_data_warning_survives_a_worker_process():
     back = pickle.loads(pickle.dumps(DataWarning("Skipping a missing image file: a.png", count=1, what="files")))
     assert back.parts == [(1, "files", "Skipping a missing image file: a.png")]
     assert summary_text(back.parts + back.parts) == "data: 2 files"
+
+
+def test_a_command_prints_each_warning_once_however_many_runs_read_the_data(flawed, capsys):
+    from covidxr.cli.quiet import quiet_warnings
+
+    with quiet_warnings():
+        for _ in range(3):   # a grid's runs each load the data; filters changing between them clear Python's registry
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                data.load_dataset(flawed, task="covid-vs-rest")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: data:")]
+    assert len(lines) == 1

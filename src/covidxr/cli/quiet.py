@@ -16,6 +16,7 @@ without a GPU) obey ``TF_CPP_MIN_LOG_LEVEL``, which :func:`quiet_environment` se
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.abc
 import importlib.util
 import logging
@@ -154,12 +155,18 @@ def install() -> None:
         sys.meta_path.insert(0, _QuietFinder())
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def show_warning(message, category, filename, lineno, file=None, line=None, *, seen=None) -> None:
     """``warnings.showwarning`` for the command line: one line ``warning: ...`` on stderr, without
-    the library's source line (a category other than ``UserWarning``'s family is named)."""
+    the library's source line (a category other than ``UserWarning``'s family is named). With
+    ``seen`` (a set), a line already in it is not printed again: each warning once per command,
+    however many runs of a grid read the same data."""
     text = " ".join(str(message).split())
     if not issubclass(category, UserWarning):
         text = f"{category.__name__}: {text}"
+    if seen is not None:
+        if text in seen:
+            return
+        seen.add(text)
     stream = sys.stderr if file is None else file
     with contextlib.suppress(OSError, ValueError, AttributeError):
         stream.write(f"warning: {text}\n")
@@ -167,7 +174,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 @contextlib.contextmanager
 def quiet_warnings(*, debug: bool = False):
-    """While the block runs, :func:`show_warning` prints warnings; without ``debug``, deprecation
+    """While the block runs, :func:`show_warning` prints warnings, each text once; without ``debug``, deprecation
     notices meant for the libraries' developers are left out; with it, each data warning a loader
     summarised (one ``warning: data: ...`` line) is also printed in full, as ``data warning: ...``
     (the ``covidxr.data`` logger's INFO records)."""
@@ -176,7 +183,7 @@ def quiet_warnings(*, debug: bool = False):
     handler.setFormatter(logging.Formatter("data warning: %(message)s"))
     level = data_logger.level
     with warnings.catch_warnings():
-        warnings.showwarning = show_warning
+        warnings.showwarning = functools.partial(show_warning, seen=set())
         if not debug:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
