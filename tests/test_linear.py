@@ -95,6 +95,24 @@ def test_too_few_groups_fall_back_to_c_1_without_cross_validation():
     assert info["C"] == 1.0 and info["cv_folds"] == 0 and info["cv_auc"] is None and info["converged"]
 
 
+def test_no_c_above_chance_out_of_fold_takes_the_strongest_regularisation(monkeypatch):
+    import covidxr.training.linear as linear
+
+    x, y, groups = _problem(60, seed=5)
+
+    def worse_than_chance(x, y, w, folds, grid, *, num_classes):  # below 0.5 for every C, rising with C
+        noise = np.random.default_rng(0).normal(0, 0.5, len(y))
+        for i in range(len(grid)):
+            score = noise - (1 - 0.7 * i / (len(grid) - 1)) * y
+            yield (1 / (1 + np.exp(-score)))[:, None]   # (n, 1): the positive class
+
+    monkeypatch.setattr(linear, "oof_probabilities", worse_than_chance)
+    with pytest.warns(UserWarning, match=r"better than chance \(best out-of-fold ROC AUC 0\.\d+\).*C=0\.0001"):
+        _, _, info = fit_linear(x / 250, y, groups=groups)
+    assert info["C"] == min(C_GRID) and max(info["cv_auc"].values()) < 0.5
+    assert info["cv_auc"][f"{max(C_GRID):g}"] == max(info["cv_auc"].values())  # the old rule took C=100
+
+
 def test_fold_mean_auc_leaves_out_the_folds_differences():
     """Two folds, each perfectly ranked, but one fold's scores all above the other's: the pooled
     AUC falls, the per-fold mean stays 1."""

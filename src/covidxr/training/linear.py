@@ -123,7 +123,9 @@ def fit_linear(x, y, *, groups, weights=None, num_classes=2, seed=0, c_grid=C_GR
         num_classes: Number of classes (2: one logistic unit; more: multinomial softmax).
         seed: Seed of the fold assignment (the fit itself is deterministic).
         c_grid: The C values to choose from; the smallest C reaching the best out-of-fold AUC wins
-            (one value: that C, no cross-validation; no folds possible: C = 1).
+            (one value: that C, no cross-validation; no folds possible: C = 1). When no C beats
+            chance out of fold (best AUC ≤ 0.5), the smallest C, with a warning: a head fitted
+            hard to features without signal only memorises the training part.
 
     Returns:
         ``(coef (F, k), intercept (k,), info)``, k = 1 for two classes else ``num_classes``;
@@ -153,6 +155,11 @@ def fit_linear(x, y, *, groups, weights=None, num_classes=2, seed=0, c_grid=C_GR
                                                                                   num_classes=num_classes)]
         finite = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
         chosen = grid[int(np.flatnonzero(finite >= finite.max() - 1e-12)[0])]
+        if finite.max() <= 0.5:  # no C ranks better than chance out of fold: the strongest regularisation
+            chosen = grid[0]
+            warnings.warn(f"No C of the head ranks the training part's held-out folds better than chance (best "
+                          f"out-of-fold ROC AUC {finite.max():.3f}): the features carry no signal the head can "
+                          f"show, so the strongest regularisation, C={chosen:g}, is used.", stacklevel=2)
     with threadpool_limits(limits=1, user_api="blas"):
         model, converged = _fit(x, y, w, chosen)
     coef = model.coef_.T if num_classes == 2 else np.zeros((x.shape[1], num_classes))
