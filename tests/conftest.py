@@ -197,8 +197,7 @@ def tiny_run(collection, tmp_path_factory):
 
 
 #: The tiny grid of ``finished_grid`` (tests/test_grid.py) and of the Ray grid (tests/test_grid_ray.py).
-GRID = {"backbones": ["vgg16", "vgg19"], "strategies": ["none", "oversample"], "folds": 2, "n_bootstrap": 20,
-        "cpus_per_run": 1}
+GRID = {"backbones": ["vgg16", "vgg19"], "strategies": ["none", "oversample"], "folds": 2, "n_bootstrap": 20}
 
 
 def grid_base(collection, cache_dir, **kwargs):

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import GRID
+from conftest import GRID, GridInterrupted
 
 from covidxr import cli, data, grid
 from covidxr import evaluation as M
@@ -165,10 +165,10 @@ def test_grid_accepts_group_by_source(collection, tmp_path, monkeypatch):
 
     def capture(config):
         seen.append(config)
-        raise Interrupted("captured")
+        raise GridInterrupted("captured")
 
     monkeypatch.setattr(grid, "train", capture)
-    with pytest.raises(Interrupted):
+    with pytest.raises(GridInterrupted):
         grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=2, progress=False)
     assert seen[0].group_by == "source" and seen[0].folds == 2
     record = json.loads((tmp_path / "g" / "grid.json").read_text())

@@ -34,7 +34,7 @@ def _runs(out) -> dict:
 
 
 @pytest.fixture(scope="module")
-def grids(collection, finished_grid, ray_cluster, tmp_path_factory):
+def grids(collection, ray_cluster, finished_grid, tmp_path_factory):
     """The tiny grid on Ray, one worker killed after epoch 1 of some run, beside the same grid run locally
     (the session's ``finished_grid``, as its resume left it)."""
     root = tmp_path_factory.mktemp("grid-ray")
@@ -42,8 +42,8 @@ def grids(collection, finished_grid, ray_cluster, tmp_path_factory):
     ray_cluster["marker"].write_text("armed")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        on_ray = grid.run_grid(base, out=root / "ray", executor="ray", **GRID)
-    return {"local": finished_grid["reference"], "ray": on_ray, "base": base, "kwargs": GRID,
+        on_ray = grid.run_grid(base, out=root / "ray", executor="ray", cpus_per_run=1, **GRID)
+    return {"local": finished_grid["reference"], "ray": on_ray, "base": base, "kwargs": {**GRID, "cpus_per_run": 1},
             "lines": printed.getvalue().splitlines(), "marker": ray_cluster["marker"]}
 
 
