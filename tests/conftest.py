@@ -158,6 +158,32 @@ def real_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_cache(real_data, tmp_path_factory) -> Path:
+    """A cache folder shared by the real-data tests (its hash index and decoded images): the snapshot's
+    files are hashed and decoded once per session, not once per test. Tests of the cache itself use their own."""
+    return tmp_path_factory.mktemp("real-cache")
+
+
+@pytest.fixture(scope="session")
+def real_run(real_data, real_cache, tmp_path_factory):
+    """A tiny trained run on the snapshot (VGG16, random weights, 32 px, one head epoch), shared by the
+    real-data tests, and the warnings its training gave: ``(run, warnings)``; read only — copy it before
+    changing anything in it."""
+    import warnings
+
+    from covidxr.train import TrainConfig, train
+
+    config = TrainConfig(data_dir=str(real_data), backbone="vgg16", weights="none", image_size=32, batch_size=32,
+                         epochs=1, fine_tune_epochs=0, strategy="class-weight",
+                         runs_dir=str(tmp_path_factory.mktemp("real-run") / "runs"), cache_dir=str(real_cache),
+                         verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(config)
+    return run, [w.message for w in caught]
+
+
+@pytest.fixture(scope="session")
 def tiny_run(collection, tmp_path_factory):
     """A tiny trained run (VGG16, random weights, 32 px, 2 head epochs) on the synthetic
     collection; read only — copy it before changing anything in it."""
@@ -168,6 +194,71 @@ def tiny_run(collection, tmp_path_factory):
                          epochs=2, fine_tune_epochs=0, strategy="oversample", learning_rate=1e-2,
                          runs_dir=str(root / "runs"), cache_dir=str(root / "cache"), verbose=0)
     return train(config)
+
+
+#: The tiny grid of ``finished_grid`` (tests/test_grid.py) and of the Ray grid (tests/test_grid_ray.py).
+GRID = {"backbones": ["vgg16", "vgg19"], "strategies": ["none", "oversample"], "folds": 2, "n_bootstrap": 20}
+
+
+def grid_base(collection, cache_dir, **kwargs):
+    """The tiny grids' training options: two phase-1 epochs of the gradient head (a Ray worker can be
+    killed between them), 32 px, random weights."""
+    from covidxr.train import TrainConfig
+
+    options = dict(data_dir=str(collection), weights="none", image_size=32, batch_size=8, head="gradient", epochs=2,
+                   fine_tune_epochs=0, val_size=0.3, cache_dir=str(cache_dir), verbose=0, learning_rate=1e-2)
+    return TrainConfig(**{**options, **kwargs})
+
+
+class GridInterrupted(KeyboardInterrupt):  # a user interrupt stops the grid (a run's own error does not)
+    pass
+
+
+@pytest.fixture(scope="session")
+def finished_grid(collection, tmp_path_factory):
+    """The tiny local grid, interrupted at the start of its 3rd run, then resumed; shared by the session.
+
+    ``reference`` is a copy of its records as the resume left them (grid.json, the comparison, each
+    run's config, metrics and predictions), which the Ray grid must equal; tests may change ``out``.
+    """
+    import shutil
+
+    from covidxr import grid
+
+    root = tmp_path_factory.mktemp("grid")
+    out = root / "grid"
+    base = grid_base(collection, root / "cache")
+    real_train = grid.train
+    calls, resumed = [], []
+
+    def interrupting(config):
+        if len(calls) == 2:
+            raise GridInterrupted("stopped after the 2nd run")
+        calls.append((config.backbone, config.strategy, config.fold))
+        return real_train(config)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "train", interrupting)
+        with pytest.raises(GridInterrupted, match="after the 2nd run"):
+            grid.run_grid(base, out=out, progress=False, **GRID)
+    first = sorted(p.name for p in (out / "runs").iterdir())
+    mtimes = {name: (out / "runs" / name / "model.keras").stat().st_mtime_ns for name in first}
+    # An interrupted third run: a folder holding only config.json (no model yet).
+    partial = out / "runs" / "zz-interrupted-run"
+    partial.mkdir()
+    shutil.copy(out / "runs" / first[0] / "config.json", partial / "config.json")
+
+    def counting(config):
+        resumed.append((config.backbone, config.strategy, config.fold))
+        return real_train(config)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "train", counting)
+        grid.run_grid(base, out=out, progress=False, **GRID)
+    reference = root / "reference"
+    shutil.copytree(out, reference, ignore=shutil.ignore_patterns("*.keras", "checkpoint", "tensorboard", "*.png"))
+    return {"out": out, "base": base, "first": first, "mtimes": mtimes, "calls": calls, "resumed": resumed,
+            "partial": partial, "reference": reference}
 
 
 @pytest.fixture(scope="session")

@@ -55,8 +55,8 @@ def test_eda_counts_match_pandas(collection, tmp_path, capsys):
 
 
 @pytest.mark.realdata
-def test_eda_real_snapshot(real_data, capsys, tmp_path):
-    assert cli.main(["eda", "--data-dir", str(real_data), "--cache-dir", str(tmp_path / "cache")]) == 0
+def test_eda_real_snapshot(real_data, real_cache, capsys, tmp_path):
+    assert cli.main(["eda", "--data-dir", str(real_data), "--cache-dir", str(real_cache)]) == 0
     out = capsys.readouterr().out
     meta = pd.read_csv(real_data / "metadata.csv")
     meta = meta[[(real_data / "images" / f).is_file() for f in meta.filename]].drop_duplicates("filename")

@@ -680,17 +680,12 @@ def test_nothing_left_to_score(own, tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_real_data_evaluate_on_the_training_collection(real_data, tmp_path):
+def test_real_data_evaluate_on_the_training_collection(real_data, real_run, tmp_path):
     """Evaluating a run on the collection it was trained on scores only its test rows."""
     from covidxr.data import read_split
-    from covidxr.train import TrainConfig, train
 
-    config = TrainConfig(data_dir=str(real_data), backbone="vgg16", weights="none", image_size=32, batch_size=64,
-                         epochs=1, fine_tune_epochs=0, runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
-                         verbose=0, augment=False, cache_features=False, memory_check=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run = train(config)
+    run = tmp_path / "run"
+    shutil.copytree(real_run[0], run)
     split = read_split(run / "split.csv")
     with pytest.warns(UserWarning, match=r"rows of the dataset are images the run was trained or validated on"):
         out = E.evaluate_run(run, data_dir=real_data, n_bootstrap=0, figures=False)

@@ -12,7 +12,7 @@ import signal
 import numpy as np
 import pandas as pd
 import pytest
-from test_resume import _assert_readable, _covidxr
+from test_resume import _assert_readable, _covidxr, _finish, _start
 
 from covidxr import cli
 
@@ -69,13 +69,15 @@ def test_killed_commands_recover_or_end_in_one_line(collection, tiny_run, tmp_pa
     data = ["--data-dir", str(collection), "--cache-dir", str(tmp_path / "cache")]
 
     # train, killed at two points, each then resumed (or refused in one line), then evaluated
+    # (the first killed process starts up while this one evaluates the uninterrupted run)
+    first = _start(["train", *data, "--runs-dir", str(tmp_path / "runs0"), *TINY], fault=points["train"][0])
     reference_eval = tmp_path / "reference"
     shutil.copytree(tiny_run, reference_eval)
     _later(["evaluate", "--run", reference_eval, "--n-bootstrap", "20", "--no-figures"], capsys, expect=0)
     (expected,) = (reference_eval / "evaluations").iterdir()
     for k, point in enumerate(points["train"]):
         runs = tmp_path / f"runs{k}"
-        result = _covidxr(["train", *data, "--runs-dir", str(runs), *TINY], fault=point)
+        result = _finish(first) if k == 0 else _covidxr(["train", *data, "--runs-dir", str(runs), *TINY], fault=point)
         assert result.returncode in (0, -signal.SIGKILL), result.stderr[-3000:]
         for run in (runs.iterdir() if runs.is_dir() else []):
             _assert_readable(run)
@@ -104,8 +106,9 @@ def test_killed_commands_recover_or_end_in_one_line(collection, tiny_run, tmp_pa
     # grid of two folds, killed; the same command again gives the uninterrupted grid's comparison
     grid = ["grid", *data, "--backbones", "vgg16", "--strategies", "oversample", "--folds", "2", "--val-size", "0.3",
             "--n-bootstrap", "20", *[o for o in TINY if o not in ("--strategy", "oversample")]]
+    killed = _start([*grid, "--out", str(tmp_path / "grid")], fault=points["grid"])  # beside the reference grid
     _later([*grid, "--out", tmp_path / "grid-reference"], capsys, expect=0)
-    result = _covidxr([*grid, "--out", str(tmp_path / "grid")], fault=points["grid"])
+    result = _finish(killed)
     assert result.returncode in (0, -signal.SIGKILL), result.stderr[-3000:]
     _later([*grid, "--out", tmp_path / "grid"], capsys, expect=0)
     ours = pd.read_csv(tmp_path / "grid" / "comparison.csv")

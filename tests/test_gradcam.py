@@ -137,6 +137,7 @@ JAX_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.duplicate  # of test_gradcam_shape_and_range in the JAX run (pytest -m jax)
 def test_gradcam_on_jax():
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

@@ -8,14 +8,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import GRID, GridInterrupted
 
 from covidxr import cli, data, grid
 from covidxr import evaluation as M
 from covidxr.train import TrainConfig
 
-BACKBONES = ["vgg16", "vgg19"]
-STRATEGIES = ["none", "oversample"]
-FOLDS = 2
+BACKBONES, STRATEGIES, FOLDS = GRID["backbones"], GRID["strategies"], GRID["folds"]
 
 
 def _base(collection, cache_dir, **kwargs):
@@ -23,51 +22,6 @@ def _base(collection, cache_dir, **kwargs):
                    fine_tune_epochs=0, val_size=0.3, cache_dir=str(cache_dir), verbose=0)
     options.update(kwargs)
     return TrainConfig(**options)
-
-
-class Interrupted(KeyboardInterrupt):  # a user interrupt stops the grid (a run's own error does not)
-    pass
-
-
-@pytest.fixture(scope="module")
-def finished_grid(collection, tmp_path_factory):
-    """Run the grid, interrupt it at the start of the 3rd run, then resume it."""
-    root = tmp_path_factory.mktemp("grid")
-    out = root / "grid"
-    base = _base(collection, root / "cache")
-    real_train = grid.train
-    calls = []
-
-    def interrupting(config):
-        if len(calls) == 2:
-            raise Interrupted("stopped after the 2nd run")
-        calls.append((config.backbone, config.strategy, config.fold))
-        return real_train(config)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "train", interrupting)
-        with pytest.raises(Interrupted, match="after the 2nd run"):
-            grid.run_grid(base, out=out, backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS,
-                          n_bootstrap=20, progress=False)
-    first = sorted(p.name for p in (out / "runs").iterdir())
-    mtimes = {name: (out / "runs" / name / "model.keras").stat().st_mtime_ns for name in first}
-    # An interrupted third run: a folder holding only config.json (no model yet).
-    partial = out / "runs" / "zz-interrupted-run"
-    partial.mkdir()
-    shutil.copy(out / "runs" / first[0] / "config.json", partial / "config.json")
-
-    resumed = []
-
-    def counting(config):
-        resumed.append((config.backbone, config.strategy, config.fold))
-        return real_train(config)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "train", counting)
-        grid.run_grid(base, out=out, backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS, n_bootstrap=20,
-                      progress=False)
-    return {"out": out, "base": base, "first": first, "mtimes": mtimes, "calls": calls, "resumed": resumed,
-            "partial": partial}
 
 
 def test_grid_writes_every_run_and_the_comparison(finished_grid):
@@ -127,8 +81,8 @@ def test_resume_with_other_options_is_refused(finished_grid, monkeypatch):
         raise AssertionError("trained")
 
     monkeypatch.setattr(grid, "train", fail)
-    with pytest.raises(ValueError, match=r"other options.*epochs: 1 -> 2"):
-        grid.run_grid(TrainConfig(**{**base.to_dict(), "epochs": 2}), out=out, backbones=BACKBONES,
+    with pytest.raises(ValueError, match=r"other options.*epochs: 2 -> 3"):
+        grid.run_grid(TrainConfig(**{**base.to_dict(), "epochs": 3}), out=out, backbones=BACKBONES,
                       strategies=STRATEGIES, folds=FOLDS, progress=False)
     with pytest.raises(ValueError, match=r"strategies: \['none', 'oversample'\] -> \['none'\]"):
         grid.run_grid(base, out=out, backbones=BACKBONES, strategies=["none"], folds=FOLDS, progress=False)
@@ -211,10 +165,10 @@ def test_grid_accepts_group_by_source(collection, tmp_path, monkeypatch):
 
     def capture(config):
         seen.append(config)
-        raise Interrupted("captured")
+        raise GridInterrupted("captured")
 
     monkeypatch.setattr(grid, "train", capture)
-    with pytest.raises(Interrupted):
+    with pytest.raises(GridInterrupted):
         grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=2, progress=False)
     assert seen[0].group_by == "source" and seen[0].folds == 2
     record = json.loads((tmp_path / "g" / "grid.json").read_text())
@@ -361,9 +315,9 @@ def test_cli_grid_options(collection, tmp_path, monkeypatch):
         cli.main(["grid", "--out", str(tmp_path / "g"), "--split-file", "split.csv"])
 
 
-def test_real_data_covid_vs_normal_refuses_too_many_folds(real_data, tmp_path):
+def test_real_data_covid_vs_normal_refuses_too_many_folds(real_data, real_cache, tmp_path):
     base = TrainConfig(data_dir=str(real_data), task="covid-vs-normal", weights="none", image_size=32,
-                       cache_dir=str(tmp_path / "cache"), verbose=0)
+                       cache_dir=str(real_cache), verbose=0)
     with pytest.warns(UserWarning):  # the snapshot lacks some images
         with pytest.raises(ValueError, match=r"class 'normal' has 16 split groups.*covid-vs-normal"):
             grid.run_grid(base, out=tmp_path / "g", backbones="vgg16", strategies="none", folds=17)

@@ -14,21 +14,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import GRID, grid_base
 
 from covidxr import cli, executors, grid
-from covidxr.train import TrainConfig
 
-BACKBONES = ["vgg16", "vgg19"]
-STRATEGIES = ["none", "oversample"]
-FOLDS = 2
+BACKBONES, STRATEGIES, FOLDS = GRID["backbones"], GRID["strategies"], GRID["folds"]
 KEY = ["backbone", "strategy", "fold"]
-
-
-def _base(collection, cache_dir, **kwargs):
-    options = dict(data_dir=str(collection), weights="none", image_size=32, batch_size=8, epochs=2,
-                   fine_tune_epochs=0, val_size=0.3, cache_dir=str(cache_dir), verbose=0, learning_rate=1e-2)
-    options.update(kwargs)
-    return TrainConfig(**options)
 
 
 def _runs(out) -> dict:
@@ -43,18 +34,17 @@ def _runs(out) -> dict:
 
 
 @pytest.fixture(scope="module")
-def grids(collection, ray_cluster, tmp_path_factory):
-    """The same grid on both executors; on Ray one worker is killed after epoch 1 of some run."""
+def grids(collection, ray_cluster, finished_grid, tmp_path_factory):
+    """The tiny grid on Ray, one worker killed after epoch 1 of some run, beside the same grid run locally
+    (the session's ``finished_grid``, as its resume left it)."""
     root = tmp_path_factory.mktemp("grid-ray")
-    base = _base(collection, root / "cache", head="gradient")  # two phase-1 epochs: the kill falls between them
-    kwargs = dict(backbones=BACKBONES, strategies=STRATEGIES, folds=FOLDS, n_bootstrap=20, cpus_per_run=1)
-    local = grid.run_grid(base, out=root / "local", progress=False, **kwargs)
+    base = grid_base(collection, root / "cache")  # two phase-1 epochs: the kill falls between them
     ray_cluster["marker"].write_text("armed")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        on_ray = grid.run_grid(base, out=root / "ray", executor="ray", **kwargs)
-    return {"local": local, "ray": on_ray, "base": base, "kwargs": kwargs, "lines": printed.getvalue().splitlines(),
-            "marker": ray_cluster["marker"]}
+        on_ray = grid.run_grid(base, out=root / "ray", executor="ray", cpus_per_run=1, **GRID)
+    return {"local": finished_grid["reference"], "ray": on_ray, "base": base, "kwargs": {**GRID, "cpus_per_run": 1},
+            "lines": printed.getvalue().splitlines(), "marker": ray_cluster["marker"]}
 
 
 def test_ray_grid_equals_the_local_grid(grids):
@@ -123,7 +113,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(collection, request, tm
     if executor == "ray":
         request.getfixturevalue("ray_cluster")
     out = tmp_path / "g"
-    base = _base(collection, tmp_path / "cache", epochs=1)
+    base = grid_base(collection, tmp_path / "cache", head="linear", epochs=1)
     _broken_run(base, out, fold=0)
     args = ["grid", "--data-dir", str(collection), "--backbones", "vgg16", "--strategies", "none", "--folds", "2",
             "--out", str(out), "--weights", "none", "--image-size", "32", "--epochs", "1", "--fine-tune-epochs",

@@ -171,10 +171,10 @@ def test_missing_file_gets_blank_hashes(tmp_path):
 
 
 @pytest.mark.realdata
-def test_real_snapshot_merged_groups(real_data, tmp_path):
+def test_real_snapshot_merged_groups(real_data, real_cache):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frame = hashes.load_grouped(real_data, task="covid-vs-rest", cache_dir=tmp_path / "cache")
+        frame = hashes.load_grouped(real_data, task="covid-vs-rest", cache_dir=real_cache)
     table = merged_groups(frame)
     # 192+196 (one film under two ids, 44-46 bits apart) by the shipped same-patients file
     assert table[["group", "patients", "images"]].values.tolist() == [["178+97", 2, 9], ["192+196", 2, 6],
@@ -185,11 +185,11 @@ def test_real_snapshot_merged_groups(real_data, tmp_path):
         assert group[a] == group[b]
     merged = frame["group"] != frame["patient"]
     assert set(frame.loc[merged, "patient"]) == {"97", "178", "78", "201", "137", "202", "192", "196"}
-    assert len(merged_groups(hashes.group_frame(frame, cache_dir=tmp_path / "cache"))) == 3  # no pairs given
+    assert len(merged_groups(hashes.group_frame(frame, cache_dir=real_cache))) == 3  # no pairs given
     # 9 of the 16 "No Finding" patients also have COVID-19 films: --drop-mixed-patients leaves them out
     with pytest.warns(UserWarning, match=r"9 patients have images of more than one label and are left out "
                                          r"\(drop_mixed_patients=True\), \d+ images: \['173', '223', "):
-        kept = hashes.group_frame(frame, cache_dir=tmp_path / "cache", drop_mixed_patients=True)
+        kept = hashes.group_frame(frame, cache_dir=real_cache, drop_mixed_patients=True)
     assert kept["patient"].nunique() == frame["patient"].nunique() - 9
     normal = frame[frame["finding"] == "No Finding"]["patient"].unique()
     assert len(normal) == 16 and len(set(normal) - set(kept["patient"])) == 9

@@ -196,13 +196,13 @@ def test_resolve_workers():
 
 
 @pytest.mark.realdata
-def test_real_snapshot_pairs_equal_the_all_pairs_definition(real_data, tmp_path, monkeypatch):
+def test_real_snapshot_pairs_equal_the_all_pairs_definition(real_data, real_cache, monkeypatch):
     from covidxr.data import load_dataset
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         frame = load_dataset(real_data, task=None, views="all")
-        table = hashes.image_hashes(frame, cache_dir=tmp_path / "cache").reset_index(drop=True)
+        table = hashes.image_hashes(frame, cache_dir=real_cache).reset_index(drop=True)
     monkeypatch.setattr(near, "FLAT_UNTIL", 0)   # the multi-index search, not the small-set shortcut
     for r in (24, 64):
         assert groups.duplicate_pairs(table, max_distance=r).equals(_old_duplicate_pairs(table, r))

@@ -37,13 +37,28 @@ CLI_OPTIONS = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32",
 CODE = "import sys; from covidxr.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def _covidxr(args, *, fault=None, timeout=300):
+def _start(args, *, fault=None):
+    """``covidxr ARGS`` in a new process (killed at the fault point ``fault``); :func:`_finish` waits for it."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
     env.pop("COVIDXR_FAULT", None)
     if fault:
         env["COVIDXR_FAULT"] = fault
-    return subprocess.run([sys.executable, "-c", CODE, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.Popen([sys.executable, "-c", CODE, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process, *, timeout=300) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _covidxr(args, *, fault=None, timeout=300):
+    return _finish(_start(args, fault=fault), timeout=timeout)
 
 
 def _killed(result):
@@ -68,15 +83,16 @@ def _state(run_dir):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(collection, tmp_path):
-    reference = train(TrainConfig(data_dir=str(collection), runs_dir=str(tmp_path / "ref"),
-                                  cache_dir=str(tmp_path / "ref-cache"), **OPTIONS))
     runs, cache = tmp_path / "runs", tmp_path / "cache"
     outcomes = []
 
     # 1. killed while decoding images into the cache: the run folder holds its options only
-    result = _covidxr(["train", "--data-dir", str(collection), "--runs-dir", str(runs), "--cache-dir", str(cache),
-                       *CLI_OPTIONS], fault="mid-cache")
-    _killed(result)
+    # (the uninterrupted reference trains in this process meanwhile: the new process mostly starts up)
+    first = _start(["train", "--data-dir", str(collection), "--runs-dir", str(runs), "--cache-dir", str(cache),
+                    *CLI_OPTIONS], fault="mid-cache")
+    reference = train(TrainConfig(data_dir=str(collection), runs_dir=str(tmp_path / "ref"),
+                                  cache_dir=str(tmp_path / "ref-cache"), **OPTIONS))
+    _killed(_finish(first))
     (run,) = list(runs.iterdir())
     assert json.loads((run / "config.json").read_text())["epochs"] == 4
     assert not (run / "split.csv").exists() and list_caches(cache).empty
@@ -318,13 +334,15 @@ def test_checkpoint_every_must_be_a_positive_integer(tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_run_with_checkpoint_every_2_resumes_from_the_last_written_epoch(collection, tmp_path):
     options = {**OPTIONS, "epochs": 2, "fine_tune_epochs": 3, "patience": 3, "checkpoint_every": 2}
-    reference = train(TrainConfig(data_dir=str(collection), runs_dir=str(tmp_path / "ref"),
-                                  cache_dir=str(tmp_path / "cache"), **options))
     runs = tmp_path / "runs"
     args = [*CLI_OPTIONS, "--epochs", "2", "--fine-tune-epochs", "3", "--patience", "3", "--checkpoint-every", "2"]
     # commits: phase 1 start, epoch 2 (its last), end; phase 2 start, epoch 2 (the 5th), epoch 3, end
-    _killed(_covidxr(["train", "--data-dir", str(collection), "--runs-dir", str(runs), "--cache-dir",
-                      str(tmp_path / "cache"), *args], fault="after-state@5"))
+    # (the uninterrupted reference trains in this process meanwhile, with a cache of its own)
+    killed = _start(["train", "--data-dir", str(collection), "--runs-dir", str(runs), "--cache-dir",
+                     str(tmp_path / "cache"), *args], fault="after-state@5")
+    reference = train(TrainConfig(data_dir=str(collection), runs_dir=str(tmp_path / "ref"),
+                                  cache_dir=str(tmp_path / "ref-cache"), **options))
+    _killed(_finish(killed))
     (run,) = list(runs.iterdir())
     state = _state(run)
     assert (state["phase"], state["next_epoch"], len(state["history"])) == (2, 2, 4)

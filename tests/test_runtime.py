@@ -50,19 +50,33 @@ def _data(n=21, size=32, seed=0):
     return images, labels
 
 
-def _run(script, *, backend, tmp_path, extra_env=None, timeout=300):
+def _start(script, *, backend, tmp_path, extra_env=None):
+    """Start ``script`` in a new Python process on ``backend``; :func:`_result` waits for it."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC", "NPROC")}
     env.update({"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
                 "PYTHONPATH": SRC + os.pathsep + env.get("PYTHONPATH", "")})
     env.update(extra_env or {})
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"script_{backend}.py"
     path.write_text(textwrap.dedent(script))
-    proc = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / f"script_{backend}.out", "w") as out, open(tmp_path / f"script_{backend}.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, str(path)], env=env, stdout=out, stderr=err, cwd=str(tmp_path))
+    proc.output = (tmp_path / f"script_{backend}.out", tmp_path / f"script_{backend}.err")
+    return proc
+
+
+def _result(proc, *, timeout=300):
+    """The ``RESULT`` line a script started by :func:`_start` printed, parsed; fails on any other ending."""
+    proc.wait(timeout=timeout)
+    stdout, stderr = (path.read_text() for path in proc.output)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, stdout[-3000:] + stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def _run(script, *, backend, tmp_path, extra_env=None, timeout=300):
+    return _result(_start(script, backend=backend, tmp_path=tmp_path, extra_env=extra_env), timeout=timeout)
 
 
 # --------------------------------------------------------------------------- precision
@@ -396,9 +410,23 @@ def _check_data_parallel(result, backend):
     assert all(np.isfinite(v).all() for v in result["history"].values())
 
 
+@pytest.fixture(scope="module")
+def data_parallel(tmp_path_factory):
+    """The data-parallel script on JAX and on TensorFlow, started together: each process spends most of
+    its time in one thread (imports, tracing, compiling), so on two cores the two overlap."""
+    root = tmp_path_factory.mktemp("data-parallel")
+    procs = {backend: _start(DATA_PARALLEL_SCRIPT, backend=backend, tmp_path=root / backend)
+             for backend in ("jax", "tensorflow")}
+    yield procs
+    for proc in procs.values():  # one test deselected: its process is not waited for
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 @pytest.mark.slow
-def test_data_parallel_two_cpu_devices_jax(tmp_path):
-    result = _run(DATA_PARALLEL_SCRIPT, backend="jax", tmp_path=tmp_path)
+def test_data_parallel_two_cpu_devices_jax(data_parallel):
+    result = _result(data_parallel["jax"])
     _check_data_parallel(result, "jax")
     assert result["devices"] == ["cpu:0", "cpu:1"]
     assert result["unpadded_error"] == "IndivisibleError"
@@ -407,8 +435,8 @@ def test_data_parallel_two_cpu_devices_jax(tmp_path):
 
 
 @pytest.mark.slow
-def test_data_parallel_two_cpu_devices_tensorflow(tmp_path):
-    result = _run(DATA_PARALLEL_SCRIPT, backend="tensorflow", tmp_path=tmp_path)
+def test_data_parallel_two_cpu_devices_tensorflow(data_parallel):
+    result = _result(data_parallel["tensorflow"])
     _check_data_parallel(result, "tensorflow")
     assert [d.rsplit(":", 2)[-2:] for d in result["devices"]] == [["CPU", "0"], ["CPU", "1"]]
     assert result["unpadded_error"] == "InvalidArgumentError"

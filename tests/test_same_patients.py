@@ -232,16 +232,16 @@ def test_train_config_checks_and_records_same_patients(tmp_path):
 
 
 @pytest.mark.realdata
-def test_real_snapshot_reviewed_candidates(real_data, tmp_path):
+def test_real_snapshot_reviewed_candidates(real_data, real_cache):
     """On the 2020 snapshot the shipped file joins 192 and 196 and every candidate within 64 bits
     left is one the review kept apart."""
     from covidxr.images import candidate_pairs, load_grouped
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frame = load_grouped(real_data, task=None, cache_dir=tmp_path / "cache")
+        frame = load_grouped(real_data, task=None, cache_dir=real_cache)
     assert frame.attrs["same_patients"]["joined"] == 1
-    left = candidate_pairs(frame, cache_dir=tmp_path / "cache")
+    left = candidate_pairs(frame, cache_dir=real_cache)
     review = pd.read_csv(S.SHIPPED_DIR / ("covid-chestxray-dataset-2020" + S.REVIEW_SUFFIX), dtype=str)
     kept_apart = set(zip(review.loc[review["decision"] == "keep apart", "image_a"],
                          review.loc[review["decision"] == "keep apart", "image_b"]))

@@ -192,14 +192,14 @@ def _pair_splits(split) -> int:
 
 
 @pytest.mark.realdata
-def test_real_snapshot_duplicate_patients_never_split(real_data, tmp_path):
+def test_real_snapshot_duplicate_patients_never_split(real_data, real_cache):
     from covidxr.images import load_grouped
 
-    frame = _quiet(load_grouped, real_data, task="covid-vs-rest", cache_dir=tmp_path)
+    frame = _quiet(load_grouped, real_data, task="covid-vs-rest", cache_dir=real_cache)
     for a, b in PAIRS:
         assert frame.loc[frame.patient == a, "group"].iloc[0] == frame.loc[frame.patient == b, "group"].iloc[0]
     for seed in range(20):
         assert _pair_splits(_quiet(data.split_frame, frame, seed=seed)) == 0
         assert _pair_splits(_quiet(data.split_frame, frame, folds=5, fold=0, seed=seed)) == 0
-    kept = _quiet(load_grouped, real_data, task="covid-vs-rest", cache_dir=tmp_path, duplicates="keep")
+    kept = _quiet(load_grouped, real_data, task="covid-vs-rest", cache_dir=real_cache, duplicates="keep")
     assert sum(_pair_splits(_quiet(data.split_frame, kept, seed=seed)) for seed in range(20)) > 0

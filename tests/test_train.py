@@ -332,10 +332,8 @@ def test_cli_train_bad_backbone(capsys):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_train_smoke_on_real_data(real_data, tmp_path):
-    run = train(TrainConfig(data_dir=str(real_data), backbone="vgg16", weights="none", image_size=SIZE,
-                            batch_size=32, epochs=1, fine_tune_epochs=0, runs_dir=str(tmp_path / "runs"),
-                            cache_dir=str(tmp_path / "cache"), verbose=0))
+def test_train_smoke_on_real_data(real_run):
+    run, _ = real_run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["images"] > 50 and metrics["val"]["roc_auc"] is not None
 

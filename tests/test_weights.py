@@ -270,7 +270,7 @@ def test_config_json_records_weights_source_and_sha256(source, collection, tmp_p
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_real_data_hed_beats_random_weights(real_data, hed_package, tmp_path, keras_home):
+def test_real_data_hed_beats_random_weights(real_data, real_cache, hed_package, tmp_path, keras_home):
     """Phase 1 on the snapshot at 64 px, cut at block4_conv3, one fixed split (seed 0): the HED trunk's
     head beats the same head on random weights by at least 0.10 test ROC AUC and also on validation
     (measured when written: HED val 0.651 / test 0.631, random val 0.597 / test 0.311)."""
@@ -278,7 +278,7 @@ def test_real_data_hed_beats_random_weights(real_data, hed_package, tmp_path, ke
     for source in ("hed", "none"):
         config = TrainConfig(data_dir=str(real_data), backbone="vgg16", weights=source, image_size=64,
                              feature_layer="block4_conv3", epochs=15, fine_tune_epochs=0, augment=False, seed=0,
-                             runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), verbose=0)
+                             runs_dir=str(tmp_path / "runs"), cache_dir=str(real_cache), verbose=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run = train(config)
