@@ -352,19 +352,40 @@ print("RESULT " + json.dumps({"run": str(run), "runtime": json.load(open(run / "
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_data_parallel_run_on_two_cpu_devices(backend, collection, tmp_path):
-    """``data_parallel=True`` on two virtual CPU devices: a whole two-phase run, with a batch
-    size (7) that is rounded up to 8 and batches that do not divide evenly."""
+@pytest.fixture(scope="module")
+def parallel_runs(collection, tmp_path_factory):
+    """The data-parallel run on TensorFlow and on JAX, started together: each process spends most of its
+    time in one thread (imports, tracing), so on two cores the two overlap."""
     import subprocess
     import sys
 
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT, str(collection), str(tmp_path / "runs"),
-                             str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    root = tmp_path_factory.mktemp("parallel-runs")
+    procs = {}
+    for backend in ("tensorflow", "jax"):
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+        out, err = (open(root / f"{backend}.{n}", "w") for n in ("out", "err"))
+        procs[backend] = (subprocess.Popen([sys.executable, "-c", PARALLEL_SCRIPT, str(collection),
+                                            str(root / backend / "runs"), str(root / backend / "cache")],
+                                           env=env, stdout=out, stderr=err, text=True), root / backend)
+        out.close()
+        err.close()
+    yield procs
+    for proc, _ in procs.values():   # a deselected test's process is not waited for
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_data_parallel_run_on_two_cpu_devices(backend, parallel_runs):
+    """``data_parallel=True`` on two virtual CPU devices: a whole two-phase run, with a batch
+    size (7) that is rounded up to 8 and batches that do not divide evenly."""
+    proc, folder = parallel_runs[backend]
+    returncode = proc.wait(timeout=600)
+    stdout, stderr = (Path(f"{folder}.{n}").read_text() for n in ("out", "err"))
+    assert returncode == 0, stderr[-4000:]
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
     assert out["backend"] == backend
     assert out["runtime"]["num_replicas"] == 2 and out["runtime"]["batch_size"] == 8
