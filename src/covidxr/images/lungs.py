@@ -131,10 +131,18 @@ def lung_box(mask, *, margin=LUNG_MARGIN, min_share=MIN_LUNG_SHARE):
         mask's main parts (:func:`main_components`), or None when they cover less than
         ``min_share`` of the image.
     """
+    return _box(main_components(_mask_2d(mask)), margin=margin, min_share=min_share)
+
+
+def _mask_2d(mask) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2 or not mask.size:
         raise ValueError(f"Expected a 2-D mask. Received: mask with shape={mask.shape}")
-    mask = main_components(mask)
+    return mask
+
+
+def _box(mask: np.ndarray, *, margin, min_share):
+    """:func:`lung_box` of a 2-D mask already cut to its main parts."""
     if mask.mean() < min_share:
         return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -173,13 +181,14 @@ def apply_lungs(grey, mask, *, lungs, margin=LUNG_MARGIN, min_share=MIN_LUNG_SHA
         raise ValueError(f"Expected an image and a mask of one shape. Received: shapes={grey.shape}, {mask.shape}")
     if lungs == "none":
         return grey, None
-    box = lung_box(mask, margin=margin, min_share=min_share)
+    mask = main_components(_mask_2d(mask))   # once, for the box and the blanking
+    box = _box(mask, margin=margin, min_share=min_share)
     if box is None:
         return grey, None
     top, bottom, left, right = box
     if lungs == "mask":
         radius = int(round(margin * max(bottom - top, right - left) / 2))
-        grey = np.where(_dilated(main_components(mask), radius), grey, 0).astype(np.uint8)
+        grey = np.where(_dilated(mask, radius), grey, 0).astype(np.uint8)
     return np.ascontiguousarray(grey[top:bottom, left:right]), box
 
 
